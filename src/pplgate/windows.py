@@ -1,0 +1,83 @@
+"""Window and loss math of the canonical protocol (pure functions, no model loading)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pplgate.errors import NonFiniteLossError, ProtocolError
+
+
+def window_count(n_tokens: int, seqlen: int) -> int:
+    """Number of full, non-overlapping windows: ``n_tokens // seqlen`` (the tail is dropped)."""
+    if seqlen < 2:
+        raise ProtocolError(f"seqlen must be >= 2 to score any token, got {seqlen}")
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    return n_tokens // seqlen
+
+
+def window_spans(n_tokens: int, seqlen: int) -> list[tuple[int, int]]:
+    """``[start, end)`` token spans of each window, in order."""
+    return [(i * seqlen, (i + 1) * seqlen) for i in range(window_count(n_tokens, seqlen))]
+
+
+def tail_tokens(n_tokens: int, seqlen: int) -> int:
+    """Tokens after the last full window, which the protocol drops."""
+    return n_tokens - window_count(n_tokens, seqlen) * seqlen
+
+
+def make_windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
+    """Reshape a 1-D token tensor into ``[n_windows, seqlen]`` (a view of the prefix)."""
+    if ids.dim() != 1:
+        raise ValueError(f"expected a 1-D token tensor, got shape {tuple(ids.shape)}")
+    n = window_count(ids.numel(), seqlen)
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+def window_mean_nlls(
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    head: torch.nn.Module | None = None,
+    *,
+    chunk_tokens: int = 2048,
+) -> torch.Tensor:
+    """Mean fp32 cross-entropy per window of logits[:-1] against tokens[1:].
+
+    ``hidden`` is either the final hidden states ``[b, L, H]`` (then ``head`` maps them to
+    logits) or, with ``head=None``, the logits ``[b, L, V]`` themselves. Logits are made at
+    most ``chunk_tokens`` rows at a time and upcast to fp32 before the loss, so a batch's
+    full-vocabulary fp32 logits never exist at once. Returns a float64 tensor ``[b]``.
+    """
+    b, length = tokens.shape
+    if length < 2:
+        raise ProtocolError("a window needs at least 2 tokens")
+    states = hidden[:, :-1, :].reshape(b * (length - 1), hidden.shape[-1])
+    labels = tokens[:, 1:].reshape(-1).to(states.device)
+    sums = torch.zeros(b, dtype=torch.float64, device=states.device)
+    row_window = torch.arange(b, device=states.device).repeat_interleave(length - 1)
+    for start in range(0, states.shape[0], chunk_tokens):
+        stop = min(start + chunk_tokens, states.shape[0])
+        chunk = states[start:stop]
+        logits = (head(chunk) if head is not None else chunk).float()
+        nll = F.cross_entropy(logits, labels[start:stop], reduction="none")
+        sums.index_add_(0, row_window[start:stop], nll.double())
+    return sums / (length - 1)
+
+
+def check_finite(window_nlls: Sequence[float], offset: int = 0) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first window whose loss is NaN/inf."""
+    for i, v in enumerate(window_nlls):
+        if not math.isfinite(v):
+            raise NonFiniteLossError(offset + i, v)
+
+
+def perplexity(window_nlls: Sequence[float]) -> float:
+    """PPL = exp(mean over windows of the per-window mean NLL)."""
+    if len(window_nlls) == 0:
+        raise ProtocolError("no windows to score: the text is shorter than one window")
+    check_finite(window_nlls)
+    return math.exp(math.fsum(window_nlls) / len(window_nlls))
