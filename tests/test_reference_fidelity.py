@@ -1,0 +1,60 @@
+"""pplgate's engine against AutoAWQ's own evaluate_perplexity loop (installed code) on CPU."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pplgate.data import CanonicalText, load_wikitext2_test, sha256_text
+from pplgate.engine import evaluate_perplexity, tokenize_canonical
+from pplgate.reference import autoawq_perplexity, transcribed_evaluate_perplexity
+
+pytest.importorskip("awq", reason="autoawq is not installed (pip install --no-deps autoawq==0.2.9)")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    import os
+
+    shared = Path(os.environ.get("PPLGATE_SHARED", SHARED))
+    if not (shared / "tokenizers" / "gpt2").is_dir():
+        pytest.skip(f"shared reference data not found at {shared} (set PPLGATE_SHARED)")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(shared / "tokenizers" / "gpt2")
+    rows, _ = load_wikitext2_test(shared / "data" / "wikitext-2-raw-v1")
+    rows = rows[:300]  # a few thousand tokens: several 256-token windows
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    return model, tok, rows
+
+
+def test_engine_matches_autoawq_installed_loop(setup):
+    model, tok, rows = setup
+    text = "\n\n".join(rows)
+    ds = CanonicalText(text=text, sha256=sha256_text(text), source="test", n_rows=len(rows), canonical=False)
+    tokens = tokenize_canonical(tok, text)
+    ours = evaluate_perplexity(model, tokens, ds, seqlen=2048, batch_size=2, progress=False)
+    ref, how = autoawq_perplexity(model, tok, rows)
+    assert how == "installed"
+    assert ours.n_windows >= 2
+    assert math.isclose(ours.ppl, ref, rel_tol=1e-5), (ours.ppl, ref)
+
+
+def test_transcription_matches_installed_loop(setup):
+    model, tok, rows = setup
+    ref, _ = autoawq_perplexity(model, tok, rows)
+    assert math.isclose(transcribed_evaluate_perplexity(model, tok, rows), ref, rel_tol=1e-6)
