@@ -1,0 +1,10 @@
+# Environment for pplgate runs on this workplace's device machine (sourced by stage1/stage2).
+D=/root/pplgate
+export PYTHONPATH=$D/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+export PPLGATE_WIKITEXT=$D/data/test-00000-of-00001.parquet
+export PPLGATE_CALIBRATION=$D/data/python-3.11-docs-prose.jsonl
+export PPLGATE_SMOLLM2_GGUF=$D/SmolLM2-135M-Instruct.Q4_1.gguf
+export PPLGATE_SHARED_TOKENIZERS=$D/tokenizers
+export PPLGATE_CACHE_DIR=$D/quant-cache
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
