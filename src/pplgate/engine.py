@@ -108,14 +108,24 @@ def score_windows(
     windows: torch.Tensor,
     *,
     batch_size: int = 1,
-    loss_chunk_tokens: int = 2048,
+    loss_chunk_tokens: int | None = None,
+    compile_model: bool = False,
     on_batch: Callable[[list[float]], None] | None = None,
 ) -> list[float]:
-    """Per-window mean NLLs of ``windows [n, L]``, ``batch_size`` windows per forward, no KV cache."""
+    """Per-window mean NLLs of ``windows [n, L]``, ``batch_size`` windows per forward, no KV cache.
+
+    ``compile_model`` runs the transformer body through ``torch.compile`` (opt-in: fused kernels
+    round differently, so the number moves within fp16 rounding; see the README's tolerance).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
     split = split_head(model)
+    if compile_model:
+        if split is not None:
+            split = (torch.compile(split[0], dynamic=False), split[1])
+        else:
+            model = torch.compile(model, dynamic=False)
     out: list[float] = []
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start : start + batch_size].to(device, non_blocking=True)
@@ -142,7 +152,8 @@ def evaluate_perplexity(
     seqlen: int = DEFAULT_SEQLEN,
     batch_size: int = 1,
     max_windows: int | None = None,
-    loss_chunk_tokens: int = 2048,
+    loss_chunk_tokens: int | None = None,
+    compile_model: bool = False,
     progress: bool = True,
     label: str = "ppl",
 ) -> PerplexityResult:
@@ -187,7 +198,12 @@ def evaluate_perplexity(
     t0 = time.perf_counter()
     try:
         nlls = score_windows(
-            model, windows, batch_size=batch_size, loss_chunk_tokens=loss_chunk_tokens, on_batch=on_batch
+            model,
+            windows,
+            batch_size=batch_size,
+            loss_chunk_tokens=loss_chunk_tokens,
+            compile_model=compile_model,
+            on_batch=on_batch,
         )
         _sync(device)
     finally:
@@ -216,4 +232,5 @@ def evaluate_perplexity(
         wall_time_s=wall,
         tokens_per_s=n * seqlen / wall if wall > 0 else float("inf"),
         peak_memory_bytes=peak,
+        extra={"compiled": True} if compile_model else {},
     )

@@ -38,25 +38,39 @@ def make_windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
     return ids[: n * seqlen].view(n, seqlen)
 
 
+LOSS_CHUNK_BYTES = 256 * 2**20
+# bytes per logit element alive in one chunk: model-dtype logits (<= 4), fp32 copy (4), fp32 log-softmax (4)
+_BYTES_PER_LOGIT = 12
+
+
+def auto_chunk_tokens(vocab_size: int, budget_bytes: int = LOSS_CHUNK_BYTES) -> int:
+    """Rows of logits per loss chunk so that one chunk's logits stay within ``budget_bytes``."""
+    return max(64, budget_bytes // (_BYTES_PER_LOGIT * max(1, vocab_size)))
+
+
 def window_mean_nlls(
     hidden: torch.Tensor,
     tokens: torch.Tensor,
     head: torch.nn.Module | None = None,
     *,
-    chunk_tokens: int = 2048,
+    chunk_tokens: int | None = None,
 ) -> torch.Tensor:
     """Mean fp32 cross-entropy per window of logits[:-1] against tokens[1:].
 
     ``hidden`` is either the final hidden states ``[b, L, H]`` (then ``head`` maps them to
     logits) or, with ``head=None``, the logits ``[b, L, V]`` themselves. Logits are made at
-    most ``chunk_tokens`` rows at a time and upcast to fp32 before the loss, so a batch's
-    full-vocabulary fp32 logits never exist at once. Returns a float64 tensor ``[b]``.
+    most ``chunk_tokens`` rows at a time (default: :func:`auto_chunk_tokens`, 256 MiB of logits)
+    and upcast to fp32 before the loss, so a batch's full-vocabulary fp32 logits never exist at
+    once. Returns a float64 tensor ``[b]``.
     """
     b, length = tokens.shape
     if length < 2:
         raise ProtocolError("a window needs at least 2 tokens")
     states = hidden[:, :-1, :].reshape(b * (length - 1), hidden.shape[-1])
     labels = tokens[:, 1:].reshape(-1).to(states.device)
+    if chunk_tokens is None:
+        vocab = head.out_features if head is not None and hasattr(head, "out_features") else hidden.shape[-1]
+        chunk_tokens = auto_chunk_tokens(vocab)
     sums = torch.zeros(b, dtype=torch.float64, device=states.device)
     row_window = torch.arange(b, device=states.device).repeat_interleave(length - 1)
     for start in range(0, states.shape[0], chunk_tokens):
