@@ -76,14 +76,14 @@ def run_autoawq(model, tokenizer, rows) -> dict:
     }
 
 
-def run_pplgate(model, tokenizer, text, batch_size: int) -> dict:
+def run_pplgate(model, tokenizer, text, batch_size: int, compile_model: bool = False) -> dict:
     gc.collect()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
     tokens = tokenize_canonical(tokenizer, text.text)  # end-to-end, like AutoAWQ's function
     t_tok = time.perf_counter() - t0
-    res = evaluate_perplexity(model, tokens, text, batch_size=batch_size, progress=False)
+    res = evaluate_perplexity(model, tokens, text, batch_size=batch_size, progress=False, compile_model=compile_model)
     wall = time.perf_counter() - t0
     return {
         "ppl": res.ppl,
@@ -158,11 +158,26 @@ def bench_case(name, model, tokenizer, text, batch_sizes, reps, n_params=None, p
         out["model_tflops_autoawq"] = 2 * n_params * n_tok_scored / ref_loop / 1e12
         out["mfu_pplgate"] = achieved / peak_tflops
         out["mfu_autoawq"] = out["model_tflops_autoawq"] / peak_tflops
+    if COMPILE:
+        first = run_pplgate(model, tokenizer, text, best_bs, compile_model=True)  # includes compilation
+        again = run_pplgate(model, tokenizer, text, best_bs, compile_model=True)
+        out["compiled"] = {
+            "first_score_s": first["score_s"],
+            "score_s": again["score_s"],
+            "ppl": again["ppl"],
+            "ppl_rel_diff_vs_eager": abs(again["ppl"] - out["ppl_pplgate"]) / out["ppl_pplgate"],
+            "ppl_rel_diff_vs_autoawq": abs(again["ppl"] - out["ppl_autoawq"]) / out["ppl_autoawq"],
+            "speedup_loop": ref_loop / again["score_s"],
+            "peak_gib": again["peak_bytes"] / 2**30,
+        }
+        if n_params and peak_tflops:
+            out["compiled"]["mfu"] = 2 * n_params * n_tok_scored / again["score_s"] / 1e12 / peak_tflops
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1), flush=True)
     return out
 
 
 BENCH_ROWS: list[str] = []
+COMPILE = False
 
 
 def main() -> int:
@@ -175,6 +190,7 @@ def main() -> int:
     ap.add_argument("--batch-sizes", default="1,4,8,16,32")
     ap.add_argument("--batch-sizes-7b", default="1,2,4,8")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also time the opt-in torch.compile path")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA device"
@@ -182,6 +198,8 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     from pplgate.data import load_wikitext2_test
 
+    global COMPILE
+    COMPILE = args.compile
     BENCH_ROWS.extend(load_wikitext2_test(args.dataset)[0])
     text = load_canonical_text(args.dataset)
     cases = args.cases.split(",")
@@ -268,6 +286,11 @@ def main() -> int:
             print(f"| {r['case']} | error: {r['error']} |")
             continue
         mfu = f"{r['mfu_pplgate']:.1%} (AutoAWQ {r['mfu_autoawq']:.1%})" if "mfu_pplgate" in r else "-"
+        if "compiled" in r:
+            c = r["compiled"]
+            mfu += f"; compiled: {c['speedup_loop']:.2f}x, ppl rel diff {c['ppl_rel_diff_vs_autoawq']:.1e}" + (
+                f", MFU {c['mfu']:.1%}" if "mfu" in c else ""
+            )
         print(
             f"| {r['case']} | {r['batch_size']} | {r['ppl_pplgate']:.4f} | {r['ppl_autoawq']:.4f} | "
             f"{r['ppl_rel_diff']:.2e} | {r['pplgate_tokens_per_s']:,.0f} | {r['autoawq_tokens_per_s']:,.0f} | "
