@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU gate, as a GPU CI runner calls it.
+#   ci/gpu.sh [REPORT_DIR] [extra pytest args...]      e.g. ci/gpu.sh out -k smollm2 --update-baselines
+# 1. checks the environment (a CUDA device, versions), 2. installs what is missing: online from PyPI,
+# or offline from a wheel directory ($PPLGATE_WHEELS, installed --no-deps), 3. runs `pytest -m gpu`
+# with JUnit/JSON/Markdown reports into REPORT_DIR, 4. exits non-zero exactly when the gate fails
+# (pytest's "no tests collected" counts as a failure: a gate that ran nothing must not pass).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPORT_DIR=${1:-pplgate-report}
+[ $# -gt 0 ] && shift
+mkdir -p "$REPORT_DIR"
+PY=${PYTHON:-python3}
+
+echo "== environment"
+$PY - <<'PY' || { echo "ci/gpu.sh: no usable CUDA device: the GPU gate cannot run here" >&2; exit 2; }
+import platform, sys
+import torch, transformers
+ok = torch.cuda.is_available()
+print(f"python {platform.python_version()}  torch {torch.__version__}  transformers {transformers.__version__}  cuda {ok}")
+if ok:
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        print(f"  cuda:{i} {p.name} {p.total_memory / 2**30:.0f} GiB")
+sys.exit(0 if ok else 1)
+PY
+
+echo "== dependencies"
+missing=$($PY - <<'PY'
+import importlib.util
+need = {"datasets": "datasets", "awq": "autoawq==0.2.9", "gguf": "gguf", "accelerate": "accelerate",
+        "yaml": "pyyaml", "ruamel.yaml": "ruamel.yaml", "filelock": "filelock", "tqdm": "tqdm",
+        "matplotlib": "matplotlib", "pytest": "pytest"}
+print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod.split(".")[0]) is None
+               or (mod == "ruamel.yaml" and importlib.util.find_spec("ruamel.yaml") is None)))
+PY
+)
+if [ -n "$missing" ]; then
+  if [ -n "${PPLGATE_WHEELS:-}" ]; then
+    echo "installing offline from $PPLGATE_WHEELS: $missing"
+    $PY -m pip install -q --no-index --no-deps --find-links "$PPLGATE_WHEELS" $missing || exit 2
+  else
+    echo "installing from PyPI: $missing"
+    $PY -m pip install -q --no-deps $missing || exit 2
+  fi
+fi
+$PY -c "import pplgate" 2>/dev/null || $PY -m pip install -q --no-deps -e . || exit 2
+
+echo "== gate"
+$PY -m pytest -m gpu -p no:cacheprovider --pplgate-report "$REPORT_DIR" --junitxml "$REPORT_DIR/junit.xml" \
+  -o junit_family=xunit1 "$@"
+rc=$?
+if [ $rc -eq 5 ]; then
+  echo "ci/gpu.sh: pytest collected no GPU gate tests (check baselines/ and -k/-m)" >&2
+  exit 1
+fi
+exit $rc
