@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import tiny_gpt2, tiny_llama
+from pplgate_testutils import skip_or_fail, tiny_gpt2, tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ENV = "PPLGATE_SHARED"
@@ -30,7 +30,7 @@ def shared_path() -> Path:
 def shared_dir() -> Path:
     p = shared_path()
     if not (p / "data" / "wikitext-2-raw-v1").is_dir():
-        pytest.skip(f"shared reference data not found at {p} (set {SHARED_ENV} to the shared/ folder)")
+        skip_or_fail(f"shared reference data not found at {p} (set {SHARED_ENV} to the shared/ folder)")
     return p
 
 
@@ -42,7 +42,7 @@ def wikitext_dir(shared_dir: Path) -> Path:
 def _tokenizer_dir(shared_dir: Path, name: str) -> Path:
     p = shared_dir / "tokenizers" / name
     if not p.is_dir():
-        pytest.skip(f"tokenizer {name} not found at {p}")
+        skip_or_fail(f"tokenizer {name} not found at {p}")
     return p
 
 

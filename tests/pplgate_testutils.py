@@ -7,13 +7,29 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from pplgate.data import CanonicalText, sha256_text
 from pplgate.engine import TokenizedText
+
+REQUIRE_ENV = "PPLGATE_REQUIRE_SHARED"
+
+
+def require_shared() -> bool:
+    """``PPLGATE_REQUIRE_SHARED=1`` (set by CI) turns a missing reference file into a failure."""
+    return os.environ.get(REQUIRE_ENV, "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    if require_shared():
+        pytest.fail(f"{reason} [{REQUIRE_ENV} is set]", pytrace=False)
+    pytest.skip(reason)
+
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic inputs and tiny models (seeded, fp32, CPU)

