@@ -7,7 +7,7 @@ import sys
 
 from pplgate.data import load_canonical_text
 from pplgate.engine import DEFAULT_SEQLEN, evaluate_perplexity, tokenize_canonical
-from pplgate.errors import PplgateError
+from pplgate.errors import PplgateError, ProtocolError
 from pplgate.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_source
 from pplgate.windows import tail_tokens, window_count
 
@@ -54,7 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_eval_args(args: argparse.Namespace) -> None:
+    """Reject impossible numbers before spending time on loading data and models."""
+    window_count(0, args.seqlen)  # ProtocolError for seqlen < 2
+    if args.batch_size < 1:
+        raise ProtocolError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_windows is not None and args.max_windows < 1:
+        raise ProtocolError(f"--max-windows must be >= 1, got {args.max_windows}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    _check_eval_args(args)
     text = load_canonical_text(args.dataset, allow_noncanonical=args.allow_noncanonical)
     src = resolve_source(args.model, args.gguf_file, args.revision)
     tokenizer = load_tokenizer(src, args.tokenizer)

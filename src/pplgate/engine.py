@@ -60,8 +60,12 @@ def tokenize_canonical(tokenizer, text: str) -> TokenizedText:
     if ids.numel() == 0:
         raise ProtocolError(f"tokenizer {type(tokenizer).__name__} encoded the text to nothing")
     bos_id = tokenizer.bos_token_id
-    plain = tokenizer(text[:256], add_special_tokens=False).input_ids
-    bos_added = bos_id is not None and int(ids[0]) == bos_id and (not plain or plain[0] != bos_id)
+    # Compare the same prefix with and without special tokens: the BOS was added iff the default
+    # encoding is BOS + the plain encoding (a literal BOS at the start of the text is not "added").
+    prefix = text[:256]
+    plain = tokenizer(prefix, add_special_tokens=False).input_ids
+    full = tokenizer(prefix).input_ids
+    bos_added = bos_id is not None and full[:1] == [bos_id] and full[1 : 1 + len(plain)] == plain
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     return TokenizedText(
         ids=ids, bos_added=bool(bos_added), tokenizer_name=str(name), tokenizer_sha256=tokenizer_fingerprint(tokenizer)

@@ -1,0 +1,84 @@
+"""Shared fixtures of pplgate's own test-suite: ../shared reference data and tiny seeded models.
+
+(The top-level ``conftest.py`` belongs to the pytest plugin; keep test helpers here.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pplgate_testutils import skip_or_fail, tiny_gpt2, tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ENV = "PPLGATE_SHARED"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: loads the real SmolLM2 model (tens of seconds on CPU)")
+    config.addinivalue_line("markers", "shared: needs the ../shared reference data")
+
+
+def shared_path() -> Path:
+    """``$PPLGATE_SHARED`` or ``<repo>/../shared``."""
+    env = os.environ.get(SHARED_ENV)
+    return Path(env).expanduser().resolve() if env else (REPO.parent / "shared").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    p = shared_path()
+    if not (p / "data" / "wikitext-2-raw-v1").is_dir():
+        skip_or_fail(f"shared reference data not found at {p} (set {SHARED_ENV} to the shared/ folder)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def wikitext_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "wikitext-2-raw-v1"
+
+
+def _tokenizer_dir(shared_dir: Path, name: str) -> Path:
+    p = shared_dir / "tokenizers" / name
+    if not p.is_dir():
+        skip_or_fail(f"tokenizer {name} not found at {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir(shared_dir: Path) -> Path:
+    return _tokenizer_dir(shared_dir, "gpt2")
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(gpt2_tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gpt2_tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer(shared_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(_tokenizer_dir(shared_dir, "llama2")))
+
+
+@pytest.fixture(scope="session")
+def canonical_text(wikitext_dir: Path):
+    from pplgate.data import load_canonical_text
+
+    return load_canonical_text(wikitext_dir / "test.jsonl")
+
+
+@pytest.fixture
+def make_tiny_llama():
+    """Factory of seeded, randomly initialised fp32 Llama models (hidden 32, 2 layers)."""
+    return tiny_llama
+
+
+@pytest.fixture
+def make_tiny_gpt2():
+    """Factory of seeded, randomly initialised fp32 GPT-2 models (n_embd 32, 2 layers)."""
+    return tiny_gpt2

@@ -1,0 +1,138 @@
+"""The command line: ``pplgate tokens`` and ``pplgate eval`` end to end on real files, exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pplgate_testutils import reference_window_nlls, tiny_gpt2, write_jsonl
+
+from pplgate.cli import main
+from pplgate.data import CANONICAL_SHA256, WIKITEXT_ENV
+from pplgate.result import PerplexityResult
+from pplgate.windows import make_windows
+
+RESULT_FIELDS = {f.name for f in dataclasses.fields(PerplexityResult)}
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    monkeypatch.delenv(WIKITEXT_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, gpt2_tokenizer):
+    """A random GPT-2 (real vocabulary size) saved with save_pretrained, plus the real GPT-2 tokenizer."""
+    d = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_gpt2(vocab=len(gpt2_tokenizer), max_pos=128, seed=21).save_pretrained(d)
+    gpt2_tokenizer.save_pretrained(d)
+    return d
+
+
+def test_tokens_command_real_gpt2(capsys, gpt2_tokenizer_dir: Path, wikitext_dir: Path) -> None:
+    rc = main(["tokens", "--tokenizer", str(gpt2_tokenizer_dir), "--dataset", str(wikitext_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for part in ("tokens=287644", "windows=140", "tail=924", "seqlen=2048", "bos_added=False", CANONICAL_SHA256):
+        assert part in out
+
+
+def test_tokens_command_honours_seqlen_and_env(capsys, monkeypatch, gpt2_tokenizer_dir, wikitext_dir) -> None:
+    monkeypatch.setenv(WIKITEXT_ENV, str(wikitext_dir / "test-00000-of-00001.parquet"))
+    assert main(["tokens", "--tokenizer", str(gpt2_tokenizer_dir), "--seqlen", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens=287644" in out and "windows=280" in out and "tail=924" in out
+
+
+def test_eval_writes_json_result(tmp_path, capsys, tiny_model_dir, wikitext_dir, gpt2_tokenizer, canonical_text):
+    out_json = tmp_path / "result.json"
+    argv = ["eval", "--model", str(tiny_model_dir), "--dataset", str(wikitext_dir), "--dtype", "fp32"]
+    argv += ["--device", "cpu", "--seqlen", "64", "--max-windows", "2", "--batch-size", "2"]
+    argv += ["--no-progress", "--json", str(out_json)]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "2/4494 windows (PARTIAL)" in stdout and f"wrote {out_json}" in stdout
+    data = json.loads(out_json.read_text())
+    assert RESULT_FIELDS <= set(data)
+    assert data["n_tokens"] == 287_644 and data["n_windows"] == 2 and data["n_windows_total"] == 287_644 // 64
+    assert data["tail_tokens"] == 287_644 % 64 and data["seqlen"] == 64 and data["batch_size"] == 2
+    assert data["partial"] is True and data["canonical"] is True and data["dataset_sha256"] == CANONICAL_SHA256
+    assert data["dtype"] == "float32" and data["device"] == "cpu" and data["bos_added"] is False
+    assert data["extra"]["model"] == str(tiny_model_dir)
+    assert PerplexityResult.from_dict(data).ppl == data["ppl"]
+    # the numbers are the model's: recompute the two windows independently
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = gpt2_tokenizer(canonical_text.text, return_tensors="pt").input_ids[0]
+    ref = reference_window_nlls(model, make_windows(ids, 64)[:2])
+    assert data["window_nlls"] == pytest.approx(ref, rel=1e-5)
+    assert data["ppl"] == pytest.approx(math.exp(sum(ref) / 2), rel=1e-5)
+
+
+def test_eval_noncanonical_text_is_marked(tmp_path, capsys, tiny_model_dir) -> None:
+    data_file = write_jsonl(tmp_path / "t.jsonl", ["Hello world, this is a small test text. " * 40])
+    base = ["eval", "--model", str(tiny_model_dir), "--dataset", str(data_file), "--dtype", "fp32"]
+    base += ["--device", "cpu", "--seqlen", "32", "--no-progress"]
+    assert main(base) == 2
+    assert "--allow-noncanonical" in capsys.readouterr().err
+    out_json = tmp_path / "r.json"
+    assert main(base + ["--allow-noncanonical", "--json", str(out_json)]) == 0
+    assert "NON-CANONICAL" in capsys.readouterr().out
+    data = json.loads(out_json.read_text())
+    assert data["canonical"] is False and data["partial"] is False and math.isfinite(data["ppl"])
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["eval", "--dataset", "/nonexistent/wikitext.parquet"], "does not exist"),
+        (["tokens", "--dataset", "/nonexistent/wikitext.parquet"], "does not exist"),
+        (["eval", "--model", "/nonexistent/model", "--dataset", "{wikitext}"], "model path /nonexistent/model"),
+        (["eval", "--model", "{model}", "--dataset", "{wikitext}", "--seqlen", "4096"], "--seqlen 128"),
+        (
+            ["eval", "--model", "{model}", "--dataset", "{wikitext}", "--seqlen", "64", "--max-windows", "0"],
+            "--max-windows",
+        ),
+        (
+            ["eval", "--model", "{model}", "--dataset", "{wikitext}", "--seqlen", "64", "--batch-size", "0"],
+            "--batch-size",
+        ),
+        (["eval", "--model", "{model}", "--dataset", "{wikitext}", "--seqlen", "1"], "seqlen must be >= 2"),
+    ],
+    ids=["eval-no-dataset", "tokens-no-dataset", "no-model", "seqlen-too-long", "max-windows", "batch-size", "seqlen"],
+)
+def test_errors_exit_2_with_clear_message(capsys, args, needle, tiny_model_dir, wikitext_dir) -> None:
+    argv = [a.format(model=tiny_model_dir, wikitext=wikitext_dir) for a in args]
+    argv += ["--device", "cpu", "--dtype", "fp32", "--no-progress"] if argv[0] == "eval" else []
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2
+    last = err.strip().splitlines()[-1]  # (model loading may print progress bars before it)
+    assert last.startswith("pplgate: error:")
+    assert needle in last
+
+
+def test_hub_unreachable_via_subprocess(tmp_path: Path) -> None:
+    """The real entry point, as a user runs it: no dataset given and no hub -> exit 2 and the fix."""
+    env = dict(os.environ)
+    env.pop(WIKITEXT_ENV, None)
+    env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pplgate.cli", "tokens", "--tokenizer", "/nonexistent"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("pplgate: error:")
+    assert "--dataset" in proc.stderr and WIKITEXT_ENV in proc.stderr

