@@ -127,3 +127,8 @@ class Bf16Variant(FloatVariant):
 class Fp32Variant(FloatVariant):
     kind = "fp32"
     dtype = "fp32"
+
+
+# Quantized kinds register themselves on import (they import this module; keep these last).
+from pplgate import awq as _awq  # noqa: E402, F401
+from pplgate import rtn as _rtn  # noqa: E402, F401

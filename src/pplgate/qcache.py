@@ -1,0 +1,326 @@
+"""On-disk cache of quantized models, content-addressed and written atomically.
+
+Layout: ``<root>/<key>/`` holds the artefacts (e.g. ``model/`` from AutoAWQ ``save_quantized``) and
+``manifest.json``, written last, listing every file with its size and sha256. ``<key>`` is the
+sha256 of :func:`cache_key_parts` (source model content, variant config, calibration hash, library
+versions). Root: ``ModelContext.cache_dir``, else ``$PPLGATE_CACHE_DIR``, else
+``~/.cache/pplgate/quant``.
+
+* Writes build in ``<root>/.tmp-<key>-<random>/`` (same filesystem) and ``os.rename`` into place:
+  a killed run leaves only a ``.tmp-*`` folder that is never read (and is swept later).
+* Readers verify the manifest (key, every file's size and sha256, no file missing). A corrupt or
+  partial entry is reported with a :class:`CacheWarning` naming it, removed, and rebuilt.
+* Concurrent writers (pytest-xdist workers) serialize on ``<root>/<key>.lock`` (``filelock``): the
+  second waits and then finds a valid entry instead of quantizing again. Even without the lock the
+  rename is rename-wins: a writer that finds a valid entry in place discards its own build.
+* Modes: ``use`` (read and write), ``refresh`` (ignore existing entries, rebuild and replace),
+  ``off`` (no reads, no writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pplgate.errors import PplgateError
+from pplgate.models import ModelSource
+
+CACHE_ENV = "PPLGATE_CACHE_DIR"
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+MODES = ("use", "refresh", "off")
+LOCK_TIMEOUT_S = 6 * 3600  # an AWQ build of a large model on a slow machine can take hours
+
+
+class CacheError(PplgateError):
+    """The quantization cache is misconfigured or an entry cannot be written."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was found corrupt or partial and is being rebuilt."""
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pplgate" / "quant"
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256_file_memo(p: Path) -> str:
+    st = p.stat()
+    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _FILE_HASHES:
+        _FILE_HASHES[k] = sha256_file(p)
+    return _FILE_HASHES[k]
+
+
+_SKIP_DIRS = {".git", "__pycache__", ".cache"}
+
+
+def source_fingerprint(src: ModelSource) -> dict[str, Any]:
+    """What identifies the source model's weights for the cache key.
+
+    Local GGUF: the GGUF file's sha256. Local directory: sha256 of every file (relative path +
+    content). Hub id: id + revision (``main`` when unpinned — pin ``revision`` in the baseline, or
+    a hub update of ``main`` will silently reuse the old entry).
+    """
+    p = Path(src.path_or_id).expanduser()
+    if p.exists():
+        if src.gguf_file:
+            f = p / src.gguf_file
+            return {"type": "gguf", "file": src.gguf_file, "sha256": _sha256_file_memo(f), "size": f.stat().st_size}
+        if p.is_file():
+            return {"type": "file", "file": p.name, "sha256": _sha256_file_memo(p)}
+        h = hashlib.sha256()
+        n = 0
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and not (_SKIP_DIRS & set(x.relative_to(p).parts))):
+            h.update(str(f.relative_to(p)).encode() + b"\0" + _sha256_file_memo(f).encode() + b"\n")
+            n += 1
+        return {"type": "dir", "n_files": n, "sha256": h.hexdigest()}
+    out: dict[str, Any] = {"type": "hub", "id": src.path_or_id, "revision": src.revision or "main"}
+    if src.gguf_file:
+        out["gguf_file"] = src.gguf_file
+    return out
+
+
+def library_versions(*dists: str) -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for d in dists:
+        try:
+            out[d] = metadata.version(d)
+        except metadata.PackageNotFoundError:
+            out[d] = None
+    return out
+
+
+def cache_key_parts(
+    source: ModelSource, variant_config: Mapping[str, Any], calibration_sha256: str | None, versions: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT,
+        "source": source_fingerprint(source),
+        "variant": dict(variant_config),
+        "calibration_sha256": calibration_sha256,
+        "versions": dict(versions),
+    }
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.manifest.get("meta", {})
+
+
+def _list_files(d: Path) -> list[Path]:
+    return sorted(f for f in d.rglob("*") if f.is_file() and f.name != MANIFEST)
+
+
+class QuantCache:
+    """A cache root and a mode; see the module doc."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, mode: str = "use") -> None:
+        if mode not in MODES:
+            raise CacheError(f"cache mode must be one of {MODES}, got {mode!r}")
+        self.root = Path(root).expanduser() if root else default_cache_root()
+        self.mode = mode
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def entry_path(self, key: str) -> Path:
+        return self.root / key
+
+    # -- reading -----------------------------------------------------------------------------
+    def verify(self, key: str) -> tuple[CacheEntry | None, str | None]:
+        """``(entry, None)`` if valid; ``(None, reason)`` if present but bad; ``(None, None)`` if absent."""
+        d = self.entry_path(key)
+        if not d.exists():
+            return None, None
+        mf = d / MANIFEST
+        if not mf.is_file():
+            return None, "manifest.json missing (partial or interrupted write)"
+        try:
+            manifest = json.loads(mf.read_text(encoding="utf-8"))
+            files = manifest["files"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return None, f"unreadable manifest ({type(exc).__name__}: {exc})"
+        if manifest.get("key") != key:
+            return None, f"manifest key {manifest.get('key')!r} does not match the entry name"
+        present = {str(f.relative_to(d)) for f in _list_files(d)}
+        missing = sorted(set(files) - present)
+        if missing:
+            return None, f"files missing: {missing}"
+        extra = sorted(present - set(files))
+        if extra:
+            return None, f"files not in the manifest: {extra}"
+        for rel, rec in files.items():
+            f = d / rel
+            if f.stat().st_size != rec["size"]:
+                return None, f"{rel}: size {f.stat().st_size} != {rec['size']} in the manifest (truncated?)"
+            if sha256_file(f) != rec["sha256"]:
+                return None, f"{rel}: sha256 mismatch (corrupt)"
+        return CacheEntry(key, d, manifest), None
+
+    def lookup(self, key: str) -> CacheEntry | None:
+        """A valid entry for ``key`` in mode ``use``; a bad entry is warned about and removed."""
+        if self.mode != "use":
+            return None
+        entry, reason = self.verify(key)
+        if reason is not None:
+            warnings.warn(
+                f"pplgate quantization cache entry {self.entry_path(key)} is invalid ({reason}); rebuilding it",
+                CacheWarning,
+                stacklevel=2,
+            )
+            self._remove(self.entry_path(key))
+        return entry
+
+    # -- writing -----------------------------------------------------------------------------
+    def _remove(self, d: Path) -> None:
+        if not d.exists():
+            return
+        trash = self.root / f".trash-{d.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(d, trash)  # atomic: readers never see a half-deleted entry
+        except OSError:
+            trash = d
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _lock(self, key: str):
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / f"{key}.lock"), timeout=LOCK_TIMEOUT_S)
+
+    def _write(
+        self, key: str, build: Callable[[Path], Mapping[str, Any] | None], meta: Mapping[str, Any]
+    ) -> CacheEntry:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=self.root))
+        try:
+            t0 = time.perf_counter()
+            extra = build(tmp) or {}
+            files = {
+                str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in _list_files(tmp)
+            }
+            if not files:
+                raise CacheError(f"cache build for {key} wrote no files")
+            manifest = {
+                "key": key,
+                "format": CACHE_FORMAT,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_time_s": time.perf_counter() - t0,
+                "meta": {**dict(meta), **dict(extra)},
+                "files": files,
+            }
+            mf = tmp / (MANIFEST + ".part")
+            with open(mf, "w", encoding="utf-8") as fh:
+                json.dump(manifest, fh, indent=1, sort_keys=True, default=str)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(mf, tmp / MANIFEST)  # the manifest appears last, complete
+            final = self.entry_path(key)
+            if final.exists():
+                existing, _ = self.verify(key)
+                if existing is not None and self.mode == "use":
+                    return existing  # another writer won; ours is discarded
+                self._remove(final)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                existing, _ = self.verify(key)  # lost a race to another writer
+                if existing is None:
+                    raise
+                return existing
+            tmp = None  # type: ignore[assignment]
+            return CacheEntry(key, final, manifest)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def get_or_build(
+        self, key: str, build: Callable[[Path], Mapping[str, Any] | None], meta: Mapping[str, Any] | None = None
+    ) -> tuple[CacheEntry, bool]:
+        """``(entry, hit)``: a valid entry for ``key``, building it with ``build(dir)`` when needed.
+
+        ``build`` writes the artefacts into the directory it is given and may return extra manifest
+        metadata. Not for mode ``off`` (the caller keeps the model in memory instead).
+        """
+        if not self.enabled:
+            raise CacheError("the cache is off")
+        with self._lock(key):
+            entry = self.lookup(key)
+            if entry is not None:
+                return entry, True
+            return self._write(key, build, meta or {}), False
+
+    # -- maintenance -------------------------------------------------------------------------
+    def entries(self) -> list[CacheEntry | tuple[str, str]]:
+        """Valid entries, and ``(key, reason)`` for invalid ones."""
+        out: list[CacheEntry | tuple[str, str]] = []
+        if not self.root.is_dir():
+            return out
+        for d in sorted(self.root.iterdir()):
+            if d.is_dir() and not d.name.startswith("."):
+                entry, reason = self.verify(d.name)
+                out.append(entry if entry is not None else (d.name, reason or "absent"))
+        return out
+
+    def clear(self, key: str | None = None, *, stale_tmp_age_s: float | None = None) -> int:
+        """Remove one entry (``key``) or all entries, temp and trash folders; returns how many.
+
+        With ``stale_tmp_age_s``, only sweep ``.tmp-*``/``.trash-*`` folders older than that (safe
+        while other processes are writing).
+        """
+        if not self.root.is_dir():
+            return 0
+        n = 0
+        now = time.time()
+        for d in list(self.root.iterdir()):
+            if key is not None and d.name not in (key, f"{key}.lock"):
+                continue
+            is_tmp = d.name.startswith((".tmp-", ".trash-"))
+            if stale_tmp_age_s is not None and (not is_tmp or now - d.stat().st_mtime < stale_tmp_age_s):
+                continue
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+            elif d.suffix == ".lock":
+                d.unlink(missing_ok=True)
+        return n

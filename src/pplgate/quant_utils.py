@@ -1,0 +1,119 @@
+"""Helpers shared by the quantized variants: compute dtype, model config, decoder layers, sizes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from pplgate.models import ModelSource, resolve_device
+
+
+def _variant_error(msg: str) -> Exception:
+    from pplgate.variants import VariantError  # lazy: variants imports the quantized kinds
+
+    return VariantError(msg)
+
+
+def default_compute_dtype(device: str) -> str:
+    """``fp16`` on CUDA (what the AWQ kernels and most deployments use), ``fp32`` on CPU."""
+    return "fp16" if resolve_device(device).type == "cuda" else "fp32"
+
+
+def resolve_dtype(param: str | None, device: str) -> str:
+    """The compute dtype of a quantized variant: the ``dtype`` param, or ``auto`` -> device default."""
+    if param in (None, "auto"):
+        return default_compute_dtype(device)
+    if param not in ("fp16", "bf16", "fp32"):
+        raise _variant_error(f"dtype must be one of auto, fp16, bf16, fp32; got {param!r}")
+    return param
+
+
+@functools.lru_cache(maxsize=16)
+def _load_config(path_or_id: str, gguf_file: str | None, revision: str | None):
+    from transformers import AutoConfig
+
+    kw: dict[str, Any] = {}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    if revision:
+        kw["revision"] = revision
+    return AutoConfig.from_pretrained(path_or_id, **kw)
+
+
+def load_config(src: ModelSource):
+    """The model's ``PretrainedConfig`` (cheap: no weights are read; a GGUF's metadata is parsed once)."""
+    return _load_config(src.path_or_id, src.gguf_file, src.revision)
+
+
+def linear_in_features(config) -> dict[str, int]:
+    """Input widths of the decoder Linears implied by a (text) config: role -> in_features."""
+    cfg = getattr(config, "text_config", None) or config
+    out: dict[str, int] = {}
+    hidden = getattr(cfg, "hidden_size", None)
+    if isinstance(hidden, int):
+        out["hidden_size (q/k/v/gate/up in_features)"] = hidden
+    inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None)
+    if isinstance(inter, int):
+        out["intermediate_size (down_proj in_features)"] = inter
+    heads = getattr(cfg, "num_attention_heads", None)
+    head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if isinstance(hidden, int) and heads else None)
+    if isinstance(heads, int) and isinstance(head_dim, int):
+        out["num_attention_heads*head_dim (o_proj in_features)"] = heads * head_dim
+    return out
+
+
+def group_size_problems(config, group_size: int) -> list[str]:
+    """Human-readable reasons why ``group_size`` does not divide the decoder Linears' in_features."""
+    if group_size == -1:
+        return []
+    return [
+        f"{name} = {value} is not a multiple of q_group_size {group_size}"
+        for name, value in linear_in_features(config).items()
+        if value % group_size
+    ]
+
+
+def valid_group_sizes(config, candidates=(128, 64, 32)) -> list[int]:
+    return [g for g in candidates if not group_size_problems(config, g)]
+
+
+_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "transformer.blocks")
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder blocks (the Linears AWQ/RTN quantize live there; lm_head and embeddings do not)."""
+    for path in _LAYER_PATHS:
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return obj
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise _variant_error(f"cannot find the decoder layers of {type(model).__name__}")
+    return max(lists, key=len)
+
+
+def strip_load_quantization(model: torch.nn.Module) -> None:
+    """Forget a load-time quantizer (a GGUF is de-quantized on load): the weights are plain floats.
+
+    Left in place, ``config.quantization_config = {quant_method: gguf}`` and ``model.hf_quantizer``
+    make ``save_pretrained`` and AutoAWQ treat the model as already quantized.
+    """
+    cfg = getattr(model, "config", None)
+    qc = getattr(cfg, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, Mapping) else getattr(qc, "quant_method", None)
+    if qc is not None and str(getattr(method, "value", method)).lower() == "gguf":
+        del cfg.quantization_config
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+        if hasattr(model, "is_quantized"):
+            try:
+                model.is_quantized = False
+            except AttributeError:  # a read-only property in some versions
+                pass

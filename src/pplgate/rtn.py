@@ -1,0 +1,155 @@
+"""``rtn``: round-to-nearest group-wise weight quantization (fake-quantized, pure torch).
+
+Every ``nn.Linear`` inside the decoder layers is quantized (not ``lm_head``, not the embeddings —
+the same set AutoAWQ quantizes). The math is AutoAWQ's ``pseudo_quantize_tensor``:
+
+* per group of ``q_group_size`` consecutive input channels of one output row (``-1``: whole row);
+* ``zero_point=True`` (asymmetric): ``scale = max(max-min, 1e-5) / (2^b-1)``,
+  ``zero = clamp(-round(min/scale), 0, 2^b-1)``, ``q = clamp(round(w/scale) + zero, 0, 2^b-1)``,
+  ``w' = (q - zero) * scale``;
+* ``zero_point=False`` (symmetric): ``scale = max(|w|max, 1e-5) / (2^(b-1)-1)``,
+  ``w' = clamp(round(w/scale), -2^(b-1), 2^(b-1)-1) * scale``.
+
+The quantization math runs in fp32 (whatever the load dtype), then the de-quantized weights are
+stored in the compute dtype (param ``dtype``: ``auto`` = fp16 on CUDA, fp32 on CPU). The model is
+loaded fresh in that dtype, so the gate's cached fp model is never modified.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from pplgate.quant_utils import decoder_layers, group_size_problems, load_config, resolve_dtype
+from pplgate.variants import ModelContext, PreparedModel, Variant, VariantError, register
+
+RTN_PARAMS = ("w_bit", "q_group_size", "zero_point", "dtype")
+
+
+def pseudo_quantize_tensor(
+    w: torch.Tensor, w_bit: int = 4, group_size: int = 128, zero_point: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Fake-quantize a 2-D weight ``[out, in]`` group-wise; returns ``(w_dequant, scales, zeros)``.
+
+    ``scales``/``zeros`` have shape ``[out, in // group_size]`` (``zeros`` is None when symmetric).
+    The result has ``w``'s dtype; the arithmetic is done in fp32.
+    """
+    if w.dim() != 2:
+        raise ValueError(f"expected a 2-D weight, got shape {tuple(w.shape)}")
+    if not 1 <= w_bit <= 16:
+        raise ValueError(f"w_bit must be in 1..16, got {w_bit}")
+    out_f, in_f = w.shape
+    g = in_f if group_size == -1 else group_size
+    if g <= 0 or in_f % g:
+        raise ValueError(f"in_features {in_f} is not a multiple of q_group_size {group_size}")
+    x = w.detach().to(torch.float32).reshape(-1, g)
+    if torch.isnan(x).any():
+        raise ValueError("weight contains NaN")
+    if zero_point:
+        max_int, min_int = 2**w_bit - 1, 0
+        max_val = x.amax(dim=1, keepdim=True)
+        min_val = x.amin(dim=1, keepdim=True)
+        scales = (max_val - min_val).clamp(min=1e-5) / max_int
+        zeros = (-torch.round(min_val / scales)).clamp_(min_int, max_int)
+        q = (torch.clamp(torch.round(x / scales) + zeros, min_int, max_int) - zeros) * scales
+        zeros_out: torch.Tensor | None = zeros.view(out_f, -1)
+    else:
+        if w_bit < 2:
+            raise ValueError("symmetric quantization needs w_bit >= 2")
+        max_int, min_int = 2 ** (w_bit - 1) - 1, -(2 ** (w_bit - 1))
+        scales = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-5) / max_int
+        q = torch.clamp(torch.round(x / scales), min_int, max_int) * scales
+        zeros_out = None
+    return q.reshape(out_f, in_f).to(w.dtype), scales.view(out_f, -1), zeros_out
+
+
+@torch.no_grad()
+def rtn_quantize_model(model: torch.nn.Module, w_bit: int, group_size: int, zero_point: bool) -> dict[str, Any]:
+    """Replace, in place, the weights of every Linear in the decoder layers by their RTN fake-quant."""
+    layers = decoder_layers(model)
+    n = 0
+    n_params = 0
+    for li, layer in enumerate(layers):
+        for name, mod in layer.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                in_f = mod.weight.shape[1]
+                if group_size != -1 and in_f % group_size:
+                    raise VariantError(
+                        f"layer {li} {name}: in_features {in_f} is not a multiple of q_group_size {group_size}"
+                    )
+                wq, _, _ = pseudo_quantize_tensor(mod.weight.data, w_bit, group_size, zero_point)
+                mod.weight.data.copy_(wq)
+                n += 1
+                n_params += mod.weight.numel()
+    if n == 0:
+        raise VariantError(f"no nn.Linear found in the decoder layers of {type(model).__name__}")
+    return {"n_linears": n, "n_quantized_params": n_params, "n_layers": len(layers)}
+
+
+def _int_param(params: Mapping[str, Any], key: str, default: int) -> int:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VariantError(f"param {key} must be an integer, got {value!r}")
+    return value
+
+
+@register
+class RtnVariant(Variant):
+    """Round-to-nearest weight-only quantization; params ``w_bit`` (4), ``q_group_size`` (128),
+    ``zero_point`` (True), ``dtype`` (``auto``)."""
+
+    kind = "rtn"
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        unknown = sorted(set(self.params) - set(RTN_PARAMS))
+        if unknown:
+            raise VariantError(f"variant kind 'rtn': unknown params {unknown}; known: {list(RTN_PARAMS)}")
+        self.w_bit = _int_param(self.params, "w_bit", 4)
+        self.group_size = _int_param(self.params, "q_group_size", 128)
+        self.zero_point = bool(self.params.get("zero_point", True))
+        self.dtype_param = self.params.get("dtype", "auto")
+        if not 2 <= self.w_bit <= 8:
+            raise VariantError(f"rtn: w_bit must be in 2..8, got {self.w_bit}")
+        if self.group_size != -1 and self.group_size <= 0:
+            raise VariantError(f"rtn: q_group_size must be positive or -1 (whole row), got {self.group_size}")
+        if self.dtype_param not in ("auto", "fp16", "bf16", "fp32"):
+            raise VariantError(f"rtn: dtype must be auto, fp16, bf16 or fp32; got {self.dtype_param!r}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "w_bit": self.w_bit,
+            "q_group_size": self.group_size,
+            "zero_point": self.zero_point,
+            "dtype": self.dtype_param,
+            "scope": "decoder-layer Linears (not lm_head/embeddings)",
+            "math": "autoawq pseudo_quantize_tensor, fp32 arithmetic",
+        }
+
+    def check(self, ctx: ModelContext) -> None:
+        resolve_dtype(self.dtype_param, ctx.device)
+        try:
+            config = load_config(ctx.source)
+        except Exception:  # unreadable config: prepare() checks the real modules
+            return
+        problems = group_size_problems(config, self.group_size)
+        if problems:
+            raise VariantError(
+                f"rtn q_group_size {self.group_size} does not fit {ctx.source.describe()}: " + "; ".join(problems)
+            )
+
+    def prepare(self, ctx: ModelContext) -> PreparedModel:
+        self.check(ctx)
+        dtype = resolve_dtype(self.dtype_param, ctx.device)
+        t0 = time.perf_counter()
+        model = ctx.load(dtype, fresh=True)
+        t_load = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        stats = rtn_quantize_model(model, self.w_bit, self.group_size, self.zero_point)
+        t_quant = time.perf_counter() - t1
+        info = {"dtype": dtype, "load_time_s": t_load, "quantize_time_s": t_quant, **stats}
+        return PreparedModel(model=model, origin="quantized", prepare_time_s=time.perf_counter() - t0, info=info)

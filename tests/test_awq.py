@@ -1,0 +1,143 @@
+"""Real AutoAWQ on a tiny random Llama: quantize, measure, cache hit, corruption, checkpoints, check()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _variant_helpers import calibration_file, make_tiny_llama, need_shared
+
+pytest.importorskip("awq", reason="AutoAWQ missing: pip install --no-deps autoawq==0.2.9")
+
+from pplgate import evaluate_perplexity, load_canonical_text, tokenize_canonical  # noqa: E402
+from pplgate.models import ModelSource, load_tokenizer  # noqa: E402
+from pplgate.qcache import CacheWarning  # noqa: E402
+from pplgate.variants import ModelContext, VariantError, make_variant  # noqa: E402
+
+PARAMS = {"w_bit": 4, "q_group_size": 64, "zero_point": True, "version": "gemm"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+    src = ModelSource(str(d))
+    tok = load_tokenizer(src)
+    dataset = load_canonical_text(need_shared("data", "wikitext-2-raw-v1", "test.jsonl"))
+    return src, tok, dataset, tokenize_canonical(tok, dataset.text)
+
+
+def _params():
+    return {**PARAMS, "calibration": {"path": str(calibration_file()), "n_samples": 8, "seqlen": 128}}
+
+
+def _ctx(tiny, cache_dir, mode="use"):
+    src, tok, _, _ = tiny
+    return ModelContext(source=src, device="cpu", tokenizer=tok, cache_dir=str(cache_dir), cache_mode=mode)
+
+
+def _ppl(tiny, model):
+    _, _, dataset, tokens = tiny
+    return evaluate_perplexity(model, tokens, dataset, max_windows=1, progress=False).ppl
+
+
+def test_quantize_measure_cache_hit_and_corruption(tiny, tmp_path):
+    ctx = _ctx(tiny, tmp_path)
+    v = make_variant("awq", _params())
+    p1 = v.prepare(ctx)
+    assert p1.origin == "quantized" and p1.info["quant_modules"] == ["WQLinear_GEMM"]
+    assert p1.info["n_quant_linears"] == 14 and "naive" in p1.info["kernel"]
+    assert type(p1.model).__name__ == "LlamaForCausalLM"  # the plain HF model, not the AWQ wrapper
+    ppl1 = _ppl(tiny, p1.model)
+    assert 1 < ppl1 < 1e6
+
+    p2 = make_variant("awq", _params()).prepare(ctx)
+    assert p2.origin == "cache" and p2.info["cache_key"] == p1.info["cache_key"]
+    assert p2.info["quant_modules"] == ["WQLinear_GEMM"]
+    assert _ppl(tiny, p2.model) == pytest.approx(ppl1, rel=1e-6)
+
+    fp = _ppl(tiny, make_variant("fp32").prepare(ctx).model)
+    assert ppl1 != fp  # the quantized model is not the float one
+
+    weights = next((tmp_path / p1.info["cache_key"] / "model").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated file
+    with pytest.warns(CacheWarning, match=p1.info["cache_key"]):
+        p3 = make_variant("awq", _params()).prepare(ctx)
+    assert p3.origin == "quantized" and _ppl(tiny, p3.model) == pytest.approx(ppl1, rel=1e-6)
+
+    # the saved entry is a regular AWQ checkpoint: awq-checkpoint loads it as deployed
+    ck = make_variant("awq-checkpoint", {"checkpoint": str(tmp_path / p1.info["cache_key"] / "model")})
+    ck.check(ctx)
+    p4 = ck.prepare(ctx)
+    assert p4.origin == "loaded" and _ppl(tiny, p4.model) == pytest.approx(ppl1, rel=1e-6)
+
+
+def test_cache_off_and_key_inputs(tiny, tmp_path):
+    ctx = _ctx(tiny, tmp_path, mode="off")
+    p = make_variant("awq", _params()).prepare(ctx)
+    assert p.origin == "quantized" and p.info["cache"] == "off" and not any(tmp_path.iterdir())
+    v = make_variant("awq", _params())
+    parts = v.cache_key_parts(ctx, "cal")
+    assert parts["versions"]["autoawq"] == "0.2.9" and parts["source"]["type"] == "dir"
+    assert parts["variant"]["q_group_size"] == 64 and parts["calibration_sha256"] == "cal"
+    fp = v.fingerprint()
+    assert fp["calibration"]["n_samples"] == 8 and len(fp["calibration"]["source_sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"q_group_size": 128}, r"hidden_size .* = 128.*intermediate|Sizes that fit"),
+        ({"q_group_size": 96}, "is not a multiple of q_group_size 96"),
+        ({"w_bit": 3}, "4-bit only"),
+        ({"zero_point": False}, "zero_point=False is not supported"),
+        ({"version": "gemv"}, "needs a CUDA GPU kernel"),
+        ({"version": "marlin"}, "needs a CUDA GPU kernel"),
+        ({"version": "exl3"}, "version must be one of"),
+    ],
+)
+def test_check_rejects(tiny, tmp_path, params, match):
+    v = make_variant("awq", {**_params(), **params})
+    if params == {"q_group_size": 128}:
+        v.check(_ctx(tiny, tmp_path))  # 128 fits the tiny model (hidden 128, ffn 256)
+        return
+    with pytest.raises(VariantError, match=match):
+        v.check(_ctx(tiny, tmp_path))
+
+
+def test_check_smollm2_group_size_and_architecture(tmp_path):
+    from pplgate.models import resolve_source
+
+    try:
+        src = resolve_source(None)
+    except Exception as exc:
+        pytest.skip(f"embedded SmolLM2 GGUF unavailable: {exc}")
+    ctx = ModelContext(source=src, device="cpu", cache_dir=str(tmp_path))
+    with pytest.raises(VariantError, match=r"hidden_size .* = 576 is not a multiple of q_group_size 128.*\[64, 32\]"):
+        make_variant("awq", {**_params(), "q_group_size": 128}).check(ctx)
+    make_variant("awq", _params()).check(ctx)
+
+
+def test_check_unsupported_architecture_and_missing_autoawq(tmp_path, monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=100)).save_pretrained(tmp_path / "g")
+    ctx = ModelContext(source=ModelSource(str(tmp_path / "g")), device="cpu")
+    with pytest.raises(VariantError, match="does not support architecture 'gpt2'"):
+        make_variant("awq", _params()).check(ctx)
+    with pytest.raises(VariantError, match="not an AWQ checkpoint"):
+        make_variant("awq-checkpoint", {"checkpoint": str(tmp_path / "g")}).check(ctx)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "awq" else real(n, *a))
+    with pytest.raises(VariantError, match=r"pip install --no-deps autoawq==0\.2\.9"):
+        make_variant("awq", _params()).check(ctx)
+
+
+def test_params_validation():
+    with pytest.raises(VariantError, match="unknown params"):
+        make_variant("awq", {"bits": 4})
+    with pytest.raises(VariantError, match="calibration: unknown keys"):
+        make_variant("awq", {"calibration": {"file": "x"}})
+    with pytest.raises(VariantError, match="unknown params"):
+        make_variant("awq-checkpoint", {"path": "x"})
+    assert torch.float16  # noqa: B015 - keep torch import used

@@ -1,0 +1,95 @@
+"""Calibration sources, deterministic order, hashes, AutoAWQ's sample selection, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _variant_helpers import calibration_file, need_shared
+
+from pplgate.calibration import (
+    CalibrationError,
+    CalibrationSpec,
+    load_calibration,
+    select_calibration,
+    texts_sha256,
+)
+
+
+def test_shared_corpus_is_deterministic():
+    p = calibration_file()
+    a, b = load_calibration(str(p)), load_calibration(str(p))
+    assert len(a) == 2923 and a.texts == b.texts and a.sha256 == b.sha256
+    first = json.loads(p.open(encoding="utf-8").readline())["text"]
+    assert a.texts[0] == first
+
+
+def test_formats_and_hash(tmp_path):
+    (tmp_path / "a.txt").write_text("one para\n\nsecond para\n\n\nthird")
+    (tmp_path / "a.json").write_text(json.dumps(["one para", {"text": "second para"}, "third"]))
+    (tmp_path / "a.jsonl").write_text('{"body": "one para"}\n\n{"body": "second para"}\n{"body": "third"}\n')
+    t = load_calibration(str(tmp_path / "a.txt"))
+    j = load_calibration(str(tmp_path / "a.json"))
+    jl = load_calibration(str(tmp_path / "a.jsonl"), text_column="body")
+    assert t.texts == j.texts == jl.texts == ("one para", "second para", "third")
+    assert t.sha256 == j.sha256 == texts_sha256(["one para", "second para", "third"])
+    assert texts_sha256(["ab", "c"]) != texts_sha256(["a", "bc"])  # boundaries count
+
+
+def test_errors(tmp_path, monkeypatch):
+    with pytest.raises(CalibrationError, match="does not exist"):
+        load_calibration(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "empty.jsonl").write_text('{"text": "  "}\n')
+    with pytest.raises(CalibrationError, match="holds no text"):
+        load_calibration(str(tmp_path / "empty.jsonl"))
+    (tmp_path / "bad.jsonl").write_text('{"other": 1}\n')
+    with pytest.raises(CalibrationError, match=r"bad.jsonl:1: expected .* 'text' field"):
+        load_calibration(str(tmp_path / "bad.jsonl"))
+    with pytest.raises(CalibrationError, match="expected hf:NAME"):
+        load_calibration("hf:x")
+    with pytest.raises(CalibrationError, match="unknown keys"):
+        CalibrationSpec.from_param({"file": "x"})
+    with pytest.raises(CalibrationError, match="n_samples must be a positive integer"):
+        CalibrationSpec.from_param({"path": "x", "n_samples": 0})
+
+
+def test_hub_unreachable_says_use_a_local_file(monkeypatch):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(CalibrationError, match="use a local file instead"):
+        load_calibration("pileval")
+    with pytest.raises(CalibrationError, match="use a local file instead"):
+        load_calibration("hf:org/name:cfg:train:text")
+
+
+def test_env_default(monkeypatch):
+    p = calibration_file()
+    monkeypatch.setenv("PPLGATE_CALIBRATION", str(p))
+    assert CalibrationSpec.from_param(None).resolved_source() == str(p)
+    assert load_calibration(None).sha256 == load_calibration(str(p)).sha256
+    monkeypatch.delenv("PPLGATE_CALIBRATION")
+    assert CalibrationSpec().resolved_source() == "pileval"
+
+
+def test_select_follows_autoawq_rule():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(need_shared("tokenizers", "gpt2")))
+    cal = load_calibration(str(calibration_file()))
+    sel = select_calibration(cal, tok, n_samples=16, seqlen=64)
+    assert len(sel) == 16 and all(len(tok.encode(t)) <= 64 for t in sel.texts)
+    # the same texts AutoAWQ's own get_calib_dataset keeps
+    import torch
+    from awq.utils.calib_data import get_calib_dataset
+
+    ours = torch.cat([torch.tensor([tok.encode(t)]) for t in sel.texts], dim=1)
+    theirs = get_calib_dataset(list(cal.texts), tokenizer=tok, n_samples=16, max_seq_len=64)
+    n = len(theirs) * 64
+    assert torch.equal(torch.cat(theirs, dim=1)[0], ours[0, :n])
+    assert sel.sha256 != cal.sha256 and select_calibration(cal, tok, 16, 64).sha256 == sel.sha256
+    with pytest.raises(CalibrationError, match="fewer than one block"):
+        select_calibration(cal, tok, n_samples=1, seqlen=2048)

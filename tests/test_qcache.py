@@ -1,0 +1,173 @@
+"""The quantization cache: keys, atomic writes, corruption detection, modes, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import pytest
+
+from pplgate.models import ModelSource
+from pplgate.qcache import (
+    MANIFEST,
+    CacheError,
+    CacheWarning,
+    QuantCache,
+    cache_key,
+    cache_key_parts,
+    default_cache_root,
+)
+
+
+def _builder(calls: list, payload: bytes = b"weights" * 100):
+    def build(d: Path):
+        calls.append(d)
+        (d / "model").mkdir()
+        (d / "model" / "w.bin").write_bytes(payload)
+        (d / "model" / "config.json").write_text("{}")
+        return {"quantize_time_s": 1.5}
+
+    return build
+
+
+def test_build_then_hit(tmp_path):
+    cache = QuantCache(tmp_path)
+    calls: list = []
+    e1, hit1 = cache.get_or_build("k1", _builder(calls), {"m": 1})
+    e2, hit2 = cache.get_or_build("k1", _builder(calls))
+    assert (hit1, hit2) == (False, True) and len(calls) == 1
+    assert e2.meta["quantize_time_s"] == 1.5 and e2.meta["m"] == 1
+    assert sorted(json.loads((e2.path / MANIFEST).read_text())["files"]) == ["model/config.json", "model/w.bin"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_manifest", "missing_file", "extra_file", "bad_json"])
+def test_corrupt_entry_detected_and_rebuilt(tmp_path, damage):
+    cache = QuantCache(tmp_path)
+    calls: list = []
+    entry, _ = cache.get_or_build("k", _builder(calls))
+    w = entry.path / "model" / "w.bin"
+    if damage == "truncate":
+        w.write_bytes(w.read_bytes()[:10])
+    elif damage == "flip":
+        w.write_bytes(b"X" + w.read_bytes()[1:])
+    elif damage == "no_manifest":
+        (entry.path / MANIFEST).unlink()
+    elif damage == "missing_file":
+        w.unlink()
+    elif damage == "extra_file":
+        (entry.path / "model" / "stray.bin").write_bytes(b"?")
+    else:
+        (entry.path / MANIFEST).write_text("{not json")
+    with pytest.warns(CacheWarning, match=str(entry.path)):
+        entry2, hit = cache.get_or_build("k", _builder(calls))
+    assert not hit and len(calls) == 2
+    assert cache.verify("k")[0] is not None and (entry2.path / "model" / "w.bin").stat().st_size == 700
+
+
+def test_killed_write_never_loads(tmp_path):
+    cache = QuantCache(tmp_path)
+
+    def dies(d: Path):
+        (d / "half.bin").write_bytes(b"partial")
+        raise KeyboardInterrupt  # the run is killed mid-build
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_build("k", dies)
+    assert cache.lookup("k") is None and not cache.entry_path("k").exists()
+    # a leftover temp folder of a hard-killed process (no cleanup ran) is never read either
+    (tmp_path / ".tmp-k-dead").mkdir()
+    (tmp_path / ".tmp-k-dead" / "half.bin").write_bytes(b"x")
+    assert cache.lookup("k") is None
+    calls: list = []
+    assert cache.get_or_build("k", _builder(calls))[1] is False
+    assert cache.clear(stale_tmp_age_s=0) == 1 and cache.verify("k")[0] is not None
+
+
+def test_modes(tmp_path):
+    calls: list = []
+    QuantCache(tmp_path, "use").get_or_build("k", _builder(calls))
+    _, hit = QuantCache(tmp_path, "refresh").get_or_build("k", _builder(calls))
+    assert not hit and len(calls) == 2
+    assert QuantCache(tmp_path, "use").get_or_build("k", _builder(calls))[1] is True
+    off = QuantCache(tmp_path, "off")
+    assert off.lookup("k") is None and not off.enabled
+    with pytest.raises(CacheError):
+        off.get_or_build("k", _builder(calls))
+    with pytest.raises(CacheError, match="mode"):
+        QuantCache(tmp_path, "sometimes")
+
+
+def test_clear_and_entries(tmp_path):
+    cache = QuantCache(tmp_path)
+    for k in ("a", "b"):
+        cache.get_or_build(k, _builder([]))
+    (cache.entry_path("b") / MANIFEST).unlink()
+    listed = cache.entries()
+    assert [e.key for e in listed if not isinstance(e, tuple)] == ["a"]
+    assert [e[0] for e in listed if isinstance(e, tuple)] == ["b"]
+    assert cache.clear("a") == 1 and not cache.entry_path("a").exists()
+    assert cache.clear() == 1 and cache.entries() == []
+
+
+def test_concurrent_writers_build_once(tmp_path):
+    calls: list = []
+    results: list = []
+    barrier = threading.Barrier(4)
+
+    def worker():
+        barrier.wait()
+        results.append(QuantCache(tmp_path).get_or_build("k", _builder(calls)))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(hit for _, hit in results) == [False, True, True, True]
+    assert QuantCache(tmp_path).verify("k")[0] is not None
+
+
+def test_rename_wins_without_lock(tmp_path):
+    cache = QuantCache(tmp_path)
+    first = cache._write("k", _builder([]), {})
+    second = cache._write("k", _builder([], payload=b"other"), {})  # a lock-less racer finds a valid entry
+    assert second.path == first.path and (first.path / "model" / "w.bin").stat().st_size == 700
+
+
+def test_root_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPLGATE_CACHE_DIR", str(tmp_path / "env"))
+    assert default_cache_root() == tmp_path / "env" and QuantCache().root == tmp_path / "env"
+    assert QuantCache(tmp_path / "explicit").root == tmp_path / "explicit"
+    monkeypatch.delenv("PPLGATE_CACHE_DIR")
+    assert default_cache_root().parts[-3:] == (".cache", "pplgate", "quant") or "pplgate" in str(default_cache_root())
+
+
+def test_key_changes_with_every_input(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"abc")
+    (d / "config.json").write_text("{}")
+    src = ModelSource(str(d))
+    base = dict(variant={"w_bit": 4, "q_group_size": 64}, calibration_sha256="c1", versions={"autoawq": "0.2.9"})
+
+    def key(source=src, **over):
+        kw = {**base, **over}
+        return cache_key(cache_key_parts(source, kw["variant"], kw["calibration_sha256"], kw["versions"]))
+
+    k0 = key()
+    assert key() == k0  # stable
+    assert key(variant={"w_bit": 4, "q_group_size": 32}) != k0
+    assert key(calibration_sha256="c2") != k0
+    assert key(versions={"autoawq": "0.2.8"}) != k0
+    assert key(source=ModelSource("org/model")) != key(source=ModelSource("org/model", revision="abc"))
+    os.utime(d / "model.safetensors", (1, 1))  # mtime alone does not change the key
+    assert key() == k0
+    (d / "model.safetensors").write_bytes(b"abd")  # content does
+    assert key() != k0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert QuantCache(tmp_path / "c").lookup("nothing") is None  # absent: no warning
