@@ -99,7 +99,8 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        for i in range(torch.cuda.device_count()):  # all of them: device_map="auto" spans several
+            torch.cuda.synchronize(i)
 
 
 def model_device(model) -> torch.device:
@@ -183,7 +184,8 @@ def evaluate_perplexity(
     device = model_device(model)
     dtype = next(model.parameters()).dtype
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(i)
 
     bar = None
     if progress:
@@ -214,7 +216,9 @@ def evaluate_perplexity(
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    peak = None
+    if device.type == "cuda":  # summed over GPUs (one, unless the model is split across several)
+        peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
     return PerplexityResult(
         ppl=perplexity(nlls),
         window_nlls=nlls,

@@ -119,15 +119,27 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
         raise ModelLoadError(f"cannot load tokenizer from {target!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto"):
-    """Load a causal LM in eval mode on ``device`` with weights in ``dtype``."""
+def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto", device_map: str | None = None):
+    """Load a causal LM in eval mode on ``device`` with weights in ``dtype``.
+
+    ``device_map="auto"`` spreads a model too big for one GPU over all visible GPUs (accelerate);
+    ``device`` is then ignored.
+    """
     from transformers import AutoModelForCausalLM
 
-    dev = resolve_device(device)
+    kw = _kwargs(src)
+    if device_map is not None:
+        if device_map != "auto":
+            raise ModelLoadError(f"device_map must be 'auto' or unset, got {device_map!r}")
+        if not torch.cuda.is_available():
+            raise ModelLoadError("device_map='auto' spreads a model over GPUs, but no CUDA device is available")
+        kw["device_map"] = "auto"
+    else:
+        dev = resolve_device(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype(dtype), **_kwargs(src))
+        model = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype(dtype), **kw)
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"cannot load model from {src.describe()}: {type(exc).__name__}: {exc}") from exc
-    return model.to(dev).eval()
+    return (model if device_map else model.to(dev)).eval()

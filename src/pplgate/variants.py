@@ -37,11 +37,12 @@ class ModelContext:
     loader: Callable[..., torch.nn.Module] | None = None
     cache_dir: str | None = None  # quantization cache root (None: the default under the user cache)
     cache_mode: str = "use"  # "use" (read+write), "refresh" (rebuild and write), "off" (no cache)
+    device_map: str | None = None  # "auto": spread the model over the visible GPUs
 
     def load(self, dtype: str, *, fresh: bool = False) -> torch.nn.Module:
         if self.loader is not None:
             return self.loader(dtype, fresh=fresh)
-        return load_model(self.source, dtype=dtype, device=self.device)
+        return load_model(self.source, dtype=dtype, device=self.device, device_map=self.device_map)
 
 
 @dataclass

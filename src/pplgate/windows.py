@@ -77,8 +77,9 @@ def window_mean_nlls(
         stop = min(start + chunk_tokens, states.shape[0])
         chunk = states[start:stop]
         logits = (head(chunk) if head is not None else chunk).float()
-        nll = F.cross_entropy(logits, labels[start:stop], reduction="none")
-        sums.index_add_(0, row_window[start:stop], nll.double())
+        # with device_map="auto" the head may sit on another GPU than the body's last layer
+        nll = F.cross_entropy(logits, labels[start:stop].to(logits.device), reduction="none")
+        sums.index_add_(0, row_window[start:stop], nll.double().to(sums.device))
     return sums / (length - 1)
 
 
