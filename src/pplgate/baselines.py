@@ -170,7 +170,7 @@ class Rule:
         return self.type != "relational"
 
     def describe(self) -> str:
-        bound = f"{self.max_delta:g}" if self.max_delta is not None else f"{self.max_rel:.4%}".rstrip("0")
+        bound = f"{self.max_delta:g}" if self.max_delta is not None else f"{self.max_rel * 100:g}%"
         if self.type == "relational":
             what = (
                 f"ppl - ppl[{self.ref}]" if self.max_delta is not None else f"(ppl - ppl[{self.ref}]) / ppl[{self.ref}]"

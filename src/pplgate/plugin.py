@@ -386,6 +386,7 @@ class GateSession:
                 wall_time_s=r.wall_time_s,
                 prepare_time_s=m.prepare_time_s,
                 origin=m.origin,
+                args=list(self.config.invocation_params.args),
                 extra={"batch_size": r.batch_size, "tokens_per_s": round(r.tokens_per_s, 1)},
             ),
         )

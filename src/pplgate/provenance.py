@@ -70,6 +70,7 @@ def collect(
     wall_time_s: float,
     prepare_time_s: float,
     origin: str,
+    args: list[str] | tuple[str, ...] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The provenance block stored beside every recorded measurement."""
@@ -85,7 +86,7 @@ def collect(
         "python": platform.python_version(),
         "device": device,
         "device_name": device_name(device),
-        "command": shlex.join(["pytest", *sys.argv[1:]]) if sys.argv else "pytest",
+        "command": shlex.join(["pytest", *(sys.argv[1:] if args is None else args)]),
         "wall_time_s": round(wall_time_s, 2),
         "prepare_time_s": round(prepare_time_s, 2),
         "origin": origin,
