@@ -319,7 +319,9 @@ def test_update_rewrites_changed_entry(gate, recorded_text):
     f.write_text(recorded_text)
     true_ppl = parse_baseline(f).profiles["cpu"].variants["fp32"].recorded.ppl
     edit(f, lambda v: v["fp32"]["recorded"].__setitem__("ppl", 1234.5))
-    run(gate).assert_outcomes(failed=1)
+    res = run(gate)
+    res.assert_outcomes(failed=1)
+    assert "does not match its own recorded window NLLs" in res.stdout.str()
     res = run(gate, "--update-baselines")
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines([f"baselines/tiny.yaml :: cpu/fp32: 1234.500000 -> {true_ppl:.6f}  (*)"])

@@ -472,11 +472,19 @@ class GateSession:
             return
         rec["status"] = "fail"
         prov = recorded.provenance or {}
+        own = math.exp(math.fsum(ref_nlls) / len(ref_nlls))
+        if abs(own - ref_ppl) > 1e-5 * ref_ppl:
+            stats_note = (
+                f"\n  note: the recorded ppl {ref_ppl:.6f} does not match its own recorded window NLLs "
+                f"(exp(mean) = {own:.6f}); was the baseline file edited by hand?"
+            )
+        else:
+            stats_note = ""
         raise GateFailure(
             f"{header}\n  PERPLEXITY REGRESSION: measured {r.ppl:.6f} vs recorded {ref_ppl:.6f}: "
             f"delta {r.ppl - ref_ppl:+.6f} ({(r.ppl - ref_ppl) / ref_ppl:+.4%})\n"
             "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
-            f"  {stats.describe()}\n"
+            f"  {stats.describe()}{stats_note}\n"
             f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
             f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
             f"torch {prov.get('torch', '?')})\n"
