@@ -1,0 +1,662 @@
+"""The pplgate pytest plugin: one test per (model, profile, variant) of ``baselines/*.yaml``.
+
+Loaded through the ``pytest11`` entry point ``pplgate.plugin`` (and, in this repository, the
+top-level ``conftest.py``). Baseline files are collected by a custom :class:`pytest.File`
+collector so that a malformed file is a collection error of *that file* and test ids come
+straight from the YAML: ``<model>[<profile>-<variant>]``.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pplgate import reports
+from pplgate.baselines import (
+    BaselineError,
+    BaselineSpec,
+    EntryUpdate,
+    ProfileSpec,
+    VariantSpec,
+    compare_fingerprints,
+    describe_drift,
+    parse_baseline,
+    write_updates,
+)
+from pplgate.errors import PplgateError
+from pplgate.stats import paired_stats
+
+GATE_KEY = pytest.StashKey["GateSession"]()
+CUDA_SKIP = (
+    "gpu tier: no CUDA device available (torch.cuda.is_available() is False); "
+    "run `pytest -m smoke` for the CPU tier or pass --pplgate-device to run this profile elsewhere"
+)
+
+
+class GateFailure(Exception):
+    """The gate's verdict: a regression, protocol drift or a missing baseline (not a crash)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# --------------------------------------------------------------------------- options & markers
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("pplgate", "pplgate perplexity regression gate")
+    g.addoption("--update-baselines", action="store_true", help="re-measure the selected entries and rewrite them")
+    g.addoption("--force-update", action="store_true", help="allow --update-baselines across a protocol change")
+    g.addoption("--baselines-dir", default=None, help="directory of baseline YAML files (default: <rootdir>/baselines)")
+    g.addoption("--pplgate-report", default=None, metavar="DIR", help="write JSON/Markdown/PNG reports into DIR")
+    g.addoption("--pplgate-cache-dir", default=None, metavar="DIR", help="quantized-model cache root")
+    g.addoption("--pplgate-cache", default="use", choices=["use", "refresh", "off"], help="quantized-model cache mode")
+    g.addoption(
+        "--pplgate-dataset", default=None, metavar="PATH", help="WikiText-2 test split (else $PPLGATE_WIKITEXT)"
+    )
+    g.addoption("--pplgate-device", default=None, help="run every profile on this device (cpu, cuda, cuda:N)")
+    g.addoption(
+        "--pplgate-max-windows",
+        type=int,
+        default=None,
+        metavar="K",
+        help="score only K windows (quick local runs; compared with the first K recorded windows, marked partial)",
+    )
+    parser.addini("pplgate_baselines_dir", "directory of baseline YAML files, relative to rootdir", default="baselines")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "pplgate: a pplgate perplexity gate test (collected from baselines/*.yaml)")
+    config.addinivalue_line("markers", "gpu: GPU tier of the gate (skips where no CUDA device exists)")
+    config.addinivalue_line("markers", "smoke: CPU tier of the gate (a few windows, runs everywhere)")
+    config.addinivalue_line("markers", "xdist_group(name): keep tests of one model on one pytest-xdist worker")
+    config.stash[GATE_KEY] = GateSession(config)
+
+
+def _gate(config: pytest.Config) -> GateSession:
+    return config.stash[GATE_KEY]
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    if not _gate(parent.config).is_baseline_file(file_path):
+        return None
+    return BaselineFile.from_parent(parent, path=file_path)
+
+
+class BaselineFile(pytest.File):
+    """A ``baselines/<model>.yaml`` file; yields one :class:`GateItem` per profile and variant."""
+
+    def collect(self):
+        from pplgate.models import resolve_source
+        from pplgate.variants import VariantError, make_variant
+
+        spec = parse_baseline(self.path)
+        try:
+            source = resolve_source(spec.resolve_path(spec.model.source), spec.model.gguf_file, spec.model.revision)
+        except PplgateError as exc:
+            raise BaselineError(self.path, "model.source", str(exc)) from exc
+        tokenizer = spec.resolve_path(spec.model.tokenizer)
+        if tokenizer and tokenizer.startswith("/") and not Path(tokenizer).exists():
+            raise BaselineError(self.path, "model.tokenizer", f"tokenizer path {tokenizer} does not exist")
+        for profile in spec.profiles.values():
+            for vs in profile.variants.values():
+                try:
+                    make_variant(vs.kind, vs.params)
+                except VariantError as exc:
+                    raise BaselineError(self.path, f"profiles.{profile.name}.variants.{vs.name}", str(exc)) from exc
+                yield GateItem.from_parent(
+                    self,
+                    name=f"{spec.model.name}[{profile.name}-{vs.name}]",
+                    spec=spec,
+                    profile=profile,
+                    variant=vs,
+                    source=source,
+                    tokenizer=tokenizer,
+                )
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, PplgateError):
+            return f"invalid baseline file: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+
+class GateItem(pytest.Item):
+    """One gate test: measure a variant, check protocol fingerprint and tolerance rules."""
+
+    def __init__(self, *, spec: BaselineSpec, profile: ProfileSpec, variant: VariantSpec, source, tokenizer, **kw):
+        super().__init__(**kw)
+        self.spec, self.profile, self.variant = spec, profile, variant
+        self.source, self.tokenizer_ref = source, tokenizer
+        self.record: dict[str, Any] | None = None
+        self.add_marker("pplgate")
+        self.add_marker(profile.marker)
+        self.add_marker(pytest.mark.xdist_group(name=spec.model.name))
+
+    @property
+    def device(self) -> str:
+        return self.config.getoption("--pplgate-device") or self.profile.device
+
+    def setup(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                pytest.skip(CUDA_SKIP)
+
+    def runtest(self) -> None:
+        gate = _gate(self.config)
+        try:
+            gate.run_item(self)
+        finally:
+            if self.record is not None:
+                for key, value in reports.junit_properties(self.record):
+                    self.user_properties.append((key, value))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, GateFailure):
+            return str(excinfo.value)
+        if isinstance(excinfo.value, PplgateError):
+            return f"pplgate: {self.name}: {type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, self.variant.line, f"pplgate {self.name}"
+
+
+# --------------------------------------------------------------------------- session state
+
+
+@dataclass
+class Measurement:
+    result: Any  # PerplexityResult
+    fingerprint: dict[str, Any]
+    origin: str
+    prepare_time_s: float
+
+
+@dataclass
+class GateSession:
+    """Session caches (dataset, tokenizers, models, measurements) and collected results."""
+
+    config: pytest.Config
+    dataset: Any = None
+    dataset_error: BaseException | None = None
+    tokens: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+    measurements: dict = field(default_factory=dict)
+    order: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    updates: dict = field(default_factory=dict)
+    nongate_failures: int = 0
+    collect_errors: int = 0
+    baseline_collect_errors: int = 0
+    update_rows: list = field(default_factory=list)
+    update_blocked: str | None = None
+    report_paths: list = field(default_factory=list)
+
+    # ---- configuration
+    @property
+    def update(self) -> bool:
+        return bool(self.config.getoption("--update-baselines"))
+
+    @property
+    def force(self) -> bool:
+        return bool(self.config.getoption("--force-update"))
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def baselines_dir(self) -> Path:
+        opt = self.config.getoption("--baselines-dir")
+        if opt:
+            return Path(opt).expanduser().resolve()
+        return (self.config.rootpath / self.config.getini("pplgate_baselines_dir")).resolve()
+
+    def is_baseline_file(self, path: Path) -> bool:
+        try:
+            return path.resolve().parent == self.baselines_dir()
+        except OSError:
+            return False
+
+    # ---- cached resources
+    def load_dataset(self):
+        from pplgate.data import load_canonical_text
+
+        if self.dataset is None and self.dataset_error is None:
+            try:
+                self.dataset = load_canonical_text(self.config.getoption("--pplgate-dataset"))
+            except PplgateError as exc:
+                self.dataset_error = exc
+        if self.dataset_error is not None:
+            raise self.dataset_error
+        return self.dataset
+
+    def load_tokens(self, item: GateItem):
+        from pplgate.engine import tokenize_canonical
+        from pplgate.models import load_tokenizer
+
+        key = (item.source, item.tokenizer_ref)
+        if key not in self.tokens:
+            tok = load_tokenizer(item.source, item.tokenizer_ref)
+            text = self.load_dataset()
+            tokens = tokenize_canonical(tok, text.text)
+            ref = item.tokenizer_ref or item.source.gguf_file or item.source.path_or_id
+            name = f"{type(tok).__name__}({Path(ref).name if ref.startswith('/') else ref})"
+            self.tokens[key] = (tok, tokens, name)
+        return self.tokens[key]
+
+    def load_model(self, source, device: str, dtype: str, *, fresh: bool = False):
+        from pplgate.models import load_model
+
+        if fresh:
+            return load_model(source, dtype=dtype, device=device)
+        key = (source, dtype, device)
+        if key not in self.models:
+            self.models[key] = load_model(source, dtype=dtype, device=device)
+        return self.models[key]
+
+    def free_models(self, keep: set) -> None:
+        drop = [k for k in self.models if (k[0], k[2]) not in keep]
+        for k in drop:
+            del self.models[k]
+        if drop:
+            gc.collect()
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except Exception:  # pragma: no cover
+                pass
+
+    def max_windows(self, profile: ProfileSpec) -> int | None:
+        override = self.config.getoption("--pplgate-max-windows")
+        return profile.max_windows if override is None else override
+
+    def measure(self, item: GateItem, variant: VariantSpec) -> Measurement:
+        """Measure ``variant`` of ``item``'s profile once per session (relational refs reuse it)."""
+        from pplgate.baselines import _plain
+        from pplgate.engine import evaluate_perplexity
+        from pplgate.variants import ModelContext, make_variant
+
+        key = (str(item.spec.path), item.profile.name, variant.name)
+        if key in self.measurements:
+            return self.measurements[key]
+        text = self.load_dataset()
+        tok, tokens, tok_name = self.load_tokens(item)
+        device = item.device
+        var = make_variant(variant.kind, variant.params)
+        ctx = ModelContext(
+            source=item.source,
+            device=device,
+            tokenizer=tok,
+            loader=lambda dtype, fresh=False: self.load_model(item.source, device, dtype, fresh=fresh),
+            cache_dir=self.config.getoption("--pplgate-cache-dir"),
+            cache_mode=self.config.getoption("--pplgate-cache"),
+        )
+        var.check(ctx)
+        prepared = var.prepare(ctx)
+        try:
+            result = evaluate_perplexity(
+                prepared.model,
+                tokens,
+                text,
+                seqlen=item.profile.seqlen,
+                batch_size=item.profile.batch_size,
+                max_windows=self.max_windows(item.profile),
+                progress=False,
+                label=item.name,
+            )
+        finally:
+            prepared.model = None  # the session model cache (if any) keeps shared models alive
+        fp = {
+            "dataset_sha256": result.dataset_sha256,
+            "n_tokens": result.n_tokens,
+            "n_windows": result.n_windows,
+            "n_windows_total": result.n_windows_total,
+            "bos_added": result.bos_added,
+            "tokenizer_name": tok_name,
+            "tokenizer_sha256": result.tokenizer_sha256,
+            "seqlen": result.seqlen,
+            "dtype": result.dtype,
+            "variant": _plain(var.fingerprint()),
+        }
+        m = Measurement(result=result, fingerprint=fp, origin=prepared.origin, prepare_time_s=prepared.prepare_time_s)
+        self.measurements[key] = m
+        return m
+
+    # ---- the test itself
+    def run_item(self, item: GateItem) -> None:
+        from pplgate import provenance
+
+        profile, vs = item.profile, item.variant
+        override = self.config.getoption("--pplgate-max-windows")
+        if self.update and override is not None and override != profile.max_windows:
+            raise PplgateError(
+                f"refusing --update-baselines with --pplgate-max-windows {override}: profile {profile.name!r} "
+                f"records max_windows={profile.max_windows}; drop the override to update"
+            )
+        rec: dict[str, Any] = {
+            "nodeid": item.nodeid,
+            "file": str(item.spec.path),
+            "model": item.spec.model.name,
+            "profile": profile.name,
+            "variant": vs.name,
+            "kind": vs.kind,
+            "device": item.device,
+            "status": "error",
+            "tolerance": ", ".join(r.short() for r in vs.rules),
+        }
+        item.record = rec
+        m = self.measure(item, vs)
+        r = m.result
+        rec.update(
+            ppl=r.ppl,
+            window_nlls=list(r.window_nlls),
+            n_windows=r.n_windows,
+            n_windows_total=r.n_windows_total,
+            partial=bool(override is not None and override != profile.max_windows) or None,
+            origin=m.origin,
+            wall_time_s=r.wall_time_s,
+            prepare_time_s=m.prepare_time_s,
+        )
+        new_entry = EntryUpdate(
+            profile=profile.name,
+            variant=vs.name,
+            fingerprint=m.fingerprint,
+            ppl=r.ppl,
+            window_nlls=list(r.window_nlls),
+            provenance=provenance.collect(
+                device=r.device,
+                rootdir=self.config.rootpath,
+                wall_time_s=r.wall_time_s,
+                prepare_time_s=m.prepare_time_s,
+                origin=m.origin,
+                args=list(self.config.invocation_params.args),
+                extra={"batch_size": r.batch_size, "tokens_per_s": round(r.tokens_per_s, 1)},
+            ),
+        )
+        recorded = vs.recorded
+        rerun = f'pytest --update-baselines "{item.nodeid}"'
+        header = (
+            f"pplgate: {item.name}\n  model {item.spec.model.name} ({item.source.describe()}), profile {profile.name} "
+            f"(device {item.device}, seqlen {profile.seqlen}, {r.n_windows}/{r.n_windows_total} windows"
+            f"{', PARTIAL' if rec['partial'] else ''}), variant {vs.name} (kind {vs.kind}, origin {m.origin})"
+        )
+
+        # ---- relational rules compare against variants measured in this session
+        ref_ppls = {}
+        for ref in vs.refs:
+            ref_ppls[ref] = self.measure(item, profile.variants[ref]).result.ppl
+
+        if recorded is None:
+            if self.update:
+                self._check_relational(item, rec, r.ppl, ref_ppls, header)
+                self._queue(item, rec, new_entry, "created")
+                return
+            rec["status"] = "missing"
+            raise GateFailure(
+                f"{header}\n  measured ppl {r.ppl:.6f}, but no baseline is recorded for this entry.\n"
+                f"  Create it with:\n    {rerun}",
+                "missing",
+            )
+
+        ref_nlls, ref_ppl, ignore = recorded.window_nlls, recorded.ppl, ()
+        if rec["partial"]:
+            k = r.n_windows
+            if k > len(recorded.window_nlls):
+                rec["status"] = "drift"
+                raise GateFailure(
+                    f"{header}\n  --pplgate-max-windows {k} exceeds the {len(recorded.window_nlls)} recorded windows",
+                    "drift",
+                )
+            ref_nlls = recorded.window_nlls[:k]
+            ref_ppl = math.exp(math.fsum(ref_nlls) / k)
+            ignore = ("n_windows",)
+        rec.update(
+            baseline=ref_ppl,
+            delta=r.ppl - ref_ppl,
+            rel_delta=(r.ppl - ref_ppl) / ref_ppl,
+            baseline_window_nlls=list(ref_nlls),
+        )
+        if vs.fingerprint is None:
+            changes = [("fingerprint", None, "(missing in the baseline file)")]
+        else:
+            changes = compare_fingerprints(vs.fingerprint, m.fingerprint, ignore)
+        rec["drift"] = [[k, old, new] for k, old, new in changes]
+        if changes:
+            if self.update and self.force:
+                self._check_relational(item, rec, r.ppl, ref_ppls, header)
+                self._queue(item, rec, new_entry, "updated")
+                return
+            rec["status"] = "drift"
+            lines = "\n".join(f"    {k}: {old!r} -> {new!r}" for k, old, new in changes)
+            how = (
+                "refusing to update across a protocol change without --force-update:\n"
+                f'    pytest --update-baselines --force-update "{item.nodeid}"'
+                if self.update
+                else "the perplexity was not compared. If the change is intended, re-record with:\n"
+                f'    pytest --update-baselines --force-update "{item.nodeid}"'
+            )
+            raise GateFailure(
+                f"{header}\n  PROTOCOL DRIFT: the measurement protocol differs from the recorded one "
+                f"({describe_drift(changes)}):\n{lines}\n"
+                f"  measured ppl {r.ppl:.6f} (recorded {recorded.ppl:.6f}); {how}",
+                "drift",
+            )
+
+        results = [rule.check(r.ppl, ref_ppl, ref_ppls.get(rule.ref)) for rule in vs.rules]
+        rec["rules"] = [{"text": x.text, "passed": x.passed, "type": x.rule.type} for x in results]
+        stats = paired_stats(r.window_nlls, ref_nlls)
+        rec["paired"] = stats.to_dict()
+        if self.update:
+            self._check_relational(item, rec, r.ppl, ref_ppls, header)
+            self._queue(item, rec, new_entry, "updated")
+            return
+        if all(x.passed for x in results):
+            rec["status"] = "pass"
+            return
+        rec["status"] = "fail"
+        prov = recorded.provenance or {}
+        own = math.exp(math.fsum(ref_nlls) / len(ref_nlls))
+        if abs(own - ref_ppl) > 1e-5 * ref_ppl:
+            stats_note = (
+                f"\n  note: the recorded ppl {ref_ppl:.6f} does not match its own recorded window NLLs "
+                f"(exp(mean) = {own:.6f}); was the baseline file edited by hand?"
+            )
+        else:
+            stats_note = ""
+        raise GateFailure(
+            f"{header}\n  PERPLEXITY REGRESSION: measured {r.ppl:.6f} vs recorded {ref_ppl:.6f}: "
+            f"delta {r.ppl - ref_ppl:+.6f} ({(r.ppl - ref_ppl) / ref_ppl:+.4%})\n"
+            "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
+            f"  {stats.describe()}{stats_note}\n"
+            f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
+            f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
+            f"torch {prov.get('torch', '?')})\n"
+            f"  if the change is intended, re-record with:\n    {rerun}",
+            "regression",
+        )
+
+    def _check_relational(self, item, rec, ppl, ref_ppls, header) -> None:
+        """In update mode only relational rules are enforced (they do not depend on the old record)."""
+        rel = [rule.check(ppl, None, ref_ppls[rule.ref]) for rule in item.variant.rules if rule.type == "relational"]
+        if rel:
+            rec.setdefault("rules", [{"text": x.text, "passed": x.passed, "type": x.rule.type} for x in rel])
+        if not all(x.passed for x in rel):
+            rec["status"] = "fail"
+            raise GateFailure(
+                f"{header}\n  not updating: a relational rule fails in this session (re-recording cannot fix it):\n"
+                + "\n".join(f"    {x.text}" for x in rel),
+                "regression",
+            )
+
+    def _queue(self, item, rec, entry: EntryUpdate, status: str) -> None:
+        rec["status"] = status
+        rec["update"] = entry.to_dict()
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Group gate items per (file, profile) and put relational references before their users."""
+    slots = [i for i, it in enumerate(items) if isinstance(it, GateItem)]
+    groups: OrderedDict = OrderedDict()
+    for i in slots:
+        it = items[i]
+        groups.setdefault((str(it.spec.path), it.profile.name), []).append(it)
+    ordered: list = []
+    for group in groups.values():
+        by_name = {it.variant.name: it for it in group}
+        done: set = set()
+
+        def visit(it, by_name=by_name, done=done):
+            if it.variant.name in done:
+                return
+            done.add(it.variant.name)
+            for ref in it.variant.refs:
+                if ref in by_name:
+                    visit(by_name[ref])
+            ordered.append(it)
+
+        for it in group:
+            visit(it)
+    for i, it in zip(slots, ordered, strict=True):
+        items[i] = it
+    _gate(config).order = [it for it in items if isinstance(it, GateItem)]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem) -> None:
+    """Free models no later gate item needs (GPU memory)."""
+    if not isinstance(item, GateItem):
+        return
+    gate = _gate(item.config)
+    try:
+        pos = gate.order.index(item)
+    except ValueError:
+        return
+    keep = {(it.source, it.device) for it in gate.order[pos + 1 :]}
+    gate.free_models(keep)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    rep = yield
+    if isinstance(item, GateItem):
+        if call.excinfo is not None and rep.failed:
+            rep.pplgate_gate_failure = isinstance(call.excinfo.value, GateFailure)
+        if rep.when == "call" and item.record is not None:
+            rep.pplgate = item.record
+        elif rep.when == "setup" and rep.skipped:
+            rep.pplgate = {
+                "nodeid": item.nodeid,
+                "model": item.spec.model.name,
+                "profile": item.profile.name,
+                "variant": item.variant.name,
+                "status": "skipped",
+                "tolerance": ", ".join(r.short() for r in item.variant.rules),
+            }
+    return rep
+
+
+def _on_report(config: pytest.Config, report) -> None:
+    gate = _gate(config)
+    rec = getattr(report, "pplgate", None)
+    if isinstance(rec, dict):
+        gate.records.append(rec)
+        if rec.get("update") and rec.get("status") in ("created", "updated"):
+            gate.updates.setdefault(rec["file"], []).append(rec["update"])
+    if report.failed and not getattr(report, "pplgate_gate_failure", False):
+        gate.nongate_failures += 1
+
+
+class _ReportHooks:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report) -> None:
+        _on_report(self.config, report)
+
+    def pytest_collectreport(self, report) -> None:
+        if report.failed:
+            gate = _gate(self.config)
+            gate.collect_errors += 1
+            if str(report.nodeid).endswith((".yaml", ".yml")):
+                gate.baseline_collect_errors += 1
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.pluginmanager.register(_ReportHooks(session.config), "pplgate-report-hooks")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """A malformed baseline file is a collection error of that file; the other files still run."""
+    gate = _gate(session.config)
+    if (
+        session.testsfailed
+        and session.testsfailed == gate.baseline_collect_errors
+        and not session.config.option.continue_on_collection_errors
+    ):
+        session.config.option.continue_on_collection_errors = True
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    gate = _gate(session.config)
+    if gate.is_worker:
+        return  # the controller writes files and reports for the whole run
+    if gate.update and gate.updates:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            gate.update_blocked = "the session was interrupted"
+        elif gate.nongate_failures or gate.collect_errors:
+            gate.update_blocked = (
+                f"{gate.nongate_failures} test(s) failed or errored for a non-gate reason and "
+                f"{gate.collect_errors} collection error(s) occurred"
+            )
+        else:
+            for path, entries in gate.updates.items():
+                rows = write_updates(path, [EntryUpdate.from_dict(e) for e in entries])
+                for row in rows:
+                    row["file"] = path
+                gate.update_rows.extend(rows)
+    report_dir = session.config.getoption("--pplgate-report")
+    if gate.records and (report_dir or os.environ.get("GITHUB_STEP_SUMMARY")):
+        gate.report_paths = reports.write_reports(report_dir, gate.records, gate.update_rows, gate.update_blocked)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    gate = _gate(config)
+    if gate.is_worker or not gate.records:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "pplgate perplexity gate")
+    for line in reports.terminal_table(gate.records):
+        tr.write_line(line)
+    if gate.update:
+        if gate.update_blocked:
+            tr.write_line(f"pplgate: NOT writing baseline updates: {gate.update_blocked}.", red=True, bold=True)
+        elif gate.update_rows:
+            tr.write_sep("-", "pplgate baseline updates (old -> new)")
+            for line in reports.update_table(gate.update_rows, config.rootpath):
+                tr.write_line(line)
+        elif not gate.updates:
+            tr.write_line("pplgate: --update-baselines: nothing to write")
+    for p in gate.report_paths:
+        tr.write_line(f"pplgate report: {p}")

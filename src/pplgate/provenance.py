@@ -1,0 +1,96 @@
+"""Provenance of a measurement: when, where, with which software and which command."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import shlex
+import subprocess
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=8)
+def git_commit(directory: str) -> str | None:
+    """``HEAD`` of the repository holding ``directory`` (``+dirty`` when tracked files changed)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: str) -> str:
+    """Human-readable name of the device a measurement ran on."""
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            return torch.cuda.get_device_name(torch.device(device))
+        except Exception:  # pragma: no cover - only without a usable GPU
+            return device
+    return cpu_model()
+
+
+def collect(
+    *,
+    device: str,
+    rootdir: str | Path,
+    wall_time_s: float,
+    prepare_time_s: float,
+    origin: str,
+    args: list[str] | tuple[str, ...] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The provenance block stored beside every recorded measurement."""
+    import pplgate
+
+    prov: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "pplgate": pplgate.__version__,
+        "git_commit": git_commit(str(rootdir)),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "autoawq": _version("autoawq"),
+        "python": platform.python_version(),
+        "device": device,
+        "device_name": device_name(device),
+        "command": shlex.join(["pytest", *(sys.argv[1:] if args is None else args)]),
+        "wall_time_s": round(wall_time_s, 2),
+        "prepare_time_s": round(prepare_time_s, 2),
+        "origin": origin,
+    }
+    if extra:
+        prov.update(extra)
+    return prov

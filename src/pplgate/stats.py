@@ -1,0 +1,113 @@
+"""Paired per-window statistics for the gate's failure messages (no scipy needed).
+
+A run and its baseline score the *same* windows, so the per-window NLL differences
+``d_i = nll_now_i - nll_recorded_i`` are paired observations: their mean with a
+t-distribution confidence interval tells a reviewer whether a perplexity change is
+systematic (the interval excludes 0) or window-level noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Two-sided 95% quantiles t_{0.975, df} for df = 1..30 (standard tables, 3 decimals).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+_Z975 = 1.959963984540054
+
+
+def t_quantile_975(df: int) -> float:
+    """``t_{0.975}`` of Student's t with ``df`` degrees of freedom.
+
+    Exact table for df <= 30; above, the Cornish-Fisher expansion around the normal quantile
+    (error < 1e-4 for df > 30).
+    """
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+@dataclass(frozen=True)
+class PairedStats:
+    """Mean paired difference of per-window NLLs (current - recorded) with a 95% CI."""
+
+    n: int
+    mean: float
+    sd: float
+    ci_low: float | None
+    ci_high: float | None
+    n_worse: int
+    n_better: int
+    max_abs: float
+
+    @property
+    def significant(self) -> bool:
+        """True when the 95% interval excludes zero (a systematic shift, not noise)."""
+        return self.ci_low is not None and (self.ci_low > 0 or self.ci_high < 0)
+
+    def describe(self) -> str:
+        if self.ci_low is None:
+            ci = "95% CI n/a (1 window)"
+        else:
+            ci = f"95% CI [{self.ci_low:+.6f}, {self.ci_high:+.6f}]"
+        verdict = "systematic shift" if self.significant else "consistent with noise"
+        return (
+            f"paired per-window dNLL over {self.n} windows: mean {self.mean:+.6f} nats, {ci} ({verdict}); "
+            f"{self.n_worse}/{self.n} windows worse, {self.n_better} better, max |dNLL| {self.max_abs:.6f}"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "n": self.n,
+            "mean": self.mean,
+            "sd": self.sd,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "n_worse": self.n_worse,
+            "n_better": self.n_better,
+            "max_abs": self.max_abs,
+            "significant": self.significant,
+        }
+
+
+def paired_stats(current: Sequence[float], recorded: Sequence[float], *, eps: float = 1e-6) -> PairedStats:
+    """Paired comparison of two equally long per-window NLL lists.
+
+    Windows whose difference is within ``eps`` (the 6-decimal rounding of stored NLLs)
+    count neither as worse nor as better.
+    """
+    if len(current) != len(recorded):
+        raise ValueError(f"paired comparison needs equal lengths, got {len(current)} and {len(recorded)}")
+    if not current:
+        raise ValueError("paired comparison needs at least one window")
+    d = [float(a) - float(b) for a, b in zip(current, recorded, strict=True)]
+    n = len(d)
+    mean = math.fsum(d) / n
+    if n > 1:
+        sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1))
+        half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+    else:
+        sd, lo, hi = 0.0, None, None
+    return PairedStats(
+        n=n,
+        mean=mean,
+        sd=sd,
+        ci_low=lo,
+        ci_high=hi,
+        n_worse=sum(x > eps for x in d),
+        n_better=sum(x < -eps for x in d),
+        max_abs=max(abs(x) for x in d),
+    )

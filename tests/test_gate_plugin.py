@@ -1,0 +1,459 @@
+"""End-to-end tests of the pytest plugin: real pytest sessions (pytester) against temporary baseline
+files and a tiny, seeded, randomly initialised Llama model that uses the real GPT-2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pplgate.baselines import parse_baseline
+
+pytest_plugins = ["pytester"]
+
+SHARED = Path(os.environ.get("PPLGATE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+GPT2 = SHARED / "tokenizers" / "gpt2"
+WIKITEXT = Path(os.environ.get("PPLGATE_WIKITEXT") or SHARED / "data" / "wikitext-2-raw-v1")
+if not (GPT2.is_dir() and WIKITEXT.exists()):
+    pytest.skip(f"shared test data not found at {SHARED} (set PPLGATE_SHARED)", allow_module_level=True)
+
+# A test-only second variant: fp32 with a seeded weight perturbation (exercises relational rules).
+CONFTEST = textwrap.dedent(
+    """
+    import time, torch
+    from pplgate.variants import PreparedModel, Variant, register
+
+    @register
+    class Perturbed(Variant):
+        kind = "test-perturbed"
+
+        def fingerprint(self):
+            return {"kind": self.kind, "scale": self.params.get("scale", 0.0)}
+
+        def prepare(self, ctx):
+            t0 = time.perf_counter()
+            model = ctx.load("fp32", fresh=True)
+            gen = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * self.params["scale"])
+            return PreparedModel(model, "quantized", time.perf_counter() - t0)
+    """
+)
+
+
+def baseline(model_dir: Path, variants: str = "", *, name="tiny", profile_extra: str = "") -> str:
+    variants = (
+        variants
+        or """
+      fp32:
+        kind: fp32
+        tolerance:
+          - {type: absolute, max_delta: 0.001}   # fp32 on CPU is deterministic
+    """
+    )
+    return (
+        textwrap.dedent(
+            f"""\
+            # tiny test model
+            schema_version: 1
+            model:
+              name: {name}
+              source: {model_dir}
+            profiles:
+              cpu:
+                marker: smoke
+                device: cpu
+                seqlen: 128
+                batch_size: 2
+                max_windows: 4{profile_extra}
+                variants:"""
+        )
+        + textwrap.indent(textwrap.dedent(variants), "      ").rstrip()
+        + "\n"
+    )
+
+
+PERTURBED = """
+  fp32:
+    kind: fp32
+    tolerance:
+      - {type: absolute, max_delta: 0.001}
+  noisy:
+    kind: test-perturbed
+    params: {scale: 0.02}
+    tolerance:
+      - {type: relational, ref: fp32, max_rel: 0.000001, direction: both}   # strict: must fail
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(str(GPT2))
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def gate(pytester: pytest.Pytester, monkeypatch):
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.setenv("PPLGATE_WIKITEXT", str(WIKITEXT))
+    pytester.makeini("[pytest]\n")
+    pytester.makeconftest(CONFTEST)
+    (pytester.path / "baselines").mkdir()
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-rA", *args)
+
+
+@pytest.fixture(scope="session")
+def recorded_text(tiny_model, tmp_path_factory) -> str:
+    """A baseline file with fp32 recorded by a real ``--update-baselines`` session (made once)."""
+    d = tmp_path_factory.mktemp("recorded")
+    (d / "pytest.ini").write_text("[pytest]\n")
+    (d / "baselines").mkdir()
+    f = d / "baselines" / "tiny.yaml"
+    f.write_text(baseline(tiny_model))
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        rc = pytest.main(["-p", "pplgate.plugin", "-p", "no:cacheprovider", "-q", "--update-baselines", str(d)])
+    finally:
+        os.chdir(old)
+    assert rc == 0
+    return f.read_text()
+
+
+def edit(path: Path, fn) -> None:
+    from ruamel.yaml import YAML
+
+    y = YAML()
+    data = y.load(path.read_text())
+    fn(data["profiles"]["cpu"]["variants"])
+    with path.open("w") as fh:
+        y.dump(data, fh)
+
+
+# --------------------------------------------------------------------------- pass / fail
+
+
+def test_pass_with_reports_and_junit(gate, recorded_text):
+    (gate.path / "baselines" / "tiny.yaml").write_text(recorded_text)
+    res = run(gate, "--pplgate-report", "rep", "--junitxml", "junit.xml")
+    res.assert_outcomes(passed=1)
+    out = res.stdout.str()
+    assert "pplgate perplexity gate" in out
+    assert any("tiny" in ln and "cpu-fp32" in ln and "PASS" in ln and "loaded" in ln for ln in res.stdout.lines)
+    data = json.loads((gate.path / "rep" / "pplgate-results.json").read_text())
+    assert data["records"][0]["status"] == "pass" and data["records"][0]["delta"] == pytest.approx(0, abs=1e-5)
+    assert "| tiny | cpu-fp32 |" in (gate.path / "rep" / "pplgate-summary.md").read_text()
+    xml = (gate.path / "junit.xml").read_text()
+    for prop in ("pplgate_ppl", "pplgate_baseline", "pplgate_delta", "pplgate_tolerance", "pplgate_status"):
+        assert f'name="{prop}"' in xml
+    assert 'name="pplgate_status" value="pass"' in xml
+
+
+def test_absolute_regression_message(gate, recorded_text):
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(recorded_text)
+
+    def shift(variants):
+        rec = variants["fp32"]["recorded"]
+        rec["ppl"] = rec["ppl"] * 0.9
+        for i in range(len(rec["window_nlls"])):
+            rec["window_nlls"][i] -= 0.05 + 0.01 * i
+
+    edit(f, shift)
+    res = run(gate, "--pplgate-report", "rep")
+    res.assert_outcomes(failed=1)
+    out = res.stdout.str()
+    assert "PERPLEXITY REGRESSION: measured" in out and "vs recorded" in out and "delta +" in out
+    assert "[FAIL] absolute: |ppl - recorded| <= 0.001: got +" in out
+    assert "paired per-window dNLL over 4 windows: mean +0.065000 nats, 95% CI [" in out
+    assert "(systematic shift); 4/4 windows worse" in out
+    assert 'pytest --update-baselines "baselines/tiny.yaml::tiny[cpu-fp32]"' in out
+    assert "PROTOCOL DRIFT" not in out
+    assert list((gate.path / "rep").glob("*.png"))
+
+
+def test_relative_rule_and_several_rules(gate, recorded_text):
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(recorded_text)
+
+    def rules(variants):
+        variants["fp32"]["recorded"]["ppl"] *= 1.02  # measured is 2% better than recorded
+        tol = variants["fp32"]["tolerance"]
+        tol[0]["max_delta"] = 1.0e9
+        tol.append({"type": "relative", "max_rel": 0.01})
+        tol.append({"type": "relative", "max_rel": 0.01, "direction": "worse"})
+
+    edit(f, rules)
+    res = run(gate)
+    res.assert_outcomes(failed=1)
+    out = res.stdout.str()
+    assert "[PASS] absolute: |ppl - recorded| <= 1e+09" in out
+    assert "[FAIL] relative: |(ppl - recorded) / recorded| <= 1%: got -1.96" in out
+    assert "[PASS] relative: (ppl - recorded) / recorded <= 1% (only worse counts): got -1.96" in out
+
+
+def test_relational_rule_ref_measured_although_deselected(gate, tiny_model):
+    (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model, PERTURBED))
+    res = run(gate, "-k", "noisy", "--update-baselines")
+    res.assert_outcomes(failed=1)
+    out = res.stdout.str()
+    assert "1 deselected" in out
+    assert "not updating: a relational rule fails in this session" in out
+    assert "[FAIL] relational: |(ppl - ppl[fp32]) / ppl[fp32]| <= 0.0001%: got " in out
+    assert "fp32 measured" in out and "in this session" in out
+    assert "recorded:" not in (gate.path / "baselines" / "tiny.yaml").read_text()
+
+
+def test_relational_pass_and_ordering(gate, tiny_model):
+    variants = PERTURBED.replace("max_rel: 0.000001, direction: both}   # strict: must fail", "max_rel: 0.5}").replace(
+        "  fp32:\n",
+        "  zz-first:\n    kind: fp32\n    tolerance: [{type: relational, ref: noisy, max_rel: 0.5, "
+        "direction: both}]\n  fp32:\n",
+    )
+    (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model, variants))
+    res = run(gate, "--update-baselines", "-v")
+    res.assert_outcomes(passed=3)
+    order = [ln.split("::")[1].split()[0] for ln in res.stdout.lines if "PASSED" in ln and "::" in ln][:3]
+    assert order == ["tiny[cpu-fp32]", "tiny[cpu-noisy]", "tiny[cpu-zz-first]"]
+    spec = parse_baseline(gate.path / "baselines" / "tiny.yaml")
+    assert all(v.recorded is not None for v in spec.profiles["cpu"].variants.values())
+    assert spec.profiles["cpu"].variants["noisy"].fingerprint["variant"] == {"kind": "test-perturbed", "scale": 0.02}
+    res = run(gate)
+    res.assert_outcomes(passed=3)
+
+
+# --------------------------------------------------------------------------- drift
+
+
+@pytest.mark.parametrize(("field", "value"), [("n_tokens", 12345), ("tokenizer_sha256", "0" * 64)])
+def test_protocol_drift(gate, recorded_text, field, value):
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(recorded_text)
+    real = parse_baseline(f).profiles["cpu"].variants["fp32"].fingerprint[field]
+    edit(f, lambda v: v["fp32"]["fingerprint"].__setitem__(field, value))
+    res = run(gate)
+    res.assert_outcomes(failed=1)
+    out = res.stdout.str()
+    assert "PROTOCOL DRIFT" in out and f"{field}: {value!r} -> {real!r}" in out
+    assert "PERPLEXITY REGRESSION" not in out and "--force-update" in out
+    assert any("DRIFT" in ln for ln in res.stdout.lines if "cpu-fp32" in ln)
+
+    before = f.read_text()
+    res = run(gate, "--update-baselines")
+    res.assert_outcomes(failed=1)
+    assert "refusing to update across a protocol change without --force-update" in res.stdout.str()
+    assert f.read_text() == before
+
+    res = run(gate, "--update-baselines", "--force-update")
+    res.assert_outcomes(passed=1)
+    assert parse_baseline(f).profiles["cpu"].variants["fp32"].fingerprint[field] == real
+
+
+# --------------------------------------------------------------------------- update flow
+
+
+def test_missing_entry_then_update_creates_it_keeping_comments(gate, tiny_model, recorded_text):
+    text = recorded_text.replace(
+        "    variants:\n",
+        "    variants:\n      # the reference first\n",
+    ) + textwrap.indent(
+        "fp16:\n  kind: fp16  # half\n  tolerance:\n    - {type: relational, ref: fp32, max_delta: 1000000}\n"
+        "# closing comment\n",
+        "      ",
+    )
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(text)
+    res = run(gate)
+    res.assert_outcomes(passed=1, failed=1)
+    out = res.stdout.str()
+    assert "no baseline is recorded for this entry" in out
+    assert 'pytest --update-baselines "baselines/tiny.yaml::tiny[cpu-fp16]"' in out
+
+    res = run(gate, "--update-baselines", "-k", "fp16")
+    res.assert_outcomes(passed=1, deselected=1)
+    out = res.stdout.str()
+    assert "pplgate baseline updates (old -> new)" in out
+    assert "baselines/tiny.yaml :: cpu/fp16: (new) -> " in out
+    new = f.read_text()
+    assert new.startswith(text.split("        fingerprint:")[0])  # fp32 entry and everything before untouched
+    assert new.split("fp16:")[0] == text.split("fp16:")[0]
+    for keep in ("# tiny test model", "# the reference first", "# half", "# closing comment", "max_delta: 1000000}"):
+        assert keep in new
+    assert new.rstrip().endswith("# closing comment")
+    spec = parse_baseline(f)
+    fp16 = spec.profiles["cpu"].variants["fp16"]
+    assert fp16.recorded is not None and fp16.fingerprint["dtype"] == "float16"
+    prov = fp16.recorded.provenance
+    assert {"date", "pplgate", "git_commit", "torch", "transformers", "python", "device_name", "command"} <= set(prov)
+    assert "--update-baselines" in prov["command"] and prov["origin"] == "loaded"
+    run(gate).assert_outcomes(passed=2)
+
+
+def test_update_rewrites_changed_entry(gate, recorded_text):
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(recorded_text)
+    true_ppl = parse_baseline(f).profiles["cpu"].variants["fp32"].recorded.ppl
+    edit(f, lambda v: v["fp32"]["recorded"].__setitem__("ppl", 1234.5))
+    res = run(gate)
+    res.assert_outcomes(failed=1)
+    assert "does not match its own recorded window NLLs" in res.stdout.str()
+    res = run(gate, "--update-baselines")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines([f"baselines/tiny.yaml :: cpu/fp32: 1234.500000 -> {true_ppl:.6f}  (*)"])
+    assert parse_baseline(f).profiles["cpu"].variants["fp32"].recorded.ppl == pytest.approx(true_ppl)
+    assert "# fp32 on CPU is deterministic" in f.read_text()
+    run(gate).assert_outcomes(passed=1)
+
+
+def test_no_write_when_session_had_an_error(gate, tiny_model):
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(baseline(tiny_model))
+    gate.makepyfile(test_boom="def test_boom():\n    raise RuntimeError('unrelated failure')\n")
+    before = f.read_text()
+    res = run(gate, "--update-baselines", "baselines", "test_boom.py")
+    res.assert_outcomes(passed=1, failed=1)
+    assert "NOT writing baseline updates: 1 test(s) failed or errored for a non-gate reason" in res.stdout.str()
+    assert f.read_text() == before
+
+
+def test_max_windows_override(gate, recorded_text):
+    # the partial reference is exp(mean of the first K recorded NLLs), which are stored to 6 decimals:
+    # at this random model's ppl (~5e4) that is accurate to ~0.03, so the tolerance is widened here
+    text = recorded_text.replace("max_delta: 0.001}", "max_delta: 0.1}")
+    (gate.path / "baselines" / "tiny.yaml").write_text(text)
+    res = run(gate, "--pplgate-max-windows", "2")
+    res.assert_outcomes(passed=1)
+    assert any("cpu-fp32 (partial)" in ln and "PASS" in ln for ln in res.stdout.lines)
+    res = run(gate, "--pplgate-max-windows", "2", "--update-baselines")
+    res.assert_outcomes(failed=1)
+    assert "refusing --update-baselines with --pplgate-max-windows 2" in res.stdout.str()
+
+
+# --------------------------------------------------------------------------- collection
+
+
+BAD = {
+    "malformed": ("profiles: [unclosed\n", "malformed YAML"),
+    "unknown-key": ("REPLACE:seqlen: 128|seqlen: 128\n    colour: blue", "profiles.cpu.colour: unknown key 'colour'"),
+    "unknown-kind": ("REPLACE:kind: fp32|kind: gptq-42", "profiles.cpu.variants.fp32.kind: unknown variant kind"),
+    "no-tolerance": (
+        "REPLACE:        tolerance:\n"
+        "          - {type: absolute, max_delta: 0.001}   # fp32 on CPU is deterministic\n|",
+        "profiles.cpu.variants.fp32.tolerance: missing tolerance",
+    ),
+    "bad-ref": (
+        "REPLACE:{type: absolute, max_delta: 0.001}|{type: relational, ref: fp64, max_delta: 1}",
+        "tolerance[0].ref: relational rule references unknown variant 'fp64'",
+    ),
+    "no-model": ("MODEL:/nonexistent/model-dir", "model.source: model path /nonexistent/model-dir does not exist"),
+}
+
+
+def test_collection_errors_are_per_file(gate, tiny_model, recorded_text):
+    base = baseline(tiny_model)
+    for name, (spec, _) in BAD.items():
+        if spec.startswith("REPLACE:"):
+            old, new = spec[len("REPLACE:") :].split("|")
+            assert old in base, name
+            text = base.replace(old, new)
+        elif spec.startswith("MODEL:"):
+            text = baseline(Path(spec[len("MODEL:") :]))
+        else:
+            text = spec
+        (gate.path / "baselines" / f"{name}.yaml").write_text(text)
+    (gate.path / "baselines" / "tiny.yaml").write_text(recorded_text)
+    res = run(gate)
+    res.assert_outcomes(passed=1, errors=len(BAD))
+    out = res.stdout.str()
+    for name, (_, msg) in BAD.items():
+        assert f"ERROR baselines/{name}.yaml" in out
+        assert f"{name}.yaml" in out and msg in out, name
+    assert "Traceback" not in out
+
+
+def test_k_selection_and_ids(gate, tiny_model):
+    (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model, PERTURBED))
+    res = gate.runpytest("-p", "pplgate.plugin", "--collect-only", "-q")
+    res.stdout.fnmatch_lines(["baselines/tiny.yaml::tiny[[]cpu-fp32[]]", "baselines/tiny.yaml::tiny[[]cpu-noisy[]]"])
+    res = gate.runpytest("-p", "pplgate.plugin", "--collect-only", "-q", "-k", "cpu-fp32")
+    res.stdout.fnmatch_lines(["baselines/tiny.yaml::tiny[[]cpu-fp32[]]", "*1/2 tests collected (1 deselected)*"])
+    res = gate.runpytest("-p", "pplgate.plugin", "--collect-only", "-q", "-m", "smoke and pplgate")
+    res.stdout.fnmatch_lines(["*2 tests collected*"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the skip on a machine without CUDA")
+def test_gpu_marker_skips_without_cuda(gate, tiny_model):
+    text = baseline(tiny_model, name="tiny").replace("marker: smoke\n    device: cpu", "marker: gpu\n    device: cuda")
+    (gate.path / "baselines" / "tiny.yaml").write_text(text)
+    res = run(gate, "-m", "gpu")
+    res.assert_outcomes(skipped=1)
+    assert "no CUDA device available" in res.stdout.str()
+    run(gate, "-m", "smoke").assert_outcomes(deselected=1)
+
+
+# --------------------------------------------------------------------------- subprocess: entry point, xdist
+
+
+def test_registration_via_entry_point_and_conftest(gate, tiny_model, monkeypatch):
+    """The ``pytest11`` entry point and a conftest ``pytest_plugins`` entry share one name: no clash."""
+    dist = gate.path / "site" / "pplgate_ep-0.0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pplgate-ep\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text("[pytest11]\npplgate.plugin = pplgate.plugin\n")
+    (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model))
+    src = str(Path(__import__("pplgate").__file__).parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(gate.path / "site"), src, os.environ.get("PYTHONPATH", "")]))
+    # entry point only
+    res = gate.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    res.stdout.fnmatch_lines(["baselines/tiny.yaml::tiny[[]cpu-fp32[]]"])
+    # entry point + conftest + -p: registered once
+    (gate.path / "conftest.py").write_text(CONFTEST + '\npytest_plugins = ["pplgate.plugin"]\n')
+    res = gate.runpytest_subprocess("-p", "pplgate.plugin", "-p", "no:cacheprovider", "--markers")
+    assert res.ret == 0
+    res.stdout.fnmatch_lines(["@pytest.mark.pplgate:*", "@pytest.mark.gpu: GPU tier*"])
+
+
+def test_xdist_update_does_not_corrupt(gate, tiny_model, monkeypatch):
+    variants = PERTURBED.replace("max_rel: 0.000001, direction: both}   # strict: must fail", "max_rel: 100}")
+    for i in range(2):
+        variants += f"  n{i}:\n    kind: test-perturbed\n    params: {{scale: 0.0{i + 1}}}\n"
+        variants += "    tolerance: [{type: absolute, max_delta: 0.5}]\n"
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(baseline(tiny_model, variants))
+    src = str(Path(__import__("pplgate").__file__).parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    res = gate.runpytest_subprocess(
+        "-p", "pplgate.plugin", "-p", "no:cacheprovider", "-n", "2", "--update-baselines", "--pplgate-report", "rep"
+    )
+    res.assert_outcomes(passed=4)
+    spec = parse_baseline(f)
+    assert sorted(spec.profiles["cpu"].variants) == ["fp32", "n0", "n1", "noisy"]
+    assert all(v.recorded is not None for v in spec.profiles["cpu"].variants.values())
+    assert "# tiny test model" in f.read_text()
+    data = json.loads((gate.path / "rep" / "pplgate-results.json").read_text())
+    assert sorted(r["status"] for r in data["records"]) == ["created"] * 4
