@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=32)
     ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--no-clip", action="store_true", help="AWQ without its clipping search (apply_clip=False)")
     ap.add_argument("--variants", default="fp32,rtn,awq")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
@@ -68,6 +69,7 @@ def main() -> None:
                 "zero_point": True,
                 "version": "gemm",
                 "calibration": {"path": calib, "n_samples": args.n_samples, "seqlen": args.calib_seqlen},
+                **({"apply_clip": False} if args.no_clip else {}),
             },
         ),
     }

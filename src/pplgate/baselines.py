@@ -62,7 +62,7 @@ FINGERPRINT_FIELDS = (
 
 _TOP_KEYS = {"schema_version", "model", "profiles"}
 _MODEL_KEYS = {"name", "source", "gguf_file", "revision", "tokenizer"}
-_PROFILE_KEYS = {"marker", "device", "seqlen", "batch_size", "max_windows", "variants"}
+_PROFILE_KEYS = {"marker", "device", "device_map", "seqlen", "batch_size", "max_windows", "variants"}
 _VARIANT_KEYS = {"kind", "params", "tolerance", "fingerprint", "recorded"}
 _RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}
 _RULE_KEYS = {"type", "max_delta", "max_rel", "direction", "ref"}
@@ -251,6 +251,7 @@ class ProfileSpec:
     batch_size: int
     max_windows: int | None
     variants: dict[str, VariantSpec]
+    device_map: str | None = None  # "auto": spread the model over the worker's GPUs (accelerate)
 
 
 @dataclass
@@ -482,8 +483,16 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
             batch_size=v.integer(pnode, "batch_size", kp, 1, 1),
             max_windows=v.integer(pnode, "max_windows", kp, None, 1),
             variants=variants,
+            device_map=_device_map(path, pnode, kp),
         )
     return BaselineSpec(path=path, model=model, profiles=profiles)
+
+
+def _device_map(path: Path, pnode: Any, kp: str) -> str | None:
+    value = pnode.get("device_map")
+    if value not in (None, "auto"):
+        raise BaselineError(path, f"{kp}.device_map", f"must be 'auto' or absent, got {value!r}")
+    return value
 
 
 def load_baseline(path: str | Path) -> BaselineSpec:

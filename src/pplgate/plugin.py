@@ -30,6 +30,7 @@ from pplgate.baselines import (
     parse_baseline,
     write_updates,
 )
+from pplgate.devices import GPUS_PER_WORKER_ENV, assign_gpus, pin_worker, visible_gpu_ids
 from pplgate.errors import PplgateError
 from pplgate.stats import paired_stats
 
@@ -51,6 +52,15 @@ class GateFailure(Exception):
 # --------------------------------------------------------------------------- options & markers
 
 
+def _scalar_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The scalar facts of a variant's ``PreparedModel.info`` (cache key, times, kernel) for provenance."""
+    return {
+        k: round(v, 2) if isinstance(v, float) else v
+        for k, v in info.items()
+        if isinstance(v, (str, int, float, bool)) and k not in ("load_path", "cache_entry", "calibration_source")
+    }
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("pplgate", "pplgate perplexity regression gate")
     g.addoption("--update-baselines", action="store_true", help="re-measure the selected entries and rewrite them")
@@ -70,10 +80,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="K",
         help="score only K windows (quick local runs; compared with the first K recorded windows, marked partial)",
     )
+    g.addoption(
+        "--pplgate-gpus-per-worker",
+        type=int,
+        default=int(os.environ.get(GPUS_PER_WORKER_ENV, "1")),
+        metavar="K",
+        help="with pytest-xdist (-n N --dist loadgroup): each worker keeps K GPUs of the visible ones "
+        f"(default 1, or ${GPUS_PER_WORKER_ENV})",
+    )
     parser.addini("pplgate_baselines_dir", "directory of baseline YAML files, relative to rootdir", default="baselines")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and workerinput.get("pplgate_gpu_ids"):
+        # an xdist worker: keep only this worker's GPUs, before anything touches CUDA here
+        pin_worker(
+            workerinput["workerid"],
+            int(workerinput["workercount"]),
+            workerinput["pplgate_gpu_ids"].split(","),
+            int(workerinput["pplgate_gpus_per_worker"]),
+        )
     config.addinivalue_line("markers", "pplgate: a pplgate perplexity gate test (collected from baselines/*.yaml)")
     config.addinivalue_line("markers", "gpu: GPU tier of the gate (skips where no CUDA device exists)")
     config.addinivalue_line("markers", "smoke: CPU tier of the gate (a few windows, runs everywhere)")
@@ -185,6 +213,7 @@ class Measurement:
     fingerprint: dict[str, Any]
     origin: str
     prepare_time_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -259,14 +288,14 @@ class GateSession:
             self.tokens[key] = (tok, tokens, name)
         return self.tokens[key]
 
-    def load_model(self, source, device: str, dtype: str, *, fresh: bool = False):
+    def load_model(self, source, device: str, dtype: str, *, fresh: bool = False, device_map: str | None = None):
         from pplgate.models import load_model
 
         if fresh:
-            return load_model(source, dtype=dtype, device=device)
+            return load_model(source, dtype=dtype, device=device, device_map=device_map)
         key = (source, dtype, device)
         if key not in self.models:
-            self.models[key] = load_model(source, dtype=dtype, device=device)
+            self.models[key] = load_model(source, dtype=dtype, device=device, device_map=device_map)
         return self.models[key]
 
     def free_models(self, keep: set) -> None:
@@ -304,9 +333,12 @@ class GateSession:
             source=item.source,
             device=device,
             tokenizer=tok,
-            loader=lambda dtype, fresh=False: self.load_model(item.source, device, dtype, fresh=fresh),
+            loader=lambda dtype, fresh=False: self.load_model(
+                item.source, device, dtype, fresh=fresh, device_map=item.profile.device_map
+            ),
             cache_dir=self.config.getoption("--pplgate-cache-dir"),
             cache_mode=self.config.getoption("--pplgate-cache"),
+            device_map=item.profile.device_map,
         )
         var.check(ctx)
         prepared = var.prepare(ctx)
@@ -318,9 +350,14 @@ class GateSession:
                 seqlen=item.profile.seqlen,
                 batch_size=item.profile.batch_size,
                 max_windows=self.max_windows(item.profile),
-                progress=False,
+                progress=self.config.getoption("capture") == "no",  # visible with -s
                 label=item.name,
             )
+            extra = {"prepare_info": _plain(_scalar_info(prepared.info))}
+            if str(device).startswith("cuda") or item.profile.device_map:
+                from pplgate.devices import device_layout
+
+                extra["device_layout"] = device_layout(prepared.model)
         finally:
             prepared.model = None  # the session model cache (if any) keeps shared models alive
         fp = {
@@ -335,7 +372,9 @@ class GateSession:
             "dtype": result.dtype,
             "variant": _plain(var.fingerprint()),
         }
-        m = Measurement(result=result, fingerprint=fp, origin=prepared.origin, prepare_time_s=prepared.prepare_time_s)
+        m = Measurement(
+            result=result, fingerprint=fp, origin=prepared.origin, prepare_time_s=prepared.prepare_time_s, extra=extra
+        )
         self.measurements[key] = m
         return m
 
@@ -387,7 +426,7 @@ class GateSession:
                 prepare_time_s=m.prepare_time_s,
                 origin=m.origin,
                 args=list(self.config.invocation_params.args),
-                extra={"batch_size": r.batch_size, "tokens_per_s": round(r.tokens_per_s, 1)},
+                extra={"batch_size": r.batch_size, "tokens_per_s": round(r.tokens_per_s, 1), **m.extra},
             ),
         )
         recorded = vs.recorded
@@ -660,3 +699,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             tr.write_line("pplgate: --update-baselines: nothing to write")
     for p in gate.report_paths:
         tr.write_line(f"pplgate report: {p}")
+
+
+# --------------------------------------------------------------------------- pytest-xdist: one worker per GPU
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Controller side: hand each worker the visible GPU list; the worker pins itself (see configure)."""
+    gpu_ids = visible_gpu_ids()
+    k = node.config.getoption("--pplgate-gpus-per-worker")
+    if not gpu_ids:
+        return  # CPU-only run: nothing to pin
+    n_workers = int(node.workerinput.get("workercount") or node.config.option.numprocesses)
+    assign_gpus(0, n_workers, gpu_ids, k)  # fail in the controller, with the fix, if there are too few
+    node.workerinput["pplgate_gpu_ids"] = ",".join(gpu_ids)
+    node.workerinput["pplgate_gpus_per_worker"] = k

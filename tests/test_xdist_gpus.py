@@ -1,0 +1,50 @@
+"""One pytest-xdist worker per GPU: real xdist sessions with a simulated GPU list (CUDA_VISIBLE_DEVICES)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("xdist")
+pytest_plugins = ["pytester"]
+
+RECORDER = """
+import json, os, pathlib
+
+def pytest_configure(config):  # runs after pplgate's (tryfirst) configure in every worker
+    wi = getattr(config, "workerinput", None)
+    if wi:
+        out = pathlib.Path(os.environ["PPLGATE_TEST_OUT"]) / f"{wi['workerid']}.json"
+        out.write_text(json.dumps(os.environ.get("CUDA_VISIBLE_DEVICES")))
+"""
+
+
+def _run(pytester, monkeypatch, visible, *args):
+    out = pytester.mkdir("out")
+    monkeypatch.setenv("PPLGATE_TEST_OUT", str(out))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    pytester.makeconftest(RECORDER)
+    pytester.makepyfile(test_a="def test_a(): pass\n\ndef test_b(): pass\n")
+    result = pytester.runpytest_subprocess("-p", "pplgate.plugin", "-p", "no:cacheprovider", *args)
+    seen = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    return result, seen
+
+
+def test_each_worker_keeps_its_own_gpu(pytester, monkeypatch):
+    result, seen = _run(pytester, monkeypatch, "3,7", "-n", "2", "--dist", "loadgroup")
+    result.assert_outcomes(passed=2)
+    assert seen == {"gw0": "3", "gw1": "7"}
+
+
+def test_gpus_per_worker_slices(pytester, monkeypatch):
+    result, seen = _run(pytester, monkeypatch, "0,1,2,3", "-n", "2", "--pplgate-gpus-per-worker", "2")
+    result.assert_outcomes(passed=2)
+    assert seen == {"gw0": "0,1", "gw1": "2,3"}
+
+
+def test_too_many_workers_for_the_gpus_fails_with_the_fix(pytester, monkeypatch):
+    result, _ = _run(pytester, monkeypatch, "0,1", "-n", "3")
+    assert result.ret != 0
+    out = result.stdout.str() + result.stderr.str()
+    assert "need 3 GPUs, but only 2 are visible" in out and "use -n 2" in out
