@@ -93,3 +93,15 @@ def test_select_follows_autoawq_rule():
     assert sel.sha256 != cal.sha256 and select_calibration(cal, tok, 16, 64).sha256 == sel.sha256
     with pytest.raises(CalibrationError, match="fewer than one block"):
         select_calibration(cal, tok, n_samples=1, seqlen=2048)
+
+
+def test_source_expands_environment_variables(tmp_path, monkeypatch):
+    from pplgate.calibration import CalibrationSpec
+
+    f = tmp_path / "cal.jsonl"
+    f.write_text('{"text": "some calibration prose"}\n')
+    monkeypatch.setenv("PPLGATE_TEST_CAL", str(f))
+    assert CalibrationSpec.from_param({"source": "$PPLGATE_TEST_CAL"}).resolved_source() == str(f)
+    monkeypatch.delenv("PPLGATE_TEST_CAL")
+    with pytest.raises(CalibrationError, match="environment variable not set"):
+        CalibrationSpec.from_param({"source": "$PPLGATE_TEST_CAL"}).resolved_source()

@@ -74,7 +74,10 @@ class CalibrationSpec:
     def resolved_source(self) -> str:
         if self.source in (None, "", "default"):
             return os.environ.get(CALIBRATION_ENV) or "pileval"
-        return self.source
+        expanded = os.path.expandvars(self.source)  # baselines may say "$PPLGATE_CALIBRATION"
+        if "$" in expanded:
+            raise CalibrationError(f"calibration source {self.source!r}: environment variable not set")
+        return expanded
 
 
 @dataclass(frozen=True)
