@@ -47,8 +47,10 @@ fi
 $PY -c "import pplgate" 2>/dev/null || $PY -m pip install -q --no-deps -e . || exit 2
 
 echo "== gate"
+# baselines/ (the gate) and tests/gpu/ (fidelity against AutoAWQ's own loop); PPLGATE_GPU_PATHS overrides
+# shellcheck disable=SC2086
 $PY -m pytest -m gpu -p no:cacheprovider --pplgate-report "$REPORT_DIR" --junitxml "$REPORT_DIR/junit.xml" \
-  -o junit_family=xunit1 "$@"
+  -o junit_family=xunit1 ${PPLGATE_GPU_PATHS:-baselines tests/gpu} "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
   echo "ci/gpu.sh: pytest collected no GPU gate tests (check baselines/ and -k/-m)" >&2

@@ -3,15 +3,22 @@
 # each under the device tool's 64 MiB upload limit:
 #   .device/a : GGUF part0, wheels the device lacks, WikiText-2 parquet, tokenizers, calibration corpus
 #   .device/b : GGUF part1
+#   .device/c : matplotlib wheels (optional, for the PNG reports)
 # Shared data is read from $PPLGATE_SHARED (default ../shared); nothing is committed.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 SHARED=${PPLGATE_SHARED:-../shared}
-rm -rf .device && mkdir -p .device/a/wheels .device/a/data .device/a/tokenizers .device/b
+rm -rf .device && mkdir -p .device/a/wheels .device/a/data .device/a/tokenizers .device/b .device/c
 cp "$SHARED"/models/smollm2-135m-instruct-q4_1/*.part0 .device/a/
 cp "$SHARED"/models/smollm2-135m-instruct-q4_1/*.part1 .device/b/
 cp "$SHARED"/wheels/py312/*.whl .device/a/wheels/
 cp "$SHARED"/data/wikitext-2-raw-v1/test-00000-of-00001.parquet .device/a/data/
 cp "$SHARED"/data/calibration/python-3.11-docs-prose.jsonl .device/a/data/
-cp -r "$SHARED"/tokenizers/llama2 "$SHARED"/tokenizers/gpt2 .device/a/tokenizers/
-du -sh .device/a .device/b
+cp -r "$SHARED"/tokenizers/llama2 .device/a/tokenizers/
+# from PyPI, for the device's Python 3.12: ruamel.yaml (required by the gate) into a,
+# matplotlib and its compiled deps (optional: PNG reports) into c
+PIPDL="python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+$PIPDL -d .device/a/wheels ruamel.yaml==0.19.1
+$PIPDL -d .device/c matplotlib==3.11.2 kiwisolver contourpy cycler fonttools pyparsing
+du -sh .device/a .device/b .device/c
