@@ -78,6 +78,7 @@ def test_cache_off_and_key_inputs(tiny, tmp_path):
     parts = v.cache_key_parts(ctx, "cal")
     assert parts["versions"]["autoawq"] == "0.2.9" and parts["source"]["type"] == "dir"
     assert parts["variant"]["q_group_size"] == 64 and parts["calibration_sha256"] == "cal"
+    assert parts["variant"]["pplgate_awq_impl"] == 2  # bumped: entries from the pre-shim procedure are stale
     fp = v.fingerprint()
     assert fp["calibration"]["n_samples"] == 8 and len(fp["calibration"]["source_sha256"]) == 64
 

@@ -20,10 +20,16 @@ optimisation for generation with a KV cache; the protocol runs without cache). O
 ``from_quantized`` insists on the IPEX kernel (``intel_extension_for_pytorch``); without IPEX pplgate
 performs the same steps as ``from_quantized`` (``_load_config``, ``_load_quantized_modules`` with
 ``use_ipex=False``, ``load_checkpoint_and_dispatch``), so the same ``WQLinear_GEMM`` modules run.
+
+Quantizing on CPU needs a workaround for an AutoAWQ 0.2.9 aliasing bug in the scale search (its weight
+snapshot is ``v.cpu()``, an alias on CPU, and the search scales the weights in place):
+``_best_scale_snapshot_shim`` is active around ``quantize``. Without it every scaled Linear computes
+``W * s0`` instead of ``W``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import time
@@ -43,6 +49,9 @@ AWQ_INSTALL = "pip install --no-deps autoawq==0.2.9"
 AWQ_VERSIONS = ("gemm", "gemv", "gemv_fast", "marlin")
 AWQ_PARAMS = ("w_bit", "q_group_size", "zero_point", "version", "calibration", "dtype", "apply_clip", "duo_scaling")
 VERSIONS_KEYED = ("autoawq", "transformers", "torch", "accelerate")
+# Version of pplgate's own AWQ quantization procedure; part of the cache key so that entries built by an
+# older, broken procedure are never reused. 2: the _compute_best_scale CPU aliasing shim (see below).
+AWQ_IMPL_VERSION = 2
 
 
 def _import_awq():
@@ -98,6 +107,48 @@ def _check_kernel(version: str, w_bit: int, zero_point: bool, device: str) -> No
     needed = "marlin" if version == "marlin" else "awq_ext"
     if importlib.util.find_spec(needed) is None:
         raise VariantError(f"awq: version {version!r} needs the {needed!r} kernel package, which is not installed")
+
+
+@contextlib.contextmanager
+def _best_scale_snapshot_shim():
+    """Work around an AutoAWQ 0.2.9 bug that corrupts the weights when the scale search runs on CPU.
+
+    ``AwqQuantizer._compute_best_scale`` snapshots the block it inspects with
+    ``org_sd = {k: v.cpu() for k, v in module2inspect.state_dict().items()}`` and restores it with
+    ``load_state_dict(org_sd)`` after each grid point. It evaluates a grid point by scaling the weights
+    *in place* (``fc.weight.mul_(scales)``). On a GPU ``.cpu()`` is a copy, so the snapshot is safe; on
+    CPU ``.cpu()`` returns the very same tensor, so the first grid point's in-place ``mul_`` also
+    rewrites the snapshot. From then on every grid point is scored against weights already multiplied
+    by the first grid point's scales, and the "restored" weights keep that factor: ``apply_scale`` then
+    multiplies them by the chosen scales a second time while the preceding norm is divided only once.
+    The quantized model computes ``W * s0`` instead of ``W`` in every scaled Linear (SmolLM2-135M: PPL
+    ~365,000 instead of ~30).
+
+    The shim registers, for the duration of each ``_compute_best_scale`` call, a state_dict post-hook on
+    the inspected module that turns the snapshot's tensors into detached CPU *copies* (what ``.cpu()``
+    yields for CUDA tensors, so the GPU behaviour is unchanged; AutoAWQ's ``.cpu()`` is then a no-op).
+    It is installed only around pplgate's ``quantize`` call and removed afterwards.
+    """
+    from awq.quantize.quantizer import AwqQuantizer
+
+    original = AwqQuantizer._compute_best_scale
+
+    def _copy_to_cpu(module, state_dict, prefix, local_metadata):
+        for k, v in state_dict.items():
+            state_dict[k] = v.detach().to("cpu", copy=True)
+
+    def _compute_best_scale(self, x, w_mean, x_mean, module2inspect, *args, **kwargs):
+        handle = module2inspect.register_state_dict_post_hook(_copy_to_cpu)
+        try:
+            return original(self, x, w_mean, x_mean, module2inspect, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    AwqQuantizer._compute_best_scale = _compute_best_scale
+    try:
+        yield
+    finally:
+        AwqQuantizer._compute_best_scale = original
 
 
 def _fix_wq_dtypes(model: torch.nn.Module) -> None:
@@ -270,6 +321,7 @@ class AwqVariant(_AwqBase):
             "duo_scaling": self.duo_scaling,
             "quant_dtype": resolve_dtype(self.dtype_param, ctx.device),
             "calibration_seqlen": self.calibration.seqlen,
+            "pplgate_awq_impl": AWQ_IMPL_VERSION,
         }
         return cache_key_parts(ctx.source, variant, calibration_sha256, library_versions(*VERSIONS_KEYED))
 
@@ -281,15 +333,16 @@ class AwqVariant(_AwqBase):
         from awq.models._config import AwqConfig
 
         wrapper = cls(model, mt, is_quantized=False, config=model.config, quant_config=AwqConfig(), processor=None)
-        wrapper.quantize(
-            tokenizer,
-            quant_config=self.quant_config(),
-            calib_data=texts,
-            max_calib_samples=len(texts),
-            max_calib_seq_len=self.calibration.seqlen,
-            apply_clip=self.apply_clip,
-            duo_scaling=self.duo_scaling,
-        )
+        with _best_scale_snapshot_shim():
+            wrapper.quantize(
+                tokenizer,
+                quant_config=self.quant_config(),
+                calib_data=texts,
+                max_calib_samples=len(texts),
+                max_calib_seq_len=self.calibration.seqlen,
+                apply_clip=self.apply_clip,
+                duo_scaling=self.duo_scaling,
+            )
         wrapper.model.to(resolve_device(ctx.device))
         return wrapper
 
