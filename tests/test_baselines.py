@@ -201,3 +201,12 @@ def test_concurrent_writers_merge(tmp_path):
     got = {v: s.recorded.ppl for v, s in spec.profiles["cpu"].variants.items()}
     assert got == {v: ppl for _, v, ppl in jobs}
     read_raw(p)
+
+
+def test_git_commit_from_environment_for_trees_without_git(monkeypatch, tmp_path):
+    from pplgate.provenance import git_commit
+
+    monkeypatch.delenv("PPLGATE_GIT_COMMIT", raising=False)
+    assert git_commit(str(tmp_path)) is None  # not a repository
+    monkeypatch.setenv("PPLGATE_GIT_COMMIT", "abc1234")
+    assert git_commit(str(tmp_path)) == "abc1234"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import shlex
 import subprocess
@@ -20,9 +21,16 @@ def _version(dist: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=8)
 def git_commit(directory: str) -> str | None:
-    """``HEAD`` of the repository holding ``directory`` (``+dirty`` when tracked files changed)."""
+    """``HEAD`` of the repository holding ``directory`` (``+dirty`` when tracked files changed).
+
+    Where the tree is a copy without ``.git`` (e.g. a CI artifact), ``$PPLGATE_GIT_COMMIT`` names it.
+    """
+    return os.environ.get("PPLGATE_GIT_COMMIT") or _git_head(directory)
+
+
+@lru_cache(maxsize=8)
+def _git_head(directory: str) -> str | None:
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=True
