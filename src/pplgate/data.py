@@ -69,7 +69,8 @@ def _rows_from_path(path: Path) -> list[str]:
             raise DatasetError(f"directory {path} holds no .parquet or .jsonl file of the test split")
         path = candidates[0]
     if not path.exists():
-        raise DatasetError(f"dataset path {path} does not exist")
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise DatasetError(f"dataset path {path} does not exist{where}")
     if path.suffix == ".parquet":
         return _rows_from_parquet(path)
     if path.suffix in (".jsonl", ".json"):

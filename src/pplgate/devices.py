@@ -71,13 +71,12 @@ def pin_worker(worker_id: str, n_workers: int, gpu_ids: list[str], gpus_per_work
 
 
 def device_layout(model: Any) -> dict[str, Any]:
-    """Where a model's weights live, for provenance: ``{"cuda:0": n_params, ...}`` plus the map kind."""
+    """Where a model's weights live, for provenance: ``{"cuda:0": n_params, ...}`` and single/split."""
     counts: Counter[str] = Counter()
     for p in model.parameters():
         counts[str(p.device)] += p.numel()
-    hf_map = getattr(model, "hf_device_map", None)
     return {
         "params_by_device": dict(sorted(counts.items())),
-        "device_map": "auto" if hf_map else "single",
+        "placement": "split" if len(counts) > 1 else "single",
         "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
