@@ -51,7 +51,7 @@ def test_device_layout_counts_params():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     layout = device_layout(model)
     assert layout["params_by_device"] == {"cpu": 4 * 3 + 3 + 3 * 2 + 2}
-    assert layout["device_map"] == "single"
+    assert layout["placement"] == "single"
 
 
 def test_device_map_needs_cuda_and_a_known_strategy():
