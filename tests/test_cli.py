@@ -136,3 +136,25 @@ def test_hub_unreachable_via_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("pplgate: error:")
     assert "--dataset" in proc.stderr and WIKITEXT_ENV in proc.stderr
+
+
+def test_cache_list_and_clear(tmp_path, capsys):
+    from pplgate.cli import main
+    from pplgate.qcache import QuantCache
+
+    cache = QuantCache(tmp_path)
+
+    def build(d):
+        (d / "weights.bin").write_bytes(b"x" * 16)
+        return {"source": "tiny-model"}
+
+    cache.get_or_build("k" * 64, build, {"source": "tiny-model"})
+    assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 entry" in out and "k" * 64 in out
+    (tmp_path / ("k" * 64) / "weights.bin").write_bytes(b"corrupt")
+    main(["cache", "list", "--cache-dir", str(tmp_path)])
+    assert "INVALID" in capsys.readouterr().out
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert QuantCache(tmp_path).entries() == []

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_data_args(ev)
 
+    ca = sub.add_parser("cache", help="list or clear the quantized-model cache")
+    ca.add_argument("action", choices=["list", "clear"])
+    ca.add_argument("--cache-dir", help="cache root (default: $PPLGATE_CACHE_DIR or ~/.cache/pplgate/quant)")
+    ca.add_argument("--key", help="with clear: remove only this entry")
+
     tk = sub.add_parser("tokens", help="canonical token and window counts for a tokenizer")
     tk.add_argument("--tokenizer", default=DEFAULT_MODEL, help="tokenizer id/dir, .gguf file or the default model")
     tk.add_argument("--gguf-file", help="GGUF file name inside --tokenizer")
@@ -101,10 +106,32 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from pplgate.qcache import QuantCache
+
+    cache = QuantCache(args.cache_dir)
+    if args.action == "clear":
+        n = cache.clear(args.key)
+        print(f"removed {n} item(s) from {cache.root}")
+        return 0
+    entries = cache.entries()
+    print(f"{cache.root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    for e in entries:
+        if isinstance(e, tuple):
+            print(f"  {e[0]}  INVALID: {e[1]} (rebuilt on next use; `pplgate cache clear --key {e[0]}`)")
+        else:
+            meta = e.meta
+            print(
+                f"  {e.key}  created {e.manifest.get('created', '?')}  built in "
+                f"{e.manifest.get('build_time_s', 0):.0f}s  {meta.get('source', '')}"
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"eval": cmd_eval, "tokens": cmd_tokens}[args.command](args)
+        return {"eval": cmd_eval, "tokens": cmd_tokens, "cache": cmd_cache}[args.command](args)
     except PplgateError as exc:
         print(f"pplgate: error: {exc}", file=sys.stderr)
         return 2
