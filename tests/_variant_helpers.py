@@ -25,8 +25,8 @@ def calibration_file() -> Path:
     return need_shared("data", "calibration", "python-3.11-docs-prose.jsonl")
 
 
-def make_tiny_llama(out: Path, *, hidden: int = 128, inter: int = 256, layers: int = 2, seed: int = 0) -> Path:
-    """A random Llama (hidden/intermediate multiples of 64) saved with the real GPT-2 tokenizer."""
+def tiny_llama(*, hidden: int = 128, inter: int = 256, layers: int = 2, seed: int = 0):
+    """``(model, tokenizer)``: a seeded random Llama (sizes multiples of 64) with the real GPT-2 tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -44,7 +44,12 @@ def make_tiny_llama(out: Path, *, hidden: int = 128, inter: int = 256, layers: i
         eos_token_id=tok.eos_token_id,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+def make_tiny_llama(out: Path, *, hidden: int = 128, inter: int = 256, layers: int = 2, seed: int = 0) -> Path:
+    """:func:`tiny_llama` saved to ``out`` (model + tokenizer)."""
+    model, tok = tiny_llama(hidden=hidden, inter=inter, layers=layers, seed=seed)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _variant_helpers import calibration_file, need_shared
+from _variant_helpers import calibration_file, tiny_llama
 
 pytest.importorskip("awq", reason="AutoAWQ missing: pip install --no-deps autoawq==0.2.9")
 
@@ -21,23 +21,7 @@ from pplgate.variants import ModelContext, make_variant  # noqa: E402
 
 
 def _skewed_tiny_llama(out, seed: int = 0):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(str(need_shared("tokenizers", "gpt2")))
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
+    model, tok = tiny_llama(seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for layer in model.model.layers:
