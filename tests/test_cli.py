@@ -52,7 +52,8 @@ def test_tokens_command_honours_seqlen_and_env(capsys, monkeypatch, gpt2_tokeniz
 
 def test_eval_writes_json_result(tmp_path, capsys, tiny_model_dir, wikitext_dir, gpt2_tokenizer, canonical_text):
     out_json = tmp_path / "result.json"
-    argv = ["eval", "--model", str(tiny_model_dir), "--dataset", str(wikitext_dir), "--dtype", "fp32"]
+    # no --dtype: the default "auto" is fp32 on CPU
+    argv = ["eval", "--model", str(tiny_model_dir), "--dataset", str(wikitext_dir)]
     argv += ["--device", "cpu", "--seqlen", "64", "--max-windows", "2", "--batch-size", "2"]
     argv += ["--no-progress", "--json", str(out_json)]
     assert main(argv) == 0

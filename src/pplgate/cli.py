@@ -8,7 +8,7 @@ import sys
 from pplgate.data import load_canonical_text
 from pplgate.engine import DEFAULT_SEQLEN, evaluate_perplexity, tokenize_canonical
 from pplgate.errors import PplgateError, ProtocolError
-from pplgate.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_source
+from pplgate.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_device, resolve_source
 from pplgate.windows import tail_tokens, window_count
 
 
@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gguf-file", help="GGUF file name inside --model")
     ev.add_argument("--revision", help="hub revision of --model")
     ev.add_argument("--tokenizer", help="tokenizer id/dir if not the model's own")
-    ev.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    ev.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp16", "bf16", "fp32"],
+        help="weights dtype (default auto: fp16 on CUDA, fp32 on CPU)",
+    )
     ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     ev.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (same number, faster)")
     ev.add_argument("--max-windows", type=int, help="score only the first K windows (result marked partial)")
@@ -74,7 +79,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     src = resolve_source(args.model, args.gguf_file, args.revision)
     tokenizer = load_tokenizer(src, args.tokenizer)
     tokens = tokenize_canonical(tokenizer, text.text)
-    model = load_model(src, dtype=args.dtype, device=args.device)
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "fp16" if resolve_device(args.device).type == "cuda" else "fp32"
+    model = load_model(src, dtype=dtype, device=args.device)
     result = evaluate_perplexity(
         model,
         tokens,
@@ -83,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_windows=args.max_windows,
         progress=not args.no_progress,
-        label=f"{src.describe()} [{args.dtype}]",
+        label=f"{src.describe()} [{dtype}]",
     )
     result.extra["model"] = src.describe()
     print(result.summary())

@@ -66,6 +66,8 @@ def window_mean_nlls(
     b, length = tokens.shape
     if length < 2:
         raise ProtocolError("a window needs at least 2 tokens")
+    if head is None:
+        return _logits_window_mean_nlls(hidden, tokens, chunk_tokens or auto_chunk_tokens(hidden.shape[-1]))
     states = hidden[:, :-1, :].reshape(b * (length - 1), hidden.shape[-1])
     labels = tokens[:, 1:].reshape(-1).to(states.device)
     if chunk_tokens is None:
@@ -80,6 +82,20 @@ def window_mean_nlls(
         # with device_map="auto" the head may sit on another GPU than the body's last layer
         nll = F.cross_entropy(logits, labels[start:stop].to(logits.device), reduction="none")
         sums.index_add_(0, row_window[start:stop], nll.double().to(sums.device))
+    return sums / (length - 1)
+
+
+def _logits_window_mean_nlls(logits: torch.Tensor, tokens: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """:func:`window_mean_nlls` for ready-made logits ``[b, L, V]``: walks each window's rows in place
+    (contiguous views), so the batch's logits are never copied."""
+    b, length = tokens.shape
+    sums = torch.zeros(b, dtype=torch.float64, device=logits.device)
+    for w in range(b):
+        labels = tokens[w, 1:].to(logits.device)
+        for start in range(0, length - 1, chunk_tokens):
+            stop = min(start + chunk_tokens, length - 1)
+            nll = F.cross_entropy(logits[w, start:stop].float(), labels[start:stop], reduction="none")
+            sums[w] += nll.double().sum()
     return sums / (length - 1)
 
 
