@@ -23,22 +23,13 @@ def setup():
     shared = Path(os.environ.get("PPLGATE_SHARED", SHARED))
     if not (shared / "tokenizers" / "gpt2").is_dir():
         pytest.skip(f"shared reference data not found at {shared} (set PPLGATE_SHARED)")
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from pplgate_testutils import tiny_llama
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(shared / "tokenizers" / "gpt2")
     rows, _ = load_wikitext2_test(shared / "data" / "wikitext-2-raw-v1")
-    rows = rows[:300]  # a few thousand tokens: several 256-token windows
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    rows = rows[:300]  # a few thousand tokens: two 2048-token windows
+    model = tiny_llama(vocab=len(tok), max_pos=4096, hidden_size=64, intermediate_size=128)
     return model, tok, rows
 
 
