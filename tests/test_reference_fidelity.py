@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from pplgate.data import CanonicalText, load_wikitext2_test, sha256_text
 from pplgate.engine import evaluate_perplexity, tokenize_canonical
