@@ -41,7 +41,10 @@ if [ -n "$missing" ]; then
     $PY -m pip install -q --no-index --no-deps --find-links "$PPLGATE_WHEELS" $missing || exit 2
   else
     echo "installing from PyPI: $missing"
-    $PY -m pip install -q --no-deps $missing || exit 2
+    # autoawq without its dependencies: they pin torch/transformers versions that would replace the runner's
+    others=$(printf '%s\n' $missing | grep -v '^autoawq' | tr '\n' ' ')
+    [ -n "${others// }" ] && { $PY -m pip install -q $others || exit 2; }
+    case " $missing " in *" autoawq"*) $PY -m pip install -q --no-deps autoawq==0.2.9 || exit 2 ;; esac
   fi
 fi
 $PY -c "import pplgate" 2>/dev/null || $PY -m pip install -q --no-deps -e . || exit 2
