@@ -230,12 +230,10 @@ class AwqVariant(_AwqBase):
     """
 
     kind = "awq"
+    params_allowed = AWQ_PARAMS
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
-        unknown = sorted(set(self.params) - set(AWQ_PARAMS))
-        if unknown:
-            raise VariantError(f"variant kind 'awq': unknown params {unknown}; known: {list(AWQ_PARAMS)}")
         self.w_bit = self.params.get("w_bit", 4)
         self.group_size = self.params.get("q_group_size", 128)
         self.zero_point = bool(self.params.get("zero_point", True))
@@ -417,14 +415,10 @@ class AwqCheckpointVariant(_AwqBase):
     id; default: the baseline's model source), ``revision``, ``dtype`` (``auto``)."""
 
     kind = "awq-checkpoint"
+    params_allowed = ("checkpoint", "revision", "dtype")
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
-        unknown = sorted(set(self.params) - {"checkpoint", "revision", "dtype"})
-        if unknown:
-            raise VariantError(
-                f"variant kind 'awq-checkpoint': unknown params {unknown}; known: checkpoint, revision, dtype"
-            )
         self._common_params()
         self.checkpoint = self.params.get("checkpoint")
         self.revision = self.params.get("revision")

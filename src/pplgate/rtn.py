@@ -102,12 +102,10 @@ class RtnVariant(Variant):
     ``zero_point`` (True), ``dtype`` (``auto``)."""
 
     kind = "rtn"
+    params_allowed = RTN_PARAMS
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
-        unknown = sorted(set(self.params) - set(RTN_PARAMS))
-        if unknown:
-            raise VariantError(f"variant kind 'rtn': unknown params {unknown}; known: {list(RTN_PARAMS)}")
         self.w_bit = _int_param(self.params, "w_bit", 4)
         self.group_size = _int_param(self.params, "q_group_size", 128)
         self.zero_point = bool(self.params.get("zero_point", True))

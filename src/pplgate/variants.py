@@ -59,9 +59,14 @@ class Variant(ABC):
     """One way of turning a source model into the model that is measured."""
 
     kind: ClassVar[str]
+    params_allowed: ClassVar[tuple[str, ...]] = ()  # the param names this kind accepts
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.params: dict[str, Any] = dict(params or {})
+        unknown = sorted(set(self.params) - set(self.params_allowed))
+        if unknown:
+            known = ", ".join(self.params_allowed) or "none: this kind takes no params"
+            raise VariantError(f"variant kind {self.kind!r}: unknown params {unknown}; known: {known}")
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:
@@ -97,11 +102,6 @@ class FloatVariant(Variant):
     """The model as loaded, in one floating-point dtype."""
 
     dtype: ClassVar[str]
-
-    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
-        super().__init__(params)
-        if self.params:
-            raise VariantError(f"variant kind {self.kind!r} takes no params, got {sorted(self.params)}")
 
     def fingerprint(self) -> dict[str, Any]:
         return {"kind": self.kind, "dtype": self.dtype}

@@ -1,0 +1,12 @@
+"""The Variant interface: parameter validation shared by every kind."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_float_variants_take_no_params():
+    from pplgate.variants import VariantError, make_variant
+
+    with pytest.raises(VariantError, match=r"'fp16': unknown params \['w_bit'\]; known: none"):
+        make_variant("fp16", {"w_bit": 4})
