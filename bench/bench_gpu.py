@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -232,18 +233,14 @@ def main() -> int:
             del model
         if "smollm2-awq" in cases:
             try:
+                from pplgate.baselines import load_baseline
                 from pplgate.variants import ModelContext, make_variant
 
-                variant = make_variant(
-                    "awq",
-                    {
-                        "w_bit": 4,
-                        "q_group_size": 64,
-                        "zero_point": True,
-                        "version": "gemm",
-                        "calibration": {"path": args.calibration, "n_samples": 128, "seqlen": 512},
-                    },
-                )
+                if args.calibration:
+                    os.environ["PPLGATE_CALIBRATION"] = args.calibration
+                # the GPU gate's AWQ entry: same params, so the gate's cache entry is reused
+                spec = load_baseline(Path(__file__).resolve().parents[1] / "baselines" / "smollm2-135m-instruct.yaml")
+                variant = make_variant("awq", spec.profiles["gpu"].variants["awq-w4g64"].params)
                 ctx = ModelContext(source=src, device="cuda", tokenizer=tok)
                 variant.check(ctx)
                 prepared = variant.prepare(ctx)

@@ -8,6 +8,7 @@ AutoAWQ's real quantized modules), in one process; the PPLs must agree within 1e
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,16 +57,11 @@ def test_awq_matches_autoawq_loop(smollm2, record_property):
     src, tok, rows, text = smollm2
     if not os.environ.get("PPLGATE_CALIBRATION"):
         pytest.skip("set PPLGATE_CALIBRATION to a local calibration file (the hub's pileval is used otherwise)")
-    variant = make_variant(
-        "awq",
-        {
-            "w_bit": 4,
-            "q_group_size": 64,
-            "zero_point": True,
-            "version": "gemm",
-            "calibration": {"source": "$PPLGATE_CALIBRATION", "n_samples": 128, "seqlen": 512},
-        },
-    )
+    from pplgate.baselines import load_baseline
+
+    # the GPU gate's own AWQ entry (same params, so the gate's cache entry is reused)
+    spec = load_baseline(Path(__file__).resolve().parents[2] / "baselines" / "smollm2-135m-instruct.yaml")
+    variant = make_variant("awq", spec.profiles["gpu"].variants["awq-w4g64"].params)
     ctx = ModelContext(source=src, device="cuda", tokenizer=tok)
     variant.check(ctx)
     prepared = variant.prepare(ctx)  # the gate's cache entry when the gate ran first
