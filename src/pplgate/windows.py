@@ -71,14 +71,12 @@ def window_mean_nlls(
     states = hidden[:, :-1, :].reshape(b * (length - 1), hidden.shape[-1])
     labels = tokens[:, 1:].reshape(-1).to(states.device)
     if chunk_tokens is None:
-        vocab = head.out_features if head is not None and hasattr(head, "out_features") else hidden.shape[-1]
-        chunk_tokens = auto_chunk_tokens(vocab)
+        chunk_tokens = auto_chunk_tokens(getattr(head, "out_features", hidden.shape[-1]))
     sums = torch.zeros(b, dtype=torch.float64, device=states.device)
     row_window = torch.arange(b, device=states.device).repeat_interleave(length - 1)
     for start in range(0, states.shape[0], chunk_tokens):
         stop = min(start + chunk_tokens, states.shape[0])
-        chunk = states[start:stop]
-        logits = (head(chunk) if head is not None else chunk).float()
+        logits = head(states[start:stop]).float()
         # with device_map="auto" the head may sit on another GPU than the body's last layer
         nll = F.cross_entropy(logits, labels[start:stop].to(logits.device), reduction="none")
         sums.index_add_(0, row_window[start:stop], nll.double().to(sums.device))
