@@ -59,13 +59,14 @@ class Variant(ABC):
     """One way of turning a source model into the model that is measured."""
 
     kind: ClassVar[str]
-    params_allowed: ClassVar[tuple[str, ...]] = ()  # the param names this kind accepts
+    # the param names this kind accepts; None: the subclass validates its params itself
+    params_allowed: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.params: dict[str, Any] = dict(params or {})
-        unknown = sorted(set(self.params) - set(self.params_allowed))
+        unknown = [] if self.params_allowed is None else sorted(set(self.params) - set(self.params_allowed))
         if unknown:
-            known = ", ".join(self.params_allowed) or "none: this kind takes no params"
+            known = ", ".join(self.params_allowed or ()) or "none: this kind takes no params"
             raise VariantError(f"variant kind {self.kind!r}: unknown params {unknown}; known: {known}")
 
     @abstractmethod
@@ -102,6 +103,7 @@ class FloatVariant(Variant):
     """The model as loaded, in one floating-point dtype."""
 
     dtype: ClassVar[str]
+    params_allowed = ()
 
     def fingerprint(self) -> dict[str, Any]:
         return {"kind": self.kind, "dtype": self.dtype}
