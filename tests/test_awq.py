@@ -83,6 +83,24 @@ def test_cache_off_and_key_inputs(tiny, tmp_path):
     assert fp["calibration"]["n_samples"] == 8 and len(fp["calibration"]["source_sha256"]) == 64
 
 
+def test_fingerprint_follows_calibration_content_not_its_path(tmp_path):
+    """A baseline recorded on one machine must not drift on another where ../shared sits elsewhere."""
+    import shutil
+
+    a, b = tmp_path / "a" / "cal.jsonl", tmp_path / "b" / "elsewhere.jsonl"
+    for p in (a, b):
+        p.parent.mkdir()
+        shutil.copy(calibration_file(), p)
+
+    def fp(path):
+        return make_variant("awq", {**_params(), "calibration": {"path": str(path), "n_samples": 8}}).fingerprint()
+
+    assert fp(a) == fp(b)
+    assert str(tmp_path) not in repr(fp(a))
+    b.write_text(b.read_text().replace("a", "b", 1))
+    assert fp(a)["calibration"]["source_sha256"] != fp(b)["calibration"]["source_sha256"]
+
+
 @pytest.mark.parametrize(
     ("params", "match"),
     [

@@ -277,8 +277,9 @@ class AwqVariant(_AwqBase):
             "apply_clip": self.apply_clip,
             "duo_scaling": self.duo_scaling,
             "dtype": self.dtype_param,
+            # The content hash identifies the calibration data; its path does not (it differs from
+            # machine to machine), so the path is kept in provenance (prepare_info), not here.
             "calibration": {
-                "source": cal.source,
                 "source_sha256": cal.sha256,
                 "n_samples": self.calibration.n_samples,
                 "seqlen": self.calibration.seqlen,
