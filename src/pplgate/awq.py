@@ -278,7 +278,7 @@ class AwqVariant(_AwqBase):
             "duo_scaling": self.duo_scaling,
             "dtype": self.dtype_param,
             # The content hash identifies the calibration data; its path does not (it differs from
-            # machine to machine), so the path is kept in provenance (prepare_info), not here.
+            # machine to machine, and a recorded path would read as drift on every other machine).
             "calibration": {
                 "source_sha256": cal.sha256,
                 "n_samples": self.calibration.n_samples,
