@@ -131,6 +131,23 @@ def test_compare_fingerprints():
     assert compare_fingerprints(old, new, ignore=("n_tokens",)) == []
 
 
+def test_compare_fingerprints_names_the_nested_key_that_changed():
+    cal = {"source_sha256": "a" * 64, "n_samples": 16}
+    old = {"seqlen": 128, "variant": {"kind": "awq", "calibration": cal}}
+    new = {"seqlen": 128, "variant": {"kind": "awq", "calibration": {**cal, "n_samples": 32}, "w_bit": 4}}
+    assert compare_fingerprints(old, new) == [
+        ("variant.calibration.n_samples", 16, 32),
+        ("variant.w_bit", "ABSENT", 4),
+    ]
+    # a key only the old record has (e.g. one a newer pplgate no longer records) is drift too
+    assert compare_fingerprints(new, old)[-1] == ("variant.w_bit", 4, "ABSENT")
+    # a whole field missing from the recorded fingerprint, and a dict replaced by a scalar
+    assert compare_fingerprints({"variant": {"kind": "fp32"}}, {"seqlen": 128, "variant": "x"}) == [
+        ("seqlen", "ABSENT", 128),
+        ("variant", {"kind": "fp32"}, "x"),
+    ]
+
+
 def test_t_quantile_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     for df in [*range(1, 60), 100, 147, 1000]:

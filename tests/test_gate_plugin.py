@@ -274,6 +274,17 @@ def test_protocol_drift(gate, recorded_text, field, value):
     assert parse_baseline(f).profiles["cpu"].variants["fp32"].fingerprint[field] == real
 
 
+def test_drift_in_a_variant_param_names_the_nested_key(gate, recorded_text):
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(recorded_text)
+    edit(f, lambda v: v["fp32"]["fingerprint"]["variant"].__setitem__("dtype", "fp16"))
+    res = run(gate)
+    res.assert_outcomes(failed=1)
+    out = res.stdout.str()
+    assert "recorded one in variant.dtype:" in out and "variant.dtype: 'fp16' -> 'fp32'" in out
+    assert "{'kind'" not in out  # the changed key, not two whole dicts
+
+
 # --------------------------------------------------------------------------- update flow
 
 

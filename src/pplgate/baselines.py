@@ -509,21 +509,38 @@ def load_baseline(path: str | Path) -> BaselineSpec:
 def compare_fingerprints(
     recorded: Mapping[str, Any] | None, current: Mapping[str, Any], ignore: Sequence[str] = ()
 ) -> list[tuple[str, Any, Any]]:
-    """Fields whose value changed, as ``(field, old, new)``; a missing recorded field counts too."""
+    """Fields whose value changed, as ``(field, old, new)``; a missing recorded field counts too.
+
+    Nested mappings (the variant's fingerprint) are compared key by key, so a change reads as
+    ``variant.calibration.n_samples: 16 -> 32`` rather than as two whole dicts; a key present on
+    one side only shows the other side as the string ``ABSENT``.
+    """
     if recorded is None:
         return []
-    out = []
+    out: list[tuple[str, Any, Any]] = []
     for key in FINGERPRINT_FIELDS:
-        if key in ignore:
-            continue
-        old, new = recorded.get(key), current.get(key)
-        if old != new:
-            out.append((key, old, new))
+        if key not in ignore:
+            _diff(key, recorded.get(key, _MISSING), current.get(key, _MISSING), out)
     return out
 
 
+_MISSING = object()
+ABSENT = "ABSENT"  # plain string: drift records travel between xdist workers and into JSON
+
+
+def _diff(path: str, old: Any, new: Any, out: list[tuple[str, Any, Any]]) -> None:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for k in [*old, *(k for k in new if k not in old)]:
+            _diff(f"{path}.{k}", old.get(k, _MISSING), new.get(k, _MISSING), out)
+    elif old is _MISSING and new is _MISSING:
+        return
+    elif old is _MISSING or new is _MISSING or old != new:
+        out.append((path, ABSENT if old is _MISSING else old, ABSENT if new is _MISSING else new))
+
+
 def describe_drift(changes: Sequence[tuple[str, Any, Any]]) -> str:
-    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes)
+    """The changed field names, for a one-line summary (the values go on lines of their own)."""
+    return ", ".join(k for k, _, _ in changes)
 
 
 # --------------------------------------------------------------------------- updates

@@ -20,6 +20,7 @@ import pytest
 
 from pplgate import reports
 from pplgate.baselines import (
+    ABSENT,
     BaselineError,
     BaselineSpec,
     EntryUpdate,
@@ -483,7 +484,10 @@ class GateSession:
                 self._queue(item, rec, new_entry, "updated")
                 return
             rec["status"] = "drift"
-            lines = "\n".join(f"    {k}: {old!r} -> {new!r}" for k, old, new in changes)
+            lines = "\n".join(
+                f"    {k}: {old if old == ABSENT else repr(old)} -> {new if new == ABSENT else repr(new)}"
+                for k, old, new in changes
+            )
             how = (
                 "refusing to update across a protocol change without --force-update:\n"
                 f'    pytest --update-baselines --force-update "{item.nodeid}"'
@@ -493,7 +497,7 @@ class GateSession:
             )
             raise GateFailure(
                 f"{header}\n  PROTOCOL DRIFT: the measurement protocol differs from the recorded one "
-                f"({describe_drift(changes)}):\n{lines}\n"
+                f"in {describe_drift(changes)}:\n{lines}\n"
                 f"  measured ppl {r.ppl:.6f} (recorded {recorded.ppl:.6f}); {how}",
                 "drift",
             )
