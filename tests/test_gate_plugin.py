@@ -385,7 +385,8 @@ BAD = {
 }
 
 
-def test_collection_errors_are_per_file(gate, tiny_model, recorded_text):
+@pytest.mark.parametrize("workers", [0, 2], ids=["serial", "xdist"])
+def test_collection_errors_are_per_file(gate, tiny_model, recorded_text, workers):
     base = baseline(tiny_model)
     for name, (spec, _) in BAD.items():
         if spec.startswith("REPLACE:"):
@@ -398,7 +399,10 @@ def test_collection_errors_are_per_file(gate, tiny_model, recorded_text):
             text = spec
         (gate.path / "baselines" / f"{name}.yaml").write_text(text)
     (gate.path / "baselines" / "tiny.yaml").write_text(recorded_text)
-    res = run(gate)
+    if workers:  # under xdist too, the bad files error on their own and the good one runs
+        res = gate.runpytest_subprocess("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-rA", "-n", str(workers))
+    else:
+        res = run(gate)
     res.assert_outcomes(passed=1, errors=len(BAD))
     out = res.stdout.str()
     for name, (_, msg) in BAD.items():
