@@ -73,6 +73,8 @@ def test_parse_good(tmp_path):
         ("type: relative", "type: fuzzy", "profiles.cpu.variants.fp16.tolerance[1].type", "unknown rule type"),
         ("schema_version: 1", "schema_version: 7", "schema_version", "unsupported schema_version"),
         ("  name: m\n", "", "model.name", "missing required key"),
+        ("  cpu:\n", "  cpu tier:\n", "profiles.cpu tier", "profile name 'cpu tier' may only contain"),
+        ("fp16:\n", "fp/16:\n", "profiles.cpu.variants.fp/16", "variant name 'fp/16' may only contain"),
     ],
 )
 def test_schema_errors_name_file_and_keypath(tmp_path, old, new, keypath, msg):

@@ -286,6 +286,12 @@ class _V:
             self.err(keypath, f"expected a mapping, got {type(node).__name__}", parent, key)
         return node
 
+    def named_mapping(self, parent: Mapping, name: Any, what: str, keypath: str) -> tuple[str, Mapping]:
+        """``parent[name]`` as a mapping, after checking that ``name`` is a valid profile/variant name."""
+        if not NAME_RE.match(str(name)):
+            self.err(keypath, f"{what} name {str(name)!r} may only contain letters, digits and _.+-", parent, name)
+        return str(name), self.mapping(parent[name], keypath, parent, name)
+
     def keys(self, node: Mapping, allowed: set[str], keypath: str, required: Sequence[str] = ()) -> None:
         for k in node:
             if str(k) not in allowed:
@@ -403,12 +409,9 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
     if not profiles_node:
         v.err("profiles", "at least one profile is needed", top, "profiles")
     profiles: dict[str, ProfileSpec] = {}
-    for pname, pnode in profiles_node.items():
-        pname = str(pname)
-        kp = f"profiles.{pname}"
-        if not NAME_RE.match(pname):
-            v.err(kp, f"profile name {pname!r} may only contain letters, digits and _.+-", profiles_node, pname)
-        pnode = v.mapping(pnode, kp, profiles_node, pname)
+    for pkey in profiles_node:
+        kp = f"profiles.{pkey}"
+        pname, pnode = v.named_mapping(profiles_node, pkey, "profile", kp)
         v.keys(pnode, _PROFILE_KEYS, kp, required=("device", "variants"))
         device = v.string(pnode, "device", kp)
         marker = pnode.get("marker", "gpu" if device.startswith("cuda") else "smoke")
@@ -418,12 +421,9 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
         if not variants_node:
             v.err(f"{kp}.variants", "at least one variant is needed", pnode, "variants")
         variants: dict[str, VariantSpec] = {}
-        for vname, vnode in variants_node.items():
-            vname = str(vname)
-            vkp = f"{kp}.variants.{vname}"
-            if not NAME_RE.match(vname):
-                v.err(vkp, f"variant name {vname!r} may only contain letters, digits and _.+-", variants_node, vname)
-            vnode = v.mapping(vnode, vkp, variants_node, vname)
+        for vkey in variants_node:
+            vkp = f"{kp}.variants.{vkey}"
+            vname, vnode = v.named_mapping(variants_node, vkey, "variant", vkp)
             v.keys(vnode, _VARIANT_KEYS, vkp, required=("kind",))
             kind = v.string(vnode, "kind", vkp)
             if kind not in known_kinds:
