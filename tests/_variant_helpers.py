@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("PPLGATE_SHARED", REPO.parent / "shared")).expanduser()
-
-
-def need_shared(*rel: str) -> Path:
-    p = shared_dir().joinpath(*rel)
-    if not p.exists():
-        pytest.skip(f"{p} is absent: these tests need the shared data folder (../shared or $PPLGATE_SHARED)")
-    return p
+from pplgate_testutils import need_shared
+from pplgate_testutils import tiny_llama as _tiny_llama
 
 
 def calibration_file() -> Path:
@@ -27,24 +14,22 @@ def calibration_file() -> Path:
 
 def tiny_llama(*, hidden: int = 128, inter: int = 256, layers: int = 2, seed: int = 0):
     """``(model, tokenizer)``: a seeded random Llama (sizes multiples of 64) with the real GPT-2 tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(need_shared("tokenizers", "gpt2")))
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
+    model = _tiny_llama(
+        vocab=len(tok),
+        max_pos=2048,
+        seed=seed,
         hidden_size=hidden,
         intermediate_size=inter,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+        initializer_range=0.02,  # the transformers default (the CPU tests' builder widens it)
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).eval(), tok
+    return model, tok
 
 
 def make_tiny_llama(out: Path, *, hidden: int = 128, inter: int = 256, layers: int = 2, seed: int = 0) -> Path:

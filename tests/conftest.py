@@ -5,14 +5,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import skip_or_fail, tiny_gpt2, tiny_llama
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_ENV = "PPLGATE_SHARED"
+from pplgate_testutils import SHARED_ENV, shared_root, skip_or_fail, tiny_gpt2, tiny_llama
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -20,15 +16,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "shared: needs the ../shared reference data")
 
 
-def shared_path() -> Path:
-    """``$PPLGATE_SHARED`` or ``<repo>/../shared``."""
-    env = os.environ.get(SHARED_ENV)
-    return Path(env).expanduser().resolve() if env else (REPO.parent / "shared").resolve()
-
-
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    p = shared_path()
+    p = shared_root()
     if not (p / "data" / "wikitext-2-raw-v1").is_dir():
         skip_or_fail(f"shared reference data not found at {p} (set {SHARED_ENV} to the shared/ folder)")
     return p

@@ -18,6 +18,8 @@ from pplgate.data import CanonicalText, sha256_text
 from pplgate.engine import TokenizedText
 
 REQUIRE_ENV = "PPLGATE_REQUIRE_SHARED"
+SHARED_ENV = "PPLGATE_SHARED"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def require_shared() -> bool:
@@ -25,10 +27,27 @@ def require_shared() -> bool:
     return os.environ.get(REQUIRE_ENV, "").lower() in ("1", "true", "yes")
 
 
-def skip_or_fail(reason: str) -> None:
+def skip_or_fail(reason: str, *, allow_module_level: bool = False) -> None:
     if require_shared():
         pytest.fail(f"{reason} [{REQUIRE_ENV} is set]", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=allow_module_level)
+
+
+def shared_root() -> Path:
+    """``$PPLGATE_SHARED`` or ``<repo>/../shared``."""
+    env = os.environ.get(SHARED_ENV)
+    return Path(env).expanduser().resolve() if env else (REPO.parent / "shared").resolve()
+
+
+def need_shared(*rel: str, allow_module_level: bool = False) -> Path:
+    """``shared_root() / rel``; skipped with the reason when absent (a failure under ``$PPLGATE_REQUIRE_SHARED``)."""
+    p = shared_root().joinpath(*rel)
+    if not p.exists():
+        skip_or_fail(
+            f"{p} is absent: these tests need the shared data folder (../shared or ${SHARED_ENV})",
+            allow_module_level=allow_module_level,
+        )
+    return p
 
 
 # ---------------------------------------------------------------------------------------------

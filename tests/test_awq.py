@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _variant_helpers import calibration_file, make_tiny_llama, need_shared
+from _variant_helpers import calibration_file, make_tiny_llama
+from pplgate_testutils import need_shared
 
 pytest.importorskip("awq", reason="AutoAWQ missing: pip install --no-deps autoawq==0.2.9")
 

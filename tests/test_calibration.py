@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from _variant_helpers import calibration_file, need_shared
+from _variant_helpers import calibration_file
+from pplgate_testutils import need_shared
 
 from pplgate.calibration import (
     CalibrationError,

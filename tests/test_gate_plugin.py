@@ -9,16 +9,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pplgate_testutils import need_shared, skip_or_fail, tiny_llama
 
 from pplgate.baselines import parse_baseline
 
 pytest_plugins = ["pytester"]
 
-SHARED = Path(os.environ.get("PPLGATE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-GPT2 = SHARED / "tokenizers" / "gpt2"
-WIKITEXT = Path(os.environ.get("PPLGATE_WIKITEXT") or SHARED / "data" / "wikitext-2-raw-v1")
-if not (GPT2.is_dir() and WIKITEXT.exists()):
-    pytest.skip(f"shared test data not found at {SHARED} (set PPLGATE_SHARED)", allow_module_level=True)
+GPT2 = need_shared("tokenizers", "gpt2", allow_module_level=True)
+WIKITEXT = Path(os.environ.get("PPLGATE_WIKITEXT") or need_shared("data", "wikitext-2-raw-v1", allow_module_level=True))
+if not WIKITEXT.exists():
+    skip_or_fail(f"PPLGATE_WIKITEXT={WIKITEXT} does not exist", allow_module_level=True)
 
 # A test-only second variant: fp32 with a seeded weight perturbation (exercises relational rules).
 CONFTEST = textwrap.dedent(
@@ -92,23 +92,19 @@ PERTURBED = """
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     d = tmp_path_factory.mktemp("models") / "tiny-llama"
     tok = AutoTokenizer.from_pretrained(str(GPT2))
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
+    model = tiny_llama(
+        vocab=len(tok),
+        max_pos=256,
         num_hidden_layers=1,
         num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
+        initializer_range=0.02,  # the transformers default
         tie_word_embeddings=True,
     )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d)
+    model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
 

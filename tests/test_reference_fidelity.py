@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
@@ -12,21 +11,15 @@ from pplgate.engine import evaluate_perplexity, tokenize_canonical
 from pplgate.reference import autoawq_perplexity, transcribed_evaluate_perplexity
 
 pytest.importorskip("awq", reason="autoawq is not installed (pip install --no-deps autoawq==0.2.9)")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 @pytest.fixture(scope="module")
 def setup():
-    import os
-
-    shared = Path(os.environ.get("PPLGATE_SHARED", SHARED))
-    if not (shared / "tokenizers" / "gpt2").is_dir():
-        pytest.skip(f"shared reference data not found at {shared} (set PPLGATE_SHARED)")
-    from pplgate_testutils import tiny_llama
+    from pplgate_testutils import need_shared, tiny_llama
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(shared / "tokenizers" / "gpt2")
-    rows, _ = load_wikitext2_test(shared / "data" / "wikitext-2-raw-v1")
+    tok = AutoTokenizer.from_pretrained(need_shared("tokenizers", "gpt2"))
+    rows, _ = load_wikitext2_test(need_shared("data", "wikitext-2-raw-v1"))
     rows = rows[:300]  # a few thousand tokens: two 2048-token windows
     model = tiny_llama(vocab=len(tok), max_pos=4096, hidden_size=64, intermediate_size=128)
     return model, tok, rows
