@@ -32,7 +32,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -558,14 +558,7 @@ class EntryUpdate:
     provenance: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "profile": self.profile,
-            "variant": self.variant,
-            "fingerprint": self.fingerprint,
-            "ppl": self.ppl,
-            "window_nlls": self.window_nlls,
-            "provenance": self.provenance,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EntryUpdate:
