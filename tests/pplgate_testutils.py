@@ -5,6 +5,7 @@ Imported by the tests as ``pplgate_testutils`` (a unique name, so it cannot clas
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -20,17 +21,30 @@ from pplgate.engine import TokenizedText
 REQUIRE_ENV = "PPLGATE_REQUIRE_SHARED"
 SHARED_ENV = "PPLGATE_SHARED"
 REPO = Path(__file__).resolve().parents[1]
+_TRUE = ("1", "true", "yes")
 
 
 def require_shared() -> bool:
-    """``PPLGATE_REQUIRE_SHARED=1`` (set by CI) turns a missing reference file into a failure."""
-    return os.environ.get(REQUIRE_ENV, "").lower() in ("1", "true", "yes")
+    """Under CI (``$CI`` true) or ``PPLGATE_REQUIRE_SHARED=1`` a missing input fails instead of skipping."""
+    return any(os.environ.get(var, "").lower() in _TRUE for var in (REQUIRE_ENV, "CI"))
 
 
 def skip_or_fail(reason: str, *, allow_module_level: bool = False) -> None:
+    """Skip with ``reason``; fail instead under :func:`require_shared` (a CI must not lose coverage silently)."""
     if require_shared():
-        pytest.fail(f"{reason} [{REQUIRE_ENV} is set]", pytrace=False)
+        pytest.fail(f"{reason} [a failure, not a skip: CI or {REQUIRE_ENV} is set]", pytrace=False)
     pytest.skip(reason, allow_module_level=allow_module_level)
+
+
+def need_module(name: str, install: str, *, allow_module_level: bool = False):
+    """Import ``name``; skipped with the install command when missing (a failure under :func:`require_shared`)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        skip_or_fail(
+            f"module {name!r} is not installed ({exc}); install it with: {install}",
+            allow_module_level=allow_module_level,
+        )
 
 
 def shared_root() -> Path:

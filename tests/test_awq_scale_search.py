@@ -10,11 +10,11 @@ heterogeneous input-channel magnitudes, as trained models have, so s0 is far fro
 
 from __future__ import annotations
 
-import pytest
 import torch
 from _variant_helpers import calibration_file, tiny_llama
+from pplgate_testutils import need_module
 
-pytest.importorskip("awq", reason="AutoAWQ missing: pip install --no-deps autoawq==0.2.9")
+need_module("awq", "pip install --no-deps autoawq==0.2.9", allow_module_level=True)
 
 from pplgate.models import ModelSource, load_tokenizer  # noqa: E402
 from pplgate.variants import ModelContext, make_variant  # noqa: E402

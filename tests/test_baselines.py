@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pplgate_testutils import need_module
 
 from pplgate.baselines import (
     BaselineError,
@@ -151,7 +152,7 @@ def test_compare_fingerprints_names_the_nested_key_that_changed():
 
 
 def test_t_quantile_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
+    stats = need_module("scipy.stats", "pip install scipy")
     for df in [*range(1, 60), 100, 147, 1000]:
         assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4), df
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from _variant_helpers import calibration_file
-from pplgate_testutils import need_shared
+from pplgate_testutils import need_module, need_shared
 
 from pplgate.calibration import (
     CalibrationError,
@@ -85,7 +85,9 @@ def test_select_follows_autoawq_rule():
     assert len(sel) == 16 and all(len(tok.encode(t)) <= 64 for t in sel.texts)
     # the same texts AutoAWQ's own get_calib_dataset keeps
     import torch
-    from awq.utils.calib_data import get_calib_dataset
+
+    calib_data = need_module("awq.utils.calib_data", "pip install --no-deps autoawq==0.2.9")
+    get_calib_dataset = calib_data.get_calib_dataset
 
     ours = torch.cat([torch.tensor([tok.encode(t)]) for t in sel.texts], dim=1)
     theirs = get_calib_dataset(list(cal.texts), tokenizer=tok, n_samples=16, max_seq_len=64)

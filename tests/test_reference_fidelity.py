@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from pplgate_testutils import need_module
 
 from pplgate.data import CanonicalText, load_wikitext2_test, sha256_text
 from pplgate.engine import evaluate_perplexity, tokenize_canonical
 from pplgate.reference import autoawq_perplexity, transcribed_evaluate_perplexity
 
-pytest.importorskip("awq", reason="autoawq is not installed (pip install --no-deps autoawq==0.2.9)")
+need_module("awq", "pip install --no-deps autoawq==0.2.9", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pplgate_testutils import REQUIRE_ENV, SHARED_ENV, need_shared
+from pplgate_testutils import REQUIRE_ENV, SHARED_ENV, need_module, need_shared
 
 
 def test_need_shared_returns_existing_paths(monkeypatch, tmp_path):
@@ -12,20 +12,42 @@ def test_need_shared_returns_existing_paths(monkeypatch, tmp_path):
     assert need_shared("tokenizers", "gpt2") == tmp_path.resolve() / "tokenizers" / "gpt2"
 
 
-def _outcome(*rel: str, **kw) -> BaseException | None:
-    """What ``need_shared`` raised, caught here so a skip cannot turn this test itself into a skip."""
+def _outcome(*rel: str, helper=need_shared, **kw) -> BaseException | None:
+    """What ``helper`` raised, caught here so a skip cannot turn this test itself into a skip."""
     try:
-        need_shared(*rel, **kw)
+        helper(*rel, **kw)
     except (pytest.skip.Exception, pytest.fail.Exception) as exc:
         return exc
     return None
 
 
-@pytest.mark.parametrize(("require", "outcome"), [("", pytest.skip.Exception), ("1", pytest.fail.Exception)])
-def test_missing_shared_data_skips_or_fails_under_require(monkeypatch, tmp_path, require, outcome):
+STRICTNESS = [
+    ({"CI": "", REQUIRE_ENV: ""}, pytest.skip.Exception),
+    ({"CI": "", REQUIRE_ENV: "1"}, pytest.fail.Exception),
+    ({"CI": "true", REQUIRE_ENV: ""}, pytest.fail.Exception),
+]
+
+
+@pytest.mark.parametrize(("env", "outcome"), STRICTNESS)
+def test_missing_shared_data_skips_or_fails_under_require(monkeypatch, tmp_path, env, outcome):
     monkeypatch.setenv(SHARED_ENV, str(tmp_path))
-    monkeypatch.setenv(REQUIRE_ENV, require)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     exc = _outcome("tokenizers", "gpt2")
     assert type(exc) is outcome and "tokenizers/gpt2 is absent" in str(exc)
     # also at module level, as test_gate_plugin uses it
     assert type(_outcome("data", allow_module_level=True)) is outcome
+
+
+@pytest.mark.parametrize(("env", "outcome"), STRICTNESS)
+def test_missing_module_skips_or_fails_with_the_install_command(monkeypatch, env, outcome):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    exc = _outcome("pplgate_no_such_module", "pip install pplgate-no-such-module", helper=need_module)
+    assert type(exc) is outcome
+    assert "'pplgate_no_such_module' is not installed" in str(exc)
+    assert "install it with: pip install pplgate-no-such-module" in str(exc)
+
+
+def test_need_module_returns_the_module():
+    assert need_module("json", "(stdlib)").dumps([1]) == "[1]"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
+from pplgate_testutils import need_module
 
-pytest.importorskip("xdist")
+need_module("xdist", "pip install pytest-xdist", allow_module_level=True)
 pytest_plugins = ["pytester"]
 
 RECORDER = """

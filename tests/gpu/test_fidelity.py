@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pplgate_testutils import need_module, skip_or_fail
 
 from pplgate.data import load_canonical_text, load_wikitext2_test
 from pplgate.engine import evaluate_perplexity, tokenize_canonical
@@ -26,7 +27,7 @@ REL_TOL = 1e-3
 
 @pytest.fixture(scope="module")
 def smollm2():
-    pytest.importorskip("awq", reason="autoawq is needed for AutoAWQ's reference loop")
+    need_module("awq", "pip install --no-deps autoawq==0.2.9")  # AutoAWQ's own reference loop
     src = resolve_source(None)
     rows, _ = load_wikitext2_test()
     return src, load_tokenizer(src), rows, load_canonical_text()
@@ -56,7 +57,7 @@ def test_awq_matches_autoawq_loop(smollm2, record_property):
 
     src, tok, rows, text = smollm2
     if not os.environ.get("PPLGATE_CALIBRATION"):
-        pytest.skip("set PPLGATE_CALIBRATION to a local calibration file (the hub's pileval is used otherwise)")
+        skip_or_fail("set PPLGATE_CALIBRATION to a local calibration file (the hub's pileval is used otherwise)")
     from pplgate.baselines import load_baseline
 
     # the GPU gate's own AWQ entry (same params, so the gate's cache entry is reused)
