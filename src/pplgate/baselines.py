@@ -26,25 +26,31 @@ Files are read with ruamel.yaml in round-trip mode so that ``--update-baselines`
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pplgate.errors import PplgateError
+from pplgate.errors import BaselineError
+from pplgate.gate.store import (  # noqa: F401 - re-exported for the plugin and tests
+    NLL_DECIMALS,
+    PPL_DECIMALS,
+    EntryUpdate,
+    atomic_write_text,
+    read_raw,
+    write_updates,
+)
+from pplgate.gate.store import line_of as _line
+from pplgate.gate.store import plain as _plain
 
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 MARKERS = ("smoke", "gpu")
 RULE_TYPES = ("absolute", "relative", "relational")
 DIRECTIONS = ("both", "worse")
-NLL_DECIMALS = 6
-PPL_DECIMALS = 6
 
 # Fields of the protocol fingerprint, in the order they are written and compared.
 FINGERPRINT_FIELDS = (
@@ -66,73 +72,6 @@ _PROFILE_KEYS = {"marker", "device", "device_map", "seqlen", "batch_size", "max_
 _VARIANT_KEYS = {"kind", "params", "tolerance", "fingerprint", "recorded"}
 _RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}
 _RULE_KEYS = {"type", "max_delta", "max_rel", "direction", "ref"}
-
-
-class BaselineError(PplgateError):
-    """A baseline file is malformed; names the file, the key path and (where known) the line."""
-
-    def __init__(self, path: str | Path, keypath: str, message: str, line: int | None = None) -> None:
-        self.path = str(path)
-        self.keypath = keypath
-        self.line = line
-        where = f"{self.path}" + (f":{line}" if line is not None else "")
-        super().__init__(f"{where}: {keypath or '<top>'}: {message}")
-
-
-# --------------------------------------------------------------------------- YAML I/O
-
-
-def _yaml():
-    from ruamel.yaml import YAML
-
-    y = YAML(typ="rt")
-    y.preserve_quotes = True
-    y.width = 120
-    y.indent(mapping=2, sequence=4, offset=2)
-    return y
-
-
-def _plain(node: Any) -> Any:
-    """ruamel's round-trip containers -> plain dict/list (scalars unchanged)."""
-    if isinstance(node, Mapping):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [_plain(v) for v in node]
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
-
-
-def _line(node: Any, key: Any = None) -> int | None:
-    lc = getattr(node, "lc", None)
-    if lc is None:
-        return None
-    try:
-        return (lc.key(key)[0] if key is not None else lc.line) + 1
-    except Exception:
-        return None
-
-
-def read_raw(path: Path):
-    """Round-trip load (comments kept); malformed YAML -> :class:`BaselineError`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BaselineError(path, "", f"cannot read: {exc}") from exc
-    try:
-        data = _yaml().load(text)
-    except Exception as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise BaselineError(path, "", f"malformed YAML: {problem}", line) from exc
-    return data
 
 
 # --------------------------------------------------------------------------- rules
@@ -541,171 +480,3 @@ def _diff(path: str, old: Any, new: Any, out: list[tuple[str, Any, Any]]) -> Non
 def describe_drift(changes: Sequence[tuple[str, Any, Any]]) -> str:
     """The changed field names, for a one-line summary (the values go on lines of their own)."""
     return ", ".join(k for k, _, _ in changes)
-
-
-# --------------------------------------------------------------------------- updates
-
-
-@dataclass
-class EntryUpdate:
-    """New measured fields for one ``profiles.<profile>.variants.<variant>`` entry."""
-
-    profile: str
-    variant: str
-    fingerprint: dict[str, Any]
-    ppl: float
-    window_nlls: list[float]
-    provenance: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EntryUpdate:
-        return cls(**d)
-
-
-def _flow(obj: Any):
-    """Nested values of the fingerprint/provenance written in flow style (one line each)."""
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
-    if isinstance(obj, Mapping):
-        cm = CommentedMap((k, _flow(v)) for k, v in obj.items())
-        cm.fa.set_flow_style()
-        return cm
-    if isinstance(obj, (list, tuple)):
-        cs = CommentedSeq(_flow(v) for v in obj)
-        cs.fa.set_flow_style()
-        return cs
-    return obj
-
-
-def _block(obj: Mapping[str, Any]):
-    from ruamel.yaml.comments import CommentedMap
-
-    cm = CommentedMap()
-    for k, val in obj.items():
-        cm[k] = _flow(val) if isinstance(val, (Mapping, list, tuple)) else val
-    return cm
-
-
-def _last_chain(node: Any) -> list:
-    """The containers along the last-key/last-item path of ``node`` (where ruamel keeps trailing comments)."""
-    chain = []
-    while isinstance(node, (Mapping, list)) and len(node) and hasattr(node, "ca"):
-        chain.append(node)
-        node = node[list(node.keys())[-1]] if isinstance(node, Mapping) else node[-1]
-    return chain
-
-
-def _split_token(tok: Any) -> tuple[str, str]:
-    """A post-value comment token -> (end-of-line part, the full-line comments after it)."""
-    value = getattr(tok, "value", "") or ""
-    head, sep, rest = value.partition("\n")
-    return head + sep, rest
-
-
-def _take_trailing_comments(node: Any) -> str:
-    """Remove and return (as text) the full-line comments that trail ``node``'s last value."""
-    text = ""
-    for c in _last_chain(node):
-        slots = c.ca.items
-        last = list(c.keys())[-1] if isinstance(c, Mapping) else len(c) - 1
-        slot = slots.get(last)
-        pos = 2 if isinstance(c, Mapping) else 0
-        if slot and slot[pos] is not None:
-            head, rest = _split_token(slot[pos])
-            if rest:
-                text += rest
-                if head.strip():
-                    slot[pos].value = head
-                else:
-                    slot[pos] = None
-                    if not any(slot):
-                        del slots[last]
-        end = getattr(c.ca, "end", None)
-        if end:
-            text += "".join(" " * (t.column or 0) + t.value for t in end if t is not None)
-            c.ca.end = []
-    return text
-
-
-def _put_trailing_comments(node: Any, text: str) -> None:
-    from ruamel.yaml.error import CommentMark
-    from ruamel.yaml.tokens import CommentToken
-
-    maps = [c for c in _last_chain(node) if isinstance(c, Mapping) and not c.fa.flow_style()]
-    target = maps[-1]
-    target.ca.items[list(target.keys())[-1]] = [None, None, CommentToken("\n" + text, CommentMark(0), None), None]
-
-
-def apply_update(data: Any, upd: EntryUpdate) -> tuple[float | None, bool]:
-    """Write ``upd`` into the round-trip tree; returns ``(old_ppl, applied)``.
-
-    Comments that trailed the entry (ruamel attaches them to the entry's last node) are moved
-    behind the new last node, so they stay between this entry and the next one.
-    """
-    try:
-        vnode = data["profiles"][upd.profile]["variants"][upd.variant]
-    except (KeyError, TypeError):
-        return None, False
-    trailing = _take_trailing_comments(vnode)
-    old = vnode.get("recorded") or {}
-    old_ppl = old.get("ppl") if isinstance(old, Mapping) else None
-    vnode["fingerprint"] = _block(upd.fingerprint)
-    vnode["recorded"] = _block(
-        {
-            "ppl": round(upd.ppl, PPL_DECIMALS),
-            "window_nlls": [round(x, NLL_DECIMALS) for x in upd.window_nlls],
-            "provenance": None,
-        }
-    )
-    vnode["recorded"]["provenance"] = _block(upd.provenance)
-    if trailing:
-        _put_trailing_comments(vnode, trailing)
-    return (float(old_ppl) if old_ppl is not None else None), True
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and ``os.replace`` (readers never see half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_updates(path: str | Path, updates: Sequence[EntryUpdate], *, lock_timeout: float = 300) -> list[dict]:
-    """Merge ``updates`` into the baseline file under a per-file lock.
-
-    The file is re-read *inside* the lock, so entries that another process wrote meanwhile are
-    kept; only the entries in ``updates`` are replaced. Returns one row per update with the old
-    and new ppl (``applied`` False when the entry vanished from the file).
-    """
-    from filelock import FileLock
-
-    path = Path(path)
-    rows = []
-    with FileLock(str(path) + ".lock", timeout=lock_timeout):
-        data = read_raw(path)
-        for upd in updates:
-            old, applied = apply_update(data, upd)
-            rows.append(
-                {"profile": upd.profile, "variant": upd.variant, "old": old, "new": upd.ppl, "applied": applied}
-            )
-        buf = io.StringIO()
-        _yaml().dump(data, buf)
-        atomic_write_text(path, buf.getvalue())
-    return rows

@@ -30,3 +30,14 @@ class NonFiniteLossError(PplgateError):
             "the perplexity is undefined. Check the model weights/dtype (fp16 overflow?) "
             "or the quantized variant."
         )
+
+
+class BaselineError(PplgateError):
+    """A baseline file is malformed; names the file, the key path and (where known) the line."""
+
+    def __init__(self, path: object, keypath: str, message: str, line: int | None = None) -> None:
+        self.path = str(path)
+        self.keypath = keypath
+        self.line = line
+        where = f"{self.path}" + (f":{line}" if line is not None else "")
+        super().__init__(f"{where}: {keypath or '<top>'}: {message}")
