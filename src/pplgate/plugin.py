@@ -236,6 +236,7 @@ class GateSession:
     update_rows: list = field(default_factory=list)
     update_blocked: str | None = None
     report_paths: list = field(default_factory=list)
+    report_notes: list = field(default_factory=list)
 
     # ---- configuration
     @property
@@ -390,18 +391,7 @@ class GateSession:
                 f"refusing --update-baselines with --pplgate-max-windows {override}: profile {profile.name!r} "
                 f"records max_windows={profile.max_windows}; drop the override to update"
             )
-        rec: dict[str, Any] = {
-            "nodeid": item.nodeid,
-            "file": str(item.spec.path),
-            "model": item.spec.model.name,
-            "profile": profile.name,
-            "variant": vs.name,
-            "kind": vs.kind,
-            "device": item.device,
-            "status": "error",
-            "tolerance": ", ".join(r.short() for r in vs.rules),
-        }
-        item.record = rec
+        rec = item.record = _base_record(item, "error")
         m = self.measure(item, vs)
         r = m.result
         rec.update(
@@ -448,7 +438,7 @@ class GateSession:
                 self._check_relational(item, rec, r.ppl, ref_ppls, header)
                 self._queue(item, rec, new_entry, "created")
                 return
-            rec["status"] = "missing"
+            rec["status"], rec["rerun"] = "missing", rerun
             raise GateFailure(
                 f"{header}\n  measured ppl {r.ppl:.6f}, but no baseline is recorded for this entry.\n"
                 f"  Create it with:\n    {rerun}",
@@ -473,6 +463,9 @@ class GateSession:
             rel_delta=(r.ppl - ref_ppl) / ref_ppl,
             baseline_window_nlls=list(ref_nlls),
         )
+        own = math.exp(math.fsum(ref_nlls) / len(ref_nlls))
+        rec["baseline_own_ppl"] = own
+        rec["hand_edited"] = abs(own - ref_ppl) > 1e-5 * ref_ppl
         if vs.fingerprint is None:
             changes = [("fingerprint", None, "(missing in the baseline file)")]
         else:
@@ -484,6 +477,7 @@ class GateSession:
                 self._queue(item, rec, new_entry, "updated")
                 return
             rec["status"] = "drift"
+            rec["rerun"] = f'pytest --update-baselines --force-update "{item.nodeid}"'
             lines = "\n".join(
                 f"    {k}: {old if old == ABSENT else repr(old)} -> {new if new == ABSENT else repr(new)}"
                 for k, old, new in changes
@@ -513,10 +507,9 @@ class GateSession:
         if all(x.passed for x in results):
             rec["status"] = "pass"
             return
-        rec["status"] = "fail"
+        rec["status"], rec["rerun"] = "fail", rerun
         prov = recorded.provenance or {}
-        own = math.exp(math.fsum(ref_nlls) / len(ref_nlls))
-        if abs(own - ref_ppl) > 1e-5 * ref_ppl:
+        if rec["hand_edited"]:
             stats_note = (
                 f"\n  note: the recorded ppl {ref_ppl:.6f} does not match its own recorded window NLLs "
                 f"(exp(mean) = {own:.6f}); was the baseline file edited by hand?"
@@ -598,23 +591,41 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem) -> None:
     gate.free_models(keep)
 
 
+def _base_record(item: GateItem, status: str) -> dict[str, Any]:
+    """The result record of a gate test before anything is measured."""
+    return {
+        "nodeid": item.nodeid,
+        "file": str(item.spec.path),
+        "model": item.spec.model.name,
+        "profile": item.profile.name,
+        "variant": item.variant.name,
+        "kind": item.variant.kind,
+        "device": item.device,
+        "status": status,
+        "tolerance": ", ".join(r.short() for r in item.variant.rules),
+    }
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
+    """Attach the record to the report; a skip or an error (in setup or call) records its reason."""
     rep = yield
-    if isinstance(item, GateItem):
-        if call.excinfo is not None and rep.failed:
-            rep.pplgate_gate_failure = isinstance(call.excinfo.value, GateFailure)
-        if rep.when == "call" and item.record is not None:
-            rep.pplgate = item.record
-        elif rep.when == "setup" and rep.skipped:
-            rep.pplgate = {
-                "nodeid": item.nodeid,
-                "model": item.spec.model.name,
-                "profile": item.profile.name,
-                "variant": item.variant.name,
-                "status": "skipped",
-                "tolerance": ", ".join(r.short() for r in item.variant.rules),
-            }
+    if not isinstance(item, GateItem) or rep.when not in ("setup", "call"):
+        return rep
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if rep.failed:
+        rep.pplgate_gate_failure = isinstance(exc, GateFailure)
+    rec = item.record if rep.when == "call" else None
+    if rep.skipped:
+        rec = rec or _base_record(item, "skipped")
+        rec["status"] = "skipped"
+        rec["skip_reason"] = str(getattr(exc, "msg", None) or exc or "")
+    elif rep.failed and not isinstance(exc, GateFailure):
+        rec = rec or _base_record(item, "error")
+        rec["status"] = "error"
+        rec["error"] = f"{type(exc).__name__}: {exc}" if exc is not None else str(rep.longrepr)
+    if rec is not None:
+        rep.pplgate = rec
     return rep
 
 
@@ -681,7 +692,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
                 gate.update_rows.extend(rows)
     report_dir = session.config.getoption("--pplgate-report")
     if gate.records and (report_dir or os.environ.get("GITHUB_STEP_SUMMARY")):
-        gate.report_paths = reports.write_reports(report_dir, gate.records, gate.update_rows, gate.update_blocked)
+        written = reports.write_reports(
+            report_dir, gate.records, gate.update_rows, gate.update_blocked, rootdir=session.config.rootpath
+        )
+        gate.report_paths, gate.report_notes = written.paths, written.notes
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -703,6 +717,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             tr.write_line("pplgate: --update-baselines: nothing to write")
     for p in gate.report_paths:
         tr.write_line(f"pplgate report: {p}")
+    for note in gate.report_notes:
+        tr.write_line(f"pplgate: {note}", yellow=True)
 
 
 # --------------------------------------------------------------------------- pytest-xdist: one worker per GPU
