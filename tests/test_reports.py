@@ -180,3 +180,23 @@ def test_junit_properties():
 def test_relpath_outside_rootdir_and_none():
     assert reports.relpath("/a/b/c.yaml", "/a") == "b/c.yaml"
     assert reports.relpath("/a/b/c.yaml", None) == "/a/b/c.yaml"
+
+
+def test_failed_write_marks_rows_not_written_and_fails_the_session(tmp_path):
+    from types import SimpleNamespace
+
+    from pplgate.plugin import GateSession, _write_updates
+
+    missing = str(tmp_path / "gone" / "m.yaml")  # cannot be read or locked
+    upd = {"profile": "cpu", "variant": "fp32", "fingerprint": {}, "ppl": 1.0, "window_nlls": [0.0], "provenance": {}}
+    gate = GateSession(config=None)
+    gate.records = [_rec("updated", file=missing, update=upd), _rec("pass", variant="x", file=missing)]
+    gate.updates = {missing: [upd]}
+    session = SimpleNamespace(config=SimpleNamespace(rootpath=tmp_path), exitstatus=pytest.ExitCode.OK)
+    _write_updates(session, gate)
+    assert session.exitstatus == pytest.ExitCode.TESTS_FAILED
+    assert [r["status"] for r in gate.records] == ["not_written", "pass"]
+    assert gate.records[0]["queued_as"] == "updated"
+    assert gate.records[0]["not_written"].startswith("writing gone/m.yaml failed: ")
+    assert gate.write_errors == [gate.records[0]["not_written"]] and gate.update_rows == []
+    assert "NOT WRITTEN" in reports.terminal_table(gate.records)[2]

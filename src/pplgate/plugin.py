@@ -235,6 +235,7 @@ class GateSession:
     baseline_collect_errors: int = 0
     update_rows: list = field(default_factory=list)
     update_blocked: str | None = None
+    write_errors: list = field(default_factory=list)
     report_paths: list = field(default_factory=list)
     report_notes: list = field(default_factory=list)
 
@@ -507,7 +508,9 @@ class GateSession:
         if all(x.passed for x in results):
             rec["status"] = "pass"
             return
-        rec["status"], rec["rerun"] = "fail", rerun
+        # "regression" only for a worse number (or a failing relational rule); better is flagged too
+        regression = r.ppl > ref_ppl or any(not x.passed and x.rule.type == "relational" for x in results)
+        rec["status"], rec["rerun"] = ("fail" if regression else "improved"), rerun
         prov = recorded.provenance or {}
         if rec["hand_edited"]:
             stats_note = (
@@ -516,8 +519,9 @@ class GateSession:
             )
         else:
             stats_note = ""
+        what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
         raise GateFailure(
-            f"{header}\n  PERPLEXITY REGRESSION: measured {r.ppl:.6f} vs recorded {ref_ppl:.6f}: "
+            f"{header}\n  {what}: measured {r.ppl:.6f} vs recorded {ref_ppl:.6f}: "
             f"delta {r.ppl - ref_ppl:+.6f} ({(r.ppl - ref_ppl) / ref_ppl:+.4%})\n"
             "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
             f"  {stats.describe()}{stats_note}\n"
@@ -525,7 +529,7 @@ class GateSession:
             f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
             f"torch {prov.get('torch', '?')})\n"
             f"  if the change is intended, re-record with:\n    {rerun}",
-            "regression",
+            "regression" if regression else "improvement",
         )
 
     def _check_relational(self, item, rec, ppl, ref_ppls, header) -> None:
@@ -685,17 +689,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
                 f"{gate.collect_errors} collection error(s) occurred"
             )
         else:
-            for path, entries in gate.updates.items():
-                rows = write_updates(path, [EntryUpdate.from_dict(e) for e in entries])
-                for row in rows:
-                    row["file"] = path
-                gate.update_rows.extend(rows)
+            _write_updates(session, gate)
+        if gate.update_blocked:
+            _mark_not_written(gate, gate.update_blocked)
     report_dir = session.config.getoption("--pplgate-report")
     if gate.records and (report_dir or os.environ.get("GITHUB_STEP_SUMMARY")):
         written = reports.write_reports(
             report_dir, gate.records, gate.update_rows, gate.update_blocked, rootdir=session.config.rootpath
         )
         gate.report_paths, gate.report_notes = written.paths, written.notes
+
+
+def _write_updates(session: pytest.Session, gate: GateSession) -> None:
+    """Write the queued updates file by file; a file that cannot be written fails the session."""
+    for path, entries in gate.updates.items():
+        try:
+            rows = write_updates(path, [EntryUpdate.from_dict(e) for e in entries])
+        except (OSError, PplgateError) as exc:
+            reason = f"writing {reports.relpath(path, session.config.rootpath)} failed: {type(exc).__name__}: {exc}"
+            gate.write_errors.append(reason)
+            _mark_not_written(gate, reason, path)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            continue
+        for row in rows:
+            row["file"] = path
+            if not row.get("applied", True):
+                _mark_not_written(gate, "the entry is no longer in the file", path, (row["profile"], row["variant"]))
+        gate.update_rows.extend(rows)
+
+
+def _mark_not_written(gate: GateSession, reason: str, path: str | None = None, entry: tuple | None = None) -> None:
+    """Records queued as created/updated whose write did not happen say so (status ``not_written``)."""
+    for rec in gate.records:
+        if rec.get("status") not in ("created", "updated") or not rec.get("update"):
+            continue
+        if (path is None or rec.get("file") == path) and (entry is None or (rec["profile"], rec["variant"]) == entry):
+            rec["queued_as"], rec["status"], rec["not_written"] = rec["status"], "not_written", reason
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -709,7 +739,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if gate.update:
         if gate.update_blocked:
             tr.write_line(f"pplgate: NOT writing baseline updates: {gate.update_blocked}.", red=True, bold=True)
-        elif gate.update_rows:
+        for err in gate.write_errors:
+            tr.write_line(f"pplgate: baseline updates NOT written: {err}", red=True, bold=True)
+        if gate.update_rows:
             tr.write_sep("-", "pplgate baseline updates (old -> new)")
             for line in reports.update_table(gate.update_rows, config.rootpath):
                 tr.write_line(line)
