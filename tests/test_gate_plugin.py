@@ -468,3 +468,105 @@ def test_xdist_update_does_not_corrupt(gate, tiny_model, monkeypatch):
     assert "# tiny test model" in f.read_text()
     data = json.loads((gate.path / "rep" / "pplgate-results.json").read_text())
     assert sorted(r["status"] for r in data["records"]) == ["created"] * 4
+
+
+# --------------------------------------------------------------------------- reports a reviewer can act on
+
+FAILING_VARIANTS = textwrap.dedent(
+    """
+    import pytest
+
+    @register
+    class Broken(Variant):
+        kind = "test-broken"
+
+        def fingerprint(self):
+            return {"kind": self.kind}
+
+        def prepare(self, ctx):
+            raise RuntimeError("synthetic prepare failure")
+
+    @register
+    class Skipper(Variant):
+        kind = "test-skip"
+
+        def fingerprint(self):
+            return {"kind": self.kind}
+
+        def prepare(self, ctx):
+            pytest.skip("synthetic skip reason")
+    """
+)
+
+
+def test_blocked_update_says_not_written_with_error_and_skip_reasons(gate, tiny_model):
+    """sessionfinish (which decides the writes) runs before terminal_summary: no row claims CREATED."""
+    gate.makeconftest(CONFTEST + FAILING_VARIANTS)
+    variants = "\n" + "".join(
+        f"  {name}:\n    kind: {kind}\n    tolerance: [{{type: absolute, max_delta: 0.001}}]\n"
+        for name, kind in (("fp32", "fp32"), ("broken", "test-broken"), ("skipper", "test-skip"))
+    )
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(baseline(tiny_model, variants))
+    gate.makepyfile(test_boom="def test_boom():\n    raise RuntimeError('unrelated failure')\n")
+    before = f.read_text()
+    res = run(gate, "--update-baselines", "--pplgate-report", "rep", "baselines", "test_boom.py")
+    res.assert_outcomes(passed=1, failed=2, skipped=1)
+    assert f.read_text() == before
+    out = res.stdout.str()
+    assert "NOT writing baseline updates: 2 test(s) failed or errored for a non-gate reason" in out
+    table = {ln.split()[1]: ln for ln in res.stdout.lines if ln.startswith("tiny ")}
+    assert "NOT WRITTEN" in table["cpu-fp32"] and "CREATED" not in out
+    assert "ERROR" in table["cpu-broken"] and "SKIP" in table["cpu-skipper"]
+    data = json.loads((gate.path / "rep" / "pplgate-results.json").read_text())
+    recs = {r["variant"]: r for r in data["records"]}
+    assert recs["fp32"]["status"] == "not_written" and recs["fp32"]["queued_as"] == "created"
+    assert recs["fp32"]["not_written"].startswith("2 test(s) failed")
+    assert recs["broken"]["status"] == "error"
+    assert recs["broken"]["error"] == "RuntimeError: synthetic prepare failure"
+    assert recs["skipper"]["status"] == "skipped" and recs["skipper"]["skip_reason"] == "synthetic skip reason"
+    assert {r["file"] for r in data["records"]} == {"baselines/tiny.yaml"}
+    md = (gate.path / "rep" / "pplgate-summary.md").read_text()
+    assert md.startswith("**pplgate: FAILED** — 1 error, 1 update not written, 1 skipped\n")
+    assert "🚫 NOT WRITTEN" in md and "CREATED" not in md
+    assert "```\nRuntimeError: synthetic prepare failure\n```" in md
+    assert "- `baselines/tiny.yaml::tiny[cpu-skipper]`: synthetic skip reason" in md
+
+
+def test_improvement_outside_tolerance_is_not_a_regression(gate, recorded_text, monkeypatch):
+    import math
+    import sys
+
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(recorded_text)
+
+    def worse_record(variants):  # the recorded numbers are higher: the measured ppl is better
+        rec = variants["fp32"]["recorded"]
+        for i in range(len(rec["window_nlls"])):
+            rec["window_nlls"][i] += 0.05 + 0.01 * i
+        rec["ppl"] = math.exp(math.fsum(rec["window_nlls"]) / len(rec["window_nlls"]))
+
+    edit(f, worse_record)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the PNG cannot be drawn: said once
+    res = run(gate, "--pplgate-report", "rep")
+    res.assert_outcomes(failed=1)
+    out = res.stdout.str()
+    assert "PERPLEXITY IMPROVEMENT outside tolerance (still a failure): measured" in out and "delta -" in out
+    assert "REGRESSION" not in out and "edited by hand" not in out
+    assert "(systematic shift); 0/4 windows worse, 4 better" in out
+    rerun = 'pytest --update-baselines "baselines/tiny.yaml::tiny[cpu-fp32]"'
+    assert rerun in out
+    assert any("cpu-fp32" in ln and "IMPROVED" in ln for ln in res.stdout.lines)
+    assert out.count("PNG report skipped: matplotlib is not installed") == 1
+    data = json.loads((gate.path / "rep" / "pplgate-results.json").read_text())
+    rec = data["records"][0]
+    assert rec["status"] == "improved" and rec["hand_edited"] is False and rec["rerun"] == rerun
+    assert data["notes"] == [
+        "PNG report skipped: matplotlib is not installed (pip install matplotlib, or pip install -e '.[report]')"
+    ]
+    md = (gate.path / "rep" / "pplgate-summary.md").read_text()
+    assert md.startswith("**pplgate: FAILED** — 1 improvement outside tolerance\n")
+    assert "`baselines/tiny.yaml::tiny[cpu-fp32]`: improvement outside tolerance" in md
+    assert f"Δ {rec['delta']:+.6f} ({rec['rel_delta']:+.4%})" in md and "(systematic shift)" in md
+    assert f"```\n{rerun}\n```" in md and md.count("matplotlib is not installed") == 1
+    assert not list((gate.path / "rep").glob("*.png"))

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
+
+import pytest
 
 from pplgate import reports
+from pplgate.stats import paired_stats
+
+NODE = "baselines/m.yaml::m[cpu-fp32]"
+RERUN = f'pytest --update-baselines "{NODE}"'
 
 
 def _rec(status="fail", **kw):
     rec = {
-        "nodeid": "baselines/m.yaml::m[cpu-fp32]",
+        "nodeid": NODE,
+        "file": "/repo/baselines/m.yaml",
         "model": "m",
         "profile": "cpu",
         "variant": "fp32",
@@ -17,6 +25,7 @@ def _rec(status="fail", **kw):
         "ppl": 10.5,
         "baseline": 10.0,
         "delta": 0.5,
+        "rel_delta": 0.05,
         "tolerance": "±0.1",
         "wall_time_s": 1.0,
         "prepare_time_s": 0.5,
@@ -24,7 +33,9 @@ def _rec(status="fail", **kw):
         "window_nlls": [2.4, 2.3, 2.35],
         "baseline_window_nlls": [2.3, 2.3, 2.3],
         "rules": [{"text": "[FAIL] absolute: |ppl - recorded| <= 0.1: got +0.500000", "passed": False}],
-        "paired": {"mean": 0.05, "ci_low": -0.07, "ci_high": 0.17, "n_worse": 2, "n": 3},
+        "paired": paired_stats([2.4, 2.3, 2.35], [2.3, 2.3, 2.3]).to_dict(),
+        "hand_edited": False,
+        "rerun": RERUN,
     }
     rec.update(kw)
     return rec
@@ -37,21 +48,122 @@ def test_terminal_and_markdown_tables():
     assert "cpu-fp16 (partial)" in lines[3] and "PASS" in lines[3]
     md = reports.markdown([_rec()], [{"file": "m.yaml", "profile": "cpu", "variant": "fp32", "old": 1.0, "new": 2.0}])
     assert "| model | variant | ppl |" in md and "❌ FAIL" in md
-    assert "95% CI [-0.070000, +0.170000], 2/3 windows worse" in md
+    assert "| +0.5000 (+5.0000%) |" in md
+    assert "95% CI [-0.074217, +0.174217] (consistent with noise); 2/3 windows worse" in md
     assert "m.yaml :: cpu/fp32: 1.000000 -> 2.000000  (+1.000000)" in md
 
 
-def test_write_reports_and_step_summary(tmp_path, monkeypatch):
+def test_verdict_line():
+    assert reports.verdict([_rec("pass")] * 3) == "**pplgate: PASSED** — 3 passed"
+    assert reports.verdict([_rec("pass"), _rec(), _rec("pass")]) == "**pplgate: FAILED** — 1 regression, 2 passed"
+    assert reports.verdict([_rec("created")], blocked="x") == "**pplgate: FAILED** — 1 created"
+    assert reports.verdict([_rec("not_written"), _rec("skipped")]).startswith("**pplgate: FAILED** — 1 update not")
+
+
+def test_markdown_tells_a_reviewer_what_to_do():
+    drift_cmd = f'pytest --update-baselines --force-update "{NODE}"'
+    records = [
+        _rec("fail", hand_edited=True, baseline_own_ppl=9.5),
+        _rec("improved", nodeid="m[cpu-better]", ppl=9.0, delta=-1.0, rel_delta=-0.1),
+        _rec("drift", nodeid="m[cpu-drift]", paired=None, rules=None, drift=[["seqlen", 128, 256]], rerun=drift_cmd),
+        _rec("missing", nodeid="m[cpu-new]", baseline=None, delta=None, rel_delta=None, paired=None, rules=None),
+        _rec("error", nodeid="m[cpu-err]", ppl=None, error="VariantError: no kernel for\nw3 on cpu", rerun=None),
+        _rec("skipped", nodeid="m[gpu-fp16]", ppl=None, skip_reason="gpu tier: no CUDA device available", rerun=None),
+        _rec("pass", nodeid="m[cpu-ok]", rerun=None),
+        _rec("not_written", nodeid="m[cpu-upd]", not_written="1 test(s) failed", rerun=None),
+    ]
+    md = reports.markdown(records, plots={NODE: "per-window ΔNLL plot: [x.png](x.png)"})
+    first = md.splitlines()[0]
+    assert first == (
+        "**pplgate: FAILED** — 1 regression, 1 improvement outside tolerance, 1 protocol drift, "
+        "1 missing baseline, 1 error, 1 update not written, 1 passed, 1 skipped"
+    )
+    assert f"#### ❌ `{NODE}`: regression" in md
+    assert "- measured **10.500000** vs recorded 10.000000: Δ +0.500000 (+5.0000%)" in md
+    assert "(consistent with noise); 2/3 windows worse" in md
+    assert "does not match its own recorded window NLLs (exp(mean) = 9.500000): was the baseline file edited" in md
+    assert md.count("edited by hand") == 1
+    assert "#### ❗ `m[cpu-better]`: improvement outside tolerance" in md and "(-10.0000%)" in md
+    assert "| ❗ IMPROVED |" in md
+    assert f"```\n{RERUN}\n```" in md and f"```\n{drift_cmd}\n```" in md
+    assert "- protocol drift `seqlen`: `128` → `256`" in md
+    assert "- measured **10.500000**, nothing recorded" in md
+    assert "```\nVariantError: no kernel for\nw3 on cpu\n```" in md
+    assert "- `m[gpu-fp16]`: gpu tier: no CUDA device available" in md
+    assert "| 🚫 NOT WRITTEN |" in md and "measured but **not written**: 1 test(s) failed" in md
+    assert "[x.png](x.png)" in md
+    assert "m[cpu-ok]`" not in md  # a pass needs no section
+
+
+def test_write_reports_relative_paths_png_link_and_step_summary(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
     summary = tmp_path / "step.md"
     summary.write_text("before\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    paths = reports.write_reports(tmp_path / "out", [_rec(), _rec("pass", variant="fp16")])
-    names = sorted(p.name for p in paths)
+    root = tmp_path / "repo"
+    recs = [_rec(file=str(root / "baselines" / "m.yaml")), _rec("pass", variant="fp16", file=str(root / "b.yaml"))]
+    rows = [{"file": str(root / "baselines" / "m.yaml"), "profile": "cpu", "variant": "x", "old": 1.0, "new": 2.0}]
+    out = reports.write_reports(tmp_path / "out", recs, rows, rootdir=root)
+    names = sorted(p.name for p in out.paths)
     assert names == ["baselines_m.yaml_m_cpu-fp32.png", "pplgate-results.json", "pplgate-summary.md"]
+    assert out.notes == []
     data = json.loads((tmp_path / "out" / "pplgate-results.json").read_text())
     assert [r["status"] for r in data["records"]] == ["fail", "pass"]
+    assert [r["file"] for r in data["records"]] == ["baselines/m.yaml", "b.yaml"]
+    assert data["updates"][0]["file"] == "baselines/m.yaml"
+    assert recs[0]["file"] == str(root / "baselines" / "m.yaml")  # the plugin's records are not changed
     assert (tmp_path / "out" / "baselines_m.yaml_m_cpu-fp32.png").read_bytes()[:4] == b"\x89PNG"
-    assert summary.read_text().startswith("before\n### pplgate")
+    md = (tmp_path / "out" / "pplgate-summary.md").read_text()
+    assert "per-window ΔNLL plot: [baselines_m.yaml_m_cpu-fp32.png](baselines_m.yaml_m_cpu-fp32.png)" in md
+    assert "- baselines/m.yaml :: cpu/x: 1.000000 -> 2.000000" in md and str(root) not in md
+    assert summary.read_text().startswith("before\n**pplgate: FAILED** — 1 regression, 1 passed\n")
+
+
+def test_rounding_noise_is_noise_in_the_plot_and_the_stats(tmp_path):
+    now = [3.123456789, 2.987654321, 3.5000004, 3.1111115]
+    stored = [round(x, 6) for x in now]  # what a baseline file keeps
+    deltas = [a - b for a, b in zip(now, stored, strict=True)]
+    assert all(0 < abs(d) < reports.ROUNDING_STEP for d in deltas)
+    assert reports.classify_deltas(deltas) == [0, 0, 0, 0]
+    stats = paired_stats(now, stored)
+    assert (stats.n_worse, stats.n_better) == (0, 0)
+    rec = _rec("updated", window_nlls=now, baseline_window_nlls=stored, paired=stats.to_dict())
+    assert reports.plot_window_deltas(rec, tmp_path / "noise.png") is None  # no plot of rounding
+    assert not (tmp_path / "noise.png").exists()
+    out = reports.write_reports(
+        tmp_path / "out", [rec, _rec("fail", nodeid="m[n]", window_nlls=now, baseline_window_nlls=stored)]
+    )
+    assert not list((tmp_path / "out").glob("*.png"))
+    assert "every |Δ| ≤ 1e-06, the storage rounding (no plot)" in (tmp_path / "out" / "pplgate-summary.md").read_text()
+    assert out.notes == []
+
+
+def test_delta_classification_agrees_with_paired_stats():
+    base = [2.0 + 0.01 * i for i in range(12)]
+    step = reports.ROUNDING_STEP
+    cur = [b + d for b, d in zip(base, [0.3, -0.2, 0.4 * step, -0.9 * step, 2 * step, -3 * step] * 2, strict=True)]
+    kinds = reports.classify_deltas([a - b for a, b in zip(cur, base, strict=True)])
+    stats = paired_stats(cur, base)
+    assert (kinds.count(1), kinds.count(-1)) == (stats.n_worse, stats.n_better) == (4, 4)
+
+
+def test_plot_marks_rounding_band(tmp_path):
+    pytest.importorskip("matplotlib")
+    rec = _rec(window_nlls=[2.4, 2.3 + 1e-7, 2.35], baseline_window_nlls=[2.3, 2.3, 2.3])
+    assert reports.classify_deltas(reports.window_deltas(rec)) == [1, 0, 1]  # grey middle bar
+    assert reports.plot_window_deltas(rec, tmp_path / "p.png") == tmp_path / "p.png"
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_matplotlib_missing_is_said_once(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    out = reports.write_reports(tmp_path / "out", [_rec(), _rec(nodeid="m[cpu-other]")])
+    assert out.notes == [reports.MATPLOTLIB_MISSING]
+    assert sorted(p.name for p in out.paths) == ["pplgate-results.json", "pplgate-summary.md"]
+    md = (tmp_path / "out" / "pplgate-summary.md").read_text()
+    assert md.count("PNG report skipped: matplotlib is not installed (pip install matplotlib, or pip install") == 1
+    assert "pip install -e '.[report]')" in md
 
 
 def test_junit_properties():
@@ -63,3 +175,28 @@ def test_junit_properties():
         "pplgate_tolerance": "±0.1",
         "pplgate_status": "fail",
     }
+
+
+def test_relpath_outside_rootdir_and_none():
+    assert reports.relpath("/a/b/c.yaml", "/a") == "b/c.yaml"
+    assert reports.relpath("/a/b/c.yaml", None) == "/a/b/c.yaml"
+
+
+def test_failed_write_marks_rows_not_written_and_fails_the_session(tmp_path):
+    from types import SimpleNamespace
+
+    from pplgate.plugin import GateSession, _write_updates
+
+    missing = str(tmp_path / "gone" / "m.yaml")  # cannot be read or locked
+    upd = {"profile": "cpu", "variant": "fp32", "fingerprint": {}, "ppl": 1.0, "window_nlls": [0.0], "provenance": {}}
+    gate = GateSession(config=None)
+    gate.records = [_rec("updated", file=missing, update=upd), _rec("pass", variant="x", file=missing)]
+    gate.updates = {missing: [upd]}
+    session = SimpleNamespace(config=SimpleNamespace(rootpath=tmp_path), exitstatus=pytest.ExitCode.OK)
+    _write_updates(session, gate)
+    assert session.exitstatus == pytest.ExitCode.TESTS_FAILED
+    assert [r["status"] for r in gate.records] == ["not_written", "pass"]
+    assert gate.records[0]["queued_as"] == "updated"
+    assert gate.records[0]["not_written"].startswith("writing gone/m.yaml failed: ")
+    assert gate.write_errors == [gate.records[0]["not_written"]] and gate.update_rows == []
+    assert "NOT WRITTEN" in reports.terminal_table(gate.records)[2]

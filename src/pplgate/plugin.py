@@ -235,7 +235,9 @@ class GateSession:
     baseline_collect_errors: int = 0
     update_rows: list = field(default_factory=list)
     update_blocked: str | None = None
+    write_errors: list = field(default_factory=list)
     report_paths: list = field(default_factory=list)
+    report_notes: list = field(default_factory=list)
 
     # ---- configuration
     @property
@@ -390,18 +392,7 @@ class GateSession:
                 f"refusing --update-baselines with --pplgate-max-windows {override}: profile {profile.name!r} "
                 f"records max_windows={profile.max_windows}; drop the override to update"
             )
-        rec: dict[str, Any] = {
-            "nodeid": item.nodeid,
-            "file": str(item.spec.path),
-            "model": item.spec.model.name,
-            "profile": profile.name,
-            "variant": vs.name,
-            "kind": vs.kind,
-            "device": item.device,
-            "status": "error",
-            "tolerance": ", ".join(r.short() for r in vs.rules),
-        }
-        item.record = rec
+        rec = item.record = _base_record(item, "error")
         m = self.measure(item, vs)
         r = m.result
         rec.update(
@@ -448,7 +439,7 @@ class GateSession:
                 self._check_relational(item, rec, r.ppl, ref_ppls, header)
                 self._queue(item, rec, new_entry, "created")
                 return
-            rec["status"] = "missing"
+            rec["status"], rec["rerun"] = "missing", rerun
             raise GateFailure(
                 f"{header}\n  measured ppl {r.ppl:.6f}, but no baseline is recorded for this entry.\n"
                 f"  Create it with:\n    {rerun}",
@@ -473,6 +464,9 @@ class GateSession:
             rel_delta=(r.ppl - ref_ppl) / ref_ppl,
             baseline_window_nlls=list(ref_nlls),
         )
+        own = math.exp(math.fsum(ref_nlls) / len(ref_nlls))
+        rec["baseline_own_ppl"] = own
+        rec["hand_edited"] = abs(own - ref_ppl) > 1e-5 * ref_ppl
         if vs.fingerprint is None:
             changes = [("fingerprint", None, "(missing in the baseline file)")]
         else:
@@ -484,6 +478,7 @@ class GateSession:
                 self._queue(item, rec, new_entry, "updated")
                 return
             rec["status"] = "drift"
+            rec["rerun"] = f'pytest --update-baselines --force-update "{item.nodeid}"'
             lines = "\n".join(
                 f"    {k}: {old if old == ABSENT else repr(old)} -> {new if new == ABSENT else repr(new)}"
                 for k, old, new in changes
@@ -513,18 +508,20 @@ class GateSession:
         if all(x.passed for x in results):
             rec["status"] = "pass"
             return
-        rec["status"] = "fail"
+        # "regression" only for a worse number (or a failing relational rule); better is flagged too
+        regression = r.ppl > ref_ppl or any(not x.passed and x.rule.type == "relational" for x in results)
+        rec["status"], rec["rerun"] = ("fail" if regression else "improved"), rerun
         prov = recorded.provenance or {}
-        own = math.exp(math.fsum(ref_nlls) / len(ref_nlls))
-        if abs(own - ref_ppl) > 1e-5 * ref_ppl:
+        if rec["hand_edited"]:
             stats_note = (
                 f"\n  note: the recorded ppl {ref_ppl:.6f} does not match its own recorded window NLLs "
                 f"(exp(mean) = {own:.6f}); was the baseline file edited by hand?"
             )
         else:
             stats_note = ""
+        what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
         raise GateFailure(
-            f"{header}\n  PERPLEXITY REGRESSION: measured {r.ppl:.6f} vs recorded {ref_ppl:.6f}: "
+            f"{header}\n  {what}: measured {r.ppl:.6f} vs recorded {ref_ppl:.6f}: "
             f"delta {r.ppl - ref_ppl:+.6f} ({(r.ppl - ref_ppl) / ref_ppl:+.4%})\n"
             "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
             f"  {stats.describe()}{stats_note}\n"
@@ -532,7 +529,7 @@ class GateSession:
             f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
             f"torch {prov.get('torch', '?')})\n"
             f"  if the change is intended, re-record with:\n    {rerun}",
-            "regression",
+            "regression" if regression else "improvement",
         )
 
     def _check_relational(self, item, rec, ppl, ref_ppls, header) -> None:
@@ -598,23 +595,41 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem) -> None:
     gate.free_models(keep)
 
 
+def _base_record(item: GateItem, status: str) -> dict[str, Any]:
+    """The result record of a gate test before anything is measured."""
+    return {
+        "nodeid": item.nodeid,
+        "file": str(item.spec.path),
+        "model": item.spec.model.name,
+        "profile": item.profile.name,
+        "variant": item.variant.name,
+        "kind": item.variant.kind,
+        "device": item.device,
+        "status": status,
+        "tolerance": ", ".join(r.short() for r in item.variant.rules),
+    }
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
+    """Attach the record to the report; a skip or an error (in setup or call) records its reason."""
     rep = yield
-    if isinstance(item, GateItem):
-        if call.excinfo is not None and rep.failed:
-            rep.pplgate_gate_failure = isinstance(call.excinfo.value, GateFailure)
-        if rep.when == "call" and item.record is not None:
-            rep.pplgate = item.record
-        elif rep.when == "setup" and rep.skipped:
-            rep.pplgate = {
-                "nodeid": item.nodeid,
-                "model": item.spec.model.name,
-                "profile": item.profile.name,
-                "variant": item.variant.name,
-                "status": "skipped",
-                "tolerance": ", ".join(r.short() for r in item.variant.rules),
-            }
+    if not isinstance(item, GateItem) or rep.when not in ("setup", "call"):
+        return rep
+    exc = call.excinfo.value if call.excinfo is not None else None
+    if rep.failed:
+        rep.pplgate_gate_failure = isinstance(exc, GateFailure)
+    rec = item.record if rep.when == "call" else None
+    if rep.skipped:
+        rec = rec or _base_record(item, "skipped")
+        rec["status"] = "skipped"
+        rec["skip_reason"] = str(getattr(exc, "msg", None) or exc or "")
+    elif rep.failed and not isinstance(exc, GateFailure):
+        rec = rec or _base_record(item, "error")
+        rec["status"] = "error"
+        rec["error"] = f"{type(exc).__name__}: {exc}" if exc is not None else str(rep.longrepr)
+    if rec is not None:
+        rep.pplgate = rec
     return rep
 
 
@@ -674,14 +689,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
                 f"{gate.collect_errors} collection error(s) occurred"
             )
         else:
-            for path, entries in gate.updates.items():
-                rows = write_updates(path, [EntryUpdate.from_dict(e) for e in entries])
-                for row in rows:
-                    row["file"] = path
-                gate.update_rows.extend(rows)
+            _write_updates(session, gate)
+        if gate.update_blocked:
+            _mark_not_written(gate, gate.update_blocked)
     report_dir = session.config.getoption("--pplgate-report")
     if gate.records and (report_dir or os.environ.get("GITHUB_STEP_SUMMARY")):
-        gate.report_paths = reports.write_reports(report_dir, gate.records, gate.update_rows, gate.update_blocked)
+        written = reports.write_reports(
+            report_dir, gate.records, gate.update_rows, gate.update_blocked, rootdir=session.config.rootpath
+        )
+        gate.report_paths, gate.report_notes = written.paths, written.notes
+
+
+def _write_updates(session: pytest.Session, gate: GateSession) -> None:
+    """Write the queued updates file by file; a file that cannot be written fails the session."""
+    for path, entries in gate.updates.items():
+        try:
+            rows = write_updates(path, [EntryUpdate.from_dict(e) for e in entries])
+        except (OSError, PplgateError) as exc:
+            reason = f"writing {reports.relpath(path, session.config.rootpath)} failed: {type(exc).__name__}: {exc}"
+            gate.write_errors.append(reason)
+            _mark_not_written(gate, reason, path)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            continue
+        for row in rows:
+            row["file"] = path
+            if not row.get("applied", True):
+                _mark_not_written(gate, "the entry is no longer in the file", path, (row["profile"], row["variant"]))
+        gate.update_rows.extend(rows)
+
+
+def _mark_not_written(gate: GateSession, reason: str, path: str | None = None, entry: tuple | None = None) -> None:
+    """Records queued as created/updated whose write did not happen say so (status ``not_written``)."""
+    for rec in gate.records:
+        if rec.get("status") not in ("created", "updated") or not rec.get("update"):
+            continue
+        if (path is None or rec.get("file") == path) and (entry is None or (rec["profile"], rec["variant"]) == entry):
+            rec["queued_as"], rec["status"], rec["not_written"] = rec["status"], "not_written", reason
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -695,7 +739,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if gate.update:
         if gate.update_blocked:
             tr.write_line(f"pplgate: NOT writing baseline updates: {gate.update_blocked}.", red=True, bold=True)
-        elif gate.update_rows:
+        for err in gate.write_errors:
+            tr.write_line(f"pplgate: baseline updates NOT written: {err}", red=True, bold=True)
+        if gate.update_rows:
             tr.write_sep("-", "pplgate baseline updates (old -> new)")
             for line in reports.update_table(gate.update_rows, config.rootpath):
                 tr.write_line(line)
@@ -703,6 +749,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             tr.write_line("pplgate: --update-baselines: nothing to write")
     for p in gate.report_paths:
         tr.write_line(f"pplgate report: {p}")
+    for note in gate.report_notes:
+        tr.write_line(f"pplgate: {note}", yellow=True)
 
 
 # --------------------------------------------------------------------------- pytest-xdist: one worker per GPU

@@ -10,30 +10,60 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pplgate.baselines import NLL_DECIMALS
+from pplgate.stats import PairedStats
 
 STATUS_MARK = {
     "pass": "PASS",
     "fail": "FAIL",
+    "improved": "IMPROVED",
     "drift": "DRIFT",
     "missing": "MISSING",
     "created": "CREATED",
     "updated": "UPDATED",
+    "not_written": "NOT WRITTEN",
     "skipped": "SKIP",
     "error": "ERROR",
 }
 MD_MARK = {
     "pass": "✅",
     "fail": "❌",
+    "improved": "❗",
     "drift": "⚠️",
     "missing": "❓",
     "created": "🆕",
     "updated": "🔄",
+    "not_written": "🚫",
     "skipped": "⏭️",
     "error": "💥",
 }
+# what a status means in a sentence (verdict line, section titles)
+STATUS_WORDS = {
+    "fail": ("regression", "regressions"),
+    "improved": ("improvement outside tolerance", "improvements outside tolerance"),
+    "drift": ("protocol drift", "protocol drifts"),
+    "missing": ("missing baseline", "missing baselines"),
+    "error": ("error", "errors"),
+    "not_written": ("update not written", "updates not written"),
+    "pass": ("passed", "passed"),
+    "created": ("created", "created"),
+    "updated": ("updated", "updated"),
+    "skipped": ("skipped", "skipped"),
+}
+FAILING = ("fail", "improved", "drift", "missing", "error", "not_written")
+PLOTTED = ("fail", "improved", "drift", "updated", "not_written")
+
+# Baselines store window NLLs rounded to NLL_DECIMALS: a per-window |dNLL| up to this step is storage
+# rounding, not a change. Same threshold as ``paired_stats``'s ``eps`` (so the counts agree).
+ROUNDING_STEP = 10.0**-NLL_DECIMALS
+MATPLOTLIB_MISSING = (
+    "PNG report skipped: matplotlib is not installed (pip install matplotlib, or pip install -e '.[report]')"
+)
 
 
 def _f(value: Any, fmt: str = "{:.4f}") -> str:
@@ -77,15 +107,20 @@ def terminal_table(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def relpath(path: str | Path, rootdir: str | Path | None) -> str:
+    """``path`` relative to ``rootdir`` (unchanged without a rootdir or on another drive)."""
+    if rootdir is None or not path:
+        return str(path)
+    try:
+        return os.path.relpath(path, rootdir)
+    except ValueError:
+        return str(path)
+
+
 def update_table(rows: Sequence[dict[str, Any]], rootdir: str | Path | None = None) -> list[str]:
     out = []
     for r in rows:
-        path = r.get("file", "")
-        if rootdir is not None:
-            try:
-                path = os.path.relpath(path, rootdir)
-            except ValueError:
-                pass
+        path = relpath(r.get("file", ""), rootdir)
         old, new = r.get("old"), r.get("new")
         delta = f"  ({new - old:+.6f})" if old is not None and new is not None else ""
         what = "" if r.get("applied", True) else "  [entry no longer in the file: skipped]"
@@ -96,32 +131,115 @@ def update_table(rows: Sequence[dict[str, Any]], rootdir: str | Path | None = No
     return out
 
 
-def markdown(records: Sequence[dict[str, Any]], update_rows: Sequence[dict] = (), blocked: str | None = None) -> str:
-    lines = ["### pplgate: WikiText-2 perplexity gate", ""]
+def verdict(records: Sequence[dict[str, Any]], blocked: str | None = None) -> str:
+    """``**pplgate: FAILED** — 1 regression, 2 passed`` (counts in :data:`STATUS_WORDS` order)."""
+    counts = {s: sum(r.get("status") == s for r in records) for s in STATUS_WORDS}
+    other = len(records) - sum(counts.values())
+    parts = [f"{n} {STATUS_WORDS[s][n != 1]}" for s, n in counts.items() if n]
+    if other:
+        parts.append(f"{other} other")
+    failed = blocked or any(counts[s] for s in FAILING) or other
+    return f"**pplgate: {'FAILED' if failed else 'PASSED'}** — {', '.join(parts) or 'no gate tests'}"
+
+
+def window_deltas(rec: Mapping[str, Any]) -> list[float] | None:
+    """Per-window NLL deltas (current - recorded); None without two equally long lists."""
+    cur, base = rec.get("window_nlls"), rec.get("baseline_window_nlls")
+    if not cur or not base or len(cur) != len(base):
+        return None
+    return [float(a) - float(b) for a, b in zip(cur, base, strict=True)]
+
+
+def classify_deltas(deltas: Sequence[float], step: float = ROUNDING_STEP) -> list[int]:
+    """+1 worse, -1 better, 0 within the storage rounding step (``paired_stats`` counts the same way)."""
+    return [1 if d > step else -1 if d < -step else 0 for d in deltas]
+
+
+def _pct(rec: Mapping[str, Any]) -> str:
+    rel = rec.get("rel_delta")
+    return "" if rel is None else f" ({rel:+.4%})"
+
+
+def _paired_text(p: Mapping[str, Any]) -> str:
+    """The terminal's paired-statistics sentence (with its noise-or-shift verdict) from a record's dict."""
+    keys = PairedStats.__dataclass_fields__
+    defaults = {"sd": 0.0, "n_better": 0, "max_abs": 0.0, "ci_low": None, "ci_high": None}
+    return PairedStats(**{k: p.get(k, defaults.get(k)) for k in keys}).describe()
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _section(rec: dict[str, Any], plot: str | None) -> list[str]:
+    """The Markdown lines that tell a reviewer what happened to one entry and what to do."""
+    status = rec.get("status", "")
+    title = STATUS_WORDS.get(status, (status, status))[0]
+    lines = ["", f"#### {MD_MARK.get(status, '')} `{rec.get('nodeid', '')}`: {title}", ""]
+    if rec.get("ppl") is not None and rec.get("baseline") is not None:
+        lines.append(
+            f"- measured **{rec['ppl']:.6f}** vs recorded {rec['baseline']:.6f}: "
+            f"Δ {rec['ppl'] - rec['baseline']:+.6f}{_pct(rec)}" + (" (partial)" if rec.get("partial") else "")
+        )
+    elif rec.get("ppl") is not None:
+        lines.append(f"- measured **{rec['ppl']:.6f}**, nothing recorded")
+    for rule in rec.get("rules") or []:
+        lines.append(f"- `{rule['text']}`")
+    for k, old, new in rec.get("drift") or []:
+        lines.append(f"- protocol drift `{k}`: `{old}` → `{new}`")
+    if rec.get("paired"):
+        lines.append(f"- {_paired_text(rec['paired'])}")
+    if rec.get("hand_edited"):
+        lines.append(
+            f"- ⚠️ the recorded ppl {rec['baseline']:.6f} does not match its own recorded window NLLs "
+            f"(exp(mean) = {rec.get('baseline_own_ppl', float('nan')):.6f}): was the baseline file edited by hand?"
+        )
+    if rec.get("error"):
+        lines += ["- error:", "", "```", str(rec["error"]).rstrip(), "```"]
+    if rec.get("not_written"):
+        lines.append(f"- measured but **not written**: {rec['not_written']}")
+    if plot:
+        lines.append(f"- {plot}")
+    if rec.get("rerun"):
+        lines += ["- if the change is intended, re-record with:", "", "```", rec["rerun"], "```"]
+    return lines
+
+
+def markdown(
+    records: Sequence[dict[str, Any]],
+    update_rows: Sequence[dict] = (),
+    blocked: str | None = None,
+    *,
+    rootdir: str | Path | None = None,
+    plots: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """The report for a PR comment / step summary: verdict, table, one section per entry to act on.
+
+    ``plots`` maps a nodeid to the line about its per-window plot (a link, or why there is none).
+    """
+    plots = plots or {}
+    lines = [verdict(records, blocked), "", "### pplgate: WikiText-2 perplexity gate", ""]
     lines.append("| " + " | ".join(HEADER) + " |")
     lines.append("|" + "---|" * len(HEADER))
     for rec in records:
         row = _row(rec)
+        row[4] += _pct(rec) if rec.get("delta") is not None else ""
         row[6] = f"{MD_MARK.get(rec.get('status', ''), '')} {row[6]}"
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
-    failing = [r for r in records if r.get("status") in ("fail", "drift", "missing")]
-    for rec in failing:
-        lines += ["", f"<details><summary>{rec.get('nodeid', '')}: {rec.get('status')}</summary>", ""]
-        for rule in rec.get("rules") or []:
-            lines.append(f"- `{rule['text']}`")
-        for k, old, new in rec.get("drift") or []:
-            lines.append(f"- protocol drift `{k}`: `{old}` → `{new}`")
-        p = rec.get("paired")
-        if p:
-            ci = "n/a" if p.get("ci_low") is None else f"[{p['ci_low']:+.6f}, {p['ci_high']:+.6f}]"
-            lines.append(
-                f"- paired ΔNLL mean {p['mean']:+.6f} nats, 95% CI {ci}, {p['n_worse']}/{p['n']} windows worse"
-            )
-        lines += ["", "</details>"]
+        lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+    for rec in records:
+        if rec.get("status") in FAILING or rec.get("nodeid") in plots:
+            lines += _section(rec, plots.get(rec.get("nodeid", "")))
+    skipped = [r for r in records if r.get("status") == "skipped"]
+    if skipped:
+        lines += ["", "**Skipped**", ""]
+        lines += [f"- `{r.get('nodeid', '')}`: {r.get('skip_reason') or 'no reason given'}" for r in skipped]
     if update_rows:
-        lines += ["", "**Baseline updates**", ""] + [f"- {x}" for x in update_table(update_rows)]
+        lines += ["", "**Baseline updates**", ""] + [f"- {x}" for x in update_table(update_rows, rootdir)]
     if blocked:
         lines += ["", f"**Baseline updates not written:** {blocked}"]
+    if notes:
+        lines += [""] + [f"_{n}_" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -129,33 +247,69 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def plot_window_deltas(rec: dict[str, Any], path: Path) -> Path | None:
-    """PNG of per-window NLL deltas (current - recorded) for one variant; None without data/matplotlib."""
-    cur, base = rec.get("window_nlls"), rec.get("baseline_window_nlls")
-    if not cur or not base or len(cur) != len(base):
-        return None
+def _pyplot() -> tuple[Any, str | None]:
+    """``(matplotlib.pyplot, None)``, or ``(None, why)`` when it cannot be imported."""
     try:
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
-    except Exception:
+    except ImportError:
+        return None, MATPLOTLIB_MISSING
+    except Exception as exc:  # a broken install: say so instead of failing the session
+        return None, f"PNG report skipped: matplotlib failed to load ({type(exc).__name__}: {exc})"
+    return plt, None
+
+
+def plot_window_deltas(rec: dict[str, Any], path: Path, step: float = ROUNDING_STEP) -> Path | None:
+    """PNG of per-window NLL deltas (current - recorded) for one variant.
+
+    Bars within ``±step`` (storage rounding) are grey, worse red, better blue; the band is drawn and
+    labelled. None without data, without matplotlib, or when every |Δ| is within the step (no plot).
+    """
+    deltas = window_deltas(rec)
+    if deltas is None:
         return None
-    deltas = [a - b for a, b in zip(cur, base, strict=True)]
+    kinds = classify_deltas(deltas, step)
+    if not any(kinds):
+        return None
+    plt, _ = _pyplot()
+    if plt is None:
+        return None
+    colour = {1: "#c0392b", -1: "#2e86c1", 0: "#95a5a6"}
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
-    ax.bar(range(len(deltas)), deltas, color=["#c0392b" if d > 0 else "#2e86c1" for d in deltas])
+    ax.bar(range(len(deltas)), deltas, color=[colour[k] for k in kinds])
+    ax.axhspan(-step, step, color="#d5d8dc", alpha=0.6, label=f"±{step:g}: storage rounding (noise)")
     ax.axhline(0, color="black", linewidth=0.8)
-    p = rec.get("paired") or {}
-    if p.get("mean") is not None:
-        ax.axhline(p["mean"], color="#7f8c8d", linestyle="--", linewidth=0.8, label=f"mean {p['mean']:+.2e}")
-        ax.legend(loc="upper right", fontsize=8)
+    mean = (rec.get("paired") or {}).get("mean")
+    if mean is not None:
+        ax.axhline(mean, color="#7f8c8d", linestyle="--", linewidth=0.8, label=f"mean {mean:+.2e}")
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_xlabel("window")
     ax.set_ylabel("ΔNLL (nats)")
-    ax.set_title(f"{rec.get('nodeid', '')} [{rec.get('status')}]", fontsize=9)
+    n_worse, n_better = kinds.count(1), kinds.count(-1)
+    ax.set_title(
+        f"{rec.get('nodeid', '')} [{STATUS_MARK.get(rec.get('status', ''), rec.get('status'))}]\n"
+        f"{n_worse}/{len(kinds)} windows worse, {n_better} better, "
+        f"{kinds.count(0)} within ±{step:g} (rounding)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+@dataclass
+class WrittenReports:
+    """What :func:`write_reports` wrote, and the notes (e.g. no matplotlib) to show once."""
+
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _relative_paths(items: Sequence[dict[str, Any]], rootdir: str | Path | None) -> list[dict[str, Any]]:
+    return [{**d, "file": relpath(d["file"], rootdir)} if d.get("file") else dict(d) for d in items]
 
 
 def write_reports(
@@ -163,25 +317,45 @@ def write_reports(
     records: Sequence[dict[str, Any]],
     update_rows: Sequence[dict] = (),
     blocked: str | None = None,
-) -> list[Path]:
+    *,
+    rootdir: str | Path | None = None,
+) -> WrittenReports:
     """JSON + Markdown (+ PNGs for failing/updated variants) into ``report_dir``; Markdown also to
-    ``$GITHUB_STEP_SUMMARY`` when set. Returns the written paths."""
-    written: list[Path] = []
-    md = markdown(records, update_rows, blocked)
+    ``$GITHUB_STEP_SUMMARY`` when set. ``file`` paths are written relative to ``rootdir``."""
+    out = WrittenReports()
+    plots: dict[str, str] = {}
     if report_dir:
-        out = Path(report_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        payload = {"records": list(records), "updates": list(update_rows), "updates_blocked": blocked}
-        (out / "pplgate-results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-        (out / "pplgate-summary.md").write_text(md, encoding="utf-8")
-        written += [out / "pplgate-results.json", out / "pplgate-summary.md"]
+        d = Path(report_dir)
+        d.mkdir(parents=True, exist_ok=True)
         for rec in records:
-            if rec.get("status") in ("fail", "updated", "drift"):
-                png = plot_window_deltas(rec, out / f"{_slug(rec.get('nodeid', 'variant'))}.png")
-                if png is not None:
-                    written.append(png)
+            deltas = window_deltas(rec) if rec.get("status") in PLOTTED else None
+            if deltas is None:
+                continue
+            nodeid = rec.get("nodeid", "variant")
+            if not any(classify_deltas(deltas)):
+                if rec.get("status") in FAILING:
+                    plots[nodeid] = f"per-window ΔNLL: every |Δ| ≤ {ROUNDING_STEP:g}, the storage rounding (no plot)"
+                continue
+            why_not = _pyplot()[1]
+            if why_not is not None:
+                if why_not not in out.notes:
+                    out.notes.append(why_not)
+                continue
+            png = plot_window_deltas(rec, d / f"{_slug(nodeid)}.png")
+            if png is not None:
+                out.paths.append(png)
+                plots[nodeid] = f"per-window ΔNLL plot: [{png.name}]({png.name})"
+    rel_records = _relative_paths(records, rootdir)
+    rel_rows = _relative_paths(update_rows, rootdir)
+    md = markdown(rel_records, rel_rows, blocked, plots=plots, notes=out.notes)
+    if report_dir:
+        d = Path(report_dir)
+        payload = {"records": rel_records, "updates": rel_rows, "updates_blocked": blocked, "notes": out.notes}
+        (d / "pplgate-results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        (d / "pplgate-summary.md").write_text(md, encoding="utf-8")
+        out.paths[:0] = [d / "pplgate-results.json", d / "pplgate-summary.md"]
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as fh:
             fh.write(md + "\n")
-    return written
+    return out
