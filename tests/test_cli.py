@@ -173,6 +173,18 @@ def test_tokens_finds_the_shared_folder_without_options(capsys, monkeypatch, sha
     assert "(found by $PPLGATE_SHARED)" in out
 
 
+def test_eval_progress_is_short_and_plain_off_a_terminal(capsys, tiny_model_dir, wikitext_dir) -> None:
+    argv = ["eval", "--model", str(tiny_model_dir), "--dataset", str(wikitext_dir), "--device", "cpu"]
+    assert main(argv + ["--seqlen", "64", "--max-windows", "3"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "\r" not in err and "\n\n" not in err
+    lines = [line for line in err.splitlines() if "windows (" in line]
+    assert lines and lines[-1].startswith(f"{tiny_model_dir.name} fp32: 3/3 windows (100%)")
+    assert str(tiny_model_dir) not in err  # the label is the short name, not the absolute path
+    assert "(found by --dataset)" in captured.out
+
+
 def test_cache_list_and_clear(tmp_path, capsys):
     from pplgate.cli import main
     from pplgate.qcache import QuantCache

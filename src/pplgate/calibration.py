@@ -34,6 +34,7 @@ from typing import Any
 
 from pplgate.errors import PplgateError
 from pplgate.locate import CALIBRATION_ENV, CALIBRATION_IN_SHARED, SHARED_ENV, find_calibration, hub_refusal
+from pplgate.progress import library_bars_off
 
 PILEVAL = ("mit-han-lab/pile-val-backup", None, "validation", "text")
 
@@ -190,8 +191,9 @@ def _from_hub(name: str, config: str | None, split: str, column: str, *, shuffle
     except ImportError as exc:
         raise CalibrationError(f"calibration from the hub needs the 'datasets' package; {hint}") from exc
     try:
-        args = (name, config) if config else (name,)
-        ds = datasets.load_dataset(*args, split=split)
+        with library_bars_off():
+            args = (name, config) if config else (name,)
+            ds = datasets.load_dataset(*args, split=split)
         if shuffle_seed is not None:
             ds = ds.shuffle(seed=shuffle_seed)
         return [str(x) for x in ds[column]]

@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (same number, faster)")
     ev.add_argument("--max-windows", type=int, help="score only the first K windows (result marked partial)")
     ev.add_argument("--json", dest="json_out", help="write the result object to this JSON file")
-    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress on stderr (default: a bar on a terminal, else a plain line about every 10%% of the windows)",
+    )
     _add_data_args(ev)
 
     ca = sub.add_parser("cache", help="list or clear the quantized-model cache")
@@ -102,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_windows=args.max_windows,
         progress=not args.no_progress,
-        label=f"{src.describe()} [{dtype}]",
+        label=f"{src.short_name()} {dtype}",
     )
     result.extra["model"] = src.describe()
     result.extra["dataset_found_by"] = text.found_by

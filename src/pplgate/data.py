@@ -18,6 +18,7 @@ from pplgate.locate import (
     hub_offline,
     hub_refusal,
 )
+from pplgate.progress import library_bars_off
 
 CANONICAL_SHA256 = "696cca6b65a171b0a358a4be6732cdfdf2dd6164a32e20fd70e3c13fc4dfae83"
 CANONICAL_ROWS = 4358
@@ -125,7 +126,8 @@ def _rows_from_hub(lookup: Lookup, option: str) -> list[str]:
             missing_dataset_message(lookup, "the 'datasets' package is not installed", option)
         ) from None
     try:
-        ds = datasets.load_dataset(*HUB_DATASET, split="test")
+        with library_bars_off():
+            ds = datasets.load_dataset(*HUB_DATASET, split="test")
     except Exception as exc:
         why = f"datasets.load_dataset{HUB_DATASET} failed ({type(exc).__name__}: {str(exc)[:300]})"
         if hub_offline():

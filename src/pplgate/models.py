@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from pplgate.errors import ModelLoadError
+from pplgate.progress import LABEL_WIDTH, library_bars_off, short_model_name
 
 DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -40,6 +41,10 @@ class ModelSource:
     def describe(self) -> str:
         s = self.path_or_id + (f" (gguf {self.gguf_file})" if self.gguf_file else "")
         return s + (f"@{self.revision}" if self.revision else "")
+
+    def short_name(self, width: int = LABEL_WIDTH) -> str:
+        """A short name for progress labels: GGUF stem, directory basename or hub id tail (``width`` chars)."""
+        return short_model_name(self.path_or_id, self.gguf_file, width)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -116,7 +121,8 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
     target = tokenizer or src.path_or_id
     kw = {} if tokenizer else _kwargs(src)
     try:
-        return AutoTokenizer.from_pretrained(target, **kw)
+        with library_bars_off():
+            return AutoTokenizer.from_pretrained(target, **kw)
     except Exception as exc:
         raise ModelLoadError(f"cannot load tokenizer from {target!r}: {type(exc).__name__}: {exc}") from exc
 
@@ -141,7 +147,8 @@ def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto", devi
     else:
         dev = resolve_device(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype(dtype), **kw)
+        with library_bars_off():  # no loading bars in logs or pytest's captured output
+            model = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype(dtype), **kw)
     except ModelLoadError:
         raise
     except Exception as exc:
