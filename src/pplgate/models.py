@@ -114,8 +114,24 @@ def _kwargs(src: ModelSource) -> dict:
     return kw
 
 
+SENTENCEPIECE_INSTALL = "pip install sentencepiece protobuf"
+
+
+def _missing_sentencepiece() -> str | None:
+    """The import error of sentencepiece, or None when it imports."""
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
-    """Load the model's tokenizer (or the one named by ``tokenizer``) with its defaults."""
+    """Load the model's tokenizer (or the one named by ``tokenizer``) with its defaults.
+
+    A SentencePiece tokenizer (a ``tokenizer.model`` file) without the ``sentencepiece`` package makes
+    transformers fall back to tiktoken and say "`tiktoken` is required"; that case is reported as what it is.
+    """
     from transformers import AutoTokenizer
 
     target = tokenizer or src.path_or_id
@@ -124,7 +140,17 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
         with library_bars_off():
             return AutoTokenizer.from_pretrained(target, **kw)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load tokenizer from {target!r}: {type(exc).__name__}: {exc}") from exc
+        spm_file = Path(target).expanduser() / "tokenizer.model"
+        text = f"{type(exc).__name__}: {exc}"
+        hint = spm_file.is_file() or any(w in text.lower() for w in ("sentencepiece", "tiktoken"))
+        why = _missing_sentencepiece() if hint else None
+        if why is not None:
+            raise ModelLoadError(
+                f"cannot load tokenizer from {target!r}: it is a SentencePiece tokenizer "
+                f"({spm_file if spm_file.is_file() else 'tokenizer.model'}) and the sentencepiece package "
+                f"does not import ({why}); install it with: {SENTENCEPIECE_INSTALL}  (transformers said: {text})"
+            ) from exc
+        raise ModelLoadError(f"cannot load tokenizer from {target!r}: {text}") from exc
 
 
 def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto", device_map: str | None = None):
