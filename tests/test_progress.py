@@ -37,8 +37,16 @@ def test_bar_at_80_columns_shows_percentage_eta_and_ppl() -> None:
     shown = frames(out.getvalue())
     last = shown[-1]
     assert all(len(f) <= 80 for f in shown)
-    assert re.match(r"\s*14% 21/148 win \[\d\d:\d\d<\d\d:\d\d, ppl=21\.6034\] \|.{10}\| /home/someone/", last), last
+    assert re.match(r"\s*14% 21/148 \[\d\d:\d\d<\d\d:\d\d, ppl=21\.6034\] \|.{10}\| /home/someone/", last), last
     assert len(last) == 80  # the label comes last: a narrow terminal cuts the label, never the numbers
+
+
+def test_the_cli_label_fits_80_columns_whole() -> None:
+    out = io.StringIO()
+    p = Progress(148, "SmolLM2-135M-Instruct fp32", file=out, tty=True, ncols=80)
+    p.update(21, 21.6034)
+    p.close()
+    assert frames(out.getvalue())[-1].endswith("| SmolLM2-135M-Instruct fp32")
 
 
 def test_non_tty_prints_plain_lines_every_tenth_and_the_last() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 LABEL_WIDTH = 24
-BAR_FORMAT = "{percentage:3.0f}% {n_fmt}/{total_fmt} win [{elapsed}<{remaining}{postfix}] |{bar:10}| {desc}"
+BAR_FORMAT = "{percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}] |{bar:10}| {desc}"
 _GGUF_QUANT = re.compile(r"[.-](q\d\w*|iq\d\w*|f16|f32|bf16|fp16|fp32)$", re.IGNORECASE)
 
 
