@@ -1,19 +1,21 @@
-"""Repository-level pytest setup: load the pplgate plugin and find ../shared beside the checkout.
+"""Repository-level pytest setup: load the pplgate plugin.
 
 Installed users get the plugin through the ``pytest11`` entry point ``pplgate.plugin``; the same
 name here means pytest registers it only once when both are present.
+
+The offline inputs (WikiText-2, the AWQ calibration corpus) are found by :mod:`pplgate.locate`, the
+same lookup the CLI uses: option, environment variable, ``$PPLGATE_SHARED`` or ``../shared`` beside the
+checkout, the hub. ``$PPLGATE_CALIBRATION`` is exported here from that lookup for the tests that read
+the variable themselves (``tests/gpu``); baselines naming it resolve it through the same function anyway.
 """
 
 import os
-from pathlib import Path
+
+from pplgate.locate import CALIBRATION_ENV, find_calibration
 
 pytest_plugins = ["pplgate.plugin"]
 
-_shared = Path(os.environ.get("PPLGATE_SHARED") or Path(__file__).resolve().parent.parent / "shared")
-_wikitext = _shared / "data" / "wikitext-2-raw-v1"
-if "PPLGATE_WIKITEXT" not in os.environ and _wikitext.is_dir():
-    os.environ["PPLGATE_WIKITEXT"] = str(_wikitext)
-# the offline AWQ calibration corpus that baselines/*.yaml name as $PPLGATE_CALIBRATION
-_calibration = _shared / "data" / "calibration" / "python-3.11-docs-prose.jsonl"
-if "PPLGATE_CALIBRATION" not in os.environ and _calibration.is_file():
-    os.environ["PPLGATE_CALIBRATION"] = str(_calibration)
+if not os.environ.get(CALIBRATION_ENV):
+    _calibration = find_calibration().path
+    if _calibration is not None:
+        os.environ[CALIBRATION_ENV] = str(_calibration)

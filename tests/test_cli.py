@@ -120,23 +120,69 @@ def test_errors_exit_2_with_clear_message(capsys, args, needle, tiny_model_dir, 
     assert needle in last
 
 
-def test_hub_unreachable_via_subprocess(tmp_path: Path) -> None:
-    """The real entry point, as a user runs it: no dataset given and no hub -> exit 2 and the fix."""
+def _run_cli(args: list[str], tmp_path: Path, **env_updates: str) -> subprocess.CompletedProcess:
+    """The real entry point as a user runs it: a fresh process, from a working directory outside any checkout."""
     env = dict(os.environ)
-    env.pop(WIKITEXT_ENV, None)
-    env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    for var in (WIKITEXT_ENV, "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+        env.pop(var, None)
+    env.update(HF_HOME=str(tmp_path / "hf"), **env_updates)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pplgate.cli", "tokens", "--tokenizer", "/nonexistent"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return subprocess.run(
+        [sys.executable, "-m", "pplgate.cli", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_hub_unreachable_via_subprocess(tmp_path: Path) -> None:
+    """No dataset given, no shared folder and no hub -> exit 2 with the file to get and the option to pass."""
+    proc = _run_cli(
+        ["tokens", "--tokenizer", "/nonexistent"],
+        tmp_path,
+        PPLGATE_SHARED=str(tmp_path / "no-shared"),
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("pplgate: error:")
-    assert "--dataset" in proc.stderr and WIKITEXT_ENV in proc.stderr
+    assert "pass --dataset PATH" in proc.stderr and WIKITEXT_ENV in proc.stderr
+    assert "test-00000-of-00001.parquet" in proc.stderr and str(tmp_path / "no-shared") in proc.stderr
+
+
+def test_unreachable_hub_endpoint_fails_without_retries(tmp_path: Path) -> None:
+    """Not offline, but the hub does not answer: a quick probe says so instead of datasets' ~28 s of retries."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _run_cli(
+        ["tokens", "--tokenizer", "/nonexistent"],
+        tmp_path,
+        PPLGATE_SHARED=str(tmp_path / "no-shared"),
+        HF_ENDPOINT=f"http://127.0.0.1:{port}",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot connect to 127.0.0.1:{port}" in proc.stderr and "Retrying" not in proc.stderr
+
+
+def test_tokens_finds_the_shared_folder_without_options(capsys, monkeypatch, shared_dir, gpt2_tokenizer_dir) -> None:
+    monkeypatch.setenv("PPLGATE_SHARED", str(shared_dir))
+    assert main(["tokens", "--tokenizer", str(gpt2_tokenizer_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "tokens=287644" in out and f"dataset={shared_dir / 'data' / 'wikitext-2-raw-v1'}" in out
+    assert "(found by $PPLGATE_SHARED)" in out
+
+
+def test_eval_progress_is_short_and_plain_off_a_terminal(capsys, tiny_model_dir, wikitext_dir) -> None:
+    argv = ["eval", "--model", str(tiny_model_dir), "--dataset", str(wikitext_dir), "--device", "cpu"]
+    assert main(argv + ["--seqlen", "64", "--max-windows", "3"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "\r" not in err and "\n\n" not in err
+    lines = [line for line in err.splitlines() if "windows (" in line]
+    assert lines and lines[-1].startswith(f"{tiny_model_dir.name} fp32: 3/3 windows (100%)")
+    assert str(tiny_model_dir) not in err  # the label is the short name, not the absolute path
+    assert "(found by --dataset)" in captured.out
 
 
 def test_cache_list_and_clear(tmp_path, capsys):

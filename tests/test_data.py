@@ -1,22 +1,79 @@
-"""Dataset loading: explicit path, $PPLGATE_WIKITEXT, the hub (mocked at the boundary), the
-"\\n\\n" join, the sha256 check and every bad-input error."""
+"""Dataset loading: explicit path, $PPLGATE_WIKITEXT, the shared folder, the hub (mocked at the
+``datasets.load_dataset`` boundary; its endpoint a real local socket), the "\\n\\n" join, the sha256
+check and every bad-input error."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import time
 from pathlib import Path
 
 import pytest
 from pplgate_testutils import write_jsonl
 
-from pplgate.data import CANONICAL_SHA256, WIKITEXT_ENV, load_canonical_text, load_wikitext2_test
+from pplgate.data import (
+    CANONICAL_SHA256,
+    HUB_FILE_URL,
+    WIKITEXT_ENV,
+    DatasetNotFound,
+    load_canonical_text,
+    load_wikitext2_test,
+)
 from pplgate.errors import DatasetError
+from pplgate.locate import SHARED_ENV
+
+HF_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
 
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch):
     monkeypatch.delenv(WIKITEXT_ENV, raising=False)
+    for var in HF_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def no_local_copy(tmp_path: Path, monkeypatch) -> Path:
+    """No option, no $PPLGATE_WIKITEXT, a shared folder that does not exist, a working dir outside any checkout."""
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path / "no-shared"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "no-shared"
+
+
+@pytest.fixture
+def hub_up(monkeypatch):
+    """HF_ENDPOINT at a real listening local socket: the reachability probe succeeds."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.getsockname()[1]}")
+        yield
+
+
+@pytest.fixture
+def hub_down(monkeypatch):
+    """HF_ENDPOINT at a local port nobody listens on: connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture
+def load_dataset_calls(monkeypatch) -> list:
+    """Replace the hub boundary: ``datasets.load_dataset`` records its calls and returns two rows."""
+    import datasets
+
+    calls: list = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        return {"text": ["a\n", "b\n"]}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    return calls
 
 
 def test_rows_joined_with_blank_line(tmp_path: Path) -> None:
@@ -49,33 +106,87 @@ def test_env_var_is_used_when_no_path(tmp_path: Path, monkeypatch) -> None:
     assert load_wikitext2_test(other)[0] == ["explicit\n"]  # an explicit path wins
 
 
-def test_hub_failure_tells_the_user_how_to_go_offline(monkeypatch) -> None:
+def test_hub_failure_tells_the_user_how_to_go_offline(monkeypatch, no_local_copy, hub_up) -> None:
     import datasets
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DatasetError) as info:
+    with pytest.raises(DatasetNotFound) as info:
         load_canonical_text()
     msg = str(info.value)
-    assert "--dataset" in msg and WIKITEXT_ENV in msg and "ConnectionError" in msg
+    assert "--dataset PATH" in msg and WIKITEXT_ENV in msg and "ConnectionError" in msg
+    # the exact file, its column, the jsonl alternative and both ways to get it
+    assert "test-00000-of-00001.parquet" in msg and 'column "text"' in msg and '{"text": ...}' in msg
+    assert HUB_FILE_URL in msg and ".to_parquet(" in msg
 
 
-def test_hub_path_requests_the_test_split(monkeypatch) -> None:
-    import datasets
-
-    calls = []
-
-    def fake(*args, **kwargs):
-        calls.append((args, kwargs))
-        return {"text": ["a\n", "b\n"]}
-
-    monkeypatch.setattr(datasets, "load_dataset", fake)
+def test_hub_path_requests_the_test_split(no_local_copy, hub_up, load_dataset_calls) -> None:
     rows, source = load_wikitext2_test()
     assert rows == ["a\n", "b\n"]
-    assert calls == [(("wikitext", "wikitext-2-raw-v1"), {"split": "test"})]
+    assert load_dataset_calls == [(("wikitext", "wikitext-2-raw-v1"), {"split": "test"})]
     assert source == "hf:wikitext/wikitext-2-raw-v1:test"
+    assert load_canonical_text(allow_noncanonical=True).found_by == "the Hugging Face hub"
+
+
+def test_unreachable_hub_fails_in_seconds_without_retries(no_local_copy, hub_down, load_dataset_calls) -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(DatasetNotFound) as info:
+        load_canonical_text()
+    assert time.perf_counter() - t0 < 3.0
+    assert load_dataset_calls == []  # datasets (and its ~28 s of retries) never ran
+    msg = str(info.value)
+    assert "cannot connect to 127.0.0.1:" in msg
+    # every step and the path it tried, in order
+    steps = ["--dataset: not given", f"${WIKITEXT_ENV}: not set", f"${SHARED_ENV}: {no_local_copy}", "hub"]
+    positions = [msg.index(step) for step in steps]
+    assert positions == sorted(positions)
+
+
+def test_hub_offline_fails_at_once_unless_datasets_reads_its_cache(
+    monkeypatch, no_local_copy, load_dataset_calls
+) -> None:
+    import datasets.config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # datasets imported before the variable was set
+    with pytest.raises(DatasetNotFound, match="HF_HUB_OFFLINE is set"):
+        load_canonical_text()
+    assert load_dataset_calls == []
+    # datasets in offline mode reads only its local cache: that may serve the split
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    ct = load_canonical_text(allow_noncanonical=True)
+    assert len(load_dataset_calls) == 1 and ct.found_by == "the Hugging Face cache (offline mode)"
+
+
+def test_missing_dataset_names_the_callers_option(no_local_copy, hub_down) -> None:
+    with pytest.raises(DatasetNotFound) as info:
+        load_canonical_text(option="--pplgate-dataset")
+    msg = str(info.value)
+    assert "--pplgate-dataset: not given" in msg and "pass --pplgate-dataset PATH" in msg
+    assert "--dataset " not in msg.replace("--pplgate-dataset", "")
+
+
+def test_lookup_order_option_env_shared(tmp_path: Path, monkeypatch) -> None:
+    shared = tmp_path / "shared"
+    (shared / "data" / "wikitext-2-raw-v1").mkdir(parents=True)
+    write_jsonl(shared / "data" / "wikitext-2-raw-v1" / "test.jsonl", ["from shared\n"])
+    monkeypatch.setenv(SHARED_ENV, str(shared))
+    ct = load_canonical_text(allow_noncanonical=True)
+    assert ct.text == "from shared\n" and ct.found_by == f"${SHARED_ENV}"
+    monkeypatch.setenv(WIKITEXT_ENV, str(write_jsonl(tmp_path / "env.jsonl", ["from env\n"])))
+    ct = load_canonical_text(allow_noncanonical=True)
+    assert ct.text == "from env\n" and ct.found_by == f"${WIKITEXT_ENV}"
+    ct = load_canonical_text(write_jsonl(tmp_path / "opt.jsonl", ["from option\n"]), allow_noncanonical=True)
+    assert ct.text == "from option\n" and ct.found_by == "--dataset"
+
+
+def test_a_named_path_that_does_not_exist_is_an_error_not_a_fallthrough(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(WIKITEXT_ENV, str(tmp_path / "missing.parquet"))
+    with pytest.raises(DatasetError, match=r"does not exist.*\(from \$PPLGATE_WIKITEXT\)") as info:
+        load_canonical_text()
+    assert not isinstance(info.value, DatasetNotFound)  # a broken setting fails, even where a missing copy skips
 
 
 def test_altered_row_is_a_hash_mismatch_naming_both_hashes(tmp_path: Path, wikitext_dir: Path) -> None:

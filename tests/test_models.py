@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pplgate_testutils import need_shared
 
 from pplgate.errors import ModelLoadError
 from pplgate.models import (
@@ -113,3 +114,13 @@ def test_dtype_and_device_names() -> None:
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ModelLoadError, match="--device cpu"):
             resolve_device("cuda")
+
+
+def test_missing_sentencepiece_is_named_instead_of_tiktoken(monkeypatch) -> None:
+    """transformers falls back to tiktoken and says "`tiktoken` is required"; pplgate names the real fix."""
+    llama2 = need_shared("tokenizers", "llama2")
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # `import sentencepiece` now raises ImportError
+    with pytest.raises(ModelLoadError) as info:
+        load_tokenizer(resolve_source(str(llama2)))
+    msg = str(info.value)
+    assert "pip install sentencepiece protobuf" in msg and str(llama2 / "tokenizer.model") in msg

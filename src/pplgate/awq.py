@@ -41,11 +41,13 @@ import torch
 
 from pplgate.calibration import CalibrationError, CalibrationSpec, load_calibration, select_calibration
 from pplgate.models import load_tokenizer, resolve_device, torch_dtype
+from pplgate.progress import library_bars_off
 from pplgate.qcache import QuantCache, cache_key, cache_key_parts, library_versions, source_fingerprint
 from pplgate.quant_utils import group_size_problems, load_config, resolve_dtype, strip_load_quantization
 from pplgate.variants import ModelContext, PreparedModel, Variant, VariantError, register
 
 AWQ_INSTALL = "pip install --no-deps autoawq==0.2.9"
+AWQ_BANNER = "AutoAWQ is officially deprecated"  # in the DeprecationWarning that `import awq` issues
 AWQ_VERSIONS = ("gemm", "gemv", "gemv_fast", "marlin")
 AWQ_PARAMS = ("w_bit", "q_group_size", "zero_point", "version", "calibration", "dtype", "apply_clip", "duo_scaling")
 VERSIONS_KEYED = ("autoawq", "transformers", "torch", "accelerate")
@@ -59,12 +61,19 @@ def _import_awq():
         raise VariantError(f"the awq variants need AutoAWQ: {AWQ_INSTALL}")
     import warnings
 
+    # AutoAWQ's __init__ turns DeprecationWarnings on for everyone (warnings.simplefilter("default", ...))
+    # and then warns its end-of-maintenance banner: pplgate pins 0.2.9 knowingly, so the banner only
+    # alarms. Record what the import warns, drop the banner and hand everything else back to the
+    # caller's own filters (AutoAWQ's global filter change ends with the block).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # AutoAWQ's end-of-maintenance notice
-            return importlib.import_module("awq")
+        with warnings.catch_warnings(record=True) as caught:
+            module = importlib.import_module("awq")
     except Exception as exc:
         raise VariantError(f"AutoAWQ is installed but fails to import ({type(exc).__name__}: {exc})") from exc
+    for w in caught:
+        if not (issubclass(w.category, DeprecationWarning) and AWQ_BANNER in str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return module
 
 
 def awq_model_map() -> dict[str, Any]:
@@ -332,7 +341,7 @@ class AwqVariant(_AwqBase):
         from awq.models._config import AwqConfig
 
         wrapper = cls(model, mt, is_quantized=False, config=model.config, quant_config=AwqConfig(), processor=None)
-        with _best_scale_snapshot_shim():
+        with _best_scale_snapshot_shim(), library_bars_off():  # AutoAWQ's "AWQ"/"Packing" bars: tty only
             wrapper.quantize(
                 tokenizer,
                 quant_config=self.quant_config(),

@@ -9,6 +9,12 @@ Sources (``CalibrationSpec.source``):
   strings or objects) or ``.txt`` (paragraphs separated by blank lines);
 * ``None``/``"default"``: ``$PPLGATE_CALIBRATION`` if set (a local file), else ``pileval``.
 
+A source may name environment variables (``$VAR``); baselines say ``$PPLGATE_CALIBRATION``. When that
+variable is unset it stands for the offline corpus found by :func:`pplgate.locate.find_calibration`
+(``data/calibration/python-3.11-docs-prose.jsonl`` in ``$PPLGATE_SHARED`` or ``../shared`` beside the
+checkout), so the CLI, scripts and pytest resolve it alike; when that is absent too it is an error
+naming the file and where pplgate looked.
+
 :func:`load_calibration` returns every text in a deterministic order; :func:`select_calibration`
 then applies AutoAWQ's own sampling rule (strip, tokenize, skip empty texts and texts longer than
 ``seqlen`` tokens, keep the first ``n_samples``) so that the texts handed to AutoAWQ are exactly the
@@ -20,14 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pplgate.errors import PplgateError
+from pplgate.locate import CALIBRATION_ENV, CALIBRATION_IN_SHARED, SHARED_ENV, find_calibration, hub_refusal
+from pplgate.progress import library_bars_off
 
-CALIBRATION_ENV = "PPLGATE_CALIBRATION"
 PILEVAL = ("mit-han-lab/pile-val-backup", None, "validation", "text")
 
 
@@ -74,10 +82,34 @@ class CalibrationSpec:
     def resolved_source(self) -> str:
         if self.source in (None, "", "default"):
             return os.environ.get(CALIBRATION_ENV) or "pileval"
-        expanded = os.path.expandvars(self.source)  # baselines may say "$PPLGATE_CALIBRATION"
+        source = self.source
+        if _names_calibration_env(source) and not os.environ.get(CALIBRATION_ENV):
+            found = find_calibration()
+            if found.path is None:
+                raise CalibrationError(missing_calibration_message(source, found.tried))
+            source = source.replace("${" + CALIBRATION_ENV + "}", str(found.path))
+            source = source.replace("$" + CALIBRATION_ENV, str(found.path))
+        expanded = os.path.expandvars(source)  # baselines may say "$PPLGATE_CALIBRATION"
         if "$" in expanded:
             raise CalibrationError(f"calibration source {self.source!r}: environment variable not set")
         return expanded
+
+
+def _names_calibration_env(source: str) -> bool:
+    return "${" + CALIBRATION_ENV + "}" in source or re.search(r"\$" + CALIBRATION_ENV + r"(?!\w)", source) is not None
+
+
+def missing_calibration_message(source: str, tried: Sequence[str]) -> str:
+    """What to do when ``$PPLGATE_CALIBRATION`` is named but neither set nor found in the shared folder."""
+    looked = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
+    name = CALIBRATION_IN_SHARED[-1]
+    return (
+        f"calibration source {source!r}: ${CALIBRATION_ENV} is not set and the offline corpus {name} was not "
+        f"found.\npplgate looked, in this order:\n{looked}\n"
+        f'Set ${CALIBRATION_ENV} to a calibration file (.jsonl with one {{"text": ...}} object per line, .json '
+        f"or .txt), or put {name} at <shared>/{'/'.join(CALIBRATION_IN_SHARED)} "
+        f"(shared = ${SHARED_ENV} or ../shared beside the checkout)."
+    )
 
 
 @dataclass(frozen=True)
@@ -151,12 +183,17 @@ def _from_hub(name: str, config: str | None, split: str, column: str, *, shuffle
         "the hub is unreachable or the dataset is missing; use a local file instead "
         f"(calibration: {{path: FILE}} or ${CALIBRATION_ENV}=FILE)"
     )
+    refusal = hub_refusal()
+    if refusal is not None:
+        raise CalibrationError(f"cannot load calibration dataset {name!r}: {refusal}; {hint}")
     try:
         import datasets
     except ImportError as exc:
         raise CalibrationError(f"calibration from the hub needs the 'datasets' package; {hint}") from exc
     try:
-        ds = datasets.load_dataset(name, config, split=split) if config else datasets.load_dataset(name, split=split)
+        with library_bars_off():
+            args = (name, config) if config else (name,)
+            ds = datasets.load_dataset(*args, split=split)
         if shuffle_seed is not None:
             ds = ds.shuffle(seed=shuffle_seed)
         return [str(x) for x in ds[column]]

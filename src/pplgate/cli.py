@@ -15,8 +15,12 @@ from pplgate.windows import tail_tokens, window_count
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
-        help="local wikitext-2-raw-v1 test parquet/jsonl (or a directory); "
-        "default: $PPLGATE_WIKITEXT, else the Hugging Face hub",
+        metavar="PATH",
+        help="the wikitext-2-raw-v1 test split: test-00000-of-00001.parquet (column text), a .jsonl of "
+        '{"text": ...} lines, or a directory holding one. Without it: $PPLGATE_WIKITEXT, else '
+        "data/wikitext-2-raw-v1 in $PPLGATE_SHARED (if set) or in ../shared beside the checkout (found from the "
+        "working directory, then from the pplgate package), else the Hugging Face hub (HF_HUB_OFFLINE=1 or an "
+        "unreachable hub fails at once)",
     )
     p.add_argument(
         "--allow-noncanonical",
@@ -49,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (same number, faster)")
     ev.add_argument("--max-windows", type=int, help="score only the first K windows (result marked partial)")
     ev.add_argument("--json", dest="json_out", help="write the result object to this JSON file")
-    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress on stderr (default: a bar on a terminal, else a plain line about every 10%% of the windows)",
+    )
     _add_data_args(ev)
 
     ca = sub.add_parser("cache", help="list or clear the quantized-model cache")
@@ -73,9 +81,16 @@ def _check_eval_args(args: argparse.Namespace) -> None:
         raise ProtocolError(f"--max-windows must be >= 1, got {args.max_windows}")
 
 
+def _load_text(args: argparse.Namespace):
+    """The canonical text for ``--dataset`` (or the lookup order), and one line saying where it came from."""
+    text = load_canonical_text(args.dataset, allow_noncanonical=args.allow_noncanonical, option="--dataset")
+    print(f"dataset={text.source} (found by {text.found_by})", flush=True)
+    return text
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     _check_eval_args(args)
-    text = load_canonical_text(args.dataset, allow_noncanonical=args.allow_noncanonical)
+    text = _load_text(args)
     src = resolve_source(args.model, args.gguf_file, args.revision)
     tokenizer = load_tokenizer(src, args.tokenizer)
     tokens = tokenize_canonical(tokenizer, text.text)
@@ -91,9 +106,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_windows=args.max_windows,
         progress=not args.no_progress,
-        label=f"{src.describe()} [{dtype}]",
+        label=f"{src.short_name()} {dtype}",
     )
     result.extra["model"] = src.describe()
+    result.extra["dataset_found_by"] = text.found_by
     print(result.summary())
     if args.json_out:
         result.to_json(args.json_out)
@@ -102,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    text = load_canonical_text(args.dataset, allow_noncanonical=args.allow_noncanonical)
+    text = _load_text(args)
     src = resolve_source(args.tokenizer, args.gguf_file)
     tokens = tokenize_canonical(load_tokenizer(src), text.text)
     n = tokens.n_tokens

@@ -9,12 +9,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pplgate.errors import DatasetError
+from pplgate.locate import (
+    SHARED_ENV,
+    WIKITEXT_ENV,
+    WIKITEXT_IN_SHARED,
+    Lookup,
+    find_wikitext,
+    hub_offline,
+    hub_refusal,
+)
+from pplgate.progress import library_bars_off
 
 CANONICAL_SHA256 = "696cca6b65a171b0a358a4be6732cdfdf2dd6164a32e20fd70e3c13fc4dfae83"
 CANONICAL_ROWS = 4358
-WIKITEXT_ENV = "PPLGATE_WIKITEXT"
 HUB_DATASET = ("wikitext", "wikitext-2-raw-v1")
 JOINER = "\n\n"
+
+
+class DatasetNotFound(DatasetError):
+    """No copy of the test split was found: not given, not in the shared folder, the hub unavailable."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,7 @@ class CanonicalText:
     source: str
     n_rows: int
     canonical: bool
+    found_by: str = ""  # the lookup step that found it (see pplgate.locate)
 
     @property
     def n_bytes(self) -> int:
@@ -78,37 +92,83 @@ def _rows_from_path(path: Path) -> list[str]:
     raise DatasetError(f"unsupported dataset file {path}: expected .parquet or .jsonl")
 
 
-def load_wikitext2_test(path: str | os.PathLike[str] | None = None) -> tuple[list[str], str]:
-    """Return (rows, source) of the wikitext-2-raw-v1 test split.
+HUB_FILE_URL = (
+    "https://huggingface.co/datasets/Salesforce/wikitext/resolve/main/wikitext-2-raw-v1/test-00000-of-00001.parquet"
+)
 
-    Sources in order: ``path``; the ``PPLGATE_WIKITEXT`` env var; the Hugging Face hub via
-    ``datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")``.
-    """
-    chosen = path if path is not None else os.environ.get(WIKITEXT_ENV) or None
-    if chosen is not None:
-        p = Path(chosen).expanduser()
-        return _rows_from_path(p), str(p)
+
+def missing_dataset_message(lookup: Lookup, reason: str, option: str = "--dataset") -> str:
+    """What to do when no copy of the test split can be found: the file, where to get it, where pplgate looked."""
+    looked = "\n".join(f"  {i}. {t}" for i, t in enumerate((*lookup.tried, f"the Hugging Face hub: {reason}"), 1))
+    return (
+        f"the WikiText-2 test split is not available here: {reason}.\n"
+        f"pplgate looked, in this order:\n{looked}\n"
+        "It needs the Hugging Face wikitext/wikitext-2-raw-v1 test split: the file test-00000-of-00001.parquet "
+        f'(column "text", {CANONICAL_ROWS} rows), or a .jsonl file with one {{"text": ...}} object per line. '
+        "On a machine with hub access, get it with\n"
+        f"  curl -LO {HUB_FILE_URL}\n"
+        "or\n"
+        '  python -c \'import datasets; datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")'
+        '.to_parquet("test-00000-of-00001.parquet")\'\n'
+        f"then pass {option} PATH, set ${WIKITEXT_ENV}=PATH, or put it in "
+        f"<shared>/{'/'.join(WIKITEXT_IN_SHARED)}/ (shared = ${SHARED_ENV} or ../shared beside the checkout)."
+    )
+
+
+def _rows_from_hub(lookup: Lookup, option: str) -> list[str]:
+    refusal = hub_refusal()
+    if refusal is not None:
+        raise DatasetNotFound(missing_dataset_message(lookup, refusal, option))
     try:
         import datasets
-    except ImportError as exc:
-        raise DatasetError(
-            f"no dataset path given and the 'datasets' package is missing; pass --dataset PATH or set {WIKITEXT_ENV}"
-        ) from exc
+    except ImportError:
+        raise DatasetNotFound(
+            missing_dataset_message(lookup, "the 'datasets' package is not installed", option)
+        ) from None
     try:
-        ds = datasets.load_dataset(*HUB_DATASET, split="test")
+        with library_bars_off():
+            ds = datasets.load_dataset(*HUB_DATASET, split="test")
     except Exception as exc:
-        raise DatasetError(
-            f"datasets.load_dataset{HUB_DATASET} failed ({type(exc).__name__}: {exc}); "
-            f"offline? pass --dataset PATH or set {WIKITEXT_ENV} to a local parquet/jsonl copy"
-        ) from exc
-    return list(ds["text"]), "hf:" + "/".join(HUB_DATASET) + ":test"
+        why = f"datasets.load_dataset{HUB_DATASET} failed ({type(exc).__name__}: {str(exc)[:300]})"
+        if hub_offline():
+            why = f"HF_HUB_OFFLINE is set and the split is not in the local Hugging Face cache: {why}"
+        raise DatasetNotFound(missing_dataset_message(lookup, why, option)) from exc
+    return list(ds["text"])
+
+
+def locate_and_read(
+    path: str | os.PathLike[str] | None = None, *, option: str = "--dataset"
+) -> tuple[list[str], str, str]:
+    """``(rows, source, found_by)`` of the wikitext-2-raw-v1 test split, looked up in
+    :mod:`pplgate.locate`'s order: ``path`` (the value of ``option``), ``$PPLGATE_WIKITEXT``, the shared
+    folder, the Hugging Face hub. Raises :class:`DatasetNotFound` when no step has it."""
+    lookup = find_wikitext(path, option=option)
+    if lookup.path is not None:
+        try:
+            return _rows_from_path(lookup.path), str(lookup.path), lookup.step
+        except DatasetError as exc:
+            raise DatasetError(f"{exc} (from {lookup.step})") from exc
+    rows = _rows_from_hub(lookup, option)
+    step = "the Hugging Face cache (offline mode)" if hub_offline() else "the Hugging Face hub"
+    return rows, "hf:" + "/".join(HUB_DATASET) + ":test", step
+
+
+def load_wikitext2_test(
+    path: str | os.PathLike[str] | None = None, *, option: str = "--dataset"
+) -> tuple[list[str], str]:
+    """Return (rows, source) of the wikitext-2-raw-v1 test split (see :func:`locate_and_read`)."""
+    rows, source, _ = locate_and_read(path, option=option)
+    return rows, source
 
 
 def load_canonical_text(
-    path: str | os.PathLike[str] | None = None, *, allow_noncanonical: bool = False
+    path: str | os.PathLike[str] | None = None, *, allow_noncanonical: bool = False, option: str = "--dataset"
 ) -> CanonicalText:
-    """Load the test split and join rows with ``"\\n\\n"``; verify the canonical sha256."""
-    rows, source = load_wikitext2_test(path)
+    """Load the test split and join rows with ``"\\n\\n"``; verify the canonical sha256.
+
+    ``option`` is the caller's name for ``path`` (``--dataset``, ``--pplgate-dataset``), used in errors.
+    """
+    rows, source, found_by = locate_and_read(path, option=option)
     if not rows or not any(r.strip() for r in rows):
         raise DatasetError(f"dataset from {source} is empty ({len(rows)} rows, no text)")
     text = JOINER.join(rows)
@@ -122,4 +182,6 @@ def load_canonical_text(
             "Use the real test split, or pass --allow-noncanonical to measure anyway "
             "(results are then marked non-canonical)."
         )
-    return CanonicalText(text=text, sha256=digest, source=source, n_rows=len(rows), canonical=canonical)
+    return CanonicalText(
+        text=text, sha256=digest, source=source, n_rows=len(rows), canonical=canonical, found_by=found_by
+    )

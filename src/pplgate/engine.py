@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from pplgate.data import CanonicalText
 from pplgate.errors import ProtocolError
+from pplgate.progress import Progress
 from pplgate.result import PerplexityResult
 from pplgate.windows import check_finite, make_windows, perplexity, tail_tokens, window_mean_nlls
 
@@ -54,9 +57,29 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
+class _DropLongSequenceWarning(logging.Filter):
+    """transformers' "Token indices sequence length is longer than the specified maximum sequence length":
+    harmless here, the whole text is tokenized once on purpose and cut into windows afterwards."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token indices sequence length is longer than")
+
+
+@contextlib.contextmanager
+def _long_sequence_warning_off() -> Iterator[None]:
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    flt = _DropLongSequenceWarning()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+
+
 def tokenize_canonical(tokenizer, text: str) -> TokenizedText:
     """Tokenize the whole text once, with the tokenizer's defaults (one BOS at most, at the start)."""
-    ids = tokenizer(text, return_tensors="pt").input_ids[0].to(torch.long)
+    with _long_sequence_warning_off():
+        ids = tokenizer(text, return_tensors="pt").input_ids[0].to(torch.long)
     if ids.numel() == 0:
         raise ProtocolError(f"tokenizer {type(tokenizer).__name__} encoded the text to nothing")
     bos_id = tokenizer.bos_token_id
@@ -162,7 +185,11 @@ def evaluate_perplexity(
     progress: bool = True,
     label: str = "ppl",
 ) -> PerplexityResult:
-    """Run the canonical protocol on ``model`` and return a :class:`PerplexityResult`."""
+    """Run the canonical protocol on ``model`` and return a :class:`PerplexityResult`.
+
+    ``progress`` shows a :class:`pplgate.progress.Progress` (a bar on a terminal, plain lines
+    elsewhere) on stderr, labelled ``label`` (keep it short: model name, variant, dtype).
+    """
     max_pos = model_max_positions(model)
     if max_pos is not None and seqlen > max_pos:
         raise ProtocolError(
@@ -187,18 +214,13 @@ def evaluate_perplexity(
         for i in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(i)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc=label, unit="win", dynamic_ncols=True)
+    bar = Progress(n, label) if progress else None
     running: list[float] = []
 
     def on_batch(values: list[float]) -> None:
         running.extend(values)
         if bar is not None:
-            bar.update(len(values))
-            bar.set_postfix(ppl=f"{perplexity(running):.4f}")
+            bar.update(len(values), perplexity(running))
 
     _sync(device)
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from pplgate.errors import ModelLoadError
+from pplgate.progress import LABEL_WIDTH, library_bars_off, short_model_name
 
 DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -40,6 +41,10 @@ class ModelSource:
     def describe(self) -> str:
         s = self.path_or_id + (f" (gguf {self.gguf_file})" if self.gguf_file else "")
         return s + (f"@{self.revision}" if self.revision else "")
+
+    def short_name(self, width: int = LABEL_WIDTH) -> str:
+        """A short name for progress labels: GGUF stem, directory basename or hub id tail (``width`` chars)."""
+        return short_model_name(self.path_or_id, self.gguf_file, width)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -109,16 +114,43 @@ def _kwargs(src: ModelSource) -> dict:
     return kw
 
 
+SENTENCEPIECE_INSTALL = "pip install sentencepiece protobuf"
+
+
+def _missing_sentencepiece() -> str | None:
+    """The import error of sentencepiece, or None when it imports."""
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
-    """Load the model's tokenizer (or the one named by ``tokenizer``) with its defaults."""
+    """Load the model's tokenizer (or the one named by ``tokenizer``) with its defaults.
+
+    A SentencePiece tokenizer (a ``tokenizer.model`` file) without the ``sentencepiece`` package makes
+    transformers fall back to tiktoken and say "`tiktoken` is required"; that case is reported as what it is.
+    """
     from transformers import AutoTokenizer
 
     target = tokenizer or src.path_or_id
     kw = {} if tokenizer else _kwargs(src)
     try:
-        return AutoTokenizer.from_pretrained(target, **kw)
+        with library_bars_off():
+            return AutoTokenizer.from_pretrained(target, **kw)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load tokenizer from {target!r}: {type(exc).__name__}: {exc}") from exc
+        spm_file = Path(target).expanduser() / "tokenizer.model"
+        text = f"{type(exc).__name__}: {exc}"
+        hint = spm_file.is_file() or any(w in text.lower() for w in ("sentencepiece", "tiktoken"))
+        why = _missing_sentencepiece() if hint else None
+        if why is not None:
+            raise ModelLoadError(
+                f"cannot load tokenizer from {target!r}: it is a SentencePiece tokenizer "
+                f"({spm_file if spm_file.is_file() else 'tokenizer.model'}) and the sentencepiece package "
+                f"does not import ({why}); install it with: {SENTENCEPIECE_INSTALL}  (transformers said: {text})"
+            ) from exc
+        raise ModelLoadError(f"cannot load tokenizer from {target!r}: {text}") from exc
 
 
 def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto", device_map: str | None = None):
@@ -141,7 +173,8 @@ def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto", devi
     else:
         dev = resolve_device(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype(dtype), **kw)
+        with library_bars_off():  # no loading bars in logs or pytest's captured output
+            model = AutoModelForCausalLM.from_pretrained(src.path_or_id, dtype=torch_dtype(dtype), **kw)
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -179,11 +179,27 @@ class GateItem(pytest.Item):
         return self.config.getoption("--pplgate-device") or self.profile.device
 
     def setup(self) -> None:
+        """Skip without CUDA for a cuda profile; without any copy of the dataset, skip outside CI.
+
+        The dataset is looked up here, before any model loads. Not found: outside CI the entry skips
+        with the reason; under CI (``$CI`` true or ``PPLGATE_REQUIRE_SHARED=1``) it fails in the call
+        phase with the same reason. Other dataset errors (hash mismatch, corrupt file) fail there too.
+        """
         if self.device.startswith("cuda"):
             import torch
 
             if not torch.cuda.is_available():
                 pytest.skip(CUDA_SKIP)
+        from pplgate.data import DatasetNotFound
+        from pplgate.locate import inputs_required
+
+        try:
+            _gate(self.config).load_dataset()
+        except DatasetNotFound as exc:
+            if not inputs_required():
+                pytest.skip(str(exc))
+        except PplgateError:
+            pass  # reported as this entry's failure when runtest loads the dataset again
 
     def runtest(self) -> None:
         gate = _gate(self.config)
@@ -266,11 +282,22 @@ class GateSession:
 
     # ---- cached resources
     def load_dataset(self):
-        from pplgate.data import load_canonical_text
+        """The canonical text, looked up once per session (``--pplgate-dataset``, then pplgate.locate's order)."""
+        from pplgate.data import DatasetNotFound, load_canonical_text
+        from pplgate.locate import REQUIRE_ENV, inputs_required
 
         if self.dataset is None and self.dataset_error is None:
             try:
-                self.dataset = load_canonical_text(self.config.getoption("--pplgate-dataset"))
+                self.dataset = load_canonical_text(
+                    self.config.getoption("--pplgate-dataset"), option="--pplgate-dataset"
+                )
+            except DatasetNotFound as exc:
+                if inputs_required():
+                    exc = DatasetNotFound(
+                        f"{exc}\n(under CI, $CI true or {REQUIRE_ENV}=1, a missing dataset fails; "
+                        "outside CI these entries skip)"
+                    )
+                self.dataset_error = exc
             except PplgateError as exc:
                 self.dataset_error = exc
         if self.dataset_error is not None:
