@@ -53,7 +53,7 @@ VENV="${PPLGATE_VENV:-.venv}"
 if [[ "$VENV" == "none" || ( -z "${PPLGATE_VENV:-}" && -n "${VIRTUAL_ENV:-}" ) ]]; then
     PY="$(command -v "$PY")"
     echo "ci: using the current python: $PY"
-    _pg_where="the current python"
+    _pg_where="python $PY"
 else
     [[ "$VENV" = /* ]] || VENV="$REPO_ROOT/$VENV"
     if [[ -f "$VENV/pyvenv.cfg" ]] && grep -qiE '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
@@ -142,6 +142,19 @@ fi
 if [[ -z "${PPLGATE_WIKITEXT:-}" && -d "${PPLGATE_SHARED:-$SHARED_DEFAULT}/data/wikitext-2-raw-v1" ]]; then
     export PPLGATE_WIKITEXT="${PPLGATE_SHARED:-$SHARED_DEFAULT}/data/wikitext-2-raw-v1"
 fi
-echo "ci: python=$PY $("$PY" -c 'import os, torch, transformers, pplgate
-print(f"torch={torch.__version__} transformers={transformers.__version__} pplgate={os.path.dirname(pplgate.__file__)}")')"
+"$PY" - "$PY" <<'EOF'
+import os
+import sys
+
+import pplgate
+import torch
+import transformers
+
+build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build"
+print(f"ci: python={sys.argv[1]} torch={torch.__version__} ({build}) transformers={transformers.__version__}"
+      f" pplgate={os.path.dirname(pplgate.__file__)}")
+if torch.version.cuda and not os.environ.get("PPLGATE_TORCH_INDEX"):
+    print(f"ci: note: this torch is PyPI's CUDA build (GBs of wheels). For the CPU build, remove {sys.prefix}"
+          " and set up again with PPLGATE_TORCH_INDEX=https://download.pytorch.org/whl/cpu")
+EOF
 echo "ci: PPLGATE_WIKITEXT=${PPLGATE_WIKITEXT:-<unset: Hugging Face hub>} PPLGATE_SHARED=${PPLGATE_SHARED:-<unset>}"
