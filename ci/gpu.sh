@@ -6,7 +6,7 @@
 # with JUnit/JSON/Markdown reports into REPORT_DIR, 4. exits non-zero exactly when the gate fails
 # (pytest's "no tests collected" counts as a failure: a gate that ran nothing must not pass).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 REPORT_DIR=${1:-pplgate-report}
 [ $# -gt 0 ] && shift
 mkdir -p "$REPORT_DIR"
@@ -26,25 +26,52 @@ sys.exit(0 if ok else 1)
 PY
 
 echo "== dependencies"
-missing=$($PY - <<'PY'
+# the same list as pyproject.toml's dependencies and extras (gguf, awq, report, pytest of test).
+# Line 1: what the gate needs; line 2: what only Llama-2 (SentencePiece) tokenizers need, installed
+# when possible (the offline wheel directory may lack them; the committed GPU entries do not use them).
+deps=$($PY - <<'PY'
 import importlib.util
+
+def have(mod):
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
+
 need = {"datasets": "datasets", "awq": "autoawq==0.2.9", "gguf": "gguf", "accelerate": "accelerate",
         "yaml": "pyyaml", "ruamel.yaml": "ruamel.yaml", "filelock": "filelock", "tqdm": "tqdm",
         "matplotlib": "matplotlib", "pytest": "pytest"}
-print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod.split(".")[0]) is None
-               or (mod == "ruamel.yaml" and importlib.util.find_spec("ruamel.yaml") is None)))
+want = {"sentencepiece": "sentencepiece", "google.protobuf": "protobuf"}
+print(" ".join(pkg for mod, pkg in need.items() if not have(mod)))
+print(" ".join(pkg for mod, pkg in want.items() if not have(mod)))
 PY
 )
+missing=$(sed -n 1p <<<"$deps")
+optional=$(sed -n 2p <<<"$deps")
 if [ -n "$missing" ]; then
   if [ -n "${PPLGATE_WHEELS:-}" ]; then
     echo "installing offline from $PPLGATE_WHEELS: $missing"
+    # shellcheck disable=SC2086
     $PY -m pip install -q --no-index --no-deps --find-links "$PPLGATE_WHEELS" $missing || exit 2
   else
     echo "installing from PyPI: $missing"
     # autoawq without its dependencies: they pin torch/transformers versions that would replace the runner's
+    # shellcheck disable=SC2086
     others=$(printf '%s\n' $missing | grep -v '^autoawq' | tr '\n' ' ')
+    # shellcheck disable=SC2086
     [ -n "${others// }" ] && { $PY -m pip install -q $others || exit 2; }
     case " $missing " in *" autoawq"*) $PY -m pip install -q --no-deps autoawq==0.2.9 || exit 2 ;; esac
+  fi
+fi
+if [ -n "$optional" ]; then
+  if [ -n "${PPLGATE_WHEELS:-}" ]; then
+    # shellcheck disable=SC2086
+    $PY -m pip install -q --no-index --no-deps --find-links "$PPLGATE_WHEELS" $optional ||
+      echo "ci/gpu.sh: warning: $optional not installed (no wheel in $PPLGATE_WHEELS): Llama-2 tokenizers will not load"
+  else
+    # shellcheck disable=SC2086
+    $PY -m pip install -q $optional ||
+      echo "ci/gpu.sh: warning: $optional not installed: Llama-2 tokenizers will not load"
   fi
 fi
 $PY -c "import pplgate" 2>/dev/null || $PY -m pip install -q --no-deps -e . || exit 2
