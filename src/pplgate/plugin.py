@@ -71,7 +71,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--pplgate-cache-dir", default=None, metavar="DIR", help="quantized-model cache root")
     g.addoption("--pplgate-cache", default="use", choices=["use", "refresh", "off"], help="quantized-model cache mode")
     g.addoption(
-        "--pplgate-dataset", default=None, metavar="PATH", help="WikiText-2 test split (else $PPLGATE_WIKITEXT)"
+        "--pplgate-dataset", default=None, metavar="PATH", help="WikiText-2 test split (else $PPLGATE_WIKITEXT, then ../shared beside the checkout, then the hub)"
     )
     g.addoption("--pplgate-device", default=None, help="run every profile on this device (cpu, cuda, cuda:N)")
     g.addoption(
@@ -381,7 +381,7 @@ class GateSession:
                 batch_size=item.profile.batch_size,
                 max_windows=self.max_windows(item.profile),
                 progress=self.config.getoption("capture") == "no",  # visible with -s
-                label=item.name,
+                label=f"{item.source.short_name()} {variant.name}",
             )
             extra = {"prepare_info": _plain(_scalar_info(prepared.info))}
             if str(device).startswith("cuda") or item.profile.device_map:
