@@ -6,6 +6,7 @@ Imported by the tests as ``pplgate_testutils`` (a unique name, so it cannot clas
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -39,6 +40,10 @@ def skip_or_fail(reason: str, *, allow_module_level: bool = False) -> None:
 def need_module(name: str, install: str, *, allow_module_level: bool = False):
     """Import ``name``; skipped with the install command when missing (a failure under :func:`require_shared`)."""
     try:
+        if name.split(".")[0] == "awq" and importlib.util.find_spec("awq") is not None:
+            from pplgate.awq import import_autoawq
+
+            import_autoawq()  # first import through pplgate: AutoAWQ's banner is known and dropped
         return importlib.import_module(name)
     except ImportError as exc:
         skip_or_fail(

@@ -56,7 +56,8 @@ VERSIONS_KEYED = ("autoawq", "transformers", "torch", "accelerate")
 AWQ_IMPL_VERSION = 2
 
 
-def _import_awq():
+def import_autoawq():
+    """Import AutoAWQ without its end-of-maintenance banner (other warnings pass); VariantError if missing."""
     if importlib.util.find_spec("awq") is None:
         raise VariantError(f"the awq variants need AutoAWQ: {AWQ_INSTALL}")
     import warnings
@@ -77,7 +78,7 @@ def _import_awq():
 
 
 def awq_model_map() -> dict[str, Any]:
-    _import_awq()
+    import_autoawq()
     from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP
 
     return AWQ_CAUSAL_LM_MODEL_MAP
@@ -85,7 +86,7 @@ def awq_model_map() -> dict[str, Any]:
 
 def gemm_kernel_path() -> str:
     """Which implementation ``WQLinear_GEMM.forward`` will use in this environment."""
-    _import_awq()
+    import_autoawq()
     from awq.modules.linear import gemm
 
     if gemm.awq_ext is not None:
@@ -176,7 +177,7 @@ def load_awq_checkpoint(path: str, device: str = "auto", dtype: str = "fp16", re
 
     Returns ``(model, how)``; ``how`` says which loading path ran (see the module doc).
     """
-    _import_awq()
+    import_autoawq()
     from awq import AutoAWQForCausalLM
 
     dev = resolve_device(device)
@@ -452,7 +453,7 @@ class AwqCheckpointVariant(_AwqBase):
         return fp
 
     def check(self, ctx: ModelContext) -> None:
-        _import_awq()
+        import_autoawq()
         resolve_dtype(self.dtype_param, ctx.device)
         path, revision = self._target(ctx)
         from pplgate.models import ModelSource
