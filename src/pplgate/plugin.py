@@ -71,7 +71,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--pplgate-cache-dir", default=None, metavar="DIR", help="quantized-model cache root")
     g.addoption("--pplgate-cache", default="use", choices=["use", "refresh", "off"], help="quantized-model cache mode")
     g.addoption(
-        "--pplgate-dataset", default=None, metavar="PATH", help="WikiText-2 test split (else $PPLGATE_WIKITEXT, then ../shared beside the checkout, then the hub)"
+        "--pplgate-dataset",
+        default=None,
+        metavar="PATH",
+        help="WikiText-2 test split (else $PPLGATE_WIKITEXT, then ../shared beside the checkout, then the hub)",
     )
     g.addoption("--pplgate-device", default=None, help="run every profile on this device (cpu, cuda, cuda:N)")
     g.addoption(
