@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from pplgate.data import load_canonical_text
-from pplgate.engine import evaluate_perplexity, tokenize_canonical
-from pplgate.models import load_model, load_tokenizer, resolve_source
-from pplgate.reference import installed_evaluate_perplexity
+from pplgate.models.source import load_model, load_tokenizer, resolve_source
+from pplgate.protocol.autoawq_loop import installed_evaluate_perplexity
+from pplgate.protocol.dataset import load_canonical_text
+from pplgate.protocol.engine import evaluate_perplexity
+from pplgate.protocol.tokens import tokenize_canonical
 
 LLAMA2_7B = dict(
     vocab_size=32000,
@@ -197,7 +198,7 @@ def main() -> int:
     assert torch.cuda.is_available(), "this benchmark needs a CUDA device"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from pplgate.data import load_wikitext2_test
+    from pplgate.protocol.dataset import load_wikitext2_test
 
     global COMPILE
     COMPILE = args.compile
@@ -234,7 +235,8 @@ def main() -> int:
         if "smollm2-awq" in cases:
             try:
                 from pplgate.baselines import load_baseline
-                from pplgate.variants import ModelContext, make_variant
+                from pplgate.models.registry import make_variant
+                from pplgate.models.variant import ModelContext
 
                 if args.calibration:
                     os.environ["PPLGATE_CALIBRATION"] = args.calibration

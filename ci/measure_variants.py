@@ -40,9 +40,10 @@ def main() -> None:
     import torch
 
     from pplgate import evaluate_perplexity, load_canonical_text, tokenize_canonical
-    from pplgate.models import load_model, load_tokenizer, resolve_source
-    from pplgate.qcache import library_versions
-    from pplgate.variants import ModelContext, make_variant
+    from pplgate.models.hashing import library_versions
+    from pplgate.models.registry import make_variant
+    from pplgate.models.source import load_model, load_tokenizer, resolve_source
+    from pplgate.models.variant import ModelContext
 
     torch.manual_seed(0)
     shared = Path(os.environ.get("PPLGATE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))

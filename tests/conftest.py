@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import SHARED_ENV, shared_root, skip_or_fail, tiny_gpt2, tiny_llama
+from support import SHARED_ENV, shared_root, skip_or_fail, tiny_gpt2, tiny_llama
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,7 +57,7 @@ def llama2_tokenizer(shared_dir: Path):
 
 @pytest.fixture(scope="session")
 def canonical_text(wikitext_dir: Path):
-    from pplgate.data import load_canonical_text
+    from pplgate.protocol.dataset import load_canonical_text
 
     return load_canonical_text(wikitext_dir / "test.jsonl")
 

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import need_module
+from support import need_module
 
 from pplgate.baselines import (
     BaselineError,

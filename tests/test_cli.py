@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import reference_window_nlls, tiny_gpt2, write_jsonl
+from support import reference_window_nlls, tiny_gpt2, write_jsonl
 
 from pplgate.cli import main
-from pplgate.data import CANONICAL_SHA256, WIKITEXT_ENV
-from pplgate.result import PerplexityResult
-from pplgate.windows import make_windows
+from pplgate.locate import WIKITEXT_ENV
+from pplgate.protocol.dataset import CANONICAL_SHA256
+from pplgate.protocol.result import PerplexityResult
+from pplgate.protocol.windows import make_windows
 
 RESULT_FIELDS = {f.name for f in dataclasses.fields(PerplexityResult)}
 
@@ -187,7 +188,7 @@ def test_eval_progress_is_short_and_plain_off_a_terminal(capsys, tiny_model_dir,
 
 def test_cache_list_and_clear(tmp_path, capsys):
     from pplgate.cli import main
-    from pplgate.qcache import QuantCache
+    from pplgate.models.quant_cache import QuantCache
 
     cache = QuantCache(tmp_path)
 

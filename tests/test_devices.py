@@ -7,7 +7,9 @@ import os
 import pytest
 import torch
 
-from pplgate.devices import PlacementError, assign_gpus, device_layout, pin_worker, visible_gpu_ids, worker_index
+from pplgate.devices import assign_gpus, pin_worker, visible_gpu_ids, worker_index
+from pplgate.errors import PlacementError
+from pplgate.provenance import device_layout
 
 
 def test_visible_ids_from_env_or_count():
@@ -56,7 +58,7 @@ def test_device_layout_counts_params():
 
 def test_device_map_needs_cuda_and_a_known_strategy():
     from pplgate.errors import ModelLoadError
-    from pplgate.models import ModelSource, load_model
+    from pplgate.models.source import ModelSource, load_model
 
     src = ModelSource("unused-model-id")
     with pytest.raises(ModelLoadError, match="must be one of auto, balanced, sequential"):

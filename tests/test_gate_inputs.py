@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import write_jsonl
+from support import write_jsonl
 
 pytest_plugins = ["pytester"]
 

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import need_shared, skip_or_fail, tiny_llama
+from support import need_shared, skip_or_fail, tiny_llama
 
 from pplgate.baselines import parse_baseline
 
@@ -24,7 +24,8 @@ if not WIKITEXT.exists():
 CONFTEST = textwrap.dedent(
     """
     import time, torch
-    from pplgate.variants import PreparedModel, Variant, register
+    from pplgate.models.registry import register
+    from pplgate.models.variant import PreparedModel, Variant
 
     @register
     class Perturbed(Variant):
@@ -99,10 +100,10 @@ def tiny_model(tmp_path_factory) -> Path:
     model = tiny_llama(
         vocab=len(tok),
         max_pos=256,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        initializer_range=0.02,  # the transformers default
-        tie_word_embeddings=True,
+        layers=1,
+        heads=2,
+        init_range=0.02,  # the transformers default
+        tie=True,
     )
     model.save_pretrained(d)
     tok.save_pretrained(d)

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import need_shared, write_jsonl
+from support import need_shared, write_jsonl
 
 import pplgate
-from pplgate.calibration import CalibrationError, CalibrationSpec, load_calibration
+from pplgate.errors import CalibrationError
 from pplgate.locate import (
     CALIBRATION_ENV,
     REQUIRE_ENV,
@@ -25,6 +25,7 @@ from pplgate.locate import (
     package_checkout,
     shared_candidates,
 )
+from pplgate.models.calibration import CalibrationSpec, load_calibration
 
 
 @pytest.fixture(autouse=True)

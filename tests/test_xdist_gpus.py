@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pplgate_testutils import need_module
+from support import need_module
 
 need_module("xdist", "pip install pytest-xdist", allow_module_level=True)
 pytest_plugins = ["pytester"]

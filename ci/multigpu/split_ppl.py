@@ -8,10 +8,11 @@ import sys
 
 import torch
 
-from pplgate.data import load_canonical_text
-from pplgate.devices import device_layout
-from pplgate.engine import evaluate_perplexity, tokenize_canonical
-from pplgate.models import load_model, load_tokenizer, resolve_source
+from pplgate.models.source import load_model, load_tokenizer, resolve_source
+from pplgate.protocol.dataset import load_canonical_text
+from pplgate.protocol.engine import evaluate_perplexity
+from pplgate.protocol.tokens import tokenize_canonical
+from pplgate.provenance import device_layout
 
 
 def main() -> int:

@@ -1,28 +1,79 @@
-"""pplgate: canonical WikiText-2 perplexity as a pytest regression gate for LLM quantization."""
+"""pplgate: canonical WikiText-2 perplexity as a pytest regression gate for LLM quantization.
 
-from pplgate.data import CANONICAL_SHA256, CanonicalText, load_canonical_text, load_wikitext2_test
-from pplgate.engine import TokenizedText, evaluate_perplexity, tokenize_canonical
+The public API is imported lazily (PEP 562): ``import pplgate`` (or ``pplgate.errors``,
+``pplgate.gate.*``) does not import torch; the first use of e.g. ``pplgate.evaluate_perplexity`` does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from pplgate.errors import (
+    BaselineError,
+    CacheError,
+    CacheWarning,
+    CalibrationError,
     DatasetError,
+    DatasetNotFound,
     ModelLoadError,
     NonFiniteLossError,
+    PlacementError,
     PplgateError,
     ProtocolError,
+    VariantError,
 )
-from pplgate.result import PerplexityResult
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "CANONICAL_SHA256": "pplgate.protocol.dataset",
+    "CanonicalText": "pplgate.protocol.dataset",
+    "load_canonical_text": "pplgate.protocol.dataset",
+    "load_wikitext2_test": "pplgate.protocol.dataset",
+    "TokenizedText": "pplgate.protocol.tokens",
+    "tokenize_canonical": "pplgate.protocol.tokens",
+    "evaluate_perplexity": "pplgate.protocol.engine",
+    "PerplexityResult": "pplgate.protocol.result",
+}
+
+if TYPE_CHECKING:
+    from pplgate.protocol.dataset import CANONICAL_SHA256, CanonicalText, load_canonical_text, load_wikitext2_test
+    from pplgate.protocol.engine import evaluate_perplexity
+    from pplgate.protocol.result import PerplexityResult
+    from pplgate.protocol.tokens import TokenizedText, tokenize_canonical
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pplgate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
+    "BaselineError",
     "CANONICAL_SHA256",
+    "CacheError",
+    "CacheWarning",
+    "CalibrationError",
     "CanonicalText",
     "DatasetError",
+    "DatasetNotFound",
     "ModelLoadError",
     "NonFiniteLossError",
     "PerplexityResult",
+    "PlacementError",
     "PplgateError",
     "ProtocolError",
     "TokenizedText",
+    "VariantError",
     "__version__",
     "evaluate_perplexity",
     "load_canonical_text",

@@ -315,9 +315,9 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
     if data is None:
         data = read_raw(path)
     if known_kinds is None:
-        from pplgate.variants import REGISTRY
+        from pplgate.models.registry import known_kinds as registered_kinds
 
-        known_kinds = sorted(REGISTRY)
+        known_kinds = registered_kinds()
     v = _V(path)
     if data is None:
         v.err("", "the file is empty")
@@ -428,7 +428,7 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
 
 
 def _device_map(path: Path, pnode: Any, kp: str) -> str | None:
-    from pplgate.models import DEVICE_MAPS
+    from pplgate.models.source import DEVICE_MAPS
 
     value = pnode.get("device_map")
     if value is not None and value not in DEVICE_MAPS:

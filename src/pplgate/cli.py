@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pplgate.data import load_canonical_text
-from pplgate.engine import DEFAULT_SEQLEN, evaluate_perplexity, tokenize_canonical
 from pplgate.errors import PplgateError, ProtocolError
-from pplgate.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_device, resolve_source
-from pplgate.windows import tail_tokens, window_count
+from pplgate.models.source import (
+    DEFAULT_MODEL,
+    DTYPE_CHOICES,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_source,
+)
+from pplgate.protocol.dataset import load_canonical_text
+from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
+from pplgate.protocol.tokens import tokenize_canonical
+from pplgate.protocol.windows import tail_tokens, window_count
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "fp16", "bf16", "fp32"],
+        choices=list(DTYPE_CHOICES),
         help="weights dtype (default auto: fp16 on CUDA, fp32 on CPU)",
     )
     ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -94,9 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     src = resolve_source(args.model, args.gguf_file, args.revision)
     tokenizer = load_tokenizer(src, args.tokenizer)
     tokens = tokenize_canonical(tokenizer, text.text)
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "fp16" if resolve_device(args.device).type == "cuda" else "fp32"
+    dtype = resolve_dtype(args.dtype, args.device)
     model = load_model(src, dtype=dtype, device=args.device)
     result = evaluate_perplexity(
         model,
@@ -131,7 +137,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from pplgate.qcache import QuantCache
+    from pplgate.models.quant_cache import QuantCache
 
     cache = QuantCache(args.cache_dir)
     if args.action == "clear":

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
-from typing import Any
 
-from pplgate.errors import PplgateError
+from pplgate.errors import PlacementError
 
 GPUS_PER_WORKER_ENV = "PPLGATE_GPUS_PER_WORKER"
-
-
-class PlacementError(PplgateError):
-    """Workers cannot be given the GPUs they ask for."""
 
 
 def visible_gpu_ids(environ: dict[str, str] | None = None, device_count: int | None = None) -> list[str]:
@@ -68,15 +62,3 @@ def pin_worker(worker_id: str, n_workers: int, gpu_ids: list[str], gpus_per_work
         pass
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
     return mine
-
-
-def device_layout(model: Any) -> dict[str, Any]:
-    """Where a model's weights live, for provenance: ``{"cuda:0": n_params, ...}`` and single/split."""
-    counts: Counter[str] = Counter()
-    for p in model.parameters():
-        counts[str(p.device)] += p.numel()
-    return {
-        "params_by_device": dict(sorted(counts.items())),
-        "placement": "split" if len(counts) > 1 else "single",
-        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-    }

@@ -1,4 +1,6 @@
-"""Exception types: every bad input maps to one specific, explainable error."""
+"""Every exception and warning type pplgate raises, in one place: each bad input maps to one specific,
+explainable error. Modules import their types from here (this module imports nothing of pplgate's).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,10 @@ class PplgateError(Exception):
 
 class DatasetError(PplgateError):
     """The evaluation text could not be loaded or is not the canonical WikiText-2 test split."""
+
+
+class DatasetNotFound(DatasetError):
+    """No copy of the test split was found: not given, not in the shared folder, the hub unavailable."""
 
 
 class ModelLoadError(PplgateError):
@@ -41,3 +47,23 @@ class BaselineError(PplgateError):
         self.line = line
         where = f"{self.path}" + (f":{line}" if line is not None else "")
         super().__init__(f"{where}: {keypath or '<top>'}: {message}")
+
+
+class VariantError(PplgateError):
+    """A variant is unknown, misconfigured or unsupported in this environment."""
+
+
+class CalibrationError(PplgateError):
+    """Calibration data is missing, empty, unreadable or unreachable."""
+
+
+class CacheError(PplgateError):
+    """The quantization cache is misconfigured or an entry cannot be written."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was found corrupt or partial and is being rebuilt."""
+
+
+class PlacementError(PplgateError):
+    """Workers cannot be given the GPUs they ask for."""

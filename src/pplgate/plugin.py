@@ -132,8 +132,9 @@ class BaselineFile(pytest.File):
     """A ``baselines/<model>.yaml`` file; yields one :class:`GateItem` per profile and variant."""
 
     def collect(self):
-        from pplgate.models import resolve_source
-        from pplgate.variants import VariantError, make_variant
+        from pplgate.errors import VariantError
+        from pplgate.models.registry import make_variant
+        from pplgate.models.source import resolve_source
 
         spec = parse_baseline(self.path)
         try:
@@ -193,7 +194,7 @@ class GateItem(pytest.Item):
 
             if not torch.cuda.is_available():
                 pytest.skip(CUDA_SKIP)
-        from pplgate.data import DatasetNotFound
+        from pplgate.errors import DatasetNotFound
         from pplgate.locate import inputs_required
 
         try:
@@ -286,8 +287,9 @@ class GateSession:
     # ---- cached resources
     def load_dataset(self):
         """The canonical text, looked up once per session (``--pplgate-dataset``, then pplgate.locate's order)."""
-        from pplgate.data import DatasetNotFound, load_canonical_text
+        from pplgate.errors import DatasetNotFound
         from pplgate.locate import REQUIRE_ENV, inputs_required
+        from pplgate.protocol.dataset import load_canonical_text
 
         if self.dataset is None and self.dataset_error is None:
             try:
@@ -308,8 +310,8 @@ class GateSession:
         return self.dataset
 
     def load_tokens(self, item: GateItem):
-        from pplgate.engine import tokenize_canonical
-        from pplgate.models import load_tokenizer
+        from pplgate.models.source import load_tokenizer
+        from pplgate.protocol.tokens import tokenize_canonical
 
         key = (item.source, item.tokenizer_ref)
         if key not in self.tokens:
@@ -322,7 +324,7 @@ class GateSession:
         return self.tokens[key]
 
     def load_model(self, source, device: str, dtype: str, *, fresh: bool = False, device_map: str | None = None):
-        from pplgate.models import load_model
+        from pplgate.models.source import load_model
 
         if fresh:
             return load_model(source, dtype=dtype, device=device, device_map=device_map)
@@ -352,8 +354,9 @@ class GateSession:
     def measure(self, item: GateItem, variant: VariantSpec) -> Measurement:
         """Measure ``variant`` of ``item``'s profile once per session (relational refs reuse it)."""
         from pplgate.baselines import _plain
-        from pplgate.engine import evaluate_perplexity
-        from pplgate.variants import ModelContext, make_variant
+        from pplgate.models.registry import make_variant
+        from pplgate.models.variant import ModelContext
+        from pplgate.protocol.engine import evaluate_perplexity
 
         key = (str(item.spec.path), item.profile.name, variant.name)
         if key in self.measurements:
@@ -373,7 +376,7 @@ class GateSession:
             cache_mode=self.config.getoption("--pplgate-cache"),
             device_map=item.profile.device_map,
         )
-        var.check(ctx)
+        var.ensure_checked(ctx)  # before any model loads; prepare() does not check again
         prepared = var.prepare(ctx)
         try:
             result = evaluate_perplexity(
@@ -388,7 +391,7 @@ class GateSession:
             )
             extra = {"prepare_info": _plain(_scalar_info(prepared.info))}
             if str(device).startswith("cuda") or item.profile.device_map:
-                from pplgate.devices import device_layout
+                from pplgate.provenance import device_layout
 
                 extra["device_layout"] = device_layout(prepared.model)
         finally:

@@ -1,4 +1,4 @@
-"""Provenance of a measurement: when, where, with which software and which command."""
+"""Provenance of a measurement: when, where (device name, weights layout), with which software and which command."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections import Counter
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -102,3 +103,15 @@ def collect(
     if extra:
         prov.update(extra)
     return prov
+
+
+def device_layout(model: Any) -> dict[str, Any]:
+    """Where a model's weights live, for provenance: ``{"cuda:0": n_params, ...}`` and single/split."""
+    counts: Counter[str] = Counter()
+    for p in model.parameters():
+        counts[str(p.device)] += p.numel()
+    return {
+        "params_by_device": dict(sorted(counts.items())),
+        "placement": "split" if len(counts) > 1 else "single",
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }

@@ -1,6 +1,6 @@
 """GPU fidelity: pplgate's engine vs AutoAWQ's own ``evaluate_perplexity`` on the same loaded model.
 
-Runs the installed AutoAWQ function (see ``pplgate.reference``) and pplgate's batched engine on
+Runs the installed AutoAWQ function (see ``pplgate.protocol.autoawq_loop``) and pplgate's batched engine on
 SmolLM2-135M-Instruct in fp16 and AWQ-quantized (w4 g64 GEMM, through the ``awq`` variant, i.e.
 AutoAWQ's real quantized modules), in one process; the PPLs must agree within 1e-3 relative.
 """
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from pplgate_testutils import need_module, skip_or_fail
+from support import need_module, skip_or_fail
 
-from pplgate.data import load_canonical_text, load_wikitext2_test
-from pplgate.engine import evaluate_perplexity, tokenize_canonical
-from pplgate.models import load_model, load_tokenizer, resolve_source
+from pplgate.models.source import load_model, load_tokenizer, resolve_source
+from pplgate.protocol.dataset import load_canonical_text, load_wikitext2_test
+from pplgate.protocol.engine import evaluate_perplexity
+from pplgate.protocol.tokens import tokenize_canonical
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,7 +35,7 @@ def smollm2():
 
 
 def _compare(model, tok, rows, text, record_property, label):
-    from pplgate.reference import autoawq_perplexity
+    from pplgate.protocol.autoawq_loop import autoawq_perplexity
 
     ours = evaluate_perplexity(model, tokenize_canonical(tok, text.text), text, batch_size=8, progress=False)
     ref, how = autoawq_perplexity(model, tok, rows)
@@ -53,7 +54,8 @@ def test_fp16_matches_autoawq_loop(smollm2, record_property):
 
 
 def test_awq_matches_autoawq_loop(smollm2, record_property):
-    from pplgate.variants import ModelContext, make_variant
+    from pplgate.models.registry import make_variant
+    from pplgate.models.variant import ModelContext
 
     src, tok, rows, text = smollm2
     if not os.environ.get("PPLGATE_CALIBRATION"):

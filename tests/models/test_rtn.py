@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import tiny_llama
 
-from pplgate.rtn import RtnVariant, pseudo_quantize_tensor, rtn_quantize_model
-from pplgate.variants import ModelContext, VariantError, make_variant
+from pplgate.errors import VariantError
+from pplgate.models.registry import make_variant
+from pplgate.models.rtn import RtnVariant, pseudo_quantize_tensor, rtn_quantize_model
+from pplgate.models.variant import ModelContext
 
 
 def reference_rtn(w: torch.Tensor, bits: int, group: int, zero_point: bool):
@@ -116,19 +119,8 @@ def test_bad_params():
 
 
 def _tiny_model(hidden=64, inter=128):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).eval()
+    # LlamaConfig's own defaults for init (0.02) and special tokens (bos 1, eos 2)
+    return tiny_llama(vocab=97, max_pos=64, hidden=hidden, inter=inter, init_range=0.02, bos=1, eos=2)
 
 
 def test_quantizes_decoder_linears_only():
@@ -152,7 +144,7 @@ def test_model_group_size_mismatch_names_the_layer():
 
 
 def test_variant_prepare_and_check(tmp_path):
-    from pplgate.models import ModelSource
+    from pplgate.models.source import ModelSource
 
     model = _tiny_model()
     model.save_pretrained(tmp_path)

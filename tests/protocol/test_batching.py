@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pplgate_testutils import random_ids, synthetic_dataset, synthetic_tokens
+from support import random_ids, synthetic_dataset, synthetic_tokens
 
-from pplgate.engine import evaluate_perplexity, score_windows, split_head
-from pplgate.windows import make_windows
+from pplgate.protocol.engine import evaluate_perplexity, score_windows, split_head
+from pplgate.protocol.windows import make_windows
 
 SEQLEN = 40
 N_WINDOWS = 7
@@ -16,7 +16,7 @@ N_WINDOWS = 7
 
 @pytest.fixture(scope="module")
 def llama_and_windows():
-    from pplgate_testutils import tiny_llama
+    from support import tiny_llama
 
     model = tiny_llama(vocab=211, max_pos=64, seed=11)
     return model, make_windows(random_ids(N_WINDOWS * SEQLEN + 9, 211, seed=12), SEQLEN)
@@ -72,7 +72,7 @@ class RecordingHead(torch.nn.Module):
 
 @pytest.mark.parametrize("chunk", [16, 39, 64])
 def test_chunked_loss_never_materialises_whole_batch_logits(chunk) -> None:
-    from pplgate_testutils import tiny_llama
+    from support import tiny_llama
 
     vocab = 211
     model = tiny_llama(vocab=vocab, max_pos=64, seed=11)

@@ -6,7 +6,8 @@ import pytest
 
 
 def test_float_variants_take_no_params():
-    from pplgate.variants import VariantError, make_variant
+    from pplgate.errors import VariantError
+    from pplgate.models.registry import make_variant
 
     with pytest.raises(VariantError, match=r"'fp16': unknown params \['w_bit'\]; known: none"):
         make_variant("fp16", {"w_bit": 4})

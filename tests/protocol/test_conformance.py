@@ -7,12 +7,13 @@ import math
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import skip_or_fail
+from support import skip_or_fail
 
-from pplgate.data import CANONICAL_ROWS, CANONICAL_SHA256, load_canonical_text
-from pplgate.engine import evaluate_perplexity, tokenize_canonical
-from pplgate.models import SMOLLM2_ENV, load_model, load_tokenizer, resolve_source
-from pplgate.windows import tail_tokens, window_count
+from pplgate.models.source import SMOLLM2_ENV, load_model, load_tokenizer, resolve_source
+from pplgate.protocol.dataset import CANONICAL_ROWS, CANONICAL_SHA256, load_canonical_text
+from pplgate.protocol.engine import evaluate_perplexity
+from pplgate.protocol.tokens import tokenize_canonical
+from pplgate.protocol.windows import tail_tokens, window_count
 
 pytestmark = pytest.mark.shared
 

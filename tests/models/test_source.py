@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from pplgate_testutils import need_shared
+from support import need_shared
 
 from pplgate.errors import ModelLoadError
-from pplgate.models import (
+from pplgate.models.source import (
     DEFAULT_MODEL,
     SMOLLM2_ENV,
     SMOLLM2_GGUF,

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from pplgate_testutils import random_ids, skip_or_fail, synthetic_dataset, synthetic_tokens, uniform_lm
+from support import random_ids, skip_or_fail, synthetic_dataset, synthetic_tokens, uniform_lm
 
-from pplgate.engine import evaluate_perplexity, tokenize_canonical
-from pplgate.models import ModelSource
-from pplgate.progress import Progress, library_bars_off, short_model_name
+from pplgate.models.source import ModelSource
+from pplgate.protocol.engine import evaluate_perplexity
+from pplgate.protocol.progress import Progress, library_bars_off, short_model_name
+from pplgate.protocol.tokens import tokenize_canonical
 
 LONG_LABEL = "/home/someone/checkouts/pplgate/.cache/models/a-very-long-model-directory-name-Instruct fp32"
 
@@ -120,7 +121,7 @@ def test_library_bars_off_drops_frames_but_not_messages(capsys) -> None:
 
 
 def test_model_loading_bars_stay_out_of_captured_output(tmp_path: Path, capfd, make_tiny_llama) -> None:
-    from pplgate.models import load_model, resolve_source
+    from pplgate.models.source import load_model, resolve_source
 
     make_tiny_llama(vocab=61, max_pos=64).save_pretrained(tmp_path)
     capfd.readouterr()
@@ -156,7 +157,7 @@ def test_autoawq_banner_is_not_printed_on_import(tmp_path: Path) -> None:
     if importlib.util.find_spec("awq") is None:
         skip_or_fail("autoawq is not installed: pip install --no-deps autoawq==0.2.9")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), *sys.path]))
-    code = "from pplgate.awq import gemm_kernel_path; print(gemm_kernel_path())"
+    code = "from pplgate.models.autoawq_compat import gemm_kernel_path; print(gemm_kernel_path())"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "AutoAWQ is officially deprecated" not in proc.stderr, proc.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pplgate_testutils import REQUIRE_ENV, SHARED_ENV, need_module, need_shared
+from support import REQUIRE_ENV, SHARED_ENV, need_module, need_shared
 
 
 def test_need_shared_returns_existing_paths(monkeypatch, tmp_path):

@@ -5,24 +5,25 @@ from __future__ import annotations
 import math
 
 import pytest
-from pplgate_testutils import need_module
+from support import need_module
 
-from pplgate.data import CanonicalText, load_wikitext2_test, sha256_text
-from pplgate.engine import evaluate_perplexity, tokenize_canonical
-from pplgate.reference import autoawq_perplexity, transcribed_evaluate_perplexity
+from pplgate.protocol.autoawq_loop import autoawq_perplexity, transcribed_evaluate_perplexity
+from pplgate.protocol.dataset import CanonicalText, load_wikitext2_test, sha256_text
+from pplgate.protocol.engine import evaluate_perplexity
+from pplgate.protocol.tokens import tokenize_canonical
 
 need_module("awq", "pip install --no-deps autoawq==0.2.9", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    from pplgate_testutils import need_shared, tiny_llama
+    from support import need_shared, tiny_llama
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(need_shared("tokenizers", "gpt2"))
     rows, _ = load_wikitext2_test(need_shared("data", "wikitext-2-raw-v1"))
     rows = rows[:300]  # a few thousand tokens: two 2048-token windows
-    model = tiny_llama(vocab=len(tok), max_pos=4096, hidden_size=64, intermediate_size=128)
+    model = tiny_llama(vocab=len(tok), max_pos=4096, hidden=64, inter=128)
     return model, tok, rows
 
 

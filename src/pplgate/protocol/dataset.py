@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pplgate.errors import DatasetError
+from pplgate.errors import DatasetError, DatasetNotFound
 from pplgate.locate import (
     SHARED_ENV,
     WIKITEXT_ENV,
@@ -18,16 +18,12 @@ from pplgate.locate import (
     hub_offline,
     hub_refusal,
 )
-from pplgate.progress import library_bars_off
+from pplgate.protocol.progress import library_bars_off
 
 CANONICAL_SHA256 = "696cca6b65a171b0a358a4be6732cdfdf2dd6164a32e20fd70e3c13fc4dfae83"
 CANONICAL_ROWS = 4358
 HUB_DATASET = ("wikitext", "wikitext-2-raw-v1")
 JOINER = "\n\n"
-
-
-class DatasetNotFound(DatasetError):
-    """No copy of the test split was found: not given, not in the shared folder, the hub unavailable."""
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from pplgate.quant_utils import decoder_layers, group_size_problems, load_config, resolve_dtype
-from pplgate.variants import ModelContext, PreparedModel, Variant, VariantError, register
+from pplgate.errors import VariantError
+from pplgate.models.layers import decoder_layers, group_size_problems, load_config
+from pplgate.models.variant import ModelContext, PreparedModel, Variant
 
 RTN_PARAMS = ("w_bit", "q_group_size", "zero_point", "dtype")
 
@@ -96,7 +97,6 @@ def _int_param(params: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
-@register
 class RtnVariant(Variant):
     """Round-to-nearest weight-only quantization; params ``w_bit`` (4), ``q_group_size`` (128),
     ``zero_point`` (True), ``dtype`` (``auto``)."""
@@ -109,13 +109,11 @@ class RtnVariant(Variant):
         self.w_bit = _int_param(self.params, "w_bit", 4)
         self.group_size = _int_param(self.params, "q_group_size", 128)
         self.zero_point = bool(self.params.get("zero_point", True))
-        self.dtype_param = self.params.get("dtype", "auto")
         if not 2 <= self.w_bit <= 8:
             raise VariantError(f"rtn: w_bit must be in 2..8, got {self.w_bit}")
         if self.group_size != -1 and self.group_size <= 0:
             raise VariantError(f"rtn: q_group_size must be positive or -1 (whole row), got {self.group_size}")
-        if self.dtype_param not in ("auto", "fp16", "bf16", "fp32"):
-            raise VariantError(f"rtn: dtype must be auto, fp16, bf16 or fp32; got {self.dtype_param!r}")
+        self.dtype_param = self.dtype_from_params()
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -129,7 +127,7 @@ class RtnVariant(Variant):
         }
 
     def check(self, ctx: ModelContext) -> None:
-        resolve_dtype(self.dtype_param, ctx.device)
+        ctx.dtype(self.dtype_param)
         try:
             config = load_config(ctx.source)
         except Exception:  # unreadable config: prepare() checks the real modules
@@ -141,8 +139,8 @@ class RtnVariant(Variant):
             )
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
-        self.check(ctx)
-        dtype = resolve_dtype(self.dtype_param, ctx.device)
+        self.ensure_checked(ctx)
+        dtype = ctx.dtype(self.dtype_param)
         t0 = time.perf_counter()
         model = ctx.load(dtype, fresh=True)
         t_load = time.perf_counter() - t0

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _variant_helpers import calibration_file, make_tiny_llama
-from pplgate_testutils import need_module, need_shared, skip_or_fail
+from support import calibration_file, need_module, need_shared, save_tiny_llama, skip_or_fail
 
 need_module("awq", "pip install --no-deps autoawq==0.2.9", allow_module_level=True)
 
 from pplgate import evaluate_perplexity, load_canonical_text, tokenize_canonical  # noqa: E402
-from pplgate.models import ModelSource, load_tokenizer  # noqa: E402
-from pplgate.qcache import CacheWarning  # noqa: E402
-from pplgate.variants import ModelContext, VariantError, make_variant  # noqa: E402
+from pplgate.errors import CacheWarning, VariantError  # noqa: E402
+from pplgate.models.registry import make_variant  # noqa: E402
+from pplgate.models.source import ModelSource, load_tokenizer  # noqa: E402
+from pplgate.models.variant import ModelContext  # noqa: E402
 
 PARAMS = {"w_bit": 4, "q_group_size": 64, "zero_point": True, "version": "gemm"}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+    d = save_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
     src = ModelSource(str(d))
     tok = load_tokenizer(src)
     dataset = load_canonical_text(need_shared("data", "wikitext-2-raw-v1", "test.jsonl"))
@@ -124,7 +124,7 @@ def test_check_rejects(tiny, tmp_path, params, match):
 
 
 def test_check_smollm2_group_size_and_architecture(tmp_path):
-    from pplgate.models import resolve_source
+    from pplgate.models.source import resolve_source
 
     try:
         src = resolve_source(None)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from _variant_helpers import calibration_file
-from pplgate_testutils import need_module, need_shared
+from support import calibration_file, need_module, need_shared
 
-from pplgate.calibration import (
-    CalibrationError,
+from pplgate.errors import CalibrationError
+from pplgate.models.calibration import (
     CalibrationSpec,
     load_calibration,
     select_calibration,
@@ -99,7 +98,7 @@ def test_select_follows_autoawq_rule():
 
 
 def test_source_expands_environment_variables(tmp_path, monkeypatch):
-    from pplgate.calibration import CalibrationSpec
+    from pplgate.models.calibration import CalibrationSpec
 
     f = tmp_path / "cal.jsonl"
     f.write_text('{"text": "some calibration prose"}\n')

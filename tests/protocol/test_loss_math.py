@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from pplgate_testutils import (
+from support import (
     LogitFnLM,
     random_ids,
     reference_ppl,
@@ -17,8 +17,8 @@ from pplgate_testutils import (
     uniform_lm,
 )
 
-from pplgate.engine import evaluate_perplexity, score_windows, split_head
-from pplgate.windows import make_windows, perplexity, window_mean_nlls
+from pplgate.protocol.engine import evaluate_perplexity, score_windows, split_head
+from pplgate.protocol.windows import make_windows, perplexity, window_mean_nlls
 
 REL = 1e-6
 

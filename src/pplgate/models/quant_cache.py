@@ -2,8 +2,8 @@
 
 Layout: ``<root>/<key>/`` holds the artefacts (e.g. ``model/`` from AutoAWQ ``save_quantized``) and
 ``manifest.json``, written last, listing every file with its size and sha256. ``<key>`` is the
-sha256 of :func:`cache_key_parts` (source model content, variant config, calibration hash, library
-versions). Root: ``ModelContext.cache_dir``, else ``$PPLGATE_CACHE_DIR``, else
+sha256 of :func:`cache_key_parts` (source model content as :mod:`pplgate.models.hashing` identifies it,
+variant config, calibration hash, library versions). Root: ``ModelContext.cache_dir``, else ``$PPLGATE_CACHE_DIR``, else
 ``~/.cache/pplgate/quant``.
 
 * Writes build in ``<root>/.tmp-<key>-<random>/`` (same filesystem) and ``os.rename`` into place:
@@ -30,10 +30,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pplgate.errors import PplgateError
-from pplgate.models import ModelSource
+from pplgate.errors import CacheError, CacheWarning
+from pplgate.models.hashing import sha256_file, source_fingerprint
+
+if TYPE_CHECKING:
+    from pplgate.models.source import ModelSource
 
 CACHE_ENV = "PPLGATE_CACHE_DIR"
 CACHE_FORMAT = 1
@@ -42,80 +45,12 @@ MODES = ("use", "refresh", "off")
 LOCK_TIMEOUT_S = 6 * 3600  # an AWQ build of a large model on a slow machine can take hours
 
 
-class CacheError(PplgateError):
-    """The quantization cache is misconfigured or an entry cannot be written."""
-
-
-class CacheWarning(UserWarning):
-    """A cache entry was found corrupt or partial and is being rebuilt."""
-
-
 def default_cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pplgate" / "quant"
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256_file_memo(p: Path) -> str:
-    st = p.stat()
-    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if k not in _FILE_HASHES:
-        _FILE_HASHES[k] = sha256_file(p)
-    return _FILE_HASHES[k]
-
-
-_SKIP_DIRS = {".git", "__pycache__", ".cache"}
-
-
-def source_fingerprint(src: ModelSource) -> dict[str, Any]:
-    """What identifies the source model's weights for the cache key.
-
-    Local GGUF: the GGUF file's sha256. Local directory: sha256 of every file (relative path +
-    content). Hub id: id + revision (``main`` when unpinned — pin ``revision`` in the baseline, or
-    a hub update of ``main`` will silently reuse the old entry).
-    """
-    p = Path(src.path_or_id).expanduser()
-    if p.exists():
-        if src.gguf_file:
-            f = p / src.gguf_file
-            return {"type": "gguf", "file": src.gguf_file, "sha256": _sha256_file_memo(f), "size": f.stat().st_size}
-        if p.is_file():
-            return {"type": "file", "file": p.name, "sha256": _sha256_file_memo(p)}
-        h = hashlib.sha256()
-        n = 0
-        for f in sorted(x for x in p.rglob("*") if x.is_file() and not (_SKIP_DIRS & set(x.relative_to(p).parts))):
-            h.update(str(f.relative_to(p)).encode() + b"\0" + _sha256_file_memo(f).encode() + b"\n")
-            n += 1
-        return {"type": "dir", "n_files": n, "sha256": h.hexdigest()}
-    out: dict[str, Any] = {"type": "hub", "id": src.path_or_id, "revision": src.revision or "main"}
-    if src.gguf_file:
-        out["gguf_file"] = src.gguf_file
-    return out
-
-
-def library_versions(*dists: str) -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for d in dists:
-        try:
-            out[d] = metadata.version(d)
-        except metadata.PackageNotFoundError:
-            out[d] = None
-    return out
 
 
 def cache_key_parts(

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from pplgate_testutils import (
+from support import (
     random_ids,
     reference_window_nlls,
     synthetic_dataset,
@@ -15,9 +15,10 @@ from pplgate_testutils import (
     uniform_lm,
 )
 
-from pplgate.engine import evaluate_perplexity, model_max_positions, tokenize_canonical
 from pplgate.errors import NonFiniteLossError, ProtocolError
-from pplgate.windows import check_finite, make_windows, perplexity
+from pplgate.protocol.engine import evaluate_perplexity, model_max_positions
+from pplgate.protocol.tokens import tokenize_canonical
+from pplgate.protocol.windows import check_finite, make_windows, perplexity
 
 
 def _evaluate(model, ids, seqlen, **kw):
@@ -149,7 +150,7 @@ def test_infinite_loss_raises() -> None:
         logits[1, :, 0] = float("-inf")  # window 1 gives its token 0 no mass: NLL = inf
         return logits
 
-    from pplgate_testutils import LogitFnLM
+    from support import LogitFnLM
 
     ids = torch.zeros(3 * 4, dtype=torch.long)
     with pytest.raises(NonFiniteLossError, match="window 1 ") as info:

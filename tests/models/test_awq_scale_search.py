@@ -2,7 +2,7 @@
 
 ``AwqQuantizer._compute_best_scale`` snapshots the inspected block with ``v.cpu()`` (an alias, not a
 copy, for CPU tensors) and then scales the weights in place, so without pplgate's shim
-(``pplgate.awq._best_scale_snapshot_shim``) every scaled Linear ends up computing ``W * s0`` (s0: the
+(``pplgate.models.autoawq_compat.best_scale_snapshot_shim``) every scaled Linear ends up computing ``W * s0`` (s0: the
 first grid point's scales) instead of ``W``. SmolLM2-135M went from PPL ~30 to ~365,000. A random tiny
 Llama hides it (its per-channel weight magnitudes are nearly uniform, so s0 ~ 1); this one gets
 heterogeneous input-channel magnitudes, as trained models have, so s0 is far from 1.
@@ -11,17 +11,17 @@ heterogeneous input-channel magnitudes, as trained models have, so s0 is far fro
 from __future__ import annotations
 
 import torch
-from _variant_helpers import calibration_file, tiny_llama
-from pplgate_testutils import need_module
+from support import calibration_file, need_module, tiny_llama_gpt2
 
 need_module("awq", "pip install --no-deps autoawq==0.2.9", allow_module_level=True)
 
-from pplgate.models import ModelSource, load_tokenizer  # noqa: E402
-from pplgate.variants import ModelContext, make_variant  # noqa: E402
+from pplgate.models.registry import make_variant  # noqa: E402
+from pplgate.models.source import ModelSource, load_tokenizer  # noqa: E402
+from pplgate.models.variant import ModelContext  # noqa: E402
 
 
 def _skewed_tiny_llama(out, seed: int = 0):
-    model, tok = tiny_llama(seed=seed)
+    model, tok = tiny_llama_gpt2(seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for layer in model.model.layers:

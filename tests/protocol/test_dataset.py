@@ -11,18 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from pplgate_testutils import write_jsonl
+from support import write_jsonl
 
-from pplgate.data import (
-    CANONICAL_SHA256,
-    HUB_FILE_URL,
-    WIKITEXT_ENV,
-    DatasetNotFound,
-    load_canonical_text,
-    load_wikitext2_test,
-)
-from pplgate.errors import DatasetError
-from pplgate.locate import SHARED_ENV
+from pplgate.errors import DatasetError, DatasetNotFound
+from pplgate.locate import SHARED_ENV, WIKITEXT_ENV
+from pplgate.protocol.dataset import CANONICAL_SHA256, HUB_FILE_URL, load_canonical_text, load_wikitext2_test
 
 HF_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pplgate.errors import ProtocolError
-from pplgate.windows import make_windows, tail_tokens, window_count, window_spans
+from pplgate.protocol.windows import make_windows, tail_tokens, window_count, window_spans
 
 
 @pytest.mark.parametrize(

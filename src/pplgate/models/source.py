@@ -1,4 +1,16 @@
-"""Model and tokenizer loading: hub ids, local directories, GGUF files and the embedded default."""
+"""Where a model comes from and how it is loaded: hub ids, local directories, GGUF files and the embedded
+default; the model's tokenizer; and pplgate's one device and dtype policy.
+
+Device and dtype policy (used by the CLI, the Measurer and every variant kind):
+
+* :func:`resolve_device` turns a device name (``cpu``, ``cuda``, ``cuda:N``, ``auto``) into a
+  ``torch.device`` once; ``auto`` is CUDA where available, and CUDA asked for without CUDA is an error
+  naming the fix.
+* :func:`resolve_dtype`: ``auto`` (or unset) is :func:`default_dtype` of the device — fp16 on CUDA (what
+  AWQ kernels and most deployments use), fp32 on CPU; otherwise one of :data:`COMPUTE_DTYPES`.
+  :data:`DTYPE_CHOICES` is what a ``--dtype`` flag or a variant's ``dtype`` param accepts.
+* :func:`torch_dtype` maps a dtype name to the ``torch.dtype``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +22,10 @@ from pathlib import Path
 import torch
 
 from pplgate.errors import ModelLoadError
-from pplgate.progress import LABEL_WIDTH, library_bars_off, short_model_name
+from pplgate.protocol.progress import LABEL_WIDTH, library_bars_off, short_model_name
 
+COMPUTE_DTYPES = ("fp16", "bf16", "fp32")
+DTYPE_CHOICES = ("auto", *COMPUTE_DTYPES)
 DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "float16": torch.float16,
@@ -54,13 +68,30 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}; choose one of fp16, bf16, fp32") from None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The ``torch.device`` for ``device`` (``auto``: CUDA where available, else CPU)."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    else:
+        dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {name!r} requested but no CUDA device is available; use --device cpu")
+        raise ModelLoadError(f"device {str(device)!r} requested but no CUDA device is available; use --device cpu")
     return dev
+
+
+def default_dtype(device: str | torch.device) -> str:
+    """``fp16`` on CUDA (what the AWQ kernels and most deployments use), ``fp32`` on CPU."""
+    return "fp16" if resolve_device(device).type == "cuda" else "fp32"
+
+
+def resolve_dtype(dtype: str | None, device: str | torch.device) -> str:
+    """The compute dtype's short name: ``dtype``, or for ``auto``/None the device's :func:`default_dtype`."""
+    if dtype in (None, "auto"):
+        return default_dtype(device)
+    torch_dtype(dtype)  # ModelLoadError for an unknown name
+    return {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(dtype.lower(), dtype.lower())
 
 
 def smollm2_gguf_path() -> Path:
@@ -153,7 +184,9 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
         raise ModelLoadError(f"cannot load tokenizer from {target!r}: {text}") from exc
 
 
-def load_model(src: ModelSource, dtype: str = "fp16", device: str = "auto", device_map: str | None = None):
+def load_model(
+    src: ModelSource, dtype: str = "fp16", device: str | torch.device = "auto", device_map: str | None = None
+):
     """Load a causal LM in eval mode on ``device`` with weights in ``dtype``.
 
     ``device_map`` (``auto``, ``balanced`` or ``sequential``, accelerate's strategies) spreads a

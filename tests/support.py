@@ -1,6 +1,8 @@
-"""Helpers of pplgate's tests: synthetic inputs, tiny seeded models and an independent float64 reference.
+"""The one support module of pplgate's tests: the shared data folder, skip-or-fail, synthetic inputs, tiny
+seeded models (one Llama builder with explicit parameters, one GPT-2 builder) and an independent float64
+reference.
 
-Imported by the tests as ``pplgate_testutils`` (a unique name, so it cannot clash with a top-level conftest).
+Imported by the tests as ``support`` (``tests/`` is on ``sys.path`` through ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pplgate.data import CanonicalText, sha256_text
-from pplgate.engine import TokenizedText
+from pplgate.protocol.dataset import CanonicalText, sha256_text
+from pplgate.protocol.tokens import TokenizedText
 
 REQUIRE_ENV = "PPLGATE_REQUIRE_SHARED"
 SHARED_ENV = "PPLGATE_SHARED"
@@ -41,7 +43,7 @@ def need_module(name: str, install: str, *, allow_module_level: bool = False):
     """Import ``name``; skipped with the install command when missing (a failure under :func:`require_shared`)."""
     try:
         if name.split(".")[0] == "awq" and importlib.util.find_spec("awq") is not None:
-            from pplgate.awq import import_autoawq
+            from pplgate.models.autoawq_compat import import_autoawq
 
             import_autoawq()  # first import through pplgate: AutoAWQ's banner is known and dropped
         return importlib.import_module(name)
@@ -87,29 +89,87 @@ def random_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (n,), generator=g, dtype=torch.long)
 
 
-def tiny_llama(vocab: int = 101, max_pos: int = 128, seed: int = 0, **overrides):
+def tiny_llama(
+    *,
+    vocab: int = 101,
+    max_pos: int = 128,
+    hidden: int = 32,
+    inter: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    init_range: float = 0.2,
+    tie: bool = False,
+    bos: int | None = None,
+    eos: int | None = None,
+    seed: int = 0,
+):
+    """A seeded, randomly initialised fp32 Llama in eval mode (``torch.manual_seed(seed)`` right before it is built).
+
+    The defaults are the engine tests' model: hidden 32, 2 layers, ``init_range`` 0.2 (larger than the
+    transformers default 0.02, so logits are far from uniform), untied embeddings, no special tokens.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    kw = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         vocab_size=vocab,
         max_position_embeddings=max_pos,
-        initializer_range=0.2,  # larger than default so logits are far from uniform
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
+        initializer_range=init_range,
+        tie_word_embeddings=tie,
+        bos_token_id=bos,
+        eos_token_id=eos,
         pad_token_id=None,
     )
-    kw.update(overrides)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**kw)).eval()
+    return LlamaForCausalLM(cfg).eval()
 
 
-def tiny_gpt2(vocab: int = 101, max_pos: int = 128, seed: int = 0, **overrides):
+def gpt2_tokenizer():
+    """The real GPT-2 tokenizer from the shared folder (skipped, or failed under CI, when absent)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(need_shared("tokenizers", "gpt2")))
+
+
+def tiny_llama_gpt2(*, hidden: int = 128, inter: int = 256, layers: int = 2, seed: int = 0):
+    """``(model, tokenizer)`` for the variant tests: :func:`tiny_llama` with the real GPT-2 tokenizer's
+    vocabulary and special tokens, sizes multiples of 64, the transformers default init and tied embeddings."""
+    tok = gpt2_tokenizer()
+    model = tiny_llama(
+        vocab=len(tok),
+        max_pos=2048,
+        hidden=hidden,
+        inter=inter,
+        layers=layers,
+        init_range=0.02,
+        tie=True,
+        bos=tok.bos_token_id,
+        eos=tok.eos_token_id,
+        seed=seed,
+    )
+    return model, tok
+
+
+def save_tiny_llama(out: Path, *, hidden: int = 128, inter: int = 256, layers: int = 2, seed: int = 0) -> Path:
+    """:func:`tiny_llama_gpt2` saved to ``out`` (model + tokenizer), a model directory to load by path."""
+    model, tok = tiny_llama_gpt2(hidden=hidden, inter=inter, layers=layers, seed=seed)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def calibration_file() -> Path:
+    """The offline AWQ calibration corpus of the shared folder."""
+    return need_shared("data", "calibration", "python-3.11-docs-prose.jsonl")
+
+
+def tiny_gpt2(*, vocab: int = 101, max_pos: int = 128, seed: int = 0):
+    """A seeded, randomly initialised fp32 GPT-2 in eval mode (n_embd 32, 2 layers, 2 heads)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     kw = dict(
@@ -122,7 +182,6 @@ def tiny_gpt2(vocab: int = 101, max_pos: int = 128, seed: int = 0, **overrides):
         bos_token_id=min(50256, vocab - 1),
         eos_token_id=min(50256, vocab - 1),
     )
-    kw.update(overrides)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(GPT2Config(**kw)).eval()
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the quantized variants: compute dtype, model config, decoder layers, sizes."""
+"""The model's structure as the quantized kinds see it: its config (read without weights), the decoder
+layers whose Linears get quantized, which group sizes fit them, and a load-time quantizer to forget."""
 
 from __future__ import annotations
 
@@ -8,27 +9,8 @@ from typing import Any
 
 import torch
 
-from pplgate.models import ModelSource, resolve_device
-
-
-def _variant_error(msg: str) -> Exception:
-    from pplgate.variants import VariantError  # lazy: variants imports the quantized kinds
-
-    return VariantError(msg)
-
-
-def default_compute_dtype(device: str) -> str:
-    """``fp16`` on CUDA (what the AWQ kernels and most deployments use), ``fp32`` on CPU."""
-    return "fp16" if resolve_device(device).type == "cuda" else "fp32"
-
-
-def resolve_dtype(param: str | None, device: str) -> str:
-    """The compute dtype of a quantized variant: the ``dtype`` param, or ``auto`` -> device default."""
-    if param in (None, "auto"):
-        return default_compute_dtype(device)
-    if param not in ("fp16", "bf16", "fp32"):
-        raise _variant_error(f"dtype must be one of auto, fp16, bf16, fp32; got {param!r}")
-    return param
+from pplgate.errors import VariantError
+from pplgate.models.source import ModelSource
 
 
 @functools.lru_cache(maxsize=16)
@@ -95,7 +77,7 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
             return obj
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:
-        raise _variant_error(f"cannot find the decoder layers of {type(model).__name__}")
+        raise VariantError(f"cannot find the decoder layers of {type(model).__name__}")
     return max(lists, key=len)
 
 

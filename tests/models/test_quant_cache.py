@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from pplgate.models import ModelSource
-from pplgate.qcache import (
+from pplgate.errors import CacheError, CacheWarning
+from pplgate.models.quant_cache import (
     MANIFEST,
-    CacheError,
-    CacheWarning,
     QuantCache,
     cache_key,
     cache_key_parts,
     default_cache_root,
 )
+from pplgate.models.source import ModelSource
 
 
 def _builder(calls: list, payload: bytes = b"weights" * 100):

@@ -32,15 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pplgate.errors import PplgateError
+from pplgate.errors import CalibrationError
 from pplgate.locate import CALIBRATION_ENV, CALIBRATION_IN_SHARED, SHARED_ENV, find_calibration, hub_refusal
-from pplgate.progress import library_bars_off
+from pplgate.protocol.progress import library_bars_off
 
 PILEVAL = ("mit-han-lab/pile-val-backup", None, "validation", "text")
-
-
-class CalibrationError(PplgateError):
-    """Calibration data is missing, empty, unreadable or unreachable."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,292 @@
+"""``awq`` and ``awq-checkpoint``: real AutoAWQ quantization, measured through AutoAWQ's modules.
+
+``awq`` loads the source model (fresh, compute dtype), wraps it in AutoAWQ's model class for its
+architecture (``AWQ_CAUSAL_LM_MODEL_MAP[model_type](model, model_type, is_quantized=False, ...)``:
+works for GGUF sources, which ``AutoAWQForCausalLM.from_pretrained`` cannot read), runs
+``quantize(tokenizer, quant_config, calib_data=[texts], max_calib_samples, max_calib_seq_len)``
+and measures the plain HF model inside (``awq_model.model``) whose decoder Linears are now
+``WQLinear_GEMM``. With the cache on, the result is saved with ``save_quantized`` into the
+:mod:`pplgate.models.quant_cache` and a later run loads it instead of quantizing.
+
+``awq-checkpoint`` loads a pre-quantized AWQ checkpoint as deployed. Kernel paths, the checkpoint loader
+and the CPU scale-search shim are in :mod:`pplgate.models.autoawq_compat`; ``info['kernel']`` records
+which kernel ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pplgate.errors import CalibrationError, VariantError
+from pplgate.models.autoawq_compat import (
+    awq_kernel_info,
+    awq_model_map,
+    best_scale_snapshot_shim,
+    check_kernel,
+    import_autoawq,
+    load_awq_checkpoint,
+)
+from pplgate.models.calibration import CalibrationSpec, load_calibration, select_calibration
+from pplgate.models.hashing import library_versions, source_fingerprint
+from pplgate.models.layers import group_size_problems, load_config, strip_load_quantization, valid_group_sizes
+from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
+from pplgate.models.source import ModelSource, load_tokenizer
+from pplgate.models.variant import ModelContext, PreparedModel, Variant
+from pplgate.protocol.progress import library_bars_off
+
+AWQ_PARAMS = ("w_bit", "q_group_size", "zero_point", "version", "calibration", "dtype", "apply_clip", "duo_scaling")
+VERSIONS_KEYED = ("autoawq", "transformers", "torch", "accelerate")
+# Version of pplgate's own AWQ quantization procedure; part of the cache key so that entries built by an
+# older, broken procedure are never reused. 2: the _compute_best_scale CPU aliasing shim (see autoawq_compat).
+AWQ_IMPL_VERSION = 2
+
+
+class AwqVariant(Variant):
+    """Real AutoAWQ quantization of the source model.
+
+    params: ``w_bit`` (4), ``q_group_size`` (128), ``zero_point`` (True), ``version`` (``gemm``),
+    ``calibration`` (source string or ``{source|path, n_samples (128), seqlen (512), text_column}``),
+    ``dtype`` (``auto``: fp16 on CUDA, fp32 on CPU — the dtype of the non-quantized parts; the
+    WQLinear kernels compute in fp16 either way), ``apply_clip`` (True), ``duo_scaling`` (True).
+    """
+
+    kind = "awq"
+    params_allowed = AWQ_PARAMS
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.w_bit = self.params.get("w_bit", 4)
+        self.group_size = self.params.get("q_group_size", 128)
+        self.zero_point = bool(self.params.get("zero_point", True))
+        self.version = str(self.params.get("version", "gemm")).lower()
+        self.apply_clip = bool(self.params.get("apply_clip", True))
+        self.duo_scaling = bool(self.params.get("duo_scaling", True))
+        for key in ("w_bit", "q_group_size"):
+            v = getattr(self, "w_bit" if key == "w_bit" else "group_size")
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise VariantError(f"awq: {key} must be an integer, got {v!r}")
+        if self.group_size != -1 and self.group_size <= 0:
+            raise VariantError(f"awq: q_group_size must be positive or -1, got {self.group_size}")
+        self.dtype_param = self.dtype_from_params()
+        try:
+            self.calibration = CalibrationSpec.from_param(self.params.get("calibration"))
+        except CalibrationError as exc:
+            raise VariantError(f"awq: {exc}") from exc
+        self._cal_all = None
+
+    def quant_config(self) -> dict[str, Any]:
+        return {
+            "w_bit": self.w_bit,
+            "q_group_size": self.group_size,
+            "zero_point": self.zero_point,
+            "version": self.version.upper(),
+        }
+
+    def _calibration_all(self):
+        if self._cal_all is None:
+            try:
+                self._cal_all = load_calibration(self.calibration.source, text_column=self.calibration.text_column)
+            except CalibrationError as exc:
+                raise VariantError(f"awq calibration: {exc}") from exc
+        return self._cal_all
+
+    def fingerprint(self) -> dict[str, Any]:
+        cal = self._calibration_all()
+        return {
+            "kind": self.kind,
+            **self.quant_config(),
+            "apply_clip": self.apply_clip,
+            "duo_scaling": self.duo_scaling,
+            "dtype": self.dtype_param,
+            # The content hash identifies the calibration data; its path does not (it differs from
+            # machine to machine, and a recorded path would read as drift on every other machine).
+            "calibration": {
+                "source_sha256": cal.sha256,
+                "n_samples": self.calibration.n_samples,
+                "seqlen": self.calibration.seqlen,
+            },
+            "autoawq": library_versions("autoawq")["autoawq"],
+        }
+
+    def check(self, ctx: ModelContext) -> None:
+        check_kernel(self.version, self.w_bit, self.zero_point, ctx.torch_device)
+        ctx.dtype(self.dtype_param)
+        model_map = awq_model_map()
+        try:
+            config = load_config(ctx.source)
+        except Exception as exc:
+            raise VariantError(f"awq: cannot read the config of {ctx.source.describe()}: {exc}") from exc
+        mt = getattr(config, "model_type", None)
+        if mt not in model_map:
+            raise VariantError(
+                f"awq: AutoAWQ 0.2.9 does not support architecture {mt!r} ({ctx.source.describe()}); "
+                f"supported model_types: {', '.join(sorted(model_map))}"
+            )
+        problems = group_size_problems(config, self.group_size)
+        if problems:
+            raise VariantError(
+                f"awq: q_group_size {self.group_size} does not fit {ctx.source.describe()}: "
+                + "; ".join(problems)
+                + f". Sizes that fit: {valid_group_sizes(config) or 'none of 128/64/32'}"
+            )
+        self._calibration_all()
+
+    def cache_key_parts(self, ctx: ModelContext, calibration_sha256: str) -> dict[str, Any]:
+        variant = {
+            "kind": self.kind,
+            **self.quant_config(),
+            "apply_clip": self.apply_clip,
+            "duo_scaling": self.duo_scaling,
+            "quant_dtype": ctx.dtype(self.dtype_param),
+            "calibration_seqlen": self.calibration.seqlen,
+            "pplgate_awq_impl": AWQ_IMPL_VERSION,
+        }
+        return cache_key_parts(ctx.source, variant, calibration_sha256, library_versions(*VERSIONS_KEYED))
+
+    def _quantize(self, ctx: ModelContext, dtype: str, texts: list[str], tokenizer):
+        model = ctx.load(dtype, fresh=True)
+        strip_load_quantization(model)
+        mt = model.config.model_type
+        cls = awq_model_map()[mt]
+        from awq.models._config import AwqConfig
+
+        wrapper = cls(model, mt, is_quantized=False, config=model.config, quant_config=AwqConfig(), processor=None)
+        with best_scale_snapshot_shim(), library_bars_off():  # AutoAWQ's "AWQ"/"Packing" bars: tty only
+            wrapper.quantize(
+                tokenizer,
+                quant_config=self.quant_config(),
+                calib_data=texts,
+                max_calib_samples=len(texts),
+                max_calib_seq_len=self.calibration.seqlen,
+                apply_clip=self.apply_clip,
+                duo_scaling=self.duo_scaling,
+            )
+        wrapper.model.to(ctx.torch_device)
+        return wrapper
+
+    def prepare(self, ctx: ModelContext) -> PreparedModel:
+        self.ensure_checked(ctx)
+        t0 = time.perf_counter()
+        dtype = ctx.dtype(self.dtype_param)
+        tokenizer = ctx.tokenizer if ctx.tokenizer is not None else load_tokenizer(ctx.source)
+        try:
+            cal = select_calibration(
+                self._calibration_all(), tokenizer, self.calibration.n_samples, self.calibration.seqlen
+            )
+        except CalibrationError as exc:
+            raise VariantError(f"awq calibration: {exc}") from exc
+        parts = self.cache_key_parts(ctx, cal.sha256)
+        key = cache_key(parts)
+        info: dict[str, Any] = {
+            "dtype": dtype,
+            "cache_key": key,
+            "calibration_source": cal.source,
+            "calibration_sha256": cal.sha256,
+            "calibration_n_texts": len(cal),
+        }
+        cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
+        if not cache.enabled:
+            t1 = time.perf_counter()
+            wrapper = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
+            info.update(quantize_time_s=time.perf_counter() - t1, cache="off", **awq_kernel_info(wrapper.model))
+            return PreparedModel(wrapper.model, "quantized", time.perf_counter() - t0, info)
+
+        built: dict[str, Any] = {}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            t1 = time.perf_counter()
+            wrapper = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
+            built["quantize_time_s"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            wrapper.save_quantized(str(tmp / "model"))
+            tokenizer.save_pretrained(str(tmp / "model"))
+            built["save_time_s"] = time.perf_counter() - t2
+            built["wrapper"] = wrapper
+            return {"quantize_time_s": built["quantize_time_s"], "key_parts": parts}
+
+        entry, hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": self.fingerprint()})
+        info["cache_entry"] = str(entry.path)
+        if hit:
+            t1 = time.perf_counter()
+            model, how = load_awq_checkpoint(str(entry.path / "model"), ctx.torch_device, dtype)
+            info.update(
+                load_time_s=time.perf_counter() - t1,
+                load_path=how,
+                quantize_time_s_when_built=entry.meta.get("quantize_time_s"),
+                **awq_kernel_info(model),
+            )
+            return PreparedModel(model, "cache", time.perf_counter() - t0, info)
+        wrapper = built.get("wrapper")
+        if wrapper is None:  # another worker built it while we waited on the lock's rename race
+            model, how = load_awq_checkpoint(str(entry.path / "model"), ctx.torch_device, dtype)
+            info.update(load_path=how, **awq_kernel_info(model))
+            return PreparedModel(model, "cache", time.perf_counter() - t0, info)
+        info.update(
+            quantize_time_s=built["quantize_time_s"],
+            save_time_s=built["save_time_s"],
+            **awq_kernel_info(wrapper.model),
+        )
+        return PreparedModel(wrapper.model, "quantized", time.perf_counter() - t0, info)
+
+
+class AwqCheckpointVariant(Variant):
+    """A pre-quantized AWQ checkpoint loaded as deployed. params: ``checkpoint`` (directory or hub
+    id; default: the baseline's model source), ``revision``, ``dtype`` (``auto``)."""
+
+    kind = "awq-checkpoint"
+    params_allowed = ("checkpoint", "revision", "dtype")
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.dtype_param = self.dtype_from_params()
+        self.checkpoint = self.params.get("checkpoint")
+        self.revision = self.params.get("revision")
+
+    def _target(self, ctx: ModelContext | None) -> tuple[str, str | None]:
+        if self.checkpoint:
+            return str(Path(self.checkpoint).expanduser()) if Path(
+                self.checkpoint
+            ).expanduser().exists() else self.checkpoint, self.revision
+        if ctx is None:
+            raise VariantError("awq-checkpoint: no checkpoint param")
+        return ctx.source.path_or_id, self.revision or ctx.source.revision
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp: dict[str, Any] = {"kind": self.kind, "dtype": self.dtype_param}
+        if self.checkpoint:
+            fp["checkpoint"] = source_fingerprint(ModelSource(*self._target(None)[:1], revision=self.revision))
+        fp["autoawq"] = library_versions("autoawq")["autoawq"]
+        return fp
+
+    def check(self, ctx: ModelContext) -> None:
+        import_autoawq()
+        ctx.dtype(self.dtype_param)
+        path, revision = self._target(ctx)
+        try:
+            config = load_config(ModelSource(path, revision=revision))
+        except Exception as exc:
+            raise VariantError(f"awq-checkpoint: cannot read the config of {path!r}: {exc}") from exc
+        qc = getattr(config, "quantization_config", None)
+        qc = qc if isinstance(qc, Mapping) else (qc.to_dict() if hasattr(qc, "to_dict") else {})
+        if str(qc.get("quant_method", "")).lower() != "awq":
+            raise VariantError(f"awq-checkpoint: {path!r} is not an AWQ checkpoint (quantization_config: {qc or None})")
+        if config.model_type not in awq_model_map():
+            raise VariantError(f"awq-checkpoint: AutoAWQ 0.2.9 does not support architecture {config.model_type!r}")
+        check_kernel(
+            str(qc.get("version", "gemm")).lower(),
+            int(qc.get("bits", qc.get("w_bit", 4))),
+            bool(qc.get("zero_point", True)),
+            ctx.torch_device,
+        )
+
+    def prepare(self, ctx: ModelContext) -> PreparedModel:
+        self.ensure_checked(ctx)
+        dtype = ctx.dtype(self.dtype_param)
+        path, revision = self._target(ctx)
+        t0 = time.perf_counter()
+        model, how = load_awq_checkpoint(path, ctx.torch_device, dtype, revision)
+        info = {"dtype": dtype, "load_path": how, "checkpoint": path, **awq_kernel_info(model)}
+        return PreparedModel(model, "loaded", time.perf_counter() - t0, info)

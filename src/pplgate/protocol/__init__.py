@@ -1,0 +1,7 @@
+"""The canonical number on a loaded model: the text (:mod:`.dataset`), its tokens (:mod:`.tokens`), the
+windows and loss math (:mod:`.windows`), the scoring loop (:mod:`.engine`), the result (:mod:`.result`),
+progress lines (:mod:`.progress`) and AutoAWQ's own loop as the fidelity reference (:mod:`.autoawq_loop`).
+
+Layer rule: this package uses torch and transformers' tokenizers, never YAML or pytest, and imports neither
+:mod:`pplgate.models`, :mod:`pplgate.gate` nor the pytest plugin (it is what those build on).
+"""
