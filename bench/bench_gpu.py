@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from pplgate.models.source import load_model, load_tokenizer, resolve_source
+from pplgate.measure import Measurer
+from pplgate.models.source import resolve_source
 from pplgate.protocol.autoawq_loop import installed_evaluate_perplexity
-from pplgate.protocol.dataset import load_canonical_text
+from pplgate.protocol.dataset import load_wikitext2_test
 from pplgate.protocol.engine import evaluate_perplexity
 from pplgate.protocol.tokens import tokenize_canonical
 
@@ -79,6 +80,9 @@ def run_autoawq(model, tokenizer, rows) -> dict:
 
 
 def run_pplgate(model, tokenizer, text, batch_size: int, compile_model: bool = False) -> dict:
+    """pplgate's tokenization + engine timed end to end on a model already in memory (the raw protocol
+    functions on purpose: the benchmark times exactly what AutoAWQ's function does, on the same model
+    object, including random-weight models built here; models come from the Measurer where they can)."""
     gc.collect()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
@@ -198,12 +202,12 @@ def main() -> int:
     assert torch.cuda.is_available(), "this benchmark needs a CUDA device"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from pplgate.protocol.dataset import load_wikitext2_test
 
     global COMPILE
     COMPILE = args.compile
     BENCH_ROWS.extend(load_wikitext2_test(args.dataset)[0])
-    text = load_canonical_text(args.dataset)
+    measurer = Measurer(dataset=args.dataset)
+    text = measurer.text()
     cases = args.cases.split(",")
     import transformers
 
@@ -227,35 +231,34 @@ def main() -> int:
     bss = [int(x) for x in args.batch_sizes.split(",")]
     if any(c.startswith("smollm2") for c in cases):
         src = resolve_source(args.smollm2)
-        tok = load_tokenizer(src)
+        tok = measurer.tokens(src, None)[0]
         if "smollm2-fp16" in cases:
-            model = load_model(src, "fp16", "cuda")
+            model = measurer.prepare(src, kind="fp16", params={}, device="cuda").model
             results.append(bench_case("smollm2-135m fp16", model, tok, text, bss, args.reps))
             del model
+            measurer.free(set())
         if "smollm2-awq" in cases:
             try:
                 from pplgate.baselines import load_baseline
-                from pplgate.models.registry import make_variant
-                from pplgate.models.variant import ModelContext
 
                 if args.calibration:
                     os.environ["PPLGATE_CALIBRATION"] = args.calibration
                 # the GPU gate's AWQ entry: same params, so the gate's cache entry is reused
                 spec = load_baseline(Path(__file__).resolve().parents[1] / "baselines" / "smollm2-135m-instruct.yaml")
-                variant = make_variant("awq", spec.profiles["gpu"].variants["awq-w4g64"].params)
-                ctx = ModelContext(source=src, device="cuda", tokenizer=tok)
-                variant.check(ctx)
-                prepared = variant.prepare(ctx)
+                params = spec.profiles["gpu"].variants["awq-w4g64"].params
+                prepared = measurer.prepare(src, kind="awq", params=params, device="cuda")
                 r = bench_case("smollm2-135m awq-w4g64-gemm", prepared.model, tok, text, bss, args.reps)
                 r["awq_prepare"] = {"origin": prepared.origin, "prepare_time_s": prepared.prepare_time_s}
                 results.append(r)
                 del prepared
+                measurer.free(set())
             except Exception as exc:  # report, keep the other cases
                 print(f"smollm2-awq case failed: {type(exc).__name__}: {exc}", flush=True)
                 results.append({"case": "smollm2-135m awq-w4g64-gemm", "error": f"{type(exc).__name__}: {exc}"})
     if "llama2-7b-shape-fp16" in cases:
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+        # a model built here from a config (random weights): no source to measure, the raw engine runs on it
         tok = AutoTokenizer.from_pretrained(args.llama_tokenizer)
         torch.manual_seed(0)
         with torch.device("cuda"):

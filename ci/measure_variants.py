@@ -39,26 +39,17 @@ def main() -> None:
 
     import torch
 
-    from pplgate import evaluate_perplexity, load_canonical_text, tokenize_canonical
+    from pplgate.measure import Measurer
     from pplgate.models.hashing import library_versions
-    from pplgate.models.registry import make_variant
-    from pplgate.models.source import load_model, load_tokenizer, resolve_source
-    from pplgate.models.variant import ModelContext
+    from pplgate.models.source import resolve_source
 
     torch.manual_seed(0)
     shared = Path(os.environ.get("PPLGATE_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
-    dataset = load_canonical_text(shared / "data" / "wikitext-2-raw-v1" / "test.jsonl")
+    dataset = str(shared / "data" / "wikitext-2-raw-v1" / "test.jsonl")
     calib = str(shared / "data" / "calibration" / "python-3.11-docs-prose.jsonl")
     src = resolve_source(args.model)
-    tok = load_tokenizer(src)
-    tokens = tokenize_canonical(tok, dataset.text)
-    ctx = ModelContext(
-        source=src,
-        device=args.device,
-        tokenizer=tok,
-        cache_dir=args.cache_dir,
-        loader=lambda dtype, fresh=False: load_model(src, dtype=dtype, device=args.device),
-    )
+    measurer = Measurer(dataset=dataset, cache_dir=args.cache_dir)
+    _, tokens, _ = measurer.tokens(src, None)
     specs = {
         "fp32": ("fp32", {}),
         "rtn": ("rtn", {"w_bit": 4, "q_group_size": args.group_size, "zero_point": True}),
@@ -78,13 +69,12 @@ def main() -> None:
     for name in args.variants.split(","):
         kind, params = specs[name]
         runs = 2 if kind == "awq" else 1  # second awq prepare: the cache hit
-        for _ in range(runs):
-            v = make_variant(kind, params)
-            v.check(ctx)
-            prep = v.prepare(ctx)
-            res = evaluate_perplexity(
-                prep.model, tokens, dataset, batch_size=args.batch_size, max_windows=args.max_windows, progress=False
-            )
+        for run in range(runs):
+            # a Measurer measures one request once: the cache-hit run needs its own (same text, same cache)
+            m = measurer if run == 0 else Measurer(dataset=dataset, cache_dir=args.cache_dir)
+            request = dict(kind=kind, params=params, device=args.device)
+            prep = m.prepare(src, **request)  # kept for its full info; measure() scores this very model
+            res = m.measure(src, **request, batch_size=args.batch_size, max_windows=args.max_windows).result
             row = {
                 "variant": name,
                 "origin": prep.origin,
@@ -97,6 +87,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row, default=str), flush=True)
             del prep
+            m.free(set())
     print()
     print(f"versions: {library_versions('torch', 'transformers', 'autoawq', 'accelerate')}")
     print(

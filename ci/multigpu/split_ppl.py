@@ -8,11 +8,8 @@ import sys
 
 import torch
 
-from pplgate.models.source import load_model, load_tokenizer, resolve_source
-from pplgate.protocol.dataset import load_canonical_text
-from pplgate.protocol.engine import evaluate_perplexity
-from pplgate.protocol.tokens import tokenize_canonical
-from pplgate.provenance import device_layout
+from pplgate.measure import Measurer
+from pplgate.models.source import resolve_dtype, resolve_source
 
 
 def main() -> int:
@@ -24,18 +21,23 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     src = resolve_source(args.model)
-    text = load_canonical_text()
-    tokens = tokenize_canonical(load_tokenizer(src), text.text)
+    measurer = Measurer()
     out = {
         "n_gpus": torch.cuda.device_count(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
     }
-    for label, kw in (("single", {"device": "cuda:0"}), ("split", {"device_map": args.device_map})):
-        model = load_model(src, args.dtype, **kw)
-        r = evaluate_perplexity(model, tokens, text, batch_size=args.batch_size, progress=False)
-        out[label] = {"ppl": r.ppl, "wall_time_s": r.wall_time_s, "layout": device_layout(model)}
-        del model
-        torch.cuda.empty_cache()
+    for label, placement in (("single", None), ("split", args.device_map)):
+        m = measurer.measure(
+            src,
+            kind=resolve_dtype(args.dtype, "cuda:0"),
+            params={},
+            device="cuda:0",
+            device_map=placement,
+            batch_size=args.batch_size,
+        )
+        r = m.result
+        out[label] = {"ppl": r.ppl, "wall_time_s": r.wall_time_s, "layout": m.extra["device_layout"]}
+        measurer.free(set())  # one copy of the model on the GPUs at a time
     out["abs_diff"] = abs(out["single"]["ppl"] - out["split"]["ppl"])
     print(json.dumps(out, indent=1))
     if args.json:

@@ -1,7 +1,7 @@
 """pplgate: canonical WikiText-2 perplexity as a pytest regression gate for LLM quantization.
 
 The public API is imported lazily (PEP 562): ``import pplgate`` (or ``pplgate.errors``,
-``pplgate.gate.*``) does not import torch; the first use of e.g. ``pplgate.evaluate_perplexity`` does.
+``pplgate.gate.*``) does not import torch; the first use of e.g. ``pplgate.Measurer`` does.
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ _LAZY = {
     "tokenize_canonical": "pplgate.protocol.tokens",
     "evaluate_perplexity": "pplgate.protocol.engine",
     "PerplexityResult": "pplgate.protocol.result",
+    "Measurer": "pplgate.measure",
+    "Measurement": "pplgate.measure",
 }
 
 if TYPE_CHECKING:
+    from pplgate.measure import Measurement, Measurer
     from pplgate.protocol.dataset import CANONICAL_SHA256, CanonicalText, load_canonical_text, load_wikitext2_test
     from pplgate.protocol.engine import evaluate_perplexity
     from pplgate.protocol.result import PerplexityResult
@@ -66,6 +69,8 @@ __all__ = [
     "CanonicalText",
     "DatasetError",
     "DatasetNotFound",
+    "Measurement",
+    "Measurer",
     "ModelLoadError",
     "NonFiniteLossError",
     "PerplexityResult",

@@ -6,17 +6,9 @@ import argparse
 import sys
 
 from pplgate.errors import PplgateError, ProtocolError
-from pplgate.models.source import (
-    DEFAULT_MODEL,
-    DTYPE_CHOICES,
-    load_model,
-    load_tokenizer,
-    resolve_dtype,
-    resolve_source,
-)
-from pplgate.protocol.dataset import load_canonical_text
-from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
-from pplgate.protocol.tokens import tokenize_canonical
+from pplgate.measure import Measurer
+from pplgate.models.source import DEFAULT_MODEL, DTYPE_CHOICES, resolve_dtype, resolve_source
+from pplgate.protocol.engine import DEFAULT_SEQLEN
 from pplgate.protocol.windows import tail_tokens, window_count
 
 
@@ -89,33 +81,36 @@ def _check_eval_args(args: argparse.Namespace) -> None:
         raise ProtocolError(f"--max-windows must be >= 1, got {args.max_windows}")
 
 
-def _load_text(args: argparse.Namespace):
-    """The canonical text for ``--dataset`` (or the lookup order), and one line saying where it came from."""
-    text = load_canonical_text(args.dataset, allow_noncanonical=args.allow_noncanonical, option="--dataset")
+def _measurer(args: argparse.Namespace, *, progress: bool = False) -> Measurer:
+    """The Measurer for ``--dataset``/``--allow-noncanonical``; prints where the text came from."""
+    m = Measurer(
+        dataset=args.dataset, dataset_option="--dataset", allow_noncanonical=args.allow_noncanonical, progress=progress
+    )
+    text = m.text()
     print(f"dataset={text.source} (found by {text.found_by})", flush=True)
-    return text
+    return m
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _check_eval_args(args)
-    text = _load_text(args)
+    measurer = _measurer(args, progress=not args.no_progress)
     src = resolve_source(args.model, args.gguf_file, args.revision)
-    tokenizer = load_tokenizer(src, args.tokenizer)
-    tokens = tokenize_canonical(tokenizer, text.text)
+    measurer.tokens(src, args.tokenizer)  # tokenizer errors before the device's
     dtype = resolve_dtype(args.dtype, args.device)
-    model = load_model(src, dtype=dtype, device=args.device)
-    result = evaluate_perplexity(
-        model,
-        tokens,
-        text,
+    m = measurer.measure(
+        src,
+        kind=dtype,  # the float kind of that dtype: the model as loaded
+        params={},
+        device=args.device,
+        tokenizer=args.tokenizer,
         seqlen=args.seqlen,
         batch_size=args.batch_size,
         max_windows=args.max_windows,
-        progress=not args.no_progress,
         label=f"{src.short_name()} {dtype}",
     )
+    result = m.result
     result.extra["model"] = src.describe()
-    result.extra["dataset_found_by"] = text.found_by
+    result.extra["dataset_found_by"] = measurer.text().found_by
     print(result.summary())
     if args.json_out:
         result.to_json(args.json_out)
@@ -124,14 +119,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    text = _load_text(args)
+    measurer = _measurer(args)
     src = resolve_source(args.tokenizer, args.gguf_file)
-    tokens = tokenize_canonical(load_tokenizer(src), text.text)
+    _, tokens, _ = measurer.tokens(src, None)
     n = tokens.n_tokens
     print(
         f"tokenizer={src.describe()} tokens={n} windows={window_count(n, args.seqlen)} "
         f"tail={tail_tokens(n, args.seqlen)} seqlen={args.seqlen} bos_added={tokens.bos_added} "
-        f"dataset_sha256={text.sha256}"
+        f"dataset_sha256={measurer.text().sha256}"
     )
     return 0
 

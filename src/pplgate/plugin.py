@@ -8,13 +8,12 @@ straight from the YAML: ``<model>[<profile>-<variant>]``.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -35,6 +34,9 @@ from pplgate.devices import GPUS_PER_WORKER_ENV, assign_gpus, pin_worker, visibl
 from pplgate.errors import PplgateError
 from pplgate.stats import paired_stats
 
+if TYPE_CHECKING:
+    from pplgate.measure import Measurement, Measurer
+
 GATE_KEY = pytest.StashKey["GateSession"]()
 CUDA_SKIP = (
     "gpu tier: no CUDA device available (torch.cuda.is_available() is False); "
@@ -51,15 +53,6 @@ class GateFailure(Exception):
 
 
 # --------------------------------------------------------------------------- options & markers
-
-
-def _scalar_info(info: dict[str, Any]) -> dict[str, Any]:
-    """The scalar facts of a variant's ``PreparedModel.info`` (cache key, times, kernel) for provenance."""
-    return {
-        k: round(v, 2) if isinstance(v, float) else v
-        for k, v in info.items()
-        if isinstance(v, (str, int, float, bool)) and k not in ("load_path", "cache_entry", "calibration_source")
-    }
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -198,7 +191,7 @@ class GateItem(pytest.Item):
         from pplgate.locate import inputs_required
 
         try:
-            _gate(self.config).load_dataset()
+            _gate(self.config).measurer.text()
         except DatasetNotFound as exc:
             if not inputs_required():
                 pytest.skip(str(exc))
@@ -229,24 +222,11 @@ class GateItem(pytest.Item):
 
 
 @dataclass
-class Measurement:
-    result: Any  # PerplexityResult
-    fingerprint: dict[str, Any]
-    origin: str
-    prepare_time_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class GateSession:
-    """Session caches (dataset, tokenizers, models, measurements) and collected results."""
+    """The session's :class:`~pplgate.measure.Measurer` (text, tokens, models, measurements) and collected results."""
 
     config: pytest.Config
-    dataset: Any = None
-    dataset_error: BaseException | None = None
-    tokens: dict = field(default_factory=dict)
-    models: dict = field(default_factory=dict)
-    measurements: dict = field(default_factory=dict)
+    _measurer: Measurer | None = field(default=None, repr=False)
     order: list = field(default_factory=list)
     records: list = field(default_factory=list)
     updates: dict = field(default_factory=dict)
@@ -284,68 +264,28 @@ class GateSession:
         except OSError:
             return False
 
-    # ---- cached resources
-    def load_dataset(self):
-        """The canonical text, looked up once per session (``--pplgate-dataset``, then pplgate.locate's order)."""
-        from pplgate.errors import DatasetNotFound
-        from pplgate.locate import REQUIRE_ENV, inputs_required
-        from pplgate.protocol.dataset import load_canonical_text
+    # ---- measuring: one Measurer per session
+    @property
+    def measurer(self) -> Measurer:
+        """Created on first use from the plugin's options (``--pplgate-dataset``, ``--pplgate-cache*``, ``-s``)."""
+        if self._measurer is None:
+            from pplgate.locate import REQUIRE_ENV, inputs_required
+            from pplgate.measure import Measurer
 
-        if self.dataset is None and self.dataset_error is None:
-            try:
-                self.dataset = load_canonical_text(
-                    self.config.getoption("--pplgate-dataset"), option="--pplgate-dataset"
-                )
-            except DatasetNotFound as exc:
-                if inputs_required():
-                    exc = DatasetNotFound(
-                        f"{exc}\n(under CI, $CI true or {REQUIRE_ENV}=1, a missing dataset fails; "
-                        "outside CI these entries skip)"
-                    )
-                self.dataset_error = exc
-            except PplgateError as exc:
-                self.dataset_error = exc
-        if self.dataset_error is not None:
-            raise self.dataset_error
-        return self.dataset
-
-    def load_tokens(self, item: GateItem):
-        from pplgate.models.source import load_tokenizer
-        from pplgate.protocol.tokens import tokenize_canonical
-
-        key = (item.source, item.tokenizer_ref)
-        if key not in self.tokens:
-            tok = load_tokenizer(item.source, item.tokenizer_ref)
-            text = self.load_dataset()
-            tokens = tokenize_canonical(tok, text.text)
-            ref = item.tokenizer_ref or item.source.gguf_file or item.source.path_or_id
-            name = f"{type(tok).__name__}({Path(ref).name if ref.startswith('/') else ref})"
-            self.tokens[key] = (tok, tokens, name)
-        return self.tokens[key]
-
-    def load_model(self, source, device: str, dtype: str, *, fresh: bool = False, device_map: str | None = None):
-        from pplgate.models.source import load_model
-
-        if fresh:
-            return load_model(source, dtype=dtype, device=device, device_map=device_map)
-        key = (source, dtype, device)
-        if key not in self.models:
-            self.models[key] = load_model(source, dtype=dtype, device=device, device_map=device_map)
-        return self.models[key]
-
-    def free_models(self, keep: set) -> None:
-        drop = [k for k in self.models if (k[0], k[2]) not in keep]
-        for k in drop:
-            del self.models[k]
-        if drop:
-            gc.collect()
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except Exception:  # pragma: no cover
-                pass
+            opt = self.config.getoption
+            self._measurer = Measurer(
+                dataset=opt("--pplgate-dataset"),
+                dataset_option="--pplgate-dataset",
+                cache_dir=opt("--pplgate-cache-dir"),
+                cache_mode=opt("--pplgate-cache"),
+                progress=opt("capture") == "no",  # visible with -s
+                missing_dataset_note=(
+                    f"(under CI, $CI true or {REQUIRE_ENV}=1, a missing dataset fails; outside CI these entries skip)"
+                    if inputs_required()
+                    else None
+                ),
+            )
+        return self._measurer
 
     def max_windows(self, profile: ProfileSpec) -> int | None:
         override = self.config.getoption("--pplgate-max-windows")
@@ -353,66 +293,18 @@ class GateSession:
 
     def measure(self, item: GateItem, variant: VariantSpec) -> Measurement:
         """Measure ``variant`` of ``item``'s profile once per session (relational refs reuse it)."""
-        from pplgate.baselines import _plain
-        from pplgate.models.registry import make_variant
-        from pplgate.models.variant import ModelContext
-        from pplgate.protocol.engine import evaluate_perplexity
-
-        key = (str(item.spec.path), item.profile.name, variant.name)
-        if key in self.measurements:
-            return self.measurements[key]
-        text = self.load_dataset()
-        tok, tokens, tok_name = self.load_tokens(item)
-        device = item.device
-        var = make_variant(variant.kind, variant.params)
-        ctx = ModelContext(
-            source=item.source,
-            device=device,
-            tokenizer=tok,
-            loader=lambda dtype, fresh=False: self.load_model(
-                item.source, device, dtype, fresh=fresh, device_map=item.profile.device_map
-            ),
-            cache_dir=self.config.getoption("--pplgate-cache-dir"),
-            cache_mode=self.config.getoption("--pplgate-cache"),
+        return self.measurer.measure(
+            item.source,
+            kind=variant.kind,
+            params=variant.params,
+            device=item.device,
+            tokenizer=item.tokenizer_ref,
+            seqlen=item.profile.seqlen,
+            batch_size=item.profile.batch_size,
+            max_windows=self.max_windows(item.profile),
             device_map=item.profile.device_map,
+            label=f"{item.source.short_name()} {variant.name}",
         )
-        var.ensure_checked(ctx)  # before any model loads; prepare() does not check again
-        prepared = var.prepare(ctx)
-        try:
-            result = evaluate_perplexity(
-                prepared.model,
-                tokens,
-                text,
-                seqlen=item.profile.seqlen,
-                batch_size=item.profile.batch_size,
-                max_windows=self.max_windows(item.profile),
-                progress=self.config.getoption("capture") == "no",  # visible with -s
-                label=f"{item.source.short_name()} {variant.name}",
-            )
-            extra = {"prepare_info": _plain(_scalar_info(prepared.info))}
-            if str(device).startswith("cuda") or item.profile.device_map:
-                from pplgate.provenance import device_layout
-
-                extra["device_layout"] = device_layout(prepared.model)
-        finally:
-            prepared.model = None  # the session model cache (if any) keeps shared models alive
-        fp = {
-            "dataset_sha256": result.dataset_sha256,
-            "n_tokens": result.n_tokens,
-            "n_windows": result.n_windows,
-            "n_windows_total": result.n_windows_total,
-            "bos_added": result.bos_added,
-            "tokenizer_name": tok_name,
-            "tokenizer_sha256": result.tokenizer_sha256,
-            "seqlen": result.seqlen,
-            "dtype": result.dtype,
-            "variant": _plain(var.fingerprint()),
-        }
-        m = Measurement(
-            result=result, fingerprint=fp, origin=prepared.origin, prepare_time_s=prepared.prepare_time_s, extra=extra
-        )
-        self.measurements[key] = m
-        return m
 
     # ---- the test itself
     def run_item(self, item: GateItem) -> None:
@@ -625,7 +517,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem) -> None:
     except ValueError:
         return
     keep = {(it.source, it.device) for it in gate.order[pos + 1 :]}
-    gate.free_models(keep)
+    gate.measurer.free(keep)
 
 
 def _base_record(item: GateItem, status: str) -> dict[str, Any]:

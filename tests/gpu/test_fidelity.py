@@ -1,8 +1,9 @@
 """GPU fidelity: pplgate's engine vs AutoAWQ's own ``evaluate_perplexity`` on the same loaded model.
 
-Runs the installed AutoAWQ function (see ``pplgate.protocol.autoawq_loop``) and pplgate's batched engine on
-SmolLM2-135M-Instruct in fp16 and AWQ-quantized (w4 g64 GEMM, through the ``awq`` variant, i.e.
-AutoAWQ's real quantized modules), in one process; the PPLs must agree within 1e-3 relative.
+Runs the installed AutoAWQ function (see ``pplgate.protocol.autoawq_loop``) and pplgate's measurement
+(the :class:`~pplgate.measure.Measurer`, batched engine) on SmolLM2-135M-Instruct in fp16 and AWQ-quantized
+(w4 g64 GEMM, through the ``awq`` variant, i.e. AutoAWQ's real quantized modules), in one process and on
+the same model object; the PPLs must agree within 1e-3 relative.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import pytest
 import torch
 from support import need_module, skip_or_fail
 
-from pplgate.models.source import load_model, load_tokenizer, resolve_source
-from pplgate.protocol.dataset import load_canonical_text, load_wikitext2_test
-from pplgate.protocol.engine import evaluate_perplexity
-from pplgate.protocol.tokens import tokenize_canonical
+from pplgate.measure import Measurer
+from pplgate.models.source import resolve_source
+from pplgate.protocol.dataset import load_wikitext2_test
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,42 +31,41 @@ def smollm2():
     need_module("awq", "pip install --no-deps autoawq==0.2.9")  # AutoAWQ's own reference loop
     src = resolve_source(None)
     rows, _ = load_wikitext2_test()
-    return src, load_tokenizer(src), rows, load_canonical_text()
+    return src, rows, Measurer()
 
 
-def _compare(model, tok, rows, text, record_property, label):
+def _compare(measurer, src, rows, record_property, label, kind, params):
     from pplgate.protocol.autoawq_loop import autoawq_perplexity
 
-    ours = evaluate_perplexity(model, tokenize_canonical(tok, text.text), text, batch_size=8, progress=False)
-    ref, how = autoawq_perplexity(model, tok, rows)
+    request = dict(kind=kind, params=params, device="cuda")
+    prepared = measurer.prepare(src, **request)  # the model measure() scores next, kept for AutoAWQ's loop
+    ours = measurer.measure(src, **request, batch_size=8).result
+    tok = measurer.tokens(src, None)[0]
+    ref, how = autoawq_perplexity(prepared.model, tok, rows)
     rel = abs(ours.ppl - ref) / ref
     for k, v in {"pplgate_ppl": ours.ppl, "autoawq_ppl": ref, "rel_diff": rel, "autoawq_loop": how}.items():
         record_property(f"{label}_{k}", v)
     print(f"\n{label}: pplgate {ours.ppl:.6f}  AutoAWQ ({how}) {ref:.6f}  rel diff {rel:.2e}")
     assert ours.n_windows == ours.n_windows_total == 148
     assert rel <= REL_TOL, f"{label}: pplgate {ours.ppl} vs AutoAWQ {ref} (rel {rel:.2e} > {REL_TOL})"
+    return prepared
 
 
 def test_fp16_matches_autoawq_loop(smollm2, record_property):
-    src, tok, rows, text = smollm2
-    model = load_model(src, "fp16", "cuda")
-    _compare(model, tok, rows, text, record_property, "fp16")
+    src, rows, measurer = smollm2
+    _compare(measurer, src, rows, record_property, "fp16", "fp16", {})
+    measurer.free(set())
 
 
 def test_awq_matches_autoawq_loop(smollm2, record_property):
-    from pplgate.models.registry import make_variant
-    from pplgate.models.variant import ModelContext
-
-    src, tok, rows, text = smollm2
+    src, rows, measurer = smollm2
     if not os.environ.get("PPLGATE_CALIBRATION"):
         skip_or_fail("set PPLGATE_CALIBRATION to a local calibration file (the hub's pileval is used otherwise)")
     from pplgate.baselines import load_baseline
 
     # the GPU gate's own AWQ entry (same params, so the gate's cache entry is reused)
     spec = load_baseline(Path(__file__).resolve().parents[2] / "baselines" / "smollm2-135m-instruct.yaml")
-    variant = make_variant("awq", spec.profiles["gpu"].variants["awq-w4g64"].params)
-    ctx = ModelContext(source=src, device="cuda", tokenizer=tok)
-    variant.check(ctx)
-    prepared = variant.prepare(ctx)  # the gate's cache entry when the gate ran first
-    record_property("awq_origin", prepared.origin)
-    _compare(prepared.model, tok, rows, text, record_property, "awq")
+    params = spec.profiles["gpu"].variants["awq-w4g64"].params
+    prepared = _compare(measurer, src, rows, record_property, "awq", "awq", params)
+    record_property("awq_origin", prepared.origin)  # "cache" when the gate ran first
+    measurer.free(set())

@@ -1,0 +1,268 @@
+"""The one place where a measurement is wired: text -> source -> tokenizer -> tokens -> model/variant -> engine.
+
+:class:`Measurer` holds a session's caches — the canonical text (loaded once; an error is kept and
+raised again), tokenizers and their tokens per (source, tokenizer), loaded float models per (source,
+dtype, device, device_map), and finished measurements per request — and turns one request (a source, a
+variant kind with params, a device and the profile numbers) into a :class:`Measurement`: the
+:class:`~pplgate.protocol.result.PerplexityResult` plus the protocol fingerprint a baseline records.
+
+The pytest plugin, ``pplgate eval``, the benchmark and the CI scripts all measure through it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pplgate.errors import DatasetNotFound, PplgateError
+from pplgate.models.registry import make_variant
+from pplgate.models.source import ModelSource, load_model, load_tokenizer
+from pplgate.models.variant import ModelContext, PreparedModel, Variant
+from pplgate.protocol.dataset import CanonicalText, load_canonical_text
+from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
+from pplgate.protocol.result import PerplexityResult
+from pplgate.protocol.tokens import TokenizedText, tokenize_canonical
+from pplgate.provenance import device_layout
+
+# keys of PreparedModel.info that are paths or machine-specific, kept out of the provenance
+_INFO_NOT_RECORDED = ("load_path", "cache_entry", "calibration_source")
+
+
+@dataclass
+class Measurement:
+    """One measured entry: the result, the protocol fingerprint, how the model was obtained."""
+
+    result: PerplexityResult
+    # dataset_sha256, n_tokens, n_windows, n_windows_total, bos_added, tokenizer_name, tokenizer_sha256,
+    # seqlen, dtype and variant (the variant's own fingerprint), in the order a baseline records them
+    fingerprint: dict[str, Any]
+    origin: str  # loaded | quantized | cache
+    prepare_time_s: float
+    extra: dict[str, Any] = field(default_factory=dict)  # prepare_info; device_layout on CUDA / device_map
+
+
+def plain(node: Any) -> Any:
+    """JSON-plain copy of ``node``: mappings -> dict, sequences -> list, str/int/float subclasses -> base type."""
+    if isinstance(node, Mapping):
+        return {str(k): plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    for base in (int, float, str):
+        if isinstance(node, base):
+            return base(node)
+    return node
+
+
+def scalar_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar facts of a variant's ``PreparedModel.info`` (cache key, times, kernel) for provenance."""
+    return {
+        k: round(v, 2) if isinstance(v, float) else v
+        for k, v in info.items()
+        if isinstance(v, (str, int, float, bool)) and k not in _INFO_NOT_RECORDED
+    }
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(plain(params), sort_keys=True, default=str)
+
+
+def _tokenizer_name(tok: Any, source: ModelSource, tokenizer: str | None) -> str:
+    ref = tokenizer or source.gguf_file or source.path_or_id
+    return f"{type(tok).__name__}({Path(ref).name if ref.startswith('/') else ref})"
+
+
+class Measurer:
+    """Session caches (text, tokens, loaded models, measurements) and ``measure(...) -> Measurement``.
+
+    ``dataset`` is the WikiText-2 test split's path (None: :mod:`pplgate.locate`'s lookup order), named
+    ``dataset_option`` in error messages (``--dataset`` for the CLI, ``--pplgate-dataset`` under pytest).
+    ``missing_dataset_note``, when given, is appended to a :class:`~pplgate.errors.DatasetNotFound`
+    message (the pytest plugin says there what happens under CI). ``cache_dir``/``cache_mode`` are
+    the quantization cache's; ``progress`` shows the engine's progress on stderr.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: str | None = None,
+        dataset_option: str = "--dataset",
+        allow_noncanonical: bool = False,
+        cache_dir: str | None = None,
+        cache_mode: str = "use",
+        progress: bool = False,
+        missing_dataset_note: str | None = None,
+    ) -> None:
+        self.dataset, self.dataset_option = dataset, dataset_option
+        self.allow_noncanonical = allow_noncanonical
+        self.cache_dir, self.cache_mode = cache_dir, cache_mode
+        self.progress = progress
+        self.missing_dataset_note = missing_dataset_note
+        self._text: CanonicalText | None = None
+        self._text_error: PplgateError | None = None
+        self._tokens: dict[tuple[ModelSource, str | None], tuple[Any, TokenizedText, str]] = {}
+        self._models: dict[tuple[ModelSource, str, str, str | None], Any] = {}
+        self._prepared: dict[tuple, tuple[Variant, PreparedModel]] = {}
+        self._measurements: dict[tuple, Measurement] = {}
+
+    # ---- inputs, loaded once per session
+    def text(self) -> CanonicalText:
+        """The canonical text, looked up once (an error is kept and raised again on every call)."""
+        if self._text is None and self._text_error is None:
+            try:
+                self._text = load_canonical_text(
+                    self.dataset, allow_noncanonical=self.allow_noncanonical, option=self.dataset_option
+                )
+            except DatasetNotFound as exc:
+                note = self.missing_dataset_note
+                self._text_error = DatasetNotFound(f"{exc}\n{note}") if note else exc
+            except PplgateError as exc:
+                self._text_error = exc
+        if self._text_error is not None:
+            raise self._text_error
+        assert self._text is not None
+        return self._text
+
+    def tokens(self, source: ModelSource, tokenizer: str | None) -> tuple[Any, TokenizedText, str]:
+        """``(tokenizer, tokens, tokenizer_name)`` of ``source`` (or the ``tokenizer`` it names), once each."""
+        key = (source, tokenizer)
+        if key not in self._tokens:
+            tok = load_tokenizer(source, tokenizer)
+            tokens = tokenize_canonical(tok, self.text().text)
+            self._tokens[key] = (tok, tokens, _tokenizer_name(tok, source, tokenizer))
+        return self._tokens[key]
+
+    def model(
+        self, source: ModelSource, dtype: str, device: str, *, fresh: bool = False, device_map: str | None = None
+    ) -> Any:
+        """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy."""
+        if fresh:
+            return load_model(source, dtype=dtype, device=device, device_map=device_map)
+        key = (source, dtype, device, device_map)
+        if key not in self._models:
+            self._models[key] = load_model(source, dtype=dtype, device=device, device_map=device_map)
+        return self._models[key]
+
+    # ---- the chain
+    def _context(self, source: ModelSource, tok: Any, device: str, device_map: str | None) -> ModelContext:
+        return ModelContext(
+            source=source,
+            device=device,
+            tokenizer=tok,
+            loader=lambda dtype, fresh=False: self.model(source, dtype, device, fresh=fresh, device_map=device_map),
+            cache_dir=self.cache_dir,
+            cache_mode=self.cache_mode,
+            device_map=device_map,
+        )
+
+    def _prepare(
+        self, source: ModelSource, kind: str, params: Mapping[str, Any], device: str, device_map: str | None, tok: Any
+    ) -> tuple[Variant, PreparedModel]:
+        variant = make_variant(kind, params)
+        ctx = self._context(source, tok, device, device_map)
+        variant.ensure_checked(ctx)  # before any model is loaded; prepare() does not check again
+        return variant, variant.prepare(ctx)
+
+    def prepare(
+        self,
+        source: ModelSource,
+        *,
+        kind: str,
+        params: Mapping[str, Any],
+        device: str,
+        tokenizer: str | None = None,
+        device_map: str | None = None,
+    ) -> PreparedModel:
+        """The model :meth:`measure` scores for this request, for code that also hands it elsewhere (AutoAWQ's
+        loop, a benchmark). The next :meth:`measure` of the same request scores this very model."""
+        tok = self.tokens(source, tokenizer)[0]
+        key = (source, tokenizer, kind, _params_key(params), device, device_map)
+        self._prepared[key] = self._prepare(source, kind, params, device, device_map, tok)
+        return self._prepared[key][1]
+
+    def measure(
+        self,
+        source: ModelSource,
+        *,
+        kind: str,
+        params: Mapping[str, Any],
+        device: str,
+        tokenizer: str | None = None,
+        seqlen: int = DEFAULT_SEQLEN,
+        batch_size: int = 1,
+        max_windows: int | None = None,
+        device_map: str | None = None,
+        label: str | None = None,
+    ) -> Measurement:
+        """Measure variant ``kind(params)`` of ``source``; the same request is measured once per Measurer."""
+        key = (source, tokenizer, kind, _params_key(params), device, seqlen, batch_size, max_windows, device_map)
+        if key in self._measurements:
+            return self._measurements[key]
+        text = self.text()
+        tok, tokens, tok_name = self.tokens(source, tokenizer)
+        handed = self._prepared.pop((source, tokenizer, kind, _params_key(params), device, device_map), None)
+        variant, prepared = handed or self._prepare(source, kind, params, device, device_map, tok)
+        model = prepared.model
+        try:
+            result = evaluate_perplexity(
+                model,
+                tokens,
+                text,
+                seqlen=seqlen,
+                batch_size=batch_size,
+                max_windows=max_windows,
+                progress=self.progress,
+                label=label or f"{source.short_name()} {kind}",
+            )
+            extra: dict[str, Any] = {"prepare_info": plain(scalar_info(prepared.info))}
+            if str(device).startswith("cuda") or device_map:
+                extra["device_layout"] = device_layout(model)
+        finally:
+            model = None  # the session model cache keeps shared float models alive, nothing else
+            if handed is None:
+                prepared.model = None
+        fingerprint = {
+            "dataset_sha256": result.dataset_sha256,
+            "n_tokens": result.n_tokens,
+            "n_windows": result.n_windows,
+            "n_windows_total": result.n_windows_total,
+            "bos_added": result.bos_added,
+            "tokenizer_name": tok_name,
+            "tokenizer_sha256": result.tokenizer_sha256,
+            "seqlen": result.seqlen,
+            "dtype": result.dtype,
+            "variant": plain(variant.fingerprint()),
+        }
+        m = Measurement(
+            result=result,
+            fingerprint=fingerprint,
+            origin=prepared.origin,
+            prepare_time_s=prepared.prepare_time_s,
+            extra=extra,
+        )
+        self._measurements[key] = m
+        return m
+
+    # ---- memory
+    def free(self, keep: set[tuple[ModelSource, str]]) -> None:
+        """Drop loaded (and handed-over prepared) models whose ``(source, device)`` is not in ``keep``."""
+        drop = [k for k in self._models if (k[0], k[2]) not in keep]
+        for k in drop:
+            del self._models[k]
+        dropped = [k for k in self._prepared if (k[0], k[4]) not in keep]
+        for k in dropped:
+            del self._prepared[k]
+        if drop or dropped:
+            gc.collect()
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except Exception:  # pragma: no cover
+                pass
