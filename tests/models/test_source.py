@@ -1,4 +1,5 @@
-"""Model source resolution and loading: the embedded SmolLM2 default, paths, GGUF files, errors."""
+"""Model source resolution and loading (the embedded SmolLM2 default, paths, GGUF files, errors) and the
+one device/dtype policy."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from support import need_shared
 from pplgate.errors import ModelLoadError
 from pplgate.models.source import (
     DEFAULT_MODEL,
+    DTYPE_CHOICES,
     SMOLLM2_ENV,
     SMOLLM2_GGUF,
     ModelSource,
+    default_dtype,
     load_model,
     load_tokenizer,
     resolve_device,
+    resolve_dtype,
     resolve_source,
     torch_dtype,
 )
@@ -114,6 +118,59 @@ def test_dtype_and_device_names() -> None:
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ModelLoadError, match="--device cpu"):
             resolve_device("cuda")
+
+
+NO_CUDA = "requested but no CUDA device is available; use --device cpu"
+# (CUDA available?, function, arguments, expected result or the error's message)
+POLICY = [
+    (False, resolve_device, ("cpu",), torch.device("cpu")),
+    (False, resolve_device, ("auto",), torch.device("cpu")),
+    (True, resolve_device, ("auto",), torch.device("cuda")),
+    (True, resolve_device, ("cuda:1",), torch.device("cuda", 1)),
+    (False, resolve_device, ("cuda",), ModelLoadError("device 'cuda' " + NO_CUDA)),
+    (False, resolve_device, ("cuda:1",), ModelLoadError("device 'cuda:1' " + NO_CUDA)),
+    (False, resolve_device, (torch.device("cpu"),), torch.device("cpu")),
+    (False, resolve_device, (torch.device("cuda", 0),), ModelLoadError("device 'cuda:0' " + NO_CUDA)),
+    (False, default_dtype, ("cpu",), "fp32"),
+    (False, default_dtype, ("auto",), "fp32"),
+    (True, default_dtype, ("auto",), "fp16"),
+    (True, default_dtype, ("cuda:0",), "fp16"),
+    (True, default_dtype, ("cpu",), "fp32"),
+    (False, resolve_dtype, ("auto", "cpu"), "fp32"),
+    (False, resolve_dtype, (None, "cpu"), "fp32"),
+    (True, resolve_dtype, ("auto", "cuda"), "fp16"),
+    (True, resolve_dtype, (None, torch.device("cuda")), "fp16"),
+    (False, resolve_dtype, ("auto", "cuda"), ModelLoadError("device 'cuda' " + NO_CUDA)),
+    (False, resolve_dtype, ("bf16", "cuda"), "bf16"),  # an explicit dtype does not need the device
+    (False, resolve_dtype, ("fp16", "cpu"), "fp16"),
+    (True, resolve_dtype, ("fp32", "cuda"), "fp32"),
+    (False, resolve_dtype, ("FP16", "cpu"), "fp16"),
+    (False, resolve_dtype, ("bfloat16", "cpu"), "bf16"),
+    (False, resolve_dtype, ("float32", "cpu"), "fp32"),
+    (False, resolve_dtype, ("int8", "cpu"), ModelLoadError("unknown dtype 'int8'; choose one of fp16, bf16, fp32")),
+    (False, torch_dtype, ("fp16",), torch.float16),
+    (False, torch_dtype, ("BF16",), torch.bfloat16),
+    (False, torch_dtype, ("float32",), torch.float32),
+]
+
+
+@pytest.mark.parametrize(("cuda", "fn", "args", "expected"), POLICY)
+def test_device_and_dtype_policy(monkeypatch, cuda, fn, args, expected) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    if isinstance(expected, Exception):
+        with pytest.raises(type(expected)) as info:
+            fn(*args)
+        assert str(info.value) == str(expected)
+    else:
+        assert fn(*args) == expected
+
+
+def test_dtype_choices_are_the_cli_and_param_vocabulary() -> None:
+    from pplgate.cli import build_parser
+
+    assert DTYPE_CHOICES == ("auto", "fp16", "bf16", "fp32")
+    ev = build_parser()._subparsers._group_actions[0].choices["eval"]
+    assert next(a for a in ev._actions if a.dest == "dtype").choices == list(DTYPE_CHOICES)
 
 
 def test_missing_sentencepiece_is_named_instead_of_tiktoken(monkeypatch) -> None:

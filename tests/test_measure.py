@@ -1,0 +1,213 @@
+"""The Measurer: one wiring of text -> tokens -> model/variant -> engine, with its session caches.
+
+A tiny seeded Llama saved to a temporary directory (the real GPT-2 tokenizer) and a short non-canonical
+text keep every measurement well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import save_tiny_llama, write_jsonl
+
+import pplgate.measure as measure_mod
+from pplgate.errors import DatasetError, DatasetNotFound, VariantError
+from pplgate.measure import Measurement, Measurer, plain, scalar_info
+from pplgate.models import registry
+from pplgate.models.source import ModelSource
+from pplgate.models.variant import PreparedModel, Variant
+
+FP_KEYS = [
+    "dataset_sha256",
+    "n_tokens",
+    "n_windows",
+    "n_windows_total",
+    "bos_added",
+    "tokenizer_name",
+    "tokenizer_sha256",
+    "seqlen",
+    "dtype",
+    "variant",
+]
+TEXT = ["The quick brown fox jumps over the lazy dog near the bank of the river. " * 30] * 4
+SHORT = dict(seqlen=64, max_windows=2)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> ModelSource:
+    return ModelSource(str(save_tiny_llama(tmp_path_factory.mktemp("measure") / "tiny-llama", hidden=64, inter=128)))
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("measure-text") / "text.jsonl", TEXT)
+
+
+@pytest.fixture
+def counts(monkeypatch) -> dict[str, int]:
+    """How often the Measurer loads a tokenizer, tokenizes, and loads a model."""
+    n = {"load_tokenizer": 0, "tokenize_canonical": 0, "load_model": 0}
+    for name in n:
+        real = getattr(measure_mod, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            n[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(measure_mod, name, counted)
+    return n
+
+
+@pytest.fixture
+def measurer(text_file) -> Measurer:
+    return Measurer(dataset=str(text_file), allow_noncanonical=True)
+
+
+class _Counting(Variant):
+    """fp32, counting its checks and prepares."""
+
+    kind = "test-measure-counting"
+    checks: list = []
+    prepares: list = []
+
+    def fingerprint(self):
+        return {"kind": self.kind, "note": self.params.get("note", "x")}
+
+    def check(self, ctx):
+        _Counting.checks.append(ctx)
+
+    def prepare(self, ctx):
+        self.ensure_checked(ctx)
+        _Counting.prepares.append(ctx)
+        t0 = time.perf_counter()
+        return PreparedModel(ctx.load("fp32"), "loaded", time.perf_counter() - t0, {"path": "/x", "s": 1.234})
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTERED", {**registry._REGISTERED, _Counting.kind: _Counting})
+    monkeypatch.setattr(_Counting, "checks", [])
+    monkeypatch.setattr(_Counting, "prepares", [])
+    return _Counting
+
+
+def test_measurement_carries_the_protocol_fingerprint(measurer, source) -> None:
+    m = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    assert isinstance(m, Measurement) and m.origin == "loaded" and m.prepare_time_s >= 0
+    assert list(m.fingerprint) == FP_KEYS
+    r = m.result
+    assert m.fingerprint["n_windows"] == r.n_windows == 2 and m.fingerprint["seqlen"] == 64
+    assert m.fingerprint["dtype"] == "float32" and m.fingerprint["variant"] == {"kind": "fp32", "dtype": "fp32"}
+    assert m.fingerprint["tokenizer_name"] == "GPT2Tokenizer(tiny-llama)"  # a path: its basename
+    assert m.fingerprint["dataset_sha256"] == measurer.text().sha256 and not r.canonical
+    assert m.extra == {"prepare_info": {}}  # no device_layout on CPU
+
+
+def test_the_same_request_is_measured_once(measurer, source, counts, counting) -> None:
+    a = measurer.measure(source, kind=counting.kind, params={"note": "a"}, device="cpu", **SHORT)
+    b = measurer.measure(source, kind=counting.kind, params={"note": "a"}, device="cpu", **SHORT, label="other")
+    assert a is b and len(counting.prepares) == 1
+    assert len(counting.checks) == 1  # checked once, before the model loads; prepare() does not check again
+    c = measurer.measure(source, kind=counting.kind, params={"note": "a"}, device="cpu", seqlen=64, max_windows=1)
+    assert c is not a and c.result.n_windows == 1 and len(counting.prepares) == 2
+    assert counts["load_model"] == 1  # the float model is loaded once per session
+    assert a.extra["prepare_info"] == {"path": "/x", "s": 1.23}  # scalar facts, rounded
+
+
+def test_two_variants_share_one_tokenization(measurer, source, counts) -> None:
+    fp32 = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
+    assert counts == {"load_tokenizer": 1, "tokenize_canonical": 1, "load_model": 2}  # rtn loads fresh
+    assert rtn.origin == "quantized" and rtn.result.ppl != fp32.result.ppl
+    assert {k: v for k, v in rtn.fingerprint.items() if k != "variant"} == {
+        k: v for k, v in fp32.fingerprint.items() if k != "variant"
+    }
+    tok, tokens, name = measurer.tokens(source, None)
+    assert measurer.tokens(source, None)[1] is tokens and counts["tokenize_canonical"] == 1
+
+
+def test_free_drops_models_not_kept(measurer, source, counts) -> None:
+    measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    measurer.free({(source, "cpu")})  # still needed by a later item: kept
+    measurer.measure(source, kind="fp32", params={}, device="cpu", seqlen=64, max_windows=1)
+    assert counts["load_model"] == 1
+    measurer.free({(ModelSource("/another/model"), "cpu")})
+    measurer.measure(source, kind="fp32", params={}, device="cpu", seqlen=32, max_windows=1)
+    assert counts["load_model"] == 2
+
+
+def test_prepare_hands_its_model_to_the_next_measure(measurer, source, counting) -> None:
+    prepared = measurer.prepare(source, kind=counting.kind, params={}, device="cpu")
+    m = measurer.measure(source, kind=counting.kind, params={}, device="cpu", **SHORT)
+    assert len(counting.prepares) == 1 and prepared.model is not None  # the caller keeps its model
+    assert m.origin == prepared.origin
+    measurer.measure(source, kind=counting.kind, params={}, device="cpu", seqlen=64, max_windows=1)
+    assert len(counting.prepares) == 2  # handed over once
+
+
+def test_bad_dataset_names_the_callers_option(source, tmp_path) -> None:
+    m = Measurer(dataset=str(tmp_path / "missing.parquet"), dataset_option="--pplgate-dataset")
+    with pytest.raises(DatasetError, match=r"missing.parquet does not exist.*\(from --pplgate-dataset\)") as first:
+        m.text()
+    with pytest.raises(DatasetError) as again:
+        m.measure(source, kind="fp32", params={}, device="cpu")
+    assert again.value is first.value  # looked up once; the error is kept
+
+
+def test_missing_dataset_says_which_option_and_the_note(monkeypatch, source, tmp_path) -> None:
+    for var in ("PPLGATE_WIKITEXT", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PPLGATE_SHARED", str(tmp_path / "no-shared"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = Measurer(dataset_option="--pplgate-dataset", missing_dataset_note="(a note from the caller)")
+    with pytest.raises(DatasetNotFound) as info:
+        m.tokens(source, None)
+    msg = str(info.value)
+    assert "pass --pplgate-dataset PATH" in msg and msg.endswith("\n(a note from the caller)")
+
+
+def test_variant_errors_come_before_any_model_loads(measurer, source, counts) -> None:
+    with pytest.raises(VariantError, match="unknown variant kind 'nope'"):
+        measurer.measure(source, kind="nope", params={}, device="cpu")
+    with pytest.raises(VariantError, match="q_group_size 48 does not fit"):
+        measurer.measure(source, kind="rtn", params={"q_group_size": 48}, device="cpu")
+    assert counts["load_model"] == 0
+
+
+def test_plain_and_scalar_info() -> None:
+    class S(str):
+        pass
+
+    class I(int):  # noqa: E742 - a ruamel-like int subclass
+        pass
+
+    out = plain({"a": (1, S("x")), S("b"): {"c": I(3), "d": 1.5, "e": None, "f": True}})
+    assert out == {"a": [1, "x"], "b": {"c": 3, "d": 1.5, "e": None, "f": True}}
+    assert type(out["a"][1]) is str and type(out["b"]["c"]) is int
+    info = {"t": 1.23456, "cache_entry": "/p", "load_path": "x", "calibration_source": "y", "n": 3, "l": [1]}
+    assert scalar_info(info) == {"t": 1.23, "n": 3}
+
+
+def test_import_pplgate_does_not_import_torch() -> None:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, *sys.path]))
+    code = (
+        "import sys, pplgate, pplgate.errors, pplgate.gate.store, pplgate.models.registry; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert pplgate.DatasetError is pplgate.errors.DatasetError; "
+        "assert 'Measurer' in dir(pplgate) and 'torch' not in sys.modules; "
+        "m = pplgate.Measurer; assert 'torch' in sys.modules and m.__module__ == 'pplgate.measure'; "
+        "from pplgate import evaluate_perplexity, tokenize_canonical, load_canonical_text, PerplexityResult; "
+        "print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    import pplgate
+
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        pplgate.nothing_here  # noqa: B018
