@@ -7,7 +7,7 @@ The public API is imported lazily (PEP 562): ``import pplgate`` (or ``pplgate.er
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pplgate.errors import (
     BaselineError,
@@ -26,6 +26,8 @@ from pplgate.errors import (
 
 __version__ = "0.1.0"
 
+# name -> module; no static import of these (not even under TYPE_CHECKING), so that the layers stay
+# acyclic for import analysis: modules that read pplgate.__version__ import only this file and errors.
 _LAZY = {
     "CANONICAL_SHA256": "pplgate.protocol.dataset",
     "CanonicalText": "pplgate.protocol.dataset",
@@ -38,13 +40,6 @@ _LAZY = {
     "Measurer": "pplgate.measure",
     "Measurement": "pplgate.measure",
 }
-
-if TYPE_CHECKING:
-    from pplgate.measure import Measurement, Measurer
-    from pplgate.protocol.dataset import CANONICAL_SHA256, CanonicalText, load_canonical_text, load_wikitext2_test
-    from pplgate.protocol.engine import evaluate_perplexity
-    from pplgate.protocol.result import PerplexityResult
-    from pplgate.protocol.tokens import TokenizedText, tokenize_canonical
 
 
 def __getattr__(name: str) -> Any:
