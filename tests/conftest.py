@@ -1,6 +1,7 @@
 """Shared fixtures of pplgate's own test-suite: ../shared reference data and tiny seeded models.
 
-(The top-level ``conftest.py`` belongs to the pytest plugin; keep test helpers here.)
+(The top-level ``conftest.py`` belongs to the pytest plugin. Fixtures live here, helper functions in
+``support.py``; this file puts ``tests/`` on ``sys.path``, so tests in subfolders import ``support`` too.)
 """
 
 from __future__ import annotations
