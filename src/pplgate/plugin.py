@@ -33,6 +33,7 @@ from pplgate.baselines import (
 )
 from pplgate.devices import GPUS_PER_WORKER_ENV, assign_gpus, pin_worker, visible_gpu_ids
 from pplgate.errors import PplgateError
+from pplgate.pytest_plugin.options import validate as validate_options
 from pplgate.stats import paired_stats
 
 GATE_KEY = pytest.StashKey["GateSession"]()
@@ -110,6 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: GPU tier of the gate (skips where no CUDA device exists)")
     config.addinivalue_line("markers", "smoke: CPU tier of the gate (a few windows, runs everywhere)")
     config.addinivalue_line("markers", "xdist_group(name): keep tests of one model on one pytest-xdist worker")
+    validate_options(config)
     config.stash[GATE_KEY] = GateSession(config)
 
 
@@ -121,9 +123,17 @@ def _gate(config: pytest.Config) -> GateSession:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
-    if file_path.suffix not in (".yaml", ".yml"):
+    """Every ``*.yaml``/``*.yml`` (any case) under the baselines dir, sub-directories and symlinks included.
+
+    A file reached twice (a symlink beside its target) is collected once, under the first path seen.
+    """
+    if file_path.suffix.lower() not in (".yaml", ".yml"):
         return None
-    if not _gate(parent.config).is_baseline_file(file_path):
+    gate = _gate(parent.config)
+    if not gate.is_baseline_file(file_path):
+        return None
+    real = os.path.realpath(file_path)
+    if gate.collected_files.setdefault(real, file_path) != file_path:
         return None
     return BaselineFile.from_parent(parent, path=file_path)
 
@@ -143,15 +153,27 @@ class BaselineFile(pytest.File):
         tokenizer = spec.resolve_path(spec.model.tokenizer)
         if tokenizer and tokenizer.startswith("/") and not Path(tokenizer).exists():
             raise BaselineError(self.path, "model.tokenizer", f"tokenizer path {tokenizer} does not exist")
+        names: dict[str, str] = {}
         for profile in spec.profiles.values():
             for vs in profile.variants.values():
+                keypath = f"profiles.{profile.name}.variants.{vs.name}"
                 try:
                     make_variant(vs.kind, vs.params)
                 except VariantError as exc:
-                    raise BaselineError(self.path, f"profiles.{profile.name}.variants.{vs.name}", str(exc)) from exc
+                    raise BaselineError(self.path, keypath, str(exc)) from exc
+                name = f"{spec.model.name}[{profile.name}-{vs.name}]"
+                if name in names:
+                    raise BaselineError(
+                        self.path,
+                        keypath,
+                        f"test id {name} is also the id of {names[name]}: rename the profile or the variant "
+                        "so that '<profile>-<variant>' differs",
+                        vs.line,
+                    )
+                names[name] = keypath
                 yield GateItem.from_parent(
                     self,
-                    name=f"{spec.model.name}[{profile.name}-{vs.name}]",
+                    name=name,
                     spec=spec,
                     profile=profile,
                     variant=vs,
@@ -256,6 +278,7 @@ class GateSession:
     update_blocked: str | None = None
     write_errors: list = field(default_factory=list)
     report_paths: list = field(default_factory=list)
+    collected_files: dict = field(default_factory=dict)  # realpath -> the path it was collected under
     report_notes: list = field(default_factory=list)
 
     # ---- configuration
@@ -278,10 +301,12 @@ class GateSession:
         return (self.config.rootpath / self.config.getini("pplgate_baselines_dir")).resolve()
 
     def is_baseline_file(self, path: Path) -> bool:
+        """``path`` lies under the baselines dir (as named: a symlink there counts, wherever it points)."""
         try:
-            return path.resolve().parent == self.baselines_dir()
-        except OSError:
+            Path(os.path.abspath(path)).relative_to(self.baselines_dir())
+        except (ValueError, OSError):
             return False
+        return True
 
     # ---- cached resources
     def load_dataset(self):
