@@ -233,13 +233,14 @@ def main() -> int:
             del model
         if "smollm2-awq" in cases:
             try:
-                from pplgate.baselines import load_baseline
-                from pplgate.variants import ModelContext, make_variant
+                from pplgate.gate.spec import parse_baseline
+                from pplgate.variants import REGISTRY, ModelContext, make_variant
 
                 if args.calibration:
                     os.environ["PPLGATE_CALIBRATION"] = args.calibration
                 # the GPU gate's AWQ entry: same params, so the gate's cache entry is reused
-                spec = load_baseline(Path(__file__).resolve().parents[1] / "baselines" / "smollm2-135m-instruct.yaml")
+                path = Path(__file__).resolve().parents[1] / "baselines" / "smollm2-135m-instruct.yaml"
+                spec = parse_baseline(path, known_kinds=sorted(REGISTRY))
                 variant = make_variant("awq", spec.profiles["gpu"].variants["awq-w4g64"].params)
                 ctx = ModelContext(source=src, device="cuda", tokenizer=tok)
                 variant.check(ctx)
