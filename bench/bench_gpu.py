@@ -239,12 +239,14 @@ def main() -> int:
             measurer.free(set())
         if "smollm2-awq" in cases:
             try:
-                from pplgate.baselines import load_baseline
+                from pplgate.gate.spec import parse_baseline
+                from pplgate.models.registry import known_kinds
 
                 if args.calibration:
                     os.environ["PPLGATE_CALIBRATION"] = args.calibration
                 # the GPU gate's AWQ entry: same params, so the gate's cache entry is reused
-                spec = load_baseline(Path(__file__).resolve().parents[1] / "baselines" / "smollm2-135m-instruct.yaml")
+                path = Path(__file__).resolve().parents[1] / "baselines" / "smollm2-135m-instruct.yaml"
+                spec = parse_baseline(path, known_kinds=known_kinds())
                 params = spec.profiles["gpu"].variants["awq-w4g64"].params
                 prepared = measurer.prepare(src, kind="awq", params=params, device="cuda")
                 r = bench_case("smollm2-135m awq-w4g64-gemm", prepared.model, tok, text, bss, args.reps)

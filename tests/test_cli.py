@@ -206,3 +206,17 @@ def test_cache_list_and_clear(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
     assert "removed" in capsys.readouterr().out
     assert QuantCache(tmp_path).entries() == []
+
+
+def test_cache_clear_dry_run_and_refusal(tmp_path, capsys):
+    from pplgate.cli import main
+    from pplgate.models.quant_cache import QuantCache
+
+    QuantCache(tmp_path).get_or_build("c" * 64, lambda d: (d / "w.bin").write_bytes(b"x") and None)
+    assert main(["cache", "clear", "--dry-run", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"would remove {tmp_path / ('c' * 64)}" in out and (tmp_path / ("c" * 64)).is_dir()
+    (tmp_path / "unrelated").mkdir()
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to clear" in err and "unrelated/" in err and (tmp_path / ("c" * 64)).is_dir()

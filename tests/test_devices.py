@@ -66,24 +66,3 @@ def test_device_map_needs_cuda_and_a_known_strategy():
     if not torch.cuda.is_available():
         with pytest.raises(ModelLoadError, match="no CUDA device"):
             load_model(src, "fp16", device_map="balanced")
-
-
-def test_baseline_profile_device_map_is_validated(tmp_path):
-    from pplgate.baselines import BaselineError, load_baseline
-
-    body = """schema_version: 1
-model: {name: m, source: org/m}
-profiles:
-  gpu:
-    device: cuda
-    device_map: DM
-    variants:
-      fp16: {kind: fp16, tolerance: [{type: absolute, max_delta: 0.01}]}
-"""
-    good = tmp_path / "good.yaml"
-    good.write_text(body.replace("DM", "balanced"))
-    assert load_baseline(good).profiles["gpu"].device_map == "balanced"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(body.replace("DM", "everywhere"))
-    with pytest.raises(BaselineError, match=r"device_map.*must be one of auto, balanced, sequential"):
-        load_baseline(bad)

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("action", choices=["list", "clear"])
     ca.add_argument("--cache-dir", help="cache root (default: $PPLGATE_CACHE_DIR or ~/.cache/pplgate/quant)")
     ca.add_argument("--key", help="with clear: remove only this entry")
+    ca.add_argument("--dry-run", action="store_true", help="with clear: list what would be removed, remove nothing")
 
     tk = sub.add_parser("tokens", help="canonical token and window counts for a tokenizer")
     tk.add_argument("--tokenizer", default=DEFAULT_MODEL, help="tokenizer id/dir, .gguf file or the default model")
@@ -136,8 +137,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     cache = QuantCache(args.cache_dir)
     if args.action == "clear":
-        n = cache.clear(args.key)
-        print(f"removed {n} item(s) from {cache.root}")
+        planned = cache.plan_clear(args.key)
+        for item in planned:
+            print(f"  {'would remove' if args.dry_run else 'removing'} {item}")
+        if not args.dry_run:
+            n = cache.clear(args.key)
+            print(f"removed {n} entr{'y' if n == 1 else 'ies'} ({len(planned)} item(s)) from {cache.root}")
         return 0
     entries = cache.entries()
     print(f"{cache.root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")

@@ -8,31 +8,31 @@ straight from the YAML: ``<model>[<profile>-<variant>]``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pplgate import reports
-from pplgate.baselines import (
-    ABSENT,
-    BaselineError,
-    BaselineSpec,
-    EntryUpdate,
-    ProfileSpec,
-    VariantSpec,
-    compare_fingerprints,
-    describe_drift,
-    parse_baseline,
-    write_updates,
-)
 from pplgate.devices import GPUS_PER_WORKER_ENV, assign_gpus, pin_worker, visible_gpu_ids
-from pplgate.errors import PplgateError
-from pplgate.stats import paired_stats
+from pplgate.errors import BaselineError, PplgateError
+from pplgate.gate import reports
+from pplgate.gate.spec import BaselineSpec, EntrySpec, ProfileSpec, parse_baseline
+from pplgate.gate.store import write_updates
+from pplgate.gate.verdict import (
+    GateRecord,
+    Measured,
+    Status,
+    Target,
+    is_partial,
+    judge,
+    measured_record,
+    new_record,
+    partial_update_refusal,
+)
+from pplgate.pytest_plugin.options import validate as validate_options
 
 if TYPE_CHECKING:
     from pplgate.measure import Measurement, Measurer
@@ -47,9 +47,16 @@ CUDA_SKIP = (
 class GateFailure(Exception):
     """The gate's verdict: a regression, protocol drift or a missing baseline (not a crash)."""
 
-    def __init__(self, message: str, kind: str) -> None:
+    def __init__(self, message: str, status: Status) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.status = status
+
+
+def _known_kinds() -> list[str]:
+    """The variant kinds, for validating baseline files (names only: imports no kind, nor torch)."""
+    from pplgate.models.registry import known_kinds
+
+    return known_kinds()
 
 
 # --------------------------------------------------------------------------- options & markers
@@ -103,6 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: GPU tier of the gate (skips where no CUDA device exists)")
     config.addinivalue_line("markers", "smoke: CPU tier of the gate (a few windows, runs everywhere)")
     config.addinivalue_line("markers", "xdist_group(name): keep tests of one model on one pytest-xdist worker")
+    validate_options(config)
     config.stash[GATE_KEY] = GateSession(config)
 
 
@@ -114,9 +122,17 @@ def _gate(config: pytest.Config) -> GateSession:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
-    if file_path.suffix not in (".yaml", ".yml"):
+    """Every ``*.yaml``/``*.yml`` (any case) under the baselines dir, sub-directories and symlinks included.
+
+    A file reached twice (a symlink beside its target) is collected once, under the first path seen.
+    """
+    if file_path.suffix.lower() not in (".yaml", ".yml"):
         return None
-    if not _gate(parent.config).is_baseline_file(file_path):
+    gate = _gate(parent.config)
+    if not gate.is_baseline_file(file_path):
+        return None
+    real = os.path.realpath(file_path)
+    if gate.collected_files.setdefault(real, file_path) != file_path:
         return None
     return BaselineFile.from_parent(parent, path=file_path)
 
@@ -129,7 +145,7 @@ class BaselineFile(pytest.File):
         from pplgate.models.registry import make_variant
         from pplgate.models.source import resolve_source
 
-        spec = parse_baseline(self.path)
+        spec = parse_baseline(self.path, known_kinds=_known_kinds())
         try:
             source = resolve_source(spec.resolve_path(spec.model.source), spec.model.gguf_file, spec.model.revision)
         except PplgateError as exc:
@@ -137,15 +153,27 @@ class BaselineFile(pytest.File):
         tokenizer = spec.resolve_path(spec.model.tokenizer)
         if tokenizer and tokenizer.startswith("/") and not Path(tokenizer).exists():
             raise BaselineError(self.path, "model.tokenizer", f"tokenizer path {tokenizer} does not exist")
+        names: dict[str, str] = {}
         for profile in spec.profiles.values():
             for vs in profile.variants.values():
+                keypath = f"profiles.{profile.name}.variants.{vs.name}"
                 try:
                     make_variant(vs.kind, vs.params)
                 except VariantError as exc:
-                    raise BaselineError(self.path, f"profiles.{profile.name}.variants.{vs.name}", str(exc)) from exc
+                    raise BaselineError(self.path, keypath, str(exc)) from exc
+                name = f"{spec.model.name}[{profile.name}-{vs.name}]"
+                if name in names:
+                    raise BaselineError(
+                        self.path,
+                        keypath,
+                        f"test id {name} is also the id of {names[name]}: rename the profile or the variant "
+                        "so that '<profile>-<variant>' differs",
+                        vs.line,
+                    )
+                names[name] = keypath
                 yield GateItem.from_parent(
                     self,
-                    name=f"{spec.model.name}[{profile.name}-{vs.name}]",
+                    name=name,
                     spec=spec,
                     profile=profile,
                     variant=vs,
@@ -162,11 +190,11 @@ class BaselineFile(pytest.File):
 class GateItem(pytest.Item):
     """One gate test: measure a variant, check protocol fingerprint and tolerance rules."""
 
-    def __init__(self, *, spec: BaselineSpec, profile: ProfileSpec, variant: VariantSpec, source, tokenizer, **kw):
+    def __init__(self, *, spec: BaselineSpec, profile: ProfileSpec, variant: EntrySpec, source, tokenizer, **kw):
         super().__init__(**kw)
         self.spec, self.profile, self.variant = spec, profile, variant
         self.source, self.tokenizer_ref = source, tokenizer
-        self.record: dict[str, Any] | None = None
+        self.record: GateRecord | None = None
         self.add_marker("pplgate")
         self.add_marker(profile.marker)
         self.add_marker(pytest.mark.xdist_group(name=spec.model.name))
@@ -237,6 +265,7 @@ class GateSession:
     update_blocked: str | None = None
     write_errors: list = field(default_factory=list)
     report_paths: list = field(default_factory=list)
+    collected_files: dict = field(default_factory=dict)  # realpath -> the path it was collected under
     report_notes: list = field(default_factory=list)
 
     # ---- configuration
@@ -259,10 +288,12 @@ class GateSession:
         return (self.config.rootpath / self.config.getini("pplgate_baselines_dir")).resolve()
 
     def is_baseline_file(self, path: Path) -> bool:
+        """``path`` lies under the baselines dir (as named: a symlink there counts, wherever it points)."""
         try:
-            return path.resolve().parent == self.baselines_dir()
-        except OSError:
+            Path(os.path.abspath(path)).relative_to(self.baselines_dir())
+        except (ValueError, OSError):
             return False
+        return True
 
     # ---- measuring: one Measurer per session
     @property
@@ -291,7 +322,7 @@ class GateSession:
         override = self.config.getoption("--pplgate-max-windows")
         return profile.max_windows if override is None else override
 
-    def measure(self, item: GateItem, variant: VariantSpec) -> Measurement:
+    def measure(self, item: GateItem, variant: EntrySpec) -> Measurement:
         """Measure ``variant`` of ``item``'s profile once per session (relational refs reuse it)."""
         return self.measurer.measure(
             item.source,
@@ -308,171 +339,52 @@ class GateSession:
 
     # ---- the test itself
     def run_item(self, item: GateItem) -> None:
+        """Measure the entry (and the entries its relational rules name), judge, raise a failing verdict."""
         from pplgate import provenance
 
-        profile, vs = item.profile, item.variant
+        profile, entry = item.profile, item.variant
         override = self.config.getoption("--pplgate-max-windows")
-        if self.update and override is not None and override != profile.max_windows:
-            raise PplgateError(
-                f"refusing --update-baselines with --pplgate-max-windows {override}: profile {profile.name!r} "
-                f"records max_windows={profile.max_windows}; drop the override to update"
-            )
-        rec = item.record = _base_record(item, "error")
-        m = self.measure(item, vs)
+        refusal = partial_update_refusal(override, profile.name, profile.max_windows) if self.update else None
+        if refusal:
+            raise PplgateError(refusal)
+        item.record = _base_record(item, Status.ERROR)
+        m = self.measure(item, entry)
         r = m.result
-        rec.update(
+        prov = provenance.collect(
+            device=r.device,
+            rootdir=self.config.rootpath,
+            wall_time_s=r.wall_time_s,
+            prepare_time_s=m.prepare_time_s,
+            origin=m.origin,
+            args=list(self.config.invocation_params.args),
+            extra={"batch_size": r.batch_size, "tokens_per_s": round(r.tokens_per_s, 1), **m.extra},
+        )
+        measured = Measured(
             ppl=r.ppl,
             window_nlls=list(r.window_nlls),
             n_windows=r.n_windows,
             n_windows_total=r.n_windows_total,
-            partial=bool(override is not None and override != profile.max_windows) or None,
+            fingerprint=m.fingerprint,
             origin=m.origin,
             wall_time_s=r.wall_time_s,
             prepare_time_s=m.prepare_time_s,
         )
-        new_entry = EntryUpdate(
-            profile=profile.name,
-            variant=vs.name,
-            fingerprint=m.fingerprint,
-            ppl=r.ppl,
-            window_nlls=list(r.window_nlls),
-            provenance=provenance.collect(
-                device=r.device,
-                rootdir=self.config.rootpath,
-                wall_time_s=r.wall_time_s,
-                prepare_time_s=m.prepare_time_s,
-                origin=m.origin,
-                args=list(self.config.invocation_params.args),
-                extra={"batch_size": r.batch_size, "tokens_per_s": round(r.tokens_per_s, 1), **m.extra},
-            ),
+        target, partial = _target(item), is_partial(override, profile.max_windows)
+        item.record = measured_record(target, entry, measured, partial)  # what an error report shows
+        # relational rules compare with entries measured in this session
+        session_ppls = {ref: self.measure(item, profile.variants[ref]).result.ppl for ref in entry.refs}
+        item.record = judge(
+            target,
+            entry,
+            measured,
+            session_ppls=session_ppls,
+            update=self.update,
+            force=self.force,
+            partial=partial,
+            provenance=prov,
         )
-        recorded = vs.recorded
-        rerun = f'pytest --update-baselines "{item.nodeid}"'
-        header = (
-            f"pplgate: {item.name}\n  model {item.spec.model.name} ({item.source.describe()}), profile {profile.name} "
-            f"(device {item.device}, seqlen {profile.seqlen}, {r.n_windows}/{r.n_windows_total} windows"
-            f"{', PARTIAL' if rec['partial'] else ''}), variant {vs.name} (kind {vs.kind}, origin {m.origin})"
-        )
-
-        # ---- relational rules compare against variants measured in this session
-        ref_ppls = {}
-        for ref in vs.refs:
-            ref_ppls[ref] = self.measure(item, profile.variants[ref]).result.ppl
-
-        if recorded is None:
-            if self.update:
-                self._check_relational(item, rec, r.ppl, ref_ppls, header)
-                self._queue(item, rec, new_entry, "created")
-                return
-            rec["status"], rec["rerun"] = "missing", rerun
-            raise GateFailure(
-                f"{header}\n  measured ppl {r.ppl:.6f}, but no baseline is recorded for this entry.\n"
-                f"  Create it with:\n    {rerun}",
-                "missing",
-            )
-
-        ref_nlls, ref_ppl, ignore = recorded.window_nlls, recorded.ppl, ()
-        if rec["partial"]:
-            k = r.n_windows
-            if k > len(recorded.window_nlls):
-                rec["status"] = "drift"
-                raise GateFailure(
-                    f"{header}\n  --pplgate-max-windows {k} exceeds the {len(recorded.window_nlls)} recorded windows",
-                    "drift",
-                )
-            ref_nlls = recorded.window_nlls[:k]
-            ref_ppl = math.exp(math.fsum(ref_nlls) / k)
-            ignore = ("n_windows",)
-        rec.update(
-            baseline=ref_ppl,
-            delta=r.ppl - ref_ppl,
-            rel_delta=(r.ppl - ref_ppl) / ref_ppl,
-            baseline_window_nlls=list(ref_nlls),
-        )
-        own = math.exp(math.fsum(ref_nlls) / len(ref_nlls))
-        rec["baseline_own_ppl"] = own
-        rec["hand_edited"] = abs(own - ref_ppl) > 1e-5 * ref_ppl
-        if vs.fingerprint is None:
-            changes = [("fingerprint", None, "(missing in the baseline file)")]
-        else:
-            changes = compare_fingerprints(vs.fingerprint, m.fingerprint, ignore)
-        rec["drift"] = [[k, old, new] for k, old, new in changes]
-        if changes:
-            if self.update and self.force:
-                self._check_relational(item, rec, r.ppl, ref_ppls, header)
-                self._queue(item, rec, new_entry, "updated")
-                return
-            rec["status"] = "drift"
-            rec["rerun"] = f'pytest --update-baselines --force-update "{item.nodeid}"'
-            lines = "\n".join(
-                f"    {k}: {old if old == ABSENT else repr(old)} -> {new if new == ABSENT else repr(new)}"
-                for k, old, new in changes
-            )
-            how = (
-                "refusing to update across a protocol change without --force-update:\n"
-                f'    pytest --update-baselines --force-update "{item.nodeid}"'
-                if self.update
-                else "the perplexity was not compared. If the change is intended, re-record with:\n"
-                f'    pytest --update-baselines --force-update "{item.nodeid}"'
-            )
-            raise GateFailure(
-                f"{header}\n  PROTOCOL DRIFT: the measurement protocol differs from the recorded one "
-                f"in {describe_drift(changes)}:\n{lines}\n"
-                f"  measured ppl {r.ppl:.6f} (recorded {recorded.ppl:.6f}); {how}",
-                "drift",
-            )
-
-        results = [rule.check(r.ppl, ref_ppl, ref_ppls.get(rule.ref)) for rule in vs.rules]
-        rec["rules"] = [{"text": x.text, "passed": x.passed, "type": x.rule.type} for x in results]
-        stats = paired_stats(r.window_nlls, ref_nlls)
-        rec["paired"] = stats.to_dict()
-        if self.update:
-            self._check_relational(item, rec, r.ppl, ref_ppls, header)
-            self._queue(item, rec, new_entry, "updated")
-            return
-        if all(x.passed for x in results):
-            rec["status"] = "pass"
-            return
-        # "regression" only for a worse number (or a failing relational rule); better is flagged too
-        regression = r.ppl > ref_ppl or any(not x.passed and x.rule.type == "relational" for x in results)
-        rec["status"], rec["rerun"] = ("fail" if regression else "improved"), rerun
-        prov = recorded.provenance or {}
-        if rec["hand_edited"]:
-            stats_note = (
-                f"\n  note: the recorded ppl {ref_ppl:.6f} does not match its own recorded window NLLs "
-                f"(exp(mean) = {own:.6f}); was the baseline file edited by hand?"
-            )
-        else:
-            stats_note = ""
-        what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
-        raise GateFailure(
-            f"{header}\n  {what}: measured {r.ppl:.6f} vs recorded {ref_ppl:.6f}: "
-            f"delta {r.ppl - ref_ppl:+.6f} ({(r.ppl - ref_ppl) / ref_ppl:+.4%})\n"
-            "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
-            f"  {stats.describe()}{stats_note}\n"
-            f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
-            f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
-            f"torch {prov.get('torch', '?')})\n"
-            f"  if the change is intended, re-record with:\n    {rerun}",
-            "regression" if regression else "improvement",
-        )
-
-    def _check_relational(self, item, rec, ppl, ref_ppls, header) -> None:
-        """In update mode only relational rules are enforced (they do not depend on the old record)."""
-        rel = [rule.check(ppl, None, ref_ppls[rule.ref]) for rule in item.variant.rules if rule.type == "relational"]
-        if rel:
-            rec.setdefault("rules", [{"text": x.text, "passed": x.passed, "type": x.rule.type} for x in rel])
-        if not all(x.passed for x in rel):
-            rec["status"] = "fail"
-            raise GateFailure(
-                f"{header}\n  not updating: a relational rule fails in this session (re-recording cannot fix it):\n"
-                + "\n".join(f"    {x.text}" for x in rel),
-                "regression",
-            )
-
-    def _queue(self, item, rec, entry: EntryUpdate, status: str) -> None:
-        rec["status"] = status
-        rec["update"] = entry.to_dict()
+        if item.record.message is not None:
+            raise GateFailure(item.record.message, item.record.status)
 
 
 # --------------------------------------------------------------------------- hooks
@@ -520,19 +432,22 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem) -> None:
     gate.measurer.free(keep)
 
 
-def _base_record(item: GateItem, status: str) -> dict[str, Any]:
+def _target(item: GateItem) -> Target:
+    return Target(
+        nodeid=item.nodeid,
+        name=item.name,
+        file=str(item.spec.path),
+        model=item.spec.model.name,
+        source=item.source.describe(),
+        profile=item.profile.name,
+        device=item.device,
+        seqlen=item.profile.seqlen,
+    )
+
+
+def _base_record(item: GateItem, status: Status) -> GateRecord:
     """The result record of a gate test before anything is measured."""
-    return {
-        "nodeid": item.nodeid,
-        "file": str(item.spec.path),
-        "model": item.spec.model.name,
-        "profile": item.profile.name,
-        "variant": item.variant.name,
-        "kind": item.variant.kind,
-        "device": item.device,
-        "status": status,
-        "tolerance": ", ".join(r.short() for r in item.variant.rules),
-    }
+    return new_record(_target(item), item.variant, status)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -546,25 +461,24 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         rep.pplgate_gate_failure = isinstance(exc, GateFailure)
     rec = item.record if rep.when == "call" else None
     if rep.skipped:
-        rec = rec or _base_record(item, "skipped")
-        rec["status"] = "skipped"
-        rec["skip_reason"] = str(getattr(exc, "msg", None) or exc or "")
+        rec = rec or _base_record(item, Status.SKIPPED)
+        rec.mark_skipped(str(getattr(exc, "msg", None) or exc or ""))
     elif rep.failed and not isinstance(exc, GateFailure):
-        rec = rec or _base_record(item, "error")
-        rec["status"] = "error"
-        rec["error"] = f"{type(exc).__name__}: {exc}" if exc is not None else str(rep.longrepr)
+        rec = rec or _base_record(item, Status.ERROR)
+        rec.mark_error(f"{type(exc).__name__}: {exc}" if exc is not None else str(rep.longrepr))
     if rec is not None:
-        rep.pplgate = rec
+        rep.pplgate = rec.to_dict()  # plain data: the report travels from an xdist worker to the controller
     return rep
 
 
 def _on_report(config: pytest.Config, report) -> None:
     gate = _gate(config)
-    rec = getattr(report, "pplgate", None)
-    if isinstance(rec, dict):
+    data = getattr(report, "pplgate", None)
+    if isinstance(data, dict):
+        rec = GateRecord.from_dict(data)
         gate.records.append(rec)
-        if rec.get("update") and rec.get("status") in ("created", "updated"):
-            gate.updates.setdefault(rec["file"], []).append(rec["update"])
+        if rec.update is not None and rec.status.queued:
+            gate.updates.setdefault(rec.file, []).append(rec.update)
     if report.failed and not getattr(report, "pplgate_gate_failure", False):
         gate.nongate_failures += 1
 
@@ -629,7 +543,7 @@ def _write_updates(session: pytest.Session, gate: GateSession) -> None:
     """Write the queued updates file by file; a file that cannot be written fails the session."""
     for path, entries in gate.updates.items():
         try:
-            rows = write_updates(path, [EntryUpdate.from_dict(e) for e in entries])
+            rows = write_updates(path, entries)
         except (OSError, PplgateError) as exc:
             reason = f"writing {reports.relpath(path, session.config.rootpath)} failed: {type(exc).__name__}: {exc}"
             gate.write_errors.append(reason)
@@ -647,10 +561,10 @@ def _write_updates(session: pytest.Session, gate: GateSession) -> None:
 def _mark_not_written(gate: GateSession, reason: str, path: str | None = None, entry: tuple | None = None) -> None:
     """Records queued as created/updated whose write did not happen say so (status ``not_written``)."""
     for rec in gate.records:
-        if rec.get("status") not in ("created", "updated") or not rec.get("update"):
+        if not rec.status.queued or rec.update is None:
             continue
-        if (path is None or rec.get("file") == path) and (entry is None or (rec["profile"], rec["variant"]) == entry):
-            rec["queued_as"], rec["status"], rec["not_written"] = rec["status"], "not_written", reason
+        if (path is None or rec.file == path) and (entry is None or (rec.profile, rec.variant) == entry):
+            rec.mark_not_written(reason)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

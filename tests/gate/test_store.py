@@ -289,3 +289,97 @@ def test_property_update_one_entry_leaves_every_other_byte(doc, ppl):
         assert new.count("\r\n") == new.count("\n")
     else:
         assert "\r" not in new
+
+
+# --------------------------------------------------------------------------- whole files (moved from test_baselines)
+
+WHOLE = """\
+# top comment
+schema_version: 1
+model:
+  name: m
+  source: some/hub-id   # a hub id
+profiles:
+  cpu:
+    device: cpu
+    seqlen: 128
+    variants:
+      fp32:
+        kind: fp32
+        tolerance:
+          - {type: absolute, max_delta: 0.01}   # keep me
+      fp16:
+        kind: fp16
+        tolerance:
+          - {type: relational, ref: fp32, max_delta: 0.5}
+          - {type: relative, max_rel: 0.01, direction: worse}
+      # trailing comment of the variants
+"""
+
+
+def _parse_whole(p: Path):
+    from pplgate.gate.spec import parse_baseline
+
+    return parse_baseline(p, known_kinds=("fp16", "fp32"))
+
+
+def _whole_upd(variant: str, ppl: float) -> EntryUpdate:
+    return EntryUpdate(
+        profile="cpu",
+        variant=variant,
+        fingerprint={"n_tokens": 5, "variant": {"kind": variant}},
+        ppl=ppl,
+        window_nlls=[math.log(ppl)] * 3,
+        provenance={"date": "today"},
+    )
+
+
+def test_write_updates_preserves_comments_and_order(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text(WHOLE)
+    rows = write_updates(p, [_whole_upd("fp16", 12.3456789)])
+    assert rows == [{"profile": "cpu", "variant": "fp16", "old": None, "new": 12.3456789, "applied": True}]
+    text = p.read_text()
+    for keep in ["# top comment", "# a hub id", "# keep me", "# trailing comment of the variants"]:
+        assert keep in text
+    assert text.index("fp32:") < text.index("fp16:") < text.index("recorded:")
+    assert text.index("recorded:") < text.index("# trailing comment of the variants")
+    assert "window_nlls: [2.513306, 2.513306, 2.513306]" in text
+    spec = _parse_whole(p)
+    assert spec.profiles["cpu"].variants["fp16"].recorded.ppl == pytest.approx(12.345679)
+    rows = write_updates(p, [_whole_upd("fp16", 13.0)])
+    assert rows[0]["old"] == pytest.approx(12.345679)
+    assert p.read_text().count("recorded:") == 1 and "# trailing comment of the variants" in p.read_text()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _whole_writer(args):
+    path, variant, ppl = args
+    write_updates(path, [_whole_upd(variant, ppl)])
+
+
+def test_concurrent_writers_merge(tmp_path):
+    import multiprocessing as mp
+
+    text = WHOLE
+    for name in ("a", "b", "c", "d"):
+        text = text.replace(
+            "      # trailing comment",
+            f"      {name}:\n        kind: fp32\n        tolerance: [{{type: absolute, "
+            f"max_delta: 1}}]\n      # trailing comment",
+        )
+    p = tmp_path / "m.yaml"
+    p.write_text(text)
+    jobs = [(str(p), v, 10.0 + i) for i, v in enumerate(["fp32", "fp16", "a", "b", "c", "d"])]
+    with mp.get_context("spawn").Pool(3) as pool:
+        pool.map(_whole_writer, jobs)
+    spec = _parse_whole(p)
+    got = {v: s.recorded.ppl for v, s in spec.profiles["cpu"].variants.items()}
+    assert got == {v: ppl for _, v, ppl in jobs}
+    read_raw(p)
+
+
+def test_entry_update_dict_round_trip():
+    upd = _whole_upd("fp16", 12.3456789)
+    assert EntryUpdate.from_dict(upd.to_dict()) == upd
+    assert upd.recorded() == {"ppl": 12.345679, "window_nlls": [2.513306] * 3, "provenance": {"date": "today"}}

@@ -61,10 +61,12 @@ def test_awq_matches_autoawq_loop(smollm2, record_property):
     src, rows, measurer = smollm2
     if not os.environ.get("PPLGATE_CALIBRATION"):
         skip_or_fail("set PPLGATE_CALIBRATION to a local calibration file (the hub's pileval is used otherwise)")
-    from pplgate.baselines import load_baseline
+    from pplgate.gate.spec import parse_baseline
+    from pplgate.models.registry import known_kinds
 
     # the GPU gate's own AWQ entry (same params, so the gate's cache entry is reused)
-    spec = load_baseline(Path(__file__).resolve().parents[2] / "baselines" / "smollm2-135m-instruct.yaml")
+    path = Path(__file__).resolve().parents[2] / "baselines" / "smollm2-135m-instruct.yaml"
+    spec = parse_baseline(path, known_kinds=known_kinds())
     params = spec.profiles["gpu"].variants["awq-w4g64"].params
     prepared = _compare(measurer, src, rows, record_property, "awq", "awq", params)
     record_property("awq_origin", prepared.origin)  # "cache" when the gate ran first

@@ -170,3 +170,35 @@ def test_key_changes_with_every_input(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert QuantCache(tmp_path / "c").lookup("nothing") is None  # absent: no warning
+
+
+def test_clear_refuses_a_root_holding_anything_else(tmp_path):
+    """``pplgate cache clear --cache-dir ~`` used to delete every sub-directory of the home directory."""
+    cache = QuantCache(tmp_path)
+    cache.get_or_build("a" * 64, _builder([]))
+    (tmp_path / "Documents").mkdir()
+    (tmp_path / "Documents" / "thesis.tex").write_text("years of work")
+    (tmp_path / "notes.txt").write_text("keep")
+    with pytest.raises(CacheError, match=r"refusing to clear .*: it holds 2 item\(s\) that are not pplgate cache"):
+        cache.clear()
+    with pytest.raises(CacheError, match=r"Documents/, notes\.txt"):
+        cache.plan_clear()
+    assert (tmp_path / "Documents" / "thesis.tex").read_text() == "years of work"
+    assert cache.verify("a" * 64)[0] is not None  # nothing was removed, the entry included
+
+
+def test_clear_removes_only_the_cache_items_and_says_which(tmp_path):
+    cache = QuantCache(tmp_path)
+    key = "b" * 64
+    cache.get_or_build(key, _builder([]))
+    (tmp_path / ".tmp-bbbbbbbbbbbbbbbb-dead").mkdir()
+    (tmp_path / f".trash-{key}-0123abcd").mkdir()
+    planned = {p.name for p in cache.plan_clear()}
+    assert planned == {key, f"{key}.lock", ".tmp-bbbbbbbbbbbbbbbb-dead", f".trash-{key}-0123abcd"}
+    assert cache.clear() == 3 and list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_named_file_that_is_not_ours_is_foreign(tmp_path):
+    (tmp_path / "poetry.lock").write_text("x")
+    with pytest.raises(CacheError, match=r"poetry\.lock"):
+        QuantCache(tmp_path).clear()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 CACHE_ENV = "PPLGATE_CACHE_DIR"
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
+_HEX_KEY = re.compile(r"[0-9a-f]{64}")
 MODES = ("use", "refresh", "off")
 LOCK_TIMEOUT_S = 6 * 3600  # an AWQ build of a large model on a slow machine can take hours
 
@@ -237,25 +239,58 @@ class QuantCache:
                 out.append(entry if entry is not None else (d.name, reason or "absent"))
         return out
 
-    def clear(self, key: str | None = None, *, stale_tmp_age_s: float | None = None) -> int:
-        """Remove one entry (``key``) or all entries, temp and trash folders; returns how many.
+    def _is_cache_item(self, d: Path) -> bool:
+        """What this cache itself creates: key-named entries, its temp/trash folders and lock files."""
+        if d.is_dir() and not d.is_symlink():
+            if d.name.startswith((".tmp-", ".trash-")):
+                return True
+            if (d / MANIFEST).exists() or (d / (MANIFEST + ".part")).exists():
+                return True
+            return _HEX_KEY.fullmatch(d.name) is not None or (self.root / f"{d.name}.lock").is_file()
+        if d.is_file() and d.suffix == ".lock":
+            stem = d.name[: -len(".lock")]
+            return _HEX_KEY.fullmatch(stem) is not None or (self.root / stem).is_dir()
+        return False
 
-        With ``stale_tmp_age_s``, only sweep ``.tmp-*``/``.trash-*`` folders older than that (safe
-        while other processes are writing).
+    def plan_clear(self, key: str | None = None, *, stale_tmp_age_s: float | None = None) -> list[Path]:
+        """What :meth:`clear` would remove; refuses (``CacheError``) a root that holds anything else.
+
+        With ``stale_tmp_age_s``, only ``.tmp-*``/``.trash-*`` folders older than that (safe while other
+        processes are writing).
         """
         if not self.root.is_dir():
-            return 0
-        n = 0
+            return []
+        items = sorted(self.root.iterdir())
+        foreign = [d for d in items if not self._is_cache_item(d)]
+        if foreign:
+            shown = ", ".join(d.name + ("/" if d.is_dir() else "") for d in foreign[:5])
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise CacheError(
+                f"refusing to clear {self.root}: it holds {len(foreign)} item(s) that are not pplgate cache "
+                f"entries ({shown}{more}); point --cache-dir / $PPLGATE_CACHE_DIR at the cache directory itself "
+                f"(default {default_cache_root()})"
+            )
         now = time.time()
-        for d in list(self.root.iterdir()):
+        out = []
+        for d in items:
             if key is not None and d.name not in (key, f"{key}.lock"):
                 continue
             is_tmp = d.name.startswith((".tmp-", ".trash-"))
             if stale_tmp_age_s is not None and (not is_tmp or now - d.stat().st_mtime < stale_tmp_age_s):
                 continue
+            out.append(d)
+        return out
+
+    def clear(self, key: str | None = None, *, stale_tmp_age_s: float | None = None) -> int:
+        """Remove one entry (``key``) or all entries, temp and trash folders; returns how many folders.
+
+        Only what :meth:`plan_clear` lists: a root holding anything but cache items is refused whole.
+        """
+        n = 0
+        for d in self.plan_clear(key, stale_tmp_age_s=stale_tmp_age_s):
             if d.is_dir():
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
-            elif d.suffix == ".lock":
+            else:
                 d.unlink(missing_ok=True)
         return n

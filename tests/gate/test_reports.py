@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from pplgate import reports
-from pplgate.stats import paired_stats
+from pplgate.gate import reports
+from pplgate.gate.record import GateRecord, Status
+from pplgate.gate.stats import paired_stats
 
 NODE = "baselines/m.yaml::m[cpu-fp32]"
 RERUN = f'pytest --update-baselines "{NODE}"'
@@ -182,21 +183,42 @@ def test_relpath_outside_rootdir_and_none():
     assert reports.relpath("/a/b/c.yaml", None) == "/a/b/c.yaml"
 
 
-def test_failed_write_marks_rows_not_written_and_fails_the_session(tmp_path):
-    from types import SimpleNamespace
+def test_records_or_their_dicts_report_the_same(tmp_path):
+    """The plugin hands GateRecords; JSON read back gives dicts: every report reads both alike."""
+    dicts = [
+        _rec(),
+        _rec("pass", nodeid="m[cpu-ok]", rerun=None),
+        _rec("skipped", nodeid="m[gpu-x]", ppl=None, skip_reason="no CUDA", rerun=None),
+    ]
+    recs = [GateRecord.from_dict(d) for d in dicts]
+    assert recs[0].status is Status.FAIL and recs[0].paired.n == 3
+    assert reports.terminal_table(recs) == reports.terminal_table(dicts)
+    assert reports.markdown(recs) == reports.markdown(dicts)
+    assert reports.verdict(recs) == reports.verdict(dicts) == "**pplgate: FAILED** — 1 regression, 1 passed, 1 skipped"
+    assert reports.junit_properties(recs[0]) == reports.junit_properties(dicts[0])
+    assert dict(reports.junit_properties(recs[0]))["pplgate_status"] == "fail"
+    out = reports.write_reports(tmp_path / "a", recs)
+    assert json.loads((tmp_path / "a" / "pplgate-results.json").read_text())["records"] == [r.to_dict() for r in recs]
+    assert [p.name for p in out.paths][:2] == ["pplgate-results.json", "pplgate-summary.md"]
 
-    from pplgate.plugin import GateSession, _write_updates
 
-    missing = str(tmp_path / "gone" / "m.yaml")  # cannot be read or locked
-    upd = {"profile": "cpu", "variant": "fp32", "fingerprint": {}, "ppl": 1.0, "window_nlls": [0.0], "provenance": {}}
-    gate = GateSession(config=None)
-    gate.records = [_rec("updated", file=missing, update=upd), _rec("pass", variant="x", file=missing)]
-    gate.updates = {missing: [upd]}
-    session = SimpleNamespace(config=SimpleNamespace(rootpath=tmp_path), exitstatus=pytest.ExitCode.OK)
-    _write_updates(session, gate)
-    assert session.exitstatus == pytest.ExitCode.TESTS_FAILED
-    assert [r["status"] for r in gate.records] == ["not_written", "pass"]
-    assert gate.records[0]["queued_as"] == "updated"
-    assert gate.records[0]["not_written"].startswith("writing gone/m.yaml failed: ")
-    assert gate.write_errors == [gate.records[0]["not_written"]] and gate.update_rows == []
-    assert "NOT WRITTEN" in reports.terminal_table(gate.records)[2]
+def test_status_tables_cover_every_status_and_read_plain_strings():
+    for table in (reports.STATUS_MARK, reports.MD_MARK, reports.STATUS_WORDS):
+        assert set(table) == set(Status)
+        assert all(table[s.value] == table[s] for s in Status)  # "fail" finds Status.FAIL's entry
+    row = reports.terminal_table([_rec("not_written")])[2]
+    assert "NOT WRITTEN" in row
+    assert "weird" in reports.terminal_table([_rec("weird")])[2]  # an unknown status is shown as it is
+    assert reports.verdict([_rec("weird")]) == "**pplgate: FAILED** — 1 other"
+    assert reports.verdict([]) == "**pplgate: PASSED** — no gate tests"
+
+
+def test_update_table_marks_entries_that_vanished():
+    rows = [
+        {"file": "/r/b/m.yaml", "profile": "cpu", "variant": "a", "old": None, "new": 2.5},
+        {"file": "/r/b/m.yaml", "profile": "cpu", "variant": "b", "old": 2.0, "new": 2.5, "applied": False},
+    ]
+    assert reports.update_table(rows, "/r") == [
+        "b/m.yaml :: cpu/a: (new) -> 2.500000",
+        "b/m.yaml :: cpu/b: 2.000000 -> 2.500000  (+0.500000)  [entry no longer in the file: skipped]",
+    ]

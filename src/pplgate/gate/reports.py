@@ -1,8 +1,9 @@
 """Gate reports: JUnit properties, terminal tables, JSON, Markdown (PR comment / step summary), PNG plots.
 
-Every function works on the plain result records the plugin builds per test (dicts that
-travel from pytest-xdist workers to the controller on the test report), so a distributed run
-is reported by the controller exactly like a single-process run.
+Every function takes :class:`~pplgate.gate.verdict.GateRecord` objects or their dicts
+(:meth:`~pplgate.gate.verdict.GateRecord.to_dict`, the form that travels from pytest-xdist workers to
+the controller), so a distributed run is reported by the controller exactly like a single-process run.
+matplotlib is imported only when a PNG is drawn.
 """
 
 from __future__ import annotations
@@ -15,48 +16,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pplgate.baselines import NLL_DECIMALS
-from pplgate.stats import PairedStats
+from pplgate.gate.record import FAILING, GateRecord, Status
+from pplgate.gate.stats import PairedStats
+from pplgate.gate.store import NLL_DECIMALS
 
+Record = GateRecord | Mapping[str, Any]
+
+# Status-keyed tables: a str-valued Status hashes and compares like its value, so plain-string
+# statuses (records read back from JSON) look up the same entries.
 STATUS_MARK = {
-    "pass": "PASS",
-    "fail": "FAIL",
-    "improved": "IMPROVED",
-    "drift": "DRIFT",
-    "missing": "MISSING",
-    "created": "CREATED",
-    "updated": "UPDATED",
-    "not_written": "NOT WRITTEN",
-    "skipped": "SKIP",
-    "error": "ERROR",
+    Status.PASS: "PASS",
+    Status.FAIL: "FAIL",
+    Status.IMPROVED: "IMPROVED",
+    Status.DRIFT: "DRIFT",
+    Status.MISSING: "MISSING",
+    Status.CREATED: "CREATED",
+    Status.UPDATED: "UPDATED",
+    Status.NOT_WRITTEN: "NOT WRITTEN",
+    Status.SKIPPED: "SKIP",
+    Status.ERROR: "ERROR",
 }
 MD_MARK = {
-    "pass": "✅",
-    "fail": "❌",
-    "improved": "❗",
-    "drift": "⚠️",
-    "missing": "❓",
-    "created": "🆕",
-    "updated": "🔄",
-    "not_written": "🚫",
-    "skipped": "⏭️",
-    "error": "💥",
+    Status.PASS: "✅",
+    Status.FAIL: "❌",
+    Status.IMPROVED: "❗",
+    Status.DRIFT: "⚠️",
+    Status.MISSING: "❓",
+    Status.CREATED: "🆕",
+    Status.UPDATED: "🔄",
+    Status.NOT_WRITTEN: "🚫",
+    Status.SKIPPED: "⏭️",
+    Status.ERROR: "💥",
 }
-# what a status means in a sentence (verdict line, section titles)
+# what a status means in a sentence (verdict line, section titles), in the verdict line's order
 STATUS_WORDS = {
-    "fail": ("regression", "regressions"),
-    "improved": ("improvement outside tolerance", "improvements outside tolerance"),
-    "drift": ("protocol drift", "protocol drifts"),
-    "missing": ("missing baseline", "missing baselines"),
-    "error": ("error", "errors"),
-    "not_written": ("update not written", "updates not written"),
-    "pass": ("passed", "passed"),
-    "created": ("created", "created"),
-    "updated": ("updated", "updated"),
-    "skipped": ("skipped", "skipped"),
+    Status.FAIL: ("regression", "regressions"),
+    Status.IMPROVED: ("improvement outside tolerance", "improvements outside tolerance"),
+    Status.DRIFT: ("protocol drift", "protocol drifts"),
+    Status.MISSING: ("missing baseline", "missing baselines"),
+    Status.ERROR: ("error", "errors"),
+    Status.NOT_WRITTEN: ("update not written", "updates not written"),
+    Status.PASS: ("passed", "passed"),
+    Status.CREATED: ("created", "created"),
+    Status.UPDATED: ("updated", "updated"),
+    Status.SKIPPED: ("skipped", "skipped"),
 }
-FAILING = ("fail", "improved", "drift", "missing", "error", "not_written")
-PLOTTED = ("fail", "improved", "drift", "updated", "not_written")
+PLOTTED = (Status.FAIL, Status.IMPROVED, Status.DRIFT, Status.UPDATED, Status.NOT_WRITTEN)
 
 # Baselines store window NLLs rounded to NLL_DECIMALS: a per-window |dNLL| up to this step is storage
 # rounding, not a change. Same threshold as ``paired_stats``'s ``eps`` (so the counts agree).
@@ -70,8 +75,14 @@ def _f(value: Any, fmt: str = "{:.4f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def junit_properties(rec: dict[str, Any]) -> list[tuple[str, Any]]:
+def as_dict(rec: Record) -> dict[str, Any]:
+    """A record as the reports read it: a :class:`GateRecord`'s :meth:`~GateRecord.to_dict`, or a copy."""
+    return rec.to_dict() if isinstance(rec, GateRecord) else dict(rec)
+
+
+def junit_properties(rec: Record) -> list[tuple[str, Any]]:
     """``record_property``-style pairs for the JUnit XML of one gate test."""
+    rec = as_dict(rec)
     return [
         ("pplgate_ppl", _f(rec.get("ppl"), "{:.6f}")),
         ("pplgate_baseline", _f(rec.get("baseline"), "{:.6f}")),
@@ -99,8 +110,8 @@ def _row(rec: dict[str, Any]) -> list[str]:
 HEADER = ["model", "variant", "ppl", "baseline", "delta", "tolerance", "status", "time", "origin"]
 
 
-def terminal_table(records: Sequence[dict[str, Any]]) -> list[str]:
-    rows = [HEADER] + [_row(r) for r in records]
+def terminal_table(records: Sequence[Record]) -> list[str]:
+    rows = [HEADER] + [_row(as_dict(r)) for r in records]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -131,8 +142,9 @@ def update_table(rows: Sequence[dict[str, Any]], rootdir: str | Path | None = No
     return out
 
 
-def verdict(records: Sequence[dict[str, Any]], blocked: str | None = None) -> str:
+def verdict(records: Sequence[Record], blocked: str | None = None) -> str:
     """``**pplgate: FAILED** — 1 regression, 2 passed`` (counts in :data:`STATUS_WORDS` order)."""
+    records = [as_dict(r) for r in records]
     counts = {s: sum(r.get("status") == s for r in records) for s in STATUS_WORDS}
     other = len(records) - sum(counts.values())
     parts = [f"{n} {STATUS_WORDS[s][n != 1]}" for s, n in counts.items() if n]
@@ -162,9 +174,7 @@ def _pct(rec: Mapping[str, Any]) -> str:
 
 def _paired_text(p: Mapping[str, Any]) -> str:
     """The terminal's paired-statistics sentence (with its noise-or-shift verdict) from a record's dict."""
-    keys = PairedStats.__dataclass_fields__
-    defaults = {"sd": 0.0, "n_better": 0, "max_abs": 0.0, "ci_low": None, "ci_high": None}
-    return PairedStats(**{k: p.get(k, defaults.get(k)) for k in keys}).describe()
+    return PairedStats.from_dict(p).describe()
 
 
 def _md_cell(text: str) -> str:
@@ -206,7 +216,7 @@ def _section(rec: dict[str, Any], plot: str | None) -> list[str]:
 
 
 def markdown(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[Record],
     update_rows: Sequence[dict] = (),
     blocked: str | None = None,
     *,
@@ -219,6 +229,7 @@ def markdown(
     ``plots`` maps a nodeid to the line about its per-window plot (a link, or why there is none).
     """
     plots = plots or {}
+    records = [as_dict(r) for r in records]
     lines = [verdict(records, blocked), "", "### pplgate: WikiText-2 perplexity gate", ""]
     lines.append("| " + " | ".join(HEADER) + " |")
     lines.append("|" + "---|" * len(HEADER))
@@ -230,7 +241,7 @@ def markdown(
     for rec in records:
         if rec.get("status") in FAILING or rec.get("nodeid") in plots:
             lines += _section(rec, plots.get(rec.get("nodeid", "")))
-    skipped = [r for r in records if r.get("status") == "skipped"]
+    skipped = [r for r in records if r.get("status") == Status.SKIPPED]
     if skipped:
         lines += ["", "**Skipped**", ""]
         lines += [f"- `{r.get('nodeid', '')}`: {r.get('skip_reason') or 'no reason given'}" for r in skipped]
@@ -261,12 +272,13 @@ def _pyplot() -> tuple[Any, str | None]:
     return plt, None
 
 
-def plot_window_deltas(rec: dict[str, Any], path: Path, step: float = ROUNDING_STEP) -> Path | None:
+def plot_window_deltas(rec: Record, path: Path, step: float = ROUNDING_STEP) -> Path | None:
     """PNG of per-window NLL deltas (current - recorded) for one variant.
 
     Bars within ``±step`` (storage rounding) are grey, worse red, better blue; the band is drawn and
     labelled. None without data, without matplotlib, or when every |Δ| is within the step (no plot).
     """
+    rec = as_dict(rec)
     deltas = window_deltas(rec)
     if deltas is None:
         return None
@@ -314,7 +326,7 @@ def _relative_paths(items: Sequence[dict[str, Any]], rootdir: str | Path | None)
 
 def write_reports(
     report_dir: str | Path | None,
-    records: Sequence[dict[str, Any]],
+    records: Sequence[Record],
     update_rows: Sequence[dict] = (),
     blocked: str | None = None,
     *,
@@ -322,6 +334,7 @@ def write_reports(
 ) -> WrittenReports:
     """JSON + Markdown (+ PNGs for failing/updated variants) into ``report_dir``; Markdown also to
     ``$GITHUB_STEP_SUMMARY`` when set. ``file`` paths are written relative to ``rootdir``."""
+    records = [as_dict(r) for r in records]
     out = WrittenReports()
     plots: dict[str, str] = {}
     if report_dir:

@@ -9,8 +9,9 @@ systematic (the interval excludes 0) or window-level noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Two-sided 95% quantiles t_{0.975, df} for df = 1..30 (standard tables, 3 decimals).
 _T975 = (
@@ -80,6 +81,12 @@ class PairedStats:
             "max_abs": self.max_abs,
             "significant": self.significant,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PairedStats:
+        """From :meth:`to_dict`'s form (``significant`` is derived; absent spread/counts read as 0/None)."""
+        defaults = {"sd": 0.0, "n_better": 0, "max_abs": 0.0, "ci_low": None, "ci_high": None}
+        return cls(**{k: d.get(k, defaults.get(k)) for k in cls.__dataclass_fields__})
 
 
 def paired_stats(current: Sequence[float], recorded: Sequence[float], *, eps: float = 1e-6) -> PairedStats:

@@ -1,0 +1,232 @@
+"""Tolerance rules: one class per rule type. All rules of an entry must pass.
+
+* :class:`AbsoluteRule` (``type: absolute``): ``ppl - recorded`` within ``max_delta``;
+* :class:`RelativeRule` (``type: relative``): ``(ppl - recorded) / recorded`` within ``max_rel``;
+* :class:`RelationalRule` (``type: relational``): ``ppl - ppl(ref)`` (``ref`` measured in the same
+  session) within ``max_delta`` (or ``max_rel`` of the reference).
+
+``direction: both`` bounds the absolute value; ``worse`` only bounds increases (a lower
+perplexity always passes). Defaults: ``both`` for absolute/relative (a deterministic number
+that moves in either direction means something changed), ``worse`` for relational.
+
+A new rule type is a subclass of :class:`Rule` (``type``, ``keys``, ``describe``, ``short``,
+``check``, ``parse``) added to :data:`RULE_TYPES`; the schema validation in :mod:`pplgate.gate.spec`
+looks rule types up there and nowhere else; each type's ``parse`` reports errors through the
+:class:`~pplgate.gate.validator.Validator` it is given.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pplgate.gate.validator import Validator
+
+DIRECTIONS = ("both", "worse")
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: Rule
+    passed: bool
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's form of one rule outcome (travels to the controller and into JSON)."""
+        return {"text": self.text, "passed": self.passed, "type": self.rule.type}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rule(ABC):
+    """One tolerance rule of an entry (abstract: see the subclasses)."""
+
+    type: ClassVar[str]  # the YAML ``type:`` value
+    keys: ClassVar[frozenset[str]]  # the YAML keys this rule type takes (besides ``type``)
+    needs_recorded: ClassVar[bool] = True  # compares against the recorded baseline (else: this session)
+
+    direction: str = "both"
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """Entries of the same profile this rule needs measured in the session."""
+        return ()
+
+    @abstractmethod
+    def describe(self) -> str:
+        """``absolute: |ppl - recorded| <= 0.01``: the rule as a sentence (in every result line)."""
+
+    @abstractmethod
+    def short(self) -> str:
+        """``±0.01``: the rule in a table cell."""
+
+    @abstractmethod
+    def check(self, ppl: float, recorded: float | None, session_ppls: Mapping[str, float]) -> RuleResult:
+        """Judge the measured ``ppl`` against the ``recorded`` one and/or the ppls measured this session."""
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> Rule:
+        """Build the rule from its validated YAML mapping (errors through ``v``)."""
+
+    # ---- helpers shared by the subclasses' parse()
+    @classmethod
+    def _bounds(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> tuple[float | None, float | None]:
+        return v.number(node, "max_delta", keypath), v.number(node, "max_rel", keypath)
+
+    @classmethod
+    def _no_ref(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> None:
+        if "ref" in node:
+            v.err(f"{keypath}.ref", f"only relational rules take ref (this is {cls.type})", node, "ref")
+
+    @classmethod
+    def _direction(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> str:
+        return v.choice(node, "direction", keypath, DIRECTIONS, cls.__dataclass_fields__["direction"].default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _BoundedRule(Rule):
+    """A bound on ``ppl - base`` (``max_delta``) or on ``(ppl - base) / base`` (``max_rel``)."""
+
+    max_delta: float | None = None
+    max_rel: float | None = None
+
+    @abstractmethod
+    def _base(self, recorded: float | None, session_ppls: Mapping[str, float]) -> float | None:
+        """The value the measured ppl is compared with (None: not available)."""
+
+    @abstractmethod
+    def _subject(self) -> str:
+        """The bounded expression, e.g. ``ppl - recorded``."""
+
+    def _note(self, base: float) -> str:
+        """Appended to the result line (where the base value came from)."""
+        return ""
+
+    def describe(self) -> str:
+        bound = f"{self.max_delta:g}" if self.max_delta is not None else f"{self.max_rel * 100:g}%"
+        if self.direction == "both":
+            return f"{self.type}: |{self._subject()}| <= {bound}"
+        return f"{self.type}: {self._subject()} <= {bound} (only worse counts)"
+
+    def _short_bound(self) -> str:
+        sign = "±" if self.direction == "both" else "+"
+        return sign + (f"{self.max_delta:g}" if self.max_delta is not None else f"{self.max_rel:.2%}")
+
+    def short(self) -> str:
+        return self._short_bound()
+
+    def check(self, ppl: float, recorded: float | None, session_ppls: Mapping[str, float]) -> RuleResult:
+        base = self._base(recorded, session_ppls)
+        if base is None:
+            return RuleResult(self, False, f"[FAIL] {self.describe()}: no reference value")
+        diff = ppl - base
+        if self.max_delta is not None:
+            value, bound, fmt = diff, self.max_delta, "{:+.6f}"
+        else:
+            value, bound, fmt = diff / base, self.max_rel, "{:+.4%}"
+        measured = abs(value) if self.direction == "both" else value
+        passed = math.isfinite(measured) and measured <= bound
+        text = f"[{'PASS' if passed else 'FAIL'}] {self.describe()}: got {fmt.format(value)}{self._note(base)}"
+        return RuleResult(self, passed, text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbsoluteRule(_BoundedRule):
+    """``ppl - recorded`` within ``max_delta``."""
+
+    type: ClassVar[str] = "absolute"
+    keys: ClassVar[frozenset[str]] = frozenset({"max_delta", "direction"})
+
+    def _base(self, recorded: float | None, session_ppls: Mapping[str, float]) -> float | None:
+        return recorded
+
+    def _subject(self) -> str:
+        return "ppl - recorded"
+
+    @classmethod
+    def parse(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> AbsoluteRule:
+        max_delta, max_rel = cls._bounds(v, node, keypath)
+        if max_delta is None or max_rel is not None:
+            v.err(keypath, "an absolute rule takes max_delta (and no max_rel)", node)
+        cls._no_ref(v, node, keypath)
+        return cls(max_delta=max_delta, direction=cls._direction(v, node, keypath))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelativeRule(_BoundedRule):
+    """``(ppl - recorded) / recorded`` within ``max_rel``."""
+
+    type: ClassVar[str] = "relative"
+    keys: ClassVar[frozenset[str]] = frozenset({"max_rel", "direction"})
+
+    def _base(self, recorded: float | None, session_ppls: Mapping[str, float]) -> float | None:
+        return recorded
+
+    def _subject(self) -> str:
+        return "(ppl - recorded) / recorded"
+
+    @classmethod
+    def parse(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> RelativeRule:
+        max_delta, max_rel = cls._bounds(v, node, keypath)
+        if max_rel is None or max_delta is not None:
+            v.err(keypath, "a relative rule takes max_rel (and no max_delta)", node)
+        cls._no_ref(v, node, keypath)
+        return cls(max_rel=max_rel, direction=cls._direction(v, node, keypath))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelationalRule(_BoundedRule):
+    """``ppl - ppl[ref]`` (``max_delta``) or ``(ppl - ppl[ref]) / ppl[ref]`` (``max_rel``), ``ref``
+    being another entry of the profile measured in the same session."""
+
+    type: ClassVar[str] = "relational"
+    keys: ClassVar[frozenset[str]] = frozenset({"max_delta", "max_rel", "direction", "ref"})
+    needs_recorded: ClassVar[bool] = False
+
+    ref: str
+    direction: str = "worse"
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return (self.ref,)
+
+    def _base(self, recorded: float | None, session_ppls: Mapping[str, float]) -> float | None:
+        return session_ppls.get(self.ref)
+
+    def _subject(self) -> str:
+        if self.max_delta is not None:
+            return f"ppl - ppl[{self.ref}]"
+        return f"(ppl - ppl[{self.ref}]) / ppl[{self.ref}]"
+
+    def _note(self, base: float) -> str:
+        return f"; {self.ref} measured {base:.6f} in this session"
+
+    def short(self) -> str:
+        return f"{self.ref}{self._short_bound()}"
+
+    @classmethod
+    def parse(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> RelationalRule:
+        max_delta, max_rel = cls._bounds(v, node, keypath)
+        if (max_delta is None) == (max_rel is None):
+            v.err(keypath, "a relational rule takes exactly one of max_delta / max_rel", node)
+        ref = v.string(node, "ref", keypath)
+        return cls(ref=ref, max_delta=max_delta, max_rel=max_rel, direction=cls._direction(v, node, keypath))
+
+
+RULE_TYPES: dict[str, type[Rule]] = {cls.type: cls for cls in (AbsoluteRule, RelativeRule, RelationalRule)}
+# every key some rule type takes: a key outside it is reported before the rule type is looked at (a key
+# of another type, e.g. max_rel on an absolute rule, gets that type's own message)
+RULE_KEYS = frozenset({"type"}).union(*(cls.keys for cls in RULE_TYPES.values()))
+
+
+def parse_rule(v: Validator, node: Any, keypath: str, parent: Any, idx: int) -> Rule:
+    """One ``tolerance:`` list item -> its :class:`Rule` subclass (errors name the key path and line)."""
+    node = v.mapping(node, keypath, parent, idx)
+    v.keys(node, RULE_KEYS, keypath, required=("type",))
+    kind = node["type"]
+    if not isinstance(kind, str) or kind not in RULE_TYPES:
+        v.err(f"{keypath}.type", f"unknown rule type {kind!r} (allowed: {', '.join(RULE_TYPES)})", node, "type")
+    return RULE_TYPES[kind].parse(v, node, keypath)

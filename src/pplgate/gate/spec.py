@@ -1,0 +1,294 @@
+"""Baseline files (``baselines/<model>.yaml``): the schema and its validation.
+
+Schema (``schema_version: 1``; see docs/GATE.md for a full example)::
+
+    schema_version: 1
+    model: {name, source, gguf_file?, revision?, tokenizer?}
+    profiles:
+      <profile>:
+        marker: smoke | gpu
+        device: cpu | cuda | cuda:N
+        device_map: auto | balanced | sequential   # optional: spread the model over the worker's GPUs
+        seqlen: 2048
+        batch_size: 1
+        max_windows: null            # null = all windows
+        variants:
+          <entry>:
+            kind: fp32               # a registered variant kind
+            params: {}               # the kind's parameters
+            tolerance:               # >= 1 rule; all must pass (pplgate.gate.rules)
+              - {type: absolute, max_delta: 0.001}
+            fingerprint: {...}       # written by --update-baselines
+            recorded: {ppl, window_nlls, provenance}   # written by --update-baselines
+
+The YAML key is ``variants:``; one item of it is an *entry* (:class:`EntrySpec`): a variant kind
+with its parameters, tolerance rules and recorded numbers. (The quantization strategy that a kind
+names is a different thing, the ``Variant`` class of the measuring side.)
+
+Files are read by :mod:`pplgate.gate.store` (bounded, comments kept); this module only validates.
+The variant kinds that exist are the caller's knowledge (``known_kinds``): validating a file
+imports no model code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pplgate.errors import BaselineError
+from pplgate.gate.rules import Rule, parse_rule
+from pplgate.gate.store import line_of, plain, read_raw
+from pplgate.gate.validator import NAME_RE, Validator
+
+__all__ = [
+    "DEVICE_MAPS",
+    "MARKERS",
+    "NAME_RE",
+    "SCHEMA_VERSION",
+    "BaselineSpec",
+    "EntrySpec",
+    "ModelSpec",
+    "ProfileSpec",
+    "Recorded",
+    "Validator",
+    "parse_baseline",
+]
+
+SCHEMA_VERSION = 1
+MARKERS = ("smoke", "gpu")
+# profile ``device_map`` values (accelerate's placements over the worker's GPUs); the model loader accepts these
+DEVICE_MAPS = ("auto", "balanced", "sequential")
+
+_TOP_KEYS = {"schema_version", "model", "profiles"}
+_MODEL_KEYS = {"name", "source", "gguf_file", "revision", "tokenizer"}
+_PROFILE_KEYS = {"marker", "device", "device_map", "seqlen", "batch_size", "max_windows", "variants"}
+_ENTRY_KEYS = {"kind", "params", "tolerance", "fingerprint", "recorded"}
+_RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    source: str
+    gguf_file: str | None = None
+    revision: str | None = None
+    tokenizer: str | None = None
+
+
+@dataclass
+class Recorded:
+    ppl: float
+    window_nlls: list[float]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EntrySpec:
+    """One ``profiles.<profile>.variants.<name>`` entry of a baseline file."""
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    rules: list[Rule]
+    fingerprint: dict[str, Any] | None
+    recorded: Recorded | None
+    line: int | None = None
+
+    @property
+    def refs(self) -> list[str]:
+        """Entries of the same profile that relational rules compare with (measured in the session)."""
+        return [ref for rule in self.rules for ref in rule.refs]
+
+    def tolerance_text(self) -> str:
+        """``±0.001, fp32+0.50%``: the rules in a table cell."""
+        return ", ".join(r.short() for r in self.rules)
+
+
+@dataclass
+class ProfileSpec:
+    name: str
+    marker: str
+    device: str
+    seqlen: int
+    batch_size: int
+    max_windows: int | None
+    variants: dict[str, EntrySpec]
+    device_map: str | None = None  # one of DEVICE_MAPS: spread the model over the worker's GPUs
+
+
+@dataclass
+class BaselineSpec:
+    path: Path
+    model: ModelSpec
+    profiles: dict[str, ProfileSpec]
+
+    def resolve_path(self, value: str | None) -> str | None:
+        """Expand ``$VARS``/``~``; a relative local path is relative to the baseline file's directory."""
+        if value is None:
+            return None
+        expanded = os.path.expanduser(os.path.expandvars(value))
+        if "$" in expanded:
+            raise BaselineError(self.path, "model", f"{value!r}: environment variable not set")
+        if value.startswith((".", "$", "~")) and not os.path.isabs(expanded):
+            return str((self.path.parent / expanded).resolve())
+        return expanded
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[str]) -> BaselineSpec:
+    """Validate a baseline file (read from ``path`` unless ``data`` is given) and return its spec.
+
+    ``known_kinds``: the registered variant kinds (an entry of another kind is an error).
+    Raises :class:`BaselineError`.
+    """
+    path = Path(path)
+    if data is None:
+        data = read_raw(path)
+    v = Validator(path)
+    if data is None:
+        v.err("", "the file is empty")
+    top = v.mapping(data, "")
+    v.keys(top, _TOP_KEYS, "", required=("schema_version", "model", "profiles"))
+    if top["schema_version"] != SCHEMA_VERSION:
+        v.err(
+            "schema_version",
+            f"unsupported schema_version {top['schema_version']!r} (this pplgate reads {SCHEMA_VERSION})",
+            top,
+            "schema_version",
+        )
+    model = _parse_model(v, v.mapping(top["model"], "model", top, "model"))
+    profiles_node = v.mapping(top["profiles"], "profiles", top, "profiles")
+    if not profiles_node:
+        v.err("profiles", "at least one profile is needed", top, "profiles")
+    profiles: dict[str, ProfileSpec] = {}
+    for pkey in profiles_node:
+        pname, pnode = v.named_mapping(profiles_node, pkey, "profile", f"profiles.{pkey}")
+        profiles[pname] = _parse_profile(v, pname, pnode, f"profiles.{pkey}", known_kinds)
+    return BaselineSpec(path=path, model=model, profiles=profiles)
+
+
+def _parse_model(v: Validator, m: Mapping) -> ModelSpec:
+    v.keys(m, _MODEL_KEYS, "model", required=("name", "source"))
+    name = v.string(m, "name", "model")
+    if not NAME_RE.match(name):
+        v.err("model.name", f"{name!r} may only contain letters, digits and _.+-", m, "name")
+    return ModelSpec(
+        name=name,
+        source=v.string(m, "source", "model"),
+        gguf_file=v.string(m, "gguf_file", "model", optional=True),
+        revision=v.string(m, "revision", "model", optional=True),
+        tokenizer=v.string(m, "tokenizer", "model", optional=True),
+    )
+
+
+def _parse_profile(v: Validator, pname: str, pnode: Mapping, kp: str, known_kinds: Sequence[str]) -> ProfileSpec:
+    v.keys(pnode, _PROFILE_KEYS, kp, required=("device", "variants"))
+    device = v.string(pnode, "device", kp)
+    marker = v.choice(pnode, "marker", kp, MARKERS, "gpu" if device.startswith("cuda") else "smoke")
+    entries_node = v.mapping(pnode["variants"], f"{kp}.variants", pnode, "variants")
+    if not entries_node:
+        v.err(f"{kp}.variants", "at least one variant is needed", pnode, "variants")
+    entries: dict[str, EntrySpec] = {}
+    for vkey in entries_node:
+        ekp = f"{kp}.variants.{vkey}"
+        name, enode = v.named_mapping(entries_node, vkey, "variant", ekp)
+        entries[name] = _parse_entry(v, name, enode, ekp, known_kinds, line_of(entries_node, name))
+    _check_refs(v, pname, entries, kp)
+    return ProfileSpec(
+        name=pname,
+        marker=marker,
+        device=device,
+        seqlen=v.integer(pnode, "seqlen", kp, 2048, 2),
+        batch_size=v.integer(pnode, "batch_size", kp, 1, 1),
+        max_windows=v.integer(pnode, "max_windows", kp, None, 1),
+        variants=entries,
+        device_map=_device_map(v, pnode, kp),
+    )
+
+
+def _parse_entry(
+    v: Validator, name: str, enode: Mapping, ekp: str, known_kinds: Sequence[str], line: int | None
+) -> EntrySpec:
+    v.keys(enode, _ENTRY_KEYS, ekp, required=("kind",))
+    kind = v.string(enode, "kind", ekp)
+    if kind not in known_kinds:
+        v.err(f"{ekp}.kind", f"unknown variant kind {kind!r} (known: {', '.join(known_kinds)})", enode, "kind")
+    params = enode.get("params") or {}
+    v.mapping(params, f"{ekp}.params", enode, "params")
+    tol = enode.get("tolerance")
+    if not tol:
+        v.err(
+            f"{ekp}.tolerance",
+            "missing tolerance: give at least one rule, e.g. [{type: absolute, max_delta: 0.01}]",
+            enode,
+        )
+    if not isinstance(tol, list):
+        v.err(f"{ekp}.tolerance", "expected a list of rules", enode, "tolerance")
+    rules = [parse_rule(v, r, f"{ekp}.tolerance[{i}]", tol, i) for i, r in enumerate(tol)]
+    fp = enode.get("fingerprint")
+    if fp is not None:
+        v.mapping(fp, f"{ekp}.fingerprint", enode, "fingerprint")
+    return EntrySpec(
+        name=name,
+        kind=kind,
+        params=plain(params),
+        rules=rules,
+        fingerprint=plain(fp) if fp is not None else None,
+        recorded=_parse_recorded(v, enode.get("recorded"), f"{ekp}.recorded", enode),
+        line=line,
+    )
+
+
+def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any) -> Recorded | None:
+    if node is None:
+        return None
+    node = v.mapping(node, keypath, parent, "recorded")
+    v.keys(node, _RECORDED_KEYS, keypath, required=("ppl", "window_nlls"))
+    ppl = node["ppl"]
+    if isinstance(ppl, bool) or not isinstance(ppl, (int, float)) or not ppl > 0:
+        v.err(f"{keypath}.ppl", f"expected a positive number, got {ppl!r}", node, "ppl")
+    nlls = node["window_nlls"]
+    if not isinstance(nlls, list) or not nlls or not all(isinstance(x, (int, float)) for x in nlls):
+        v.err(f"{keypath}.window_nlls", "expected a non-empty list of numbers", node, "window_nlls")
+    prov = node.get("provenance") or {}
+    return Recorded(ppl=float(ppl), window_nlls=[float(x) for x in nlls], provenance=plain(prov))
+
+
+def _check_refs(v: Validator, pname: str, entries: Mapping[str, EntrySpec], kp: str) -> None:
+    """Rules that compare with other entries name known entries of this profile, not themselves, no cycles."""
+    for es in entries.values():
+        for i, rule in enumerate(es.rules):
+            for ref in rule.refs:
+                rkp = f"{kp}.variants.{es.name}.tolerance[{i}].ref"
+                if ref not in entries:
+                    v.err(
+                        rkp,
+                        f"relational rule references unknown variant {ref!r} "
+                        f"(variants of profile {pname}: {', '.join(entries)})",
+                    )
+                if ref == es.name:
+                    v.err(rkp, "a variant cannot be relative to itself")
+    for es in entries.values():
+        seen, stack = set(), list(es.refs)
+        while stack:
+            ref = stack.pop()
+            if ref == es.name:
+                v.err(f"{kp}.variants.{es.name}.tolerance", "relational rules form a cycle")
+            if ref not in seen:
+                seen.add(ref)
+                stack.extend(entries[ref].refs)
+
+
+def _device_map(v: Validator, pnode: Mapping, kp: str) -> str | None:
+    value = pnode.get("device_map")
+    if value is not None and value not in DEVICE_MAPS:
+        v.err(f"{kp}.device_map", f"must be one of {', '.join(DEVICE_MAPS)} or absent, got {value!r}")
+    return value

@@ -1,0 +1,282 @@
+"""The verdict on one gate entry: :func:`judge` compares a measurement with its baseline entry and
+returns a :class:`GateRecord` (status, the numbers for the reports, the failure message, the queued
+update). Pure: the caller measures, raises, writes and reports.
+
+The update flow is written once, in :func:`judge` (pytest-regressions' ``perform_regression_check``
+is the model)::
+
+    nothing recorded      -> MISSING, or with --update-baselines: CREATED (queued)
+    window override > rec -> DRIFT (``--pplgate-max-windows K`` exceeds the recorded windows)
+    fingerprint changed   -> DRIFT, or with --update-baselines --force-update: UPDATED (queued)
+    --update-baselines    -> UPDATED (queued), unless a rule against this session's entries fails: FAIL
+    all rules pass        -> PASS
+    otherwise             -> FAIL (worse, or a relational rule) or IMPROVED (better, outside tolerance)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pplgate.gate.drift import compare_fingerprints, describe_drift, drift_lines
+from pplgate.gate.record import FAILING, GateRecord, Status
+from pplgate.gate.rules import RuleResult
+from pplgate.gate.spec import EntrySpec, Recorded
+from pplgate.gate.stats import paired_stats
+from pplgate.gate.store import EntryUpdate
+
+__all__ = [
+    "FAILING",
+    "GateRecord",
+    "Measured",
+    "Status",
+    "Target",
+    "is_partial",
+    "judge",
+    "measured_record",
+    "new_record",
+    "partial_update_refusal",
+    "rerun_command",
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which test is judged, and the facts its failure header names."""
+
+    nodeid: str
+    name: str  # the test name: <model>[<profile>-<entry>]
+    file: str
+    model: str
+    source: str  # the model source, described (hub id, directory, GGUF file)
+    profile: str
+    device: str
+    seqlen: int
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One entry's measurement, as the verdict needs it."""
+
+    ppl: float
+    window_nlls: Sequence[float]
+    n_windows: int
+    n_windows_total: int
+    fingerprint: Mapping[str, Any]
+    origin: str
+    wall_time_s: float
+    prepare_time_s: float
+
+
+# --------------------------------------------------------------------------- judging
+
+
+def new_record(target: Target, entry: EntrySpec, status: Status) -> GateRecord:
+    """The record of a gate test before anything is measured (a skip or an error keeps this shape)."""
+    return GateRecord(
+        nodeid=target.nodeid,
+        file=target.file,
+        model=target.model,
+        profile=target.profile,
+        variant=entry.name,
+        kind=entry.kind,
+        device=target.device,
+        status=status,
+        tolerance=entry.tolerance_text(),
+    )
+
+
+def measured_record(target: Target, entry: EntrySpec, m: Measured, partial: bool = False) -> GateRecord:
+    """The record once the entry is measured, before the verdict (status ``error`` until judged)."""
+    rec = new_record(target, entry, Status.ERROR)
+    rec.ppl, rec.window_nlls = m.ppl, list(m.window_nlls)
+    rec.n_windows, rec.n_windows_total = m.n_windows, m.n_windows_total
+    rec.partial = partial or None
+    rec.origin, rec.wall_time_s, rec.prepare_time_s = m.origin, m.wall_time_s, m.prepare_time_s
+    return rec
+
+
+def rerun_command(nodeid: str, *, force: bool = False) -> str:
+    return f'pytest --update-baselines {"--force-update " if force else ""}"{nodeid}"'
+
+
+def is_partial(max_windows_override: int | None, profile_max_windows: int | None) -> bool:
+    """Does ``--pplgate-max-windows`` score other windows than the profile records?"""
+    return max_windows_override is not None and max_windows_override != profile_max_windows
+
+
+def partial_update_refusal(
+    max_windows_override: int | None, profile_name: str, profile_max_windows: int | None
+) -> str | None:
+    """Why ``--update-baselines`` must not run with this window override (None: it may)."""
+    if not is_partial(max_windows_override, profile_max_windows):
+        return None
+    return (
+        f"refusing --update-baselines with --pplgate-max-windows {max_windows_override}: profile {profile_name!r} "
+        f"records max_windows={profile_max_windows}; drop the override to update"
+    )
+
+
+def judge(
+    target: Target,
+    entry: EntrySpec,
+    measured: Measured,
+    *,
+    session_ppls: Mapping[str, float],
+    update: bool = False,
+    force: bool = False,
+    partial: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+) -> GateRecord:
+    """The verdict on ``entry`` given its measurement (see the module docstring for the flow).
+
+    ``session_ppls``: the ppl of each entry that ``entry``'s relational rules name, measured in this
+    session. ``update``/``force``: ``--update-baselines``/``--force-update``. ``partial``: only the
+    first ``measured.n_windows`` windows were scored (compared with the first recorded ones).
+    ``provenance``: the ``recorded.provenance`` block written with an update.
+
+    A failing record has its ``message`` (the full text pytest prints); a queued one its ``update``.
+    """
+    rec = measured_record(target, entry, measured, partial)
+    header = _header(target, entry, measured, partial)
+    recorded = entry.recorded
+    results: list[RuleResult] = []
+    if recorded is not None:
+        n_recorded = len(recorded.window_nlls)
+        if partial and measured.n_windows > n_recorded:
+            return _fail(
+                rec,
+                Status.DRIFT,
+                f"{header}\n  --pplgate-max-windows {measured.n_windows} exceeds the {n_recorded} recorded windows",
+            )
+        _compare(rec, entry, recorded, measured, partial)
+        if rec.drift and not (update and force):
+            return _drift_failure(rec, header, recorded, measured, update)
+        if not rec.drift:
+            results = [rule.check(measured.ppl, rec.baseline, session_ppls) for rule in entry.rules]
+            rec.rules = [x.to_dict() for x in results]
+            rec.paired = paired_stats(measured.window_nlls, rec.baseline_window_nlls)
+    elif not update:
+        rec.rerun = rerun_command(target.nodeid)
+        return _fail(
+            rec,
+            Status.MISSING,
+            f"{header}\n  measured ppl {measured.ppl:.6f}, but no baseline is recorded for this entry.\n"
+            f"  Create it with:\n    {rec.rerun}",
+        )
+    if update:
+        return _queue(rec, target, entry, measured, session_ppls, provenance or {}, header)
+    if all(x.passed for x in results):
+        rec.status = Status.PASS
+        return rec
+    return _tolerance_failure(rec, target, recorded, measured, results, header)
+
+
+def _header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str:
+    return (
+        f"pplgate: {target.name}\n  model {target.model} ({target.source}), profile {target.profile} "
+        f"(device {target.device}, seqlen {target.seqlen}, {m.n_windows}/{m.n_windows_total} windows"
+        f"{', PARTIAL' if partial else ''}), variant {entry.name} (kind {entry.kind}, origin {m.origin})"
+    )
+
+
+def _fail(rec: GateRecord, status: Status, message: str) -> GateRecord:
+    rec.status, rec.message = status, message
+    return rec
+
+
+def _compare(rec: GateRecord, entry: EntrySpec, recorded: Recorded, m: Measured, partial: bool) -> None:
+    """The baseline numbers (the first K recorded windows in a partial run) and the fingerprint drift."""
+    nlls, base, ignore = recorded.window_nlls, recorded.ppl, ()
+    if partial:
+        nlls = recorded.window_nlls[: m.n_windows]
+        base = math.exp(math.fsum(nlls) / m.n_windows)
+        ignore = ("n_windows",)
+    rec.baseline, rec.delta, rec.rel_delta = base, m.ppl - base, (m.ppl - base) / base
+    rec.baseline_window_nlls = list(nlls)
+    own = math.exp(math.fsum(nlls) / len(nlls))
+    rec.baseline_own_ppl, rec.hand_edited = own, abs(own - base) > 1e-5 * base
+    if entry.fingerprint is None:
+        rec.drift = [("fingerprint", None, "(missing in the baseline file)")]
+    else:
+        rec.drift = compare_fingerprints(entry.fingerprint, m.fingerprint, ignore)
+
+
+def _drift_failure(rec: GateRecord, header: str, recorded: Recorded, m: Measured, update: bool) -> GateRecord:
+    rec.rerun = rerun_command(rec.nodeid, force=True)
+    how = (
+        f"refusing to update across a protocol change without --force-update:\n    {rec.rerun}"
+        if update
+        else f"the perplexity was not compared. If the change is intended, re-record with:\n    {rec.rerun}"
+    )
+    return _fail(
+        rec,
+        Status.DRIFT,
+        f"{header}\n  PROTOCOL DRIFT: the measurement protocol differs from the recorded one "
+        f"in {describe_drift(rec.drift)}:\n{drift_lines(rec.drift)}\n"
+        f"  measured ppl {m.ppl:.6f} (recorded {recorded.ppl:.6f}); {how}",
+    )
+
+
+def _queue(
+    rec: GateRecord,
+    target: Target,
+    entry: EntrySpec,
+    m: Measured,
+    session_ppls: Mapping[str, float],
+    provenance: Mapping[str, Any],
+    header: str,
+) -> GateRecord:
+    """Queue the re-recording, unless a rule against this session's entries fails (re-recording
+    cannot fix that: those rules do not depend on the old record)."""
+    session_results = [rule.check(m.ppl, None, session_ppls) for rule in entry.rules if not rule.needs_recorded]
+    if session_results and rec.rules is None:
+        rec.rules = [x.to_dict() for x in session_results]
+    if not all(x.passed for x in session_results):
+        return _fail(
+            rec,
+            Status.FAIL,
+            f"{header}\n  not updating: a relational rule fails in this session (re-recording cannot fix it):\n"
+            + "\n".join(f"    {x.text}" for x in session_results),
+        )
+    rec.status = Status.CREATED if entry.recorded is None else Status.UPDATED
+    rec.update = EntryUpdate(
+        profile=target.profile,
+        variant=entry.name,
+        fingerprint=dict(m.fingerprint),
+        ppl=m.ppl,
+        window_nlls=list(m.window_nlls),
+        provenance=dict(provenance),
+    )
+    return rec
+
+
+def _tolerance_failure(
+    rec: GateRecord, target: Target, recorded: Recorded, m: Measured, results: list[RuleResult], header: str
+) -> GateRecord:
+    """A worse number (or a failing relational rule) is a regression; a better one is flagged too."""
+    base = rec.baseline
+    regression = m.ppl > base or any(not x.passed and not x.rule.needs_recorded for x in results)
+    rec.rerun = rerun_command(target.nodeid)
+    prov = recorded.provenance or {}
+    note = ""
+    if rec.hand_edited:
+        note = (
+            f"\n  note: the recorded ppl {base:.6f} does not match its own recorded window NLLs "
+            f"(exp(mean) = {rec.baseline_own_ppl:.6f}); was the baseline file edited by hand?"
+        )
+    what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
+    return _fail(
+        rec,
+        Status.FAIL if regression else Status.IMPROVED,
+        f"{header}\n  {what}: measured {m.ppl:.6f} vs recorded {base:.6f}: "
+        f"delta {m.ppl - base:+.6f} ({(m.ppl - base) / base:+.4%})\n"
+        "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
+        f"  {rec.paired.describe()}{note}\n"
+        f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
+        f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
+        f"torch {prov.get('torch', '?')})\n"
+        f"  if the change is intended, re-record with:\n    {rec.rerun}",
+    )

@@ -1,0 +1,64 @@
+"""Option values checked once, at configure time: a bad value is one clear usage error, not a traceback per test."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+CACHE_DIR_ENV = "PPLGATE_CACHE_DIR"
+
+
+def check_device(device: str, *, option: str = "--pplgate-device", pinned: bool = False) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``; an explicit CUDA request needs a CUDA device here."""
+    if not DEVICE_RE.match(device):
+        raise pytest.UsageError(f"{option} {device!r}: expected cpu, cuda or cuda:N")
+    if device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise pytest.UsageError(
+            f"{option} {device} was asked for, but torch sees no CUDA device here "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); drop the option to run the "
+            "profiles' own devices (GPU tiers then skip), or pass --pplgate-device cpu"
+        )
+    index = int(device.split(":")[1]) if ":" in device else 0
+    count = torch.cuda.device_count()
+    if not pinned and index >= count:
+        visible = f"cuda:0..cuda:{count - 1}"
+        raise pytest.UsageError(f"{option} {device}: only {count} CUDA device(s) are visible ({visible})")
+
+
+def check_cache_dir(path: str, *, source: str) -> None:
+    """The quantization cache root must be a writable directory (created when missing)."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise pytest.UsageError(f"{source} {path}: not a directory (it is a file); point it at a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise pytest.UsageError(f"{source} {path}: cannot create the cache directory ({exc})") from exc
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"{source} {path}: the cache directory is not writable; choose another one")
+
+
+def validate(config: pytest.Config) -> None:
+    """Reject impossible option values before any test runs."""
+    k = config.getoption("--pplgate-max-windows")
+    if k is not None and k < 1:
+        raise pytest.UsageError(f"--pplgate-max-windows must be >= 1 (the number of windows to score), got {k}")
+    per_worker = config.getoption("--pplgate-gpus-per-worker")
+    if per_worker < 1:
+        raise pytest.UsageError(f"--pplgate-gpus-per-worker must be >= 1, got {per_worker}")
+    device = config.getoption("--pplgate-device")
+    if device is not None:
+        check_device(device, pinned=hasattr(config, "workerinput"))
+    cache_dir = config.getoption("--pplgate-cache-dir")
+    if cache_dir is not None:
+        check_cache_dir(cache_dir, source="--pplgate-cache-dir")
+    elif os.environ.get(CACHE_DIR_ENV):
+        check_cache_dir(os.environ[CACHE_DIR_ENV], source=f"${CACHE_DIR_ENV}")

@@ -1,0 +1,67 @@
+"""Paired per-window statistics and the t quantile (no scipy in the package)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from support import need_module
+
+from pplgate.gate.stats import PairedStats, paired_stats, t_quantile_975
+
+
+def test_t_quantile_matches_scipy():
+    stats = need_module("scipy.stats", "pip install scipy")
+    for df in [*range(1, 60), 100, 147, 1000]:
+        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4), df
+
+
+def test_t_quantile_table_edges_and_limit():
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(30) == 2.042
+    assert 2.0 < t_quantile_975(31) < 2.042
+    assert t_quantile_975(10**9) == pytest.approx(1.959963984540054, abs=1e-8)
+    with pytest.raises(ValueError, match="df must be >= 1, got 0"):
+        t_quantile_975(0)
+
+
+def test_paired_stats():
+    s = paired_stats([1.1, 1.2, 1.3, 1.4], [1.0, 1.1, 1.2, 1.3])
+    assert s.n == 4 and s.mean == pytest.approx(0.1) and s.n_worse == 4 and s.significant
+    s = paired_stats([1.0, 1.2, 0.9, 1.1], [1.1, 1.1, 1.0, 1.0])
+    assert not s.significant and s.n_worse == 2 and s.n_better == 2
+    lo, hi = s.ci_low, s.ci_high
+    half = 3.182 * s.sd / 2
+    assert (lo, hi) == pytest.approx((s.mean - half, s.mean + half))
+    one = paired_stats([1.0], [0.5])
+    assert one.ci_low is None and "n/a" in one.describe()
+    with pytest.raises(ValueError):
+        paired_stats([1.0], [1.0, 2.0])
+
+
+def test_paired_stats_needs_a_window():
+    with pytest.raises(ValueError, match="at least one window"):
+        paired_stats([], [])
+
+
+def test_describe_says_shift_or_noise():
+    shift = paired_stats([2.1, 2.2, 2.3], [2.0, 2.1, 2.2])
+    assert shift.describe().startswith("paired per-window dNLL over 3 windows: mean +0.100000 nats, 95% CI [")
+    assert "(systematic shift); 3/3 windows worse, 0 better, max |dNLL| 0.100000" in shift.describe()
+    noise = paired_stats([2.4, 2.3, 2.35], [2.3, 2.3, 2.3])
+    assert "95% CI [-0.074217, +0.174217] (consistent with noise); 2/3 windows worse" in noise.describe()
+    assert "1 window" in paired_stats([1.0], [1.0]).describe()
+
+
+def test_rounding_step_counts_neither_way():
+    s = paired_stats([1.0000005, 0.9999995, 1.1], [1.0, 1.0, 1.0])
+    assert (s.n_worse, s.n_better) == (1, 0) and s.max_abs == pytest.approx(0.1)
+
+
+def test_dict_round_trip():
+    s = paired_stats([2.4, 2.3, 2.35], [2.3, 2.3, 2.3])
+    d = s.to_dict()
+    assert d["significant"] is False and set(d) == {*PairedStats.__dataclass_fields__, "significant"}
+    assert PairedStats.from_dict(d) == s
+    partial = PairedStats.from_dict({"n": 2, "mean": 0.5, "n_worse": 2})
+    assert (partial.sd, partial.n_better, partial.max_abs, partial.ci_low) == (0.0, 0, 0.0, None)
+    assert not partial.significant and math.isfinite(partial.mean)
