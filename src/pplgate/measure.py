@@ -38,7 +38,7 @@ class Measurement:
 
     result: PerplexityResult
     # dataset_sha256, n_tokens, n_windows, n_windows_total, bos_added, tokenizer_name, tokenizer_sha256,
-    # seqlen, dtype and variant (the variant's own fingerprint), in the order a baseline records them
+    # seqlen, dtype, device_type and variant (the variant's own fingerprint), in the order a baseline records them
     fingerprint: dict[str, Any]
     origin: str  # loaded | quantized | cache
     prepare_time_s: float
@@ -72,9 +72,19 @@ def _params_key(params: Mapping[str, Any]) -> str:
     return json.dumps(plain(params), sort_keys=True, default=str)
 
 
-def _tokenizer_name(tok: Any, source: ModelSource, tokenizer: str | None) -> str:
-    ref = tokenizer or source.gguf_file or source.path_or_id
-    return f"{type(tok).__name__}({Path(ref).name if ref.startswith('/') else ref})"
+def tokenizer_name(tok: Any, source: ModelSource, tokenizer: str | None) -> str:
+    """The tokenizer's class and where it comes from, without machine paths: a moved directory is no drift.
+
+    A hub id is kept, a GGUF by its file name; any other local path reads ``local`` (its content is in
+    ``tokenizer_sha256``).
+    """
+    if tokenizer:
+        ref = "local" if Path(tokenizer).expanduser().exists() else tokenizer
+    elif source.gguf_file:
+        ref = source.gguf_file
+    else:
+        ref = "local" if Path(source.path_or_id).expanduser().exists() else source.path_or_id
+    return f"{type(tok).__name__}({ref})"
 
 
 class Measurer:
@@ -134,7 +144,7 @@ class Measurer:
         if key not in self._tokens:
             tok = load_tokenizer(source, tokenizer)
             tokens = tokenize_canonical(tok, self.text().text)
-            self._tokens[key] = (tok, tokens, _tokenizer_name(tok, source, tokenizer))
+            self._tokens[key] = (tok, tokens, tokenizer_name(tok, source, tokenizer))
         return self._tokens[key]
 
     def model(
@@ -236,6 +246,7 @@ class Measurer:
             "tokenizer_sha256": result.tokenizer_sha256,
             "seqlen": result.seqlen,
             "dtype": result.dtype,
+            "device_type": str(result.device).split(":")[0],
             "variant": plain(variant.fingerprint()),
         }
         m = Measurement(

@@ -21,6 +21,7 @@ FINGERPRINT_FIELDS = (
     "tokenizer_sha256",
     "seqlen",
     "dtype",
+    "device_type",
     "variant",
 )
 

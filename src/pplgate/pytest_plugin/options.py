@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pplgate.pytest_plugin.gpus import GPUS_PER_WORKER_ENV
+
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 CACHE_DIR_ENV = "PPLGATE_CACHE_DIR"
 
@@ -62,3 +64,45 @@ def validate(config: pytest.Config) -> None:
         check_cache_dir(cache_dir, source="--pplgate-cache-dir")
     elif os.environ.get(CACHE_DIR_ENV):
         check_cache_dir(os.environ[CACHE_DIR_ENV], source=f"${CACHE_DIR_ENV}")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """The ``pplgate`` option group and the ``pplgate_baselines_dir`` ini key."""
+    g = parser.getgroup("pplgate", "pplgate perplexity regression gate")
+    g.addoption("--update-baselines", action="store_true", help="re-measure the selected entries and rewrite them")
+    g.addoption("--force-update", action="store_true", help="allow --update-baselines across a protocol change")
+    g.addoption("--baselines-dir", default=None, help="directory of baseline YAML files (default: <rootdir>/baselines)")
+    g.addoption("--pplgate-report", default=None, metavar="DIR", help="write JSON/Markdown/PNG reports into DIR")
+    g.addoption("--pplgate-cache-dir", default=None, metavar="DIR", help="quantized-model cache root")
+    g.addoption("--pplgate-cache", default="use", choices=["use", "refresh", "off"], help="quantized-model cache mode")
+    g.addoption(
+        "--pplgate-dataset",
+        default=None,
+        metavar="PATH",
+        help="WikiText-2 test split (else $PPLGATE_WIKITEXT, then ../shared beside the checkout, then the hub)",
+    )
+    g.addoption("--pplgate-device", default=None, help="run every profile on this device (cpu, cuda, cuda:N)")
+    g.addoption(
+        "--pplgate-max-windows",
+        type=int,
+        default=None,
+        metavar="K",
+        help="score only K windows (quick local runs; compared with the first K recorded windows, marked partial)",
+    )
+    g.addoption(
+        "--pplgate-gpus-per-worker",
+        type=int,
+        default=int(os.environ.get(GPUS_PER_WORKER_ENV, "1")),
+        metavar="K",
+        help="with pytest-xdist (-n N --dist loadgroup): each worker keeps K GPUs of the visible ones "
+        f"(default 1, or ${GPUS_PER_WORKER_ENV})",
+    )
+    parser.addini("pplgate_baselines_dir", "directory of baseline YAML files, relative to rootdir", default="baselines")
+
+
+def add_markers(config: pytest.Config) -> None:
+    """The markers the gate's items carry."""
+    config.addinivalue_line("markers", "pplgate: a pplgate perplexity gate test (collected from baselines/*.yaml)")
+    config.addinivalue_line("markers", "gpu: GPU tier of the gate (skips where no CUDA device exists)")
+    config.addinivalue_line("markers", "smoke: CPU tier of the gate (a few windows, runs everywhere)")
+    config.addinivalue_line("markers", "xdist_group(name): keep tests of one model on one pytest-xdist worker")

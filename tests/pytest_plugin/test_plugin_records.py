@@ -9,7 +9,7 @@ import pytest
 from pplgate.gate import reports
 from pplgate.gate.record import GateRecord, Status
 from pplgate.gate.store import EntryUpdate
-from pplgate.plugin import GateSession, _on_report, _write_updates
+from pplgate.pytest_plugin.session import GateSession
 
 
 def _rec(status: str, **kw) -> dict:
@@ -40,7 +40,7 @@ def test_failed_write_marks_rows_not_written_and_fails_the_session(tmp_path):
     ]
     gate.updates = {missing: [EntryUpdate.from_dict(upd)]}
     session = SimpleNamespace(config=SimpleNamespace(rootpath=tmp_path), exitstatus=pytest.ExitCode.OK)
-    _write_updates(session, gate)
+    gate._write_updates(session)
     assert session.exitstatus == pytest.ExitCode.TESTS_FAILED
     assert [r["status"] for r in gate.records] == ["not_written", "pass"]
     assert gate.records[0]["queued_as"] == "updated"
@@ -49,10 +49,9 @@ def test_failed_write_marks_rows_not_written_and_fails_the_session(tmp_path):
     assert "NOT WRITTEN" in reports.terminal_table(gate.records)[2]
 
 
-def test_reports_from_workers_become_records_and_queue_updates(monkeypatch):
+def test_reports_from_workers_become_records_and_queue_updates():
     """What an xdist worker sends (plain dicts on the report) is read back into GateRecords."""
     gate = GateSession(config=None)
-    monkeypatch.setattr("pplgate.plugin._gate", lambda config: gate)
     upd = EntryUpdate("cpu", "fp32", {"seqlen": 8}, 2.0, [0.69], {"date": "d"})
     sent = [
         _rec("created", update=upd.to_dict()),
@@ -61,8 +60,8 @@ def test_reports_from_workers_become_records_and_queue_updates(monkeypatch):
         {"nodeid": "m[cpu-d]", "file": "/repo/baselines/m.yaml", "status": "error", "error": "RuntimeError: x"},
     ]
     for data, failed, gate_failure in zip(sent, [False, False, True, True], [False, False, True, False], strict=True):
-        _on_report(None, SimpleNamespace(pplgate=data, failed=failed, pplgate_gate_failure=gate_failure))
-    _on_report(None, SimpleNamespace(failed=True))  # a plain test that failed: no record, a non-gate failure
+        gate.on_report(SimpleNamespace(pplgate=data, failed=failed, pplgate_gate_failure=gate_failure))
+    gate.on_report(SimpleNamespace(failed=True))  # a plain test that failed: no record, a non-gate failure
     assert [r.status for r in gate.records] == [Status.CREATED, Status.PASS, Status.FAIL, Status.ERROR]
     assert [r.to_dict() for r in gate.records] == sent
     assert gate.updates == {"/repo/baselines/m.yaml": [upd]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -12,14 +13,14 @@ import pytest
 from support import need_shared, skip_or_fail, tiny_llama
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
-from pplgate.plugin import _known_kinds
+from pplgate.pytest_plugin.items import known_kinds as _known_kinds
 
 pytest_plugins = ["pytester"]
 
 
 def parse_baseline(path):
     """The file as the plugin validates it (kinds registered now, the conftest's test kinds included)."""
-    return _parse_baseline(path, known_kinds=_known_kinds())
+    return _parse_baseline(path, known_kinds=[*_known_kinds(), "test-perturbed"])
 
 
 GPT2 = need_shared("tokenizers", "gpt2", allow_module_level=True)
@@ -578,3 +579,49 @@ def test_improvement_outside_tolerance_is_not_a_regression(gate, recorded_text, 
     assert f"Δ {rec['delta']:+.6f} ({rec['rel_delta']:+.4%})" in md and "(systematic shift)" in md
     assert f"```\n{rerun}\n```" in md and md.count("matplotlib is not installed") == 1
     assert not list((gate.path / "rep").glob("*.png"))
+
+
+def test_device_type_is_part_of_the_fingerprint(gate, recorded_text, tiny_model):
+    """An entry measured on another device type is drift: ``--pplgate-device cpu`` on a cuda profile.
+
+    Entries recorded before the fingerprint held ``device_type`` count as measured on the profile's device.
+    """
+    f = gate.path / "baselines" / "tiny.yaml"
+    assert "device_type: cpu" in recorded_text
+    legacy = recorded_text.replace("device: cpu", "device: cuda", 1).replace("          device_type: cpu\n", "")
+    assert "device_type" not in legacy
+    f.write_text(legacy)
+    res = run(gate, "--pplgate-device", "cpu")
+    res.assert_outcomes(failed=1)
+    out = res.stdout.str()
+    assert "PROTOCOL DRIFT" in out and "device_type: 'cuda' -> 'cpu'" in out
+    res = run(gate, "--pplgate-device", "cpu", "--update-baselines")
+    res.assert_outcomes(failed=1)
+    assert "refusing to update across a protocol change without --force-update" in res.stdout.str()
+    assert f.read_text() == legacy
+    # the same legacy entry on its own (cpu) profile passes: the profile's device stands in for the field
+    f.write_text(recorded_text.replace("          device_type: cpu\n", ""))
+    run(gate).assert_outcomes(passed=1)
+
+
+def test_moving_the_model_directory_is_not_drift(gate, recorded_text, tiny_model, tmp_path):
+    moved = tmp_path / "elsewhere" / "renamed-model"
+    shutil.copytree(tiny_model, moved)
+    assert f"source: {tiny_model}" in recorded_text
+    (gate.path / "baselines" / "tiny.yaml").write_text(recorded_text.replace(str(tiny_model), str(moved)))
+    res = run(gate)
+    res.assert_outcomes(passed=1)
+    assert "tokenizer_name: GPT2Tokenizer(local)" in recorded_text  # no directory name in the fingerprint
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the skip on a machine without CUDA")
+@pytest.mark.parametrize(("ci", "ret"), [("true", pytest.ExitCode.TESTS_FAILED), ("", pytest.ExitCode.OK)])
+def test_a_gate_that_skipped_everything_is_not_green_under_ci(gate, tiny_model, monkeypatch, ci, ret):
+    text = baseline(tiny_model, name="tiny").replace("marker: smoke\n    device: cpu", "marker: gpu\n    device: cuda")
+    (gate.path / "baselines" / "tiny.yaml").write_text(text)
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.delenv("PPLGATE_REQUIRE_SHARED", raising=False)
+    res = run(gate, "-m", "gpu")
+    res.assert_outcomes(skipped=1)
+    assert res.ret == ret
+    assert ("every gate entry was skipped under CI" in res.stdout.str()) is bool(ci)

@@ -1,7 +1,7 @@
 """Measure fp32 / rtn / awq perplexity of a model on the first windows (CPU-friendly), print a table.
 
 Usage (from the repo root; ../shared holds the data):
-    PYTHONPATH=src python ci/measure_variants.py --max-windows 4 --batch-size 2
+    PYTHONPATH=src python bench/measure_variants.py --max-windows 4 --batch-size 2
 
 AWQ calibration default: 32 texts x seqlen 512 from the shared offline corpus. AutoAWQ keeps texts of
 <= seqlen tokens, concatenates them and cuts seqlen-token blocks; 32 python-docs paragraphs give a

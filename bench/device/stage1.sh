@@ -10,4 +10,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 echo "stage1 ok: $(ls $D)"
-if [ $# -gt 0 ]; then source ci/device/env.sh; "$@"; fi
+if [ $# -gt 0 ]; then source bench/device/env.sh; "$@"; fi

@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from pplgate.devices import assign_gpus, pin_worker, visible_gpu_ids, worker_index
 from pplgate.errors import PlacementError
 from pplgate.provenance import device_layout
+from pplgate.pytest_plugin.gpus import assign_gpus, pin_worker, visible_gpu_ids, worker_index
 
 
 def test_visible_ids_from_env_or_count():

@@ -9,5 +9,5 @@ if [ ! -f $GGUF ]; then
   mv $GGUF.tmp $GGUF
 fi
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $GGUF" | sha256sum -c -
-source ci/device/env.sh
+source bench/device/env.sh
 "$@"

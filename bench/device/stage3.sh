@@ -5,5 +5,5 @@ set -euo pipefail
 D=/root/pplgate
 python3 -c "import matplotlib" 2>/dev/null ||
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $D/site .device/c/*.whl
-source ci/device/env.sh
+source bench/device/env.sh
 "$@"
