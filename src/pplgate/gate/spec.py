@@ -32,7 +32,9 @@ imports no model code.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +43,11 @@ from typing import Any
 from pplgate.errors import BaselineError
 from pplgate.gate.rules import Rule, parse_rule
 from pplgate.gate.store import line_of, plain, read_raw
-from pplgate.gate.validator import NAME_RE, Validator
+from pplgate.gate.validator import NAME_RE, Validator, real, shown
 
 __all__ = [
     "DEVICE_MAPS",
+    "DEVICE_RE",
     "MARKERS",
     "NAME_RE",
     "SCHEMA_VERSION",
@@ -61,6 +64,11 @@ SCHEMA_VERSION = 1
 MARKERS = ("smoke", "gpu")
 # profile ``device_map`` values (accelerate's placements over the worker's GPUs); the model loader accepts these
 DEVICE_MAPS = ("auto", "balanced", "sequential")
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")  # a profile's device (and --pplgate-device)
+RERECORD = (
+    "these numbers are written by --update-baselines, never by hand: delete the entry's fingerprint: and "
+    "recorded: blocks and re-record it with pytest --update-baselines"
+)
 
 _TOP_KEYS = {"schema_version", "model", "profiles"}
 _MODEL_KEYS = {"name", "source", "gguf_file", "revision", "tokenizer"}
@@ -99,6 +107,7 @@ class EntrySpec:
     fingerprint: dict[str, Any] | None
     recorded: Recorded | None
     line: int | None = None
+    rule_lines: list[int | None] = field(default_factory=list)  # the line of each tolerance rule
 
     @property
     def refs(self) -> list[str]:
@@ -157,10 +166,19 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
         v.err("", "the file is empty")
     top = v.mapping(data, "")
     v.keys(top, _TOP_KEYS, "", required=("schema_version", "model", "profiles"))
-    if top["schema_version"] != SCHEMA_VERSION:
+    version = top["schema_version"]
+    if isinstance(version, str) and version.strip() == str(SCHEMA_VERSION):
         v.err(
             "schema_version",
-            f"unsupported schema_version {top['schema_version']!r} (this pplgate reads {SCHEMA_VERSION})",
+            f"expected the integer {SCHEMA_VERSION}, got the string {shown(version)}: write schema_version: "
+            f"{SCHEMA_VERSION} without quotes",
+            top,
+            "schema_version",
+        )
+    if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
+        v.err(
+            "schema_version",
+            f"unsupported schema_version {shown(version)} (this pplgate reads the integer {SCHEMA_VERSION})",
             top,
             "schema_version",
         )
@@ -172,16 +190,15 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
     for pkey in profiles_node:
         pname, pnode = v.named_mapping(profiles_node, pkey, "profile", f"profiles.{pkey}")
         profiles[pname] = _parse_profile(v, pname, pnode, f"profiles.{pkey}", known_kinds)
+    for profile in profiles.values():
+        _check_refs(v, profile, profiles)
     return BaselineSpec(path=path, model=model, profiles=profiles)
 
 
 def _parse_model(v: Validator, m: Mapping) -> ModelSpec:
     v.keys(m, _MODEL_KEYS, "model", required=("name", "source"))
-    name = v.string(m, "name", "model")
-    if not NAME_RE.match(name):
-        v.err("model.name", f"{name!r} may only contain letters, digits and _.+-", m, "name")
     return ModelSpec(
-        name=name,
+        name=v.name(v.string(m, "name", "model"), "model", "model.name", m, "name"),
         source=v.string(m, "source", "model"),
         gguf_file=v.string(m, "gguf_file", "model", optional=True),
         revision=v.string(m, "revision", "model", optional=True),
@@ -192,6 +209,8 @@ def _parse_model(v: Validator, m: Mapping) -> ModelSpec:
 def _parse_profile(v: Validator, pname: str, pnode: Mapping, kp: str, known_kinds: Sequence[str]) -> ProfileSpec:
     v.keys(pnode, _PROFILE_KEYS, kp, required=("device", "variants"))
     device = v.string(pnode, "device", kp)
+    if not DEVICE_RE.match(device):
+        v.err(f"{kp}.device", f"expected cpu, cuda or cuda:N, got {shown(device)}", pnode, "device")
     marker = v.choice(pnode, "marker", kp, MARKERS, "gpu" if device.startswith("cuda") else "smoke")
     entries_node = v.mapping(pnode["variants"], f"{kp}.variants", pnode, "variants")
     if not entries_node:
@@ -200,8 +219,7 @@ def _parse_profile(v: Validator, pname: str, pnode: Mapping, kp: str, known_kind
     for vkey in entries_node:
         ekp = f"{kp}.variants.{vkey}"
         name, enode = v.named_mapping(entries_node, vkey, "variant", ekp)
-        entries[name] = _parse_entry(v, name, enode, ekp, known_kinds, line_of(entries_node, name))
-    _check_refs(v, pname, entries, kp)
+        entries[name] = _parse_entry(v, name, enode, ekp, known_kinds, line_of(entries_node, vkey))
     return ProfileSpec(
         name=pname,
         marker=marker,
@@ -221,8 +239,8 @@ def _parse_entry(
     kind = v.string(enode, "kind", ekp)
     if kind not in known_kinds:
         v.err(f"{ekp}.kind", f"unknown variant kind {kind!r} (known: {', '.join(known_kinds)})", enode, "kind")
-    params = enode.get("params") or {}
-    v.mapping(params, f"{ekp}.params", enode, "params")
+    params = enode.get("params")
+    params = {} if params is None else v.mapping(params, f"{ekp}.params", enode, "params")
     tol = enode.get("tolerance")
     if not tol:
         v.err(
@@ -244,6 +262,7 @@ def _parse_entry(
         fingerprint=plain(fp) if fp is not None else None,
         recorded=_parse_recorded(v, enode.get("recorded"), f"{ekp}.recorded", enode),
         line=line,
+        rule_lines=[line_of(tol, i) for i in range(len(tol))],
     )
 
 
@@ -252,36 +271,62 @@ def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any) -> Recor
         return None
     node = v.mapping(node, keypath, parent, "recorded")
     v.keys(node, _RECORDED_KEYS, keypath, required=("ppl", "window_nlls"))
-    ppl = node["ppl"]
-    if isinstance(ppl, bool) or not isinstance(ppl, (int, float)) or not ppl > 0:
-        v.err(f"{keypath}.ppl", f"expected a positive number, got {ppl!r}", node, "ppl")
+    ppl = real(node["ppl"])
+    if ppl is None or not math.isfinite(ppl) or ppl < 1:
+        v.err(
+            f"{keypath}.ppl",
+            f"expected a finite perplexity >= 1, got {shown(node['ppl'])}; {RERECORD}",
+            node,
+            "ppl",
+        )
     nlls = node["window_nlls"]
-    if not isinstance(nlls, list) or not nlls or not all(isinstance(x, (int, float)) for x in nlls):
-        v.err(f"{keypath}.window_nlls", "expected a non-empty list of numbers", node, "window_nlls")
-    prov = node.get("provenance") or {}
-    return Recorded(ppl=float(ppl), window_nlls=[float(x) for x in nlls], provenance=plain(prov))
+    if not isinstance(nlls, list) or not nlls:
+        v.err(f"{keypath}.window_nlls", f"expected a non-empty list of numbers; {RERECORD}", node, "window_nlls")
+    values = [real(x) for x in nlls]
+    for i, x in enumerate(values):
+        if x is None or not math.isfinite(x) or x < 0:
+            v.err(
+                f"{keypath}.window_nlls[{i}]",
+                f"expected a finite number >= 0 (a window's mean NLL in nats), got {shown(nlls[i])}; {RERECORD}",
+                nlls,
+                i,
+            )
+    prov = node.get("provenance")
+    if prov is not None:
+        v.mapping(prov, f"{keypath}.provenance", node, "provenance")
+    return Recorded(ppl=ppl, window_nlls=values, provenance=plain(prov) if prov is not None else {})
 
 
-def _check_refs(v: Validator, pname: str, entries: Mapping[str, EntrySpec], kp: str) -> None:
+def _check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, ProfileSpec]) -> None:
     """Rules that compare with other entries name known entries of this profile, not themselves, no cycles."""
+    entries, kp = profile.variants, f"profiles.{profile.name}"
     for es in entries.values():
         for i, rule in enumerate(es.rules):
+            line = es.rule_lines[i] if i < len(es.rule_lines) else None
             for ref in rule.refs:
                 rkp = f"{kp}.variants.{es.name}.tolerance[{i}].ref"
                 if ref not in entries:
+                    elsewhere = [p for p in profiles if ref in profiles[p].variants]
+                    hint = (
+                        f"; {ref!r} is a variant of profile {', '.join(elsewhere)}, and a relational rule compares "
+                        "entries of one profile (measured on the same device and windows)"
+                        if elsewhere
+                        else ""
+                    )
                     v.err(
                         rkp,
                         f"relational rule references unknown variant {ref!r} "
-                        f"(variants of profile {pname}: {', '.join(entries)})",
+                        f"(variants of profile {profile.name}: {', '.join(entries)}){hint}",
+                        line=line,
                     )
                 if ref == es.name:
-                    v.err(rkp, "a variant cannot be relative to itself")
+                    v.err(rkp, "a variant cannot be relative to itself", line=line)
     for es in entries.values():
         seen, stack = set(), list(es.refs)
         while stack:
             ref = stack.pop()
             if ref == es.name:
-                v.err(f"{kp}.variants.{es.name}.tolerance", "relational rules form a cycle")
+                v.err(f"{kp}.variants.{es.name}.tolerance", "relational rules form a cycle", line=es.line)
             if ref not in seen:
                 seen.add(ref)
                 stack.extend(entries[ref].refs)
@@ -290,5 +335,10 @@ def _check_refs(v: Validator, pname: str, entries: Mapping[str, EntrySpec], kp: 
 def _device_map(v: Validator, pnode: Mapping, kp: str) -> str | None:
     value = pnode.get("device_map")
     if value is not None and value not in DEVICE_MAPS:
-        v.err(f"{kp}.device_map", f"must be one of {', '.join(DEVICE_MAPS)} or absent, got {value!r}")
+        v.err(
+            f"{kp}.device_map",
+            f"must be one of {', '.join(DEVICE_MAPS)} or absent, got {shown(value)}",
+            pnode,
+            "device_map",
+        )
     return value

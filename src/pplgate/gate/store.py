@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -152,7 +153,13 @@ def parse_text(path: Path, text: str) -> Any:
     except Exception as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        dup = re.match(r'found duplicate key "(.*?)" with value', problem, re.S)
+        if dup:
+            start = getattr(exc, "context_mark", None)
+            problem = f"duplicate key {dup.group(1)!r}: a key may appear only once in a mapping" + (
+                f" (the mapping starts at line {start.line + 1})" if start is not None else ""
+            )
         raise BaselineError(path, "", f"malformed YAML: {problem}", line) from exc
 
 
