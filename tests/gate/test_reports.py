@@ -64,7 +64,14 @@ def test_verdict_line():
 def test_markdown_tells_a_reviewer_what_to_do():
     drift_cmd = f'pytest --update-baselines --force-update "{NODE}"'
     records = [
-        _rec("fail", hand_edited=True, baseline_own_ppl=9.5),
+        _rec(
+            "fail",
+            hand_edited=True,
+            baseline_own_ppl=9.5,
+            inconsistent=[
+                "the recorded ppl 10.000000 does not match its own recorded window NLLs (exp(mean) = 9.500000)"
+            ],
+        ),
         _rec("improved", nodeid="m[cpu-better]", ppl=9.0, delta=-1.0, rel_delta=-0.1),
         _rec("drift", nodeid="m[cpu-drift]", paired=None, rules=None, drift=[["seqlen", 128, 256]], rerun=drift_cmd),
         _rec("missing", nodeid="m[cpu-new]", baseline=None, delta=None, rel_delta=None, paired=None, rules=None),
@@ -222,3 +229,35 @@ def test_update_table_marks_entries_that_vanished():
         "b/m.yaml :: cpu/a: (new) -> 2.500000",
         "b/m.yaml :: cpu/b: 2.000000 -> 2.500000  (+0.500000)  [entry no longer in the file: skipped]",
     ]
+
+
+def test_an_overflowed_or_inconsistent_record_reports_without_raising(tmp_path):
+    """inf/nan numbers (a mean NLL above ~709.78 nats) print as inf/nan in every report; nothing raises."""
+    inf, nan = float("inf"), float("nan")
+    over = _rec(ppl=inf, delta=inf, rel_delta=nan, baseline=inf, window_nlls=[800.0, 810.0, 805.0], paired=None)
+    bad = _rec(
+        "inconsistent",
+        nodeid="m[cpu-edited]",
+        inconsistent=["the recorded window_nlls hold 2 values, but fingerprint.n_windows is 3"],
+        paired=None,
+    )
+    lines = reports.terminal_table([over, bad])
+    assert "inf" in lines[2] and "INCONSISTENT" in lines[3]
+    md = reports.markdown([over, bad])
+    assert md.startswith("**pplgate: FAILED** — 1 regression, 1 inconsistent baseline\n")
+    assert "- measured **inf** vs recorded inf" in md
+    assert "#### 🧩 `m[cpu-edited]`: inconsistent baseline" in md
+    assert "- ⚠️ the recorded window_nlls hold 2 values, but fingerprint.n_windows is 3: was the baseline file " in md
+    assert ("pplgate_ppl", "inf") in reports.junit_properties(over)
+    written = reports.write_reports(tmp_path / "rep", [over, bad])
+    data = json.loads((tmp_path / "rep" / "pplgate-results.json").read_text())
+    assert data["records"][0]["ppl"] == inf and written.paths
+
+
+def test_long_test_ids_give_bounded_distinct_file_names():
+    a, b = (
+        "baselines/m.yaml::m[" + "p" * 100 + "-" + "v" * 99 + "a]",
+        "baselines/m.yaml::m[" + "p" * 100 + "-" + "v" * 99 + "b]",
+    )
+    assert len(reports._slug(a)) == 120 and reports._slug(a) != reports._slug(b)
+    assert reports._slug(NODE) == "baselines_m.yaml_m_cpu-fp32"

@@ -65,3 +65,19 @@ def test_dict_round_trip():
     partial = PairedStats.from_dict({"n": 2, "mean": 0.5, "n_worse": 2})
     assert (partial.sd, partial.n_better, partial.max_abs, partial.ci_low) == (0.0, 0, 0.0, None)
     assert not partial.significant and math.isfinite(partial.mean)
+
+
+def test_exp_of_a_huge_mean_nll_is_inf_not_an_overflow_error():
+    from pplgate.gate.stats import MAX_EXP_ARG, describe_ppl, mean, ppl_of, safe_exp
+
+    assert 709.78 < MAX_EXP_ARG < 709.79 and safe_exp(709.0) == math.exp(709.0) and safe_exp(710.0) == math.inf
+    assert ppl_of([800.0, 900.0]) == math.inf and ppl_of([1.0, 3.0]) == math.exp(2.0)
+    assert describe_ppl(math.inf, [800.0, 900.0]) == "inf (mean NLL 850 nats: exp overflows)"
+    assert describe_ppl(24.1454449) == "24.145445"
+    assert mean([1e308, 1e308]) == math.inf  # math.fsum raises OverflowError here
+    assert math.isnan(mean([math.inf, -math.inf]))  # math.fsum raises ValueError here
+
+
+def test_paired_stats_of_huge_windows_does_not_raise():
+    p = paired_stats([1e200, 3e200, 2e200], [0.0, 0.0, 0.0])  # (x - mean) ** 2 raised OverflowError
+    assert p.mean == 2e200 and p.sd == math.inf and p.n_worse == 3 and "systematic" not in p.describe()

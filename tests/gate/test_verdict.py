@@ -7,6 +7,8 @@ import math
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pplgate.gate.record import FAILING, GateRecord, Status
 from pplgate.gate.rules import AbsoluteRule, RelationalRule, RelativeRule
@@ -20,6 +22,7 @@ from pplgate.gate.verdict import (
     measured_record,
     new_record,
     partial_update_refusal,
+    recorded_problems,
     rerun_command,
 )
 
@@ -172,7 +175,8 @@ def test_created_entry_refused_when_a_relational_rule_fails():
 
 @pytest.mark.parametrize(("field", "value"), [("n_tokens", 12345), ("tokenizer_sha256", "0" * 64)])
 def test_protocol_drift_is_not_compared(field, value):
-    e = entry(fingerprint={**FP, field: value}, rec=recorded(ppl=PPL * 2))  # a worse number is not looked at
+    worse = recorded([x + math.log(2) for x in NLLS])  # twice the ppl: a worse number is not looked at
+    e = entry(fingerprint={**FP, field: value}, rec=worse)
     rec = run(e)
     assert rec.status is Status.DRIFT
     assert "PROTOCOL DRIFT" in rec.message and f"{field}: {value!r} -> {FP[field]!r}" in rec.message
@@ -180,7 +184,7 @@ def test_protocol_drift_is_not_compared(field, value):
     assert rec.message == (
         f"{HEADER}\n  PROTOCOL DRIFT: the measurement protocol differs from the recorded one in {field}:\n"
         f"    {field}: {value!r} -> {FP[field]!r}\n"
-        f"  measured ppl {PPL:.6f} (recorded {PPL * 2:.6f}); the perplexity was not compared. "
+        f"  measured ppl {PPL:.6f} (recorded {worse.ppl:.6f}); the perplexity was not compared. "
         f"If the change is intended, re-record with:\n    {FORCE}"
     )
     assert rec.drift == [(field, value, FP[field])] and rec.to_dict()["drift"] == [[field, value, FP[field]]]
@@ -322,7 +326,12 @@ def test_absolute_regression_message():
         "  rules (all must pass):\n    [FAIL] absolute: |ppl - recorded| <= 0.001: got +"
     )
     assert "edited by hand" in msg  # the recorded ppl was scaled by hand, its NLLs were not
-    assert set(rec.to_dict()) == BASE_KEYS | MEASURED_KEYS | COMPARED_KEYS | {"rules", "paired", "rerun"}
+    assert set(rec.to_dict()) == BASE_KEYS | MEASURED_KEYS | COMPARED_KEYS | {
+        "rules",
+        "paired",
+        "rerun",
+        "inconsistent",
+    }
 
 
 def test_regression_without_provenance_says_unknown():
@@ -365,8 +374,12 @@ def test_hand_edited_recorded_ppl_gets_a_note():
 
 
 def test_hand_edit_within_the_storage_rounding_is_no_note():
-    rec = run(entry(rec=recorded(ppl=PPL * (1 + 5e-6))))
-    assert rec.hand_edited is False
+    stored = recorded([round(x + 1e-7 * (i % 5), 6) for i, x in enumerate(NLLS)], ppl=round(PPL, 6))
+    rec = run(entry(rec=stored))
+    assert rec.hand_edited is False and rec.inconsistent is None and rec.status is Status.PASS
+    wide = [AbsoluteRule(max_delta=1.0)]  # the ppl edit passes the rule: the entry still does not
+    rec = run(entry(wide, rec=recorded(ppl=PPL * (1 + 5e-6))))  # 10x the storage rounding: edited
+    assert rec.hand_edited is True and rec.status is Status.INCONSISTENT
 
 
 # --------------------------------------------------------------------------- relational rules
@@ -459,6 +472,7 @@ def test_status_values_are_the_json_strings():
         "improved",
         "drift",
         "missing",
+        "inconsistent",
         "created",
         "updated",
         "not_written",
@@ -543,3 +557,126 @@ def test_from_dict_refuses_unknown_fields():
 def test_rerun_command():
     assert rerun_command(NODE) == RERUN
     assert rerun_command(NODE, force=True) == FORCE
+
+
+# --------------------------------------------------------------------------- a recorded block that contradicts itself
+
+
+def test_a_hand_edited_ppl_within_the_rules_is_never_a_pass():
+    """The recorded ppl moved to match a worse model, its NLLs left alone: the rules pass, the entry does not."""
+    worse = shifted()
+    edited = recorded(NLLS, ppl=round(math.exp(math.fsum(worse) / len(worse)), 6))
+    rec = run(entry(rec=edited), m=measured(worse))
+    assert rec.status is Status.INCONSISTENT and rec.status.failing and rec.rerun == RERUN
+    assert rec.rules[0]["passed"] is True and rec.hand_edited is True
+    assert rec.inconsistent == [
+        f"the recorded ppl {edited.ppl:.6f} does not match its own recorded window NLLs (exp(mean) = {PPL:.6f})"
+    ]
+    assert rec.message == (
+        f"{HEADER}\n  RECORDED BASELINE INCONSISTENT: the entry's recorded numbers contradict each other, so they "
+        "cannot vouch for this run:\n"
+        f"    the recorded ppl {edited.ppl:.6f} does not match its own recorded window NLLs (exp(mean) = {PPL:.6f})\n"
+        f"  measured ppl {rec.ppl:.6f}; the rules against the recorded ppl:\n"
+        f"    {rec.rules[0]['text']}\n"
+        f"  {rec.paired.describe()}\n"
+        f"  was the baseline file edited by hand? Re-record the entry with:\n    {RERUN}"
+    )
+    assert "(systematic shift); 4/4 windows worse" in rec.message  # the NLLs still tell the truth
+    partial = run(entry(rec=edited), m=measured(worse), partial=True)  # compared with exp(mean of the NLLs)
+    assert partial.status is Status.FAIL and "edited by hand?" in partial.message
+
+
+def test_window_nlls_of_the_wrong_length_fail_without_a_paired_comparison():
+    short = recorded(NLLS[:3])  # fingerprint n_windows 4, this run scores 4
+    rec = run(entry(rules=[AbsoluteRule(max_delta=1e9)], rec=short))
+    assert rec.status is Status.INCONSISTENT and rec.paired is None
+    assert rec.inconsistent == ["the recorded window_nlls hold 3 values, but fingerprint.n_windows is 4"]
+    assert "    the recorded window_nlls hold 3 values, but fingerprint.n_windows is 4\n" in rec.message
+    assert "no per-window comparison: the recorded window NLLs do not pair with this run's windows" in rec.message
+    assert rec.message.endswith(f"Re-record the entry with:\n    {RERUN}")
+    failing = run(entry(rec=short))  # the rule fails too: a regression, with the note
+    assert failing.status is Status.FAIL and failing.paired is None
+    assert (
+        "\n  no per-window comparison: the recorded window NLLs do not pair with this run's windows\n"
+        "  note: the recorded window_nlls hold 3 values, but fingerprint.n_windows is 4; was the baseline file edited "
+        "by hand?\n" in failing.message
+    )
+    too_long = recorded(NLLS + [10.0])
+    assert run(entry(rules=[AbsoluteRule(max_delta=1e9)], rec=too_long)).status is Status.INCONSISTENT
+
+
+def test_update_rewrites_an_inconsistent_entry():
+    """``--update-baselines`` repairs what the verdict refuses (no 'paired comparison needs equal lengths')."""
+    for bad in (recorded(NLLS[:3]), recorded(NLLS + [10.0, 10.0]), recorded(NLLS, ppl=1234.5)):
+        rec = run(entry(rec=bad), update=True)
+        assert rec.status is Status.UPDATED and rec.message is None, rec.message
+        assert rec.update == EntryUpdate("cpu", "fp32", FP, PPL, NLLS, PROV)
+        assert rec.inconsistent
+
+
+def test_inconsistent_entry_with_drift_is_drift_with_the_note():
+    e = entry(rec=recorded(NLLS[:3]), fingerprint={**FP, "seqlen": 64})
+    rec = run(e)
+    assert rec.status is Status.DRIFT
+    assert rec.message.endswith(
+        f"re-record with:\n    {FORCE}\n  note: the recorded window_nlls hold 3 values, but fingerprint.n_windows "
+        "is 4; was the baseline file edited by hand?"
+    )
+    assert run(e, update=True, force=True).status is Status.UPDATED
+
+
+def test_a_length_mismatch_the_fingerprint_does_not_name_is_still_no_pass():
+    fp = {k: v for k, v in FP.items() if k != "n_windows"}
+    rec = judge(TARGET, entry(rec=recorded(NLLS[:3]), fingerprint=fp), measured(), session_ppls={})
+    assert rec.status is Status.DRIFT  # n_windows: ABSENT -> 4
+    e = entry(rec=recorded(NLLS[:3]), fingerprint={**FP, "n_windows": "4"})
+    assert run(e).status is Status.DRIFT
+
+
+def test_stored_blocks_are_never_flagged():
+    """What --update-baselines writes (ppl and NLLs rounded to 6 decimals) is never taken for a hand edit."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.floats(0, 25, allow_nan=False), min_size=1, max_size=40))
+    def check(nlls):
+        ppl = math.exp(math.fsum(nlls) / len(nlls))
+        stored = Recorded(ppl=round(ppl, 6), window_nlls=[round(x, 6) for x in nlls], provenance={})
+        e = entry(rec=stored, fingerprint={**FP, "n_windows": len(nlls)})
+        assert recorded_problems(e) == []
+
+    check()
+
+
+# --------------------------------------------------------------------------- overflow: a mean NLL above ~709.78 nats
+
+
+def test_a_huge_measured_nll_is_a_readable_failure_not_an_overflow():
+    huge = [800.0, 820.0, 790.0, 810.0]
+    m = replace(measured(), ppl=math.inf, window_nlls=huge)
+    rec = judge(TARGET, entry(), m, session_ppls={})
+    assert rec.status is Status.FAIL and rec.delta == math.inf
+    assert "PERPLEXITY REGRESSION: measured inf (mean NLL 805 nats: exp overflows) vs recorded" in rec.message
+    assert "[FAIL] absolute: |ppl - recorded| <= 0.001: got +inf" in rec.message
+    refused = judge(TARGET, entry(), m, session_ppls={}, update=True)
+    assert refused.status is Status.FAIL and refused.update is None
+    assert "not updating: the measured perplexity is inf (mean NLL 805 nats: exp overflows); a baseline records " in (
+        refused.message
+    )
+    created = judge(TARGET, entry(rec=None, fingerprint=None), m, session_ppls={}, update=True)
+    assert created.status is Status.FAIL and created.update is None
+    for r in (rec, refused, created):
+        GateRecord.from_dict(json.loads(json.dumps(r.to_dict())))  # travels and reports
+
+
+def test_huge_recorded_nlls_do_not_overflow_the_partial_reference_or_the_hand_edit_check():
+    huge = [800.0, 820.0, 790.0, 810.0, 805.0, 815.0]
+    e = entry(rec=recorded(huge, ppl=1e300), fingerprint={**FP, "n_windows": 6})
+    rec = judge(TARGET, e, measured(), session_ppls={}, partial=True)  # reference exp(mean of 4 NLLs) overflows
+    assert rec.baseline == math.inf and rec.baseline_own_ppl == math.inf and rec.hand_edited is True
+    assert rec.status is Status.IMPROVED  # far better than an infinite reference; and the note says why
+    assert "exp(mean) = inf (mean NLL 806.667 nats: exp overflows)); was the baseline file edited by hand?" in (
+        rec.message
+    )
+    six = replace(measured(), n_windows=6, window_nlls=huge[:4] + [1, 1], fingerprint={**FP, "n_windows": 6})
+    full = judge(TARGET, e, six, session_ppls={})
+    assert full.status is Status.IMPROVED and "exp overflows" in full.message

@@ -25,6 +25,7 @@ class Status(str, Enum):
     IMPROVED = "improved"  # better than recorded, outside tolerance: still a failure
     DRIFT = "drift"  # the protocol fingerprint changed: numbers not compared
     MISSING = "missing"  # nothing recorded yet
+    INCONSISTENT = "inconsistent"  # the recorded block contradicts itself (edited by hand): never a pass
     CREATED = "created"  # --update-baselines: queued as a new recording
     UPDATED = "updated"  # --update-baselines: queued as a re-recording
     NOT_WRITTEN = "not_written"  # queued, but the session did not write it
@@ -48,7 +49,15 @@ class Status(str, Enum):
         return self in (Status.CREATED, Status.UPDATED)
 
 
-FAILING = (Status.FAIL, Status.IMPROVED, Status.DRIFT, Status.MISSING, Status.ERROR, Status.NOT_WRITTEN)
+FAILING = (
+    Status.FAIL,
+    Status.IMPROVED,
+    Status.DRIFT,
+    Status.MISSING,
+    Status.INCONSISTENT,
+    Status.ERROR,
+    Status.NOT_WRITTEN,
+)
 
 
 @dataclass(kw_only=True)
@@ -85,6 +94,7 @@ class GateRecord:
     baseline_window_nlls: list[float] | None = None
     baseline_own_ppl: float | None = None  # exp(mean of the recorded window NLLs)
     hand_edited: bool | None = None  # the recorded ppl disagrees with its own window NLLs
+    inconsistent: list[str] | None = None  # how the recorded block contradicts itself (recorded_problems)
     drift: list[Change] | None = None
     rules: list[dict[str, Any]] | None = None  # RuleResult.to_dict() of each rule checked
     paired: PairedStats | None = None

@@ -8,6 +8,7 @@ matplotlib is imported only when a PNG is drawn.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,6 +31,7 @@ STATUS_MARK = {
     Status.IMPROVED: "IMPROVED",
     Status.DRIFT: "DRIFT",
     Status.MISSING: "MISSING",
+    Status.INCONSISTENT: "INCONSISTENT",
     Status.CREATED: "CREATED",
     Status.UPDATED: "UPDATED",
     Status.NOT_WRITTEN: "NOT WRITTEN",
@@ -42,6 +44,7 @@ MD_MARK = {
     Status.IMPROVED: "❗",
     Status.DRIFT: "⚠️",
     Status.MISSING: "❓",
+    Status.INCONSISTENT: "🧩",
     Status.CREATED: "🆕",
     Status.UPDATED: "🔄",
     Status.NOT_WRITTEN: "🚫",
@@ -54,6 +57,7 @@ STATUS_WORDS = {
     Status.IMPROVED: ("improvement outside tolerance", "improvements outside tolerance"),
     Status.DRIFT: ("protocol drift", "protocol drifts"),
     Status.MISSING: ("missing baseline", "missing baselines"),
+    Status.INCONSISTENT: ("inconsistent baseline", "inconsistent baselines"),
     Status.ERROR: ("error", "errors"),
     Status.NOT_WRITTEN: ("update not written", "updates not written"),
     Status.PASS: ("passed", "passed"),
@@ -61,7 +65,7 @@ STATUS_WORDS = {
     Status.UPDATED: ("updated", "updated"),
     Status.SKIPPED: ("skipped", "skipped"),
 }
-PLOTTED = (Status.FAIL, Status.IMPROVED, Status.DRIFT, Status.UPDATED, Status.NOT_WRITTEN)
+PLOTTED = (Status.FAIL, Status.IMPROVED, Status.DRIFT, Status.INCONSISTENT, Status.UPDATED, Status.NOT_WRITTEN)
 
 # Baselines store window NLLs rounded to NLL_DECIMALS: a per-window |dNLL| up to this step is storage
 # rounding, not a change. Same threshold as ``paired_stats``'s ``eps`` (so the counts agree).
@@ -199,11 +203,8 @@ def _section(rec: dict[str, Any], plot: str | None) -> list[str]:
         lines.append(f"- protocol drift `{k}`: `{old}` → `{new}`")
     if rec.get("paired"):
         lines.append(f"- {_paired_text(rec['paired'])}")
-    if rec.get("hand_edited"):
-        lines.append(
-            f"- ⚠️ the recorded ppl {rec['baseline']:.6f} does not match its own recorded window NLLs "
-            f"(exp(mean) = {rec.get('baseline_own_ppl', float('nan')):.6f}): was the baseline file edited by hand?"
-        )
+    for problem in rec.get("inconsistent") or []:
+        lines.append(f"- ⚠️ {problem}: was the baseline file edited by hand?")
     if rec.get("error"):
         lines += ["- error:", "", "```", str(rec["error"]).rstrip(), "```"]
     if rec.get("not_written"):
@@ -254,8 +255,13 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+def _slug(text: str, limit: int = 120) -> str:
+    """A file name for ``text`` (a test id): at most ``limit`` characters, a hash keeps long ones apart."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+    if len(slug) <= limit:
+        return slug
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return f"{slug[: limit - 13]}-{digest}"
 
 
 def _pyplot() -> tuple[Any, str | None]:

@@ -9,6 +9,7 @@ systematic (the interval excludes 0) or window-level noise.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,38 @@ _T975 = (
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
 _Z975 = 1.959963984540054
+# exp() of a mean NLL above this overflows a float: the perplexity is then reported as inf
+MAX_EXP_ARG = math.log(sys.float_info.max)
+
+
+def safe_exp(x: float) -> float:
+    """``math.exp(x)``, but ``inf`` where it would overflow (a mean NLL above ~709.78 nats)."""
+    return math.inf if x > MAX_EXP_ARG else math.exp(x)
+
+
+def fsum(values: Sequence[float]) -> float:
+    """``math.fsum``, but ``inf`` (or nan) instead of an OverflowError/ValueError beyond the float range."""
+    try:
+        return math.fsum(values)
+    except (OverflowError, ValueError):  # an intermediate sum beyond ~1.8e308, or inf + -inf
+        return sum(float(v) for v in values)
+
+
+def mean(values: Sequence[float]) -> float:
+    """The exact (``fsum``) mean of a non-empty list; never raises for large or infinite values."""
+    return fsum(values) / len(values)
+
+
+def ppl_of(window_nlls: Sequence[float]) -> float:
+    """``exp(mean window NLL)``, the protocol's perplexity, ``inf`` where exp overflows."""
+    return safe_exp(mean(window_nlls))
+
+
+def describe_ppl(ppl: float, window_nlls: Sequence[float] | None = None) -> str:
+    """``24.145445``, or for an overflowed one ``inf (mean NLL 812.4 nats, exp overflows)``."""
+    if math.isfinite(ppl) or not window_nlls:
+        return f"{ppl:.6f}"
+    return f"{ppl:.6f} (mean NLL {mean(window_nlls):.6g} nats: exp overflows)"
 
 
 def t_quantile_975(df: int) -> float:
@@ -101,16 +134,16 @@ def paired_stats(current: Sequence[float], recorded: Sequence[float], *, eps: fl
         raise ValueError("paired comparison needs at least one window")
     d = [float(a) - float(b) for a, b in zip(current, recorded, strict=True)]
     n = len(d)
-    mean = math.fsum(d) / n
+    avg = mean(d)
     if n > 1:
-        sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1))
+        sd = math.sqrt(fsum([(x - avg) * (x - avg) for x in d]) / (n - 1))  # x * x: inf, never OverflowError
         half = t_quantile_975(n - 1) * sd / math.sqrt(n)
-        lo, hi = mean - half, mean + half
+        lo, hi = avg - half, avg + half
     else:
         sd, lo, hi = 0.0, None, None
     return PairedStats(
         n=n,
-        mean=mean,
+        mean=avg,
         sd=sd,
         ci_low=lo,
         ci_high=hi,

@@ -8,9 +8,14 @@ is the model)::
     nothing recorded      -> MISSING, or with --update-baselines: CREATED (queued)
     window override > rec -> DRIFT (``--pplgate-max-windows K`` exceeds the recorded windows)
     fingerprint changed   -> DRIFT, or with --update-baselines --force-update: UPDATED (queued)
-    --update-baselines    -> UPDATED (queued), unless a rule against this session's entries fails: FAIL
-    all rules pass        -> PASS
+    --update-baselines    -> UPDATED (queued), unless a rule against this session's entries fails, or
+                             the measured numbers are not finite: FAIL
+    all rules pass        -> PASS, unless the recorded block contradicts itself: INCONSISTENT
     otherwise             -> FAIL (worse, or a relational rule) or IMPROVED (better, outside tolerance)
+
+A recorded block contradicts itself (:func:`recorded_problems`: a hand edit) when its ppl is not
+``exp(mean(window_nlls))`` within the storage rounding, or it holds another number of window NLLs than
+its fingerprint's ``n_windows``. Such an entry never passes, and ``--update-baselines`` rewrites it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pplgate.gate.drift import compare_fingerprints, describe_drift, drift_lines
 from pplgate.gate.record import FAILING, GateRecord, Status
 from pplgate.gate.rules import RuleResult
 from pplgate.gate.spec import EntrySpec, Recorded
-from pplgate.gate.stats import paired_stats
+from pplgate.gate.stats import describe_ppl, paired_stats, ppl_of
 from pplgate.gate.store import EntryUpdate
 
 __all__ = [
@@ -38,8 +43,13 @@ __all__ = [
     "measured_record",
     "new_record",
     "partial_update_refusal",
+    "recorded_problems",
     "rerun_command",
 ]
+
+# ppl and window NLLs are stored to 6 decimals, so exp(mean of the stored NLLs) reproduces the stored ppl
+# to within 5e-7 relative + 5e-7 absolute; these bounds leave a margin of 2-4x over that rounding
+HAND_EDIT_REL, HAND_EDIT_ABS = 2e-6, 1e-6
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,28 @@ def rerun_command(nodeid: str, *, force: bool = False) -> str:
     return f'pytest --update-baselines {"--force-update " if force else ""}"{nodeid}"'
 
 
+def _ppl_disagrees(recorded: Recorded, own: float) -> bool:
+    """The recorded ppl is not ``own`` = exp(mean of the recorded NLLs) within the storage rounding."""
+    return not abs(own - recorded.ppl) <= HAND_EDIT_REL * recorded.ppl + HAND_EDIT_ABS
+
+
+def recorded_problems(entry: EntrySpec) -> list[str]:
+    """How ``entry``'s recorded block contradicts itself (numbers edited by hand); empty when it does not."""
+    rec, out = entry.recorded, []
+    if rec is None:
+        return out
+    own = ppl_of(rec.window_nlls)
+    if _ppl_disagrees(rec, own):
+        out.append(
+            f"the recorded ppl {rec.ppl:.6f} does not match its own recorded window NLLs "
+            f"(exp(mean) = {describe_ppl(own, rec.window_nlls)})"
+        )
+    n = (entry.fingerprint or {}).get("n_windows")
+    if isinstance(n, int) and not isinstance(n, bool) and n != len(rec.window_nlls):
+        out.append(f"the recorded window_nlls hold {len(rec.window_nlls)} values, but fingerprint.n_windows is {n}")
+    return out
+
+
 def is_partial(max_windows_override: int | None, profile_max_windows: int | None) -> bool:
     """Does ``--pplgate-max-windows`` score other windows than the profile records?"""
     return max_windows_override is not None and max_windows_override != profile_max_windows
@@ -152,12 +184,21 @@ def judge(
                 f"{header}\n  --pplgate-max-windows {measured.n_windows} exceeds the {n_recorded} recorded windows",
             )
         _compare(rec, entry, recorded, measured, partial)
+        problems = recorded_problems(entry)
         if rec.drift and not (update and force):
-            return _drift_failure(rec, header, recorded, measured, update)
+            return _drift_failure(rec, header, recorded, measured, update, problems)
         if not rec.drift:
             results = [rule.check(measured.ppl, rec.baseline, session_ppls) for rule in entry.rules]
             rec.rules = [x.to_dict() for x in results]
-            rec.paired = paired_stats(measured.window_nlls, rec.baseline_window_nlls)
+            base_nlls = rec.baseline_window_nlls or []
+            if len(base_nlls) == len(measured.window_nlls):  # else a problem (or drift) says why
+                rec.paired = paired_stats(measured.window_nlls, base_nlls)
+            elif not problems:
+                problems.append(
+                    f"the recorded window_nlls hold {len(base_nlls)} values, but this run scored "
+                    f"{len(measured.window_nlls)} windows"
+                )
+        rec.inconsistent = problems or None
     elif not update:
         rec.rerun = rerun_command(target.nodeid)
         return _fail(
@@ -168,10 +209,12 @@ def judge(
         )
     if update:
         return _queue(rec, target, entry, measured, session_ppls, provenance or {}, header)
-    if all(x.passed for x in results):
-        rec.status = Status.PASS
-        return rec
-    return _tolerance_failure(rec, target, recorded, measured, results, header)
+    if not all(x.passed for x in results):
+        return _tolerance_failure(rec, target, recorded, measured, results, header)
+    if rec.inconsistent:
+        return _inconsistent_failure(rec, target, measured, results, header)
+    rec.status = Status.PASS
+    return rec
 
 
 def _header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str:
@@ -192,19 +235,27 @@ def _compare(rec: GateRecord, entry: EntrySpec, recorded: Recorded, m: Measured,
     nlls, base, ignore = recorded.window_nlls, recorded.ppl, ()
     if partial:
         nlls = recorded.window_nlls[: m.n_windows]
-        base = math.exp(math.fsum(nlls) / m.n_windows)
+        base = ppl_of(nlls)  # inf where exp overflows: compared, never raised
         ignore = ("n_windows",)
-    rec.baseline, rec.delta, rec.rel_delta = base, m.ppl - base, (m.ppl - base) / base
+    delta = m.ppl - base
+    rec.baseline, rec.delta, rec.rel_delta = base, delta, delta / base  # base >= 1: a ppl
     rec.baseline_window_nlls = list(nlls)
-    own = math.exp(math.fsum(nlls) / len(nlls))
-    rec.baseline_own_ppl, rec.hand_edited = own, abs(own - base) > 1e-5 * base
+    rec.baseline_own_ppl = ppl_of(recorded.window_nlls)  # the whole recorded block, also in a partial run
+    rec.hand_edited = _ppl_disagrees(recorded, rec.baseline_own_ppl)
     if entry.fingerprint is None:
         rec.drift = [("fingerprint", None, "(missing in the baseline file)")]
     else:
         rec.drift = compare_fingerprints(entry.fingerprint, m.fingerprint, ignore)
 
 
-def _drift_failure(rec: GateRecord, header: str, recorded: Recorded, m: Measured, update: bool) -> GateRecord:
+def _note(problems: list[str] | None) -> str:
+    """The "edited by hand?" line of a failure message (empty when the recorded block is consistent)."""
+    return f"\n  note: {'; '.join(problems)}; was the baseline file edited by hand?" if problems else ""
+
+
+def _drift_failure(
+    rec: GateRecord, header: str, recorded: Recorded, m: Measured, update: bool, problems: list[str]
+) -> GateRecord:
     rec.rerun = rerun_command(rec.nodeid, force=True)
     how = (
         f"refusing to update across a protocol change without --force-update:\n    {rec.rerun}"
@@ -216,7 +267,7 @@ def _drift_failure(rec: GateRecord, header: str, recorded: Recorded, m: Measured
         Status.DRIFT,
         f"{header}\n  PROTOCOL DRIFT: the measurement protocol differs from the recorded one "
         f"in {describe_drift(rec.drift)}:\n{drift_lines(rec.drift)}\n"
-        f"  measured ppl {m.ppl:.6f} (recorded {recorded.ppl:.6f}); {how}",
+        f"  measured ppl {describe_ppl(m.ppl, m.window_nlls)} (recorded {recorded.ppl:.6f}); {how}" + _note(problems),
     )
 
 
@@ -241,6 +292,13 @@ def _queue(
             f"{header}\n  not updating: a relational rule fails in this session (re-recording cannot fix it):\n"
             + "\n".join(f"    {x.text}" for x in session_results),
         )
+    if not (math.isfinite(m.ppl) and all(math.isfinite(x) for x in m.window_nlls)):
+        return _fail(
+            rec,
+            Status.FAIL,
+            f"{header}\n  not updating: the measured perplexity is {describe_ppl(m.ppl, m.window_nlls)}; a baseline "
+            "records finite numbers only (is the model or the variant broken?)",
+        )
     rec.status = Status.CREATED if entry.recorded is None else Status.UPDATED
     rec.update = EntryUpdate(
         profile=target.profile,
@@ -261,22 +319,40 @@ def _tolerance_failure(
     regression = m.ppl > base or any(not x.passed and not x.rule.needs_recorded for x in results)
     rec.rerun = rerun_command(target.nodeid)
     prov = recorded.provenance or {}
-    note = ""
-    if rec.hand_edited:
-        note = (
-            f"\n  note: the recorded ppl {base:.6f} does not match its own recorded window NLLs "
-            f"(exp(mean) = {rec.baseline_own_ppl:.6f}); was the baseline file edited by hand?"
-        )
     what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
     return _fail(
         rec,
         Status.FAIL if regression else Status.IMPROVED,
-        f"{header}\n  {what}: measured {m.ppl:.6f} vs recorded {base:.6f}: "
-        f"delta {m.ppl - base:+.6f} ({(m.ppl - base) / base:+.4%})\n"
+        f"{header}\n  {what}: measured {describe_ppl(m.ppl, m.window_nlls)} vs recorded {base:.6f}: "
+        f"delta {rec.delta:+.6f} ({rec.rel_delta:+.4%})\n"
         "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
-        f"  {rec.paired.describe()}{note}\n"
+        f"  {_paired_text(rec)}{_note(rec.inconsistent)}\n"
         f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
         f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
         f"torch {prov.get('torch', '?')})\n"
         f"  if the change is intended, re-record with:\n    {rec.rerun}",
+    )
+
+
+def _paired_text(rec: GateRecord) -> str:
+    if rec.paired is not None:
+        return rec.paired.describe()
+    return "no per-window comparison: the recorded window NLLs do not pair with this run's windows"
+
+
+def _inconsistent_failure(
+    rec: GateRecord, target: Target, m: Measured, results: list[RuleResult], header: str
+) -> GateRecord:
+    """Every rule passes, but against a recorded block that contradicts itself: that vouches for nothing."""
+    rec.rerun = rerun_command(target.nodeid)
+    return _fail(
+        rec,
+        Status.INCONSISTENT,
+        f"{header}\n  RECORDED BASELINE INCONSISTENT: the entry's recorded numbers contradict each other, "
+        "so they cannot vouch for this run:\n"
+        + "".join(f"    {p}\n" for p in rec.inconsistent or ())
+        + f"  measured ppl {describe_ppl(m.ppl, m.window_nlls)}; the rules against the recorded ppl:\n"
+        + "".join(f"    {x.text}\n" for x in results)
+        + f"  {_paired_text(rec)}\n"
+        f"  was the baseline file edited by hand? Re-record the entry with:\n    {rec.rerun}",
     )
