@@ -92,9 +92,11 @@ class Measurer:
 
     ``dataset`` is the WikiText-2 test split's path (None: :mod:`pplgate.locate`'s lookup order), named
     ``dataset_option`` in error messages (``--dataset`` for the CLI, ``--pplgate-dataset`` under pytest).
-    ``missing_dataset_note``, when given, is appended to a :class:`~pplgate.errors.DatasetNotFound`
-    message (the pytest plugin says there what happens under CI). ``cache_dir``/``cache_mode`` are
-    the quantization cache's; ``progress`` shows the engine's progress on stderr.
+    ``noncanonical_option`` is the caller's option that measures non-canonical text anyway (None: the
+    caller has none, and a hash mismatch says what to do instead). ``missing_dataset_note``, when
+    given, is appended to a :class:`~pplgate.errors.DatasetNotFound` message (the pytest plugin says
+    there what happens under CI). ``cache_dir``/``cache_mode`` are the quantization cache's;
+    ``progress`` shows the engine's progress on stderr.
     """
 
     def __init__(
@@ -103,13 +105,14 @@ class Measurer:
         dataset: str | None = None,
         dataset_option: str = "--dataset",
         allow_noncanonical: bool = False,
+        noncanonical_option: str | None = "--allow-noncanonical",
         cache_dir: str | None = None,
         cache_mode: str = "use",
         progress: bool = False,
         missing_dataset_note: str | None = None,
     ) -> None:
         self.dataset, self.dataset_option = dataset, dataset_option
-        self.allow_noncanonical = allow_noncanonical
+        self.allow_noncanonical, self.noncanonical_option = allow_noncanonical, noncanonical_option
         self.cache_dir, self.cache_mode = cache_dir, cache_mode
         self.progress = progress
         self.missing_dataset_note = missing_dataset_note
@@ -126,7 +129,10 @@ class Measurer:
         if self._text is None and self._text_error is None:
             try:
                 self._text = load_canonical_text(
-                    self.dataset, allow_noncanonical=self.allow_noncanonical, option=self.dataset_option
+                    self.dataset,
+                    allow_noncanonical=self.allow_noncanonical,
+                    option=self.dataset_option,
+                    noncanonical_option=self.noncanonical_option,
                 )
             except DatasetNotFound as exc:
                 note = self.missing_dataset_note

@@ -87,3 +87,6 @@ def test_a_wrong_dataset_fails_even_outside_ci(no_data_gate: pytest.Pytester, tm
     out = result.stdout.str()
     assert "dataset hash mismatch" in out and "(from --pplgate-dataset)" not in out
     assert "cannot load model" not in out
+    assert "--allow-noncanonical to measure anyway" not in out  # the plugin has no such option
+    assert "Point --pplgate-dataset (or $PPLGATE_WIKITEXT) at an unmodified copy of the wikitext-2-raw-v1 test" in out
+    assert "the gate measures only the canonical text" in out

@@ -158,11 +158,16 @@ def load_wikitext2_test(
 
 
 def load_canonical_text(
-    path: str | os.PathLike[str] | None = None, *, allow_noncanonical: bool = False, option: str = "--dataset"
+    path: str | os.PathLike[str] | None = None,
+    *,
+    allow_noncanonical: bool = False,
+    option: str = "--dataset",
+    noncanonical_option: str | None = "--allow-noncanonical",
 ) -> CanonicalText:
     """Load the test split and join rows with ``"\\n\\n"``; verify the canonical sha256.
 
-    ``option`` is the caller's name for ``path`` (``--dataset``, ``--pplgate-dataset``), used in errors.
+    ``option`` is the caller's name for ``path`` (``--dataset``, ``--pplgate-dataset``), used in errors;
+    ``noncanonical_option`` the caller's option that measures other text anyway (None: it has none).
     """
     rows, source, found_by = locate_and_read(path, option=option)
     if not rows or not any(r.strip() for r in rows):
@@ -175,8 +180,14 @@ def load_canonical_text(
             f"dataset hash mismatch for {source}: sha256 of the joined text is {digest}, "
             f"the canonical wikitext-2-raw-v1 test text is {CANONICAL_SHA256} "
             f"({len(rows)} rows here, {CANONICAL_ROWS} expected). "
-            "Use the real test split, or pass --allow-noncanonical to measure anyway "
-            "(results are then marked non-canonical)."
+            + (
+                f"Use the real test split, or pass {noncanonical_option} to measure anyway "
+                "(results are then marked non-canonical)."
+                if noncanonical_option
+                else f"Point {option} (or ${WIKITEXT_ENV}) at an unmodified copy of the wikitext-2-raw-v1 test "
+                "split: the gate measures only the canonical text (`pplgate eval --allow-noncanonical` measures "
+                "other text, outside the gate)."
+            )
         )
     return CanonicalText(
         text=text, sha256=digest, source=source, n_rows=len(rows), canonical=canonical, found_by=found_by

@@ -123,6 +123,7 @@ class GateSession:
             self._measurer = Measurer(
                 dataset=opt("--pplgate-dataset"),
                 dataset_option="--pplgate-dataset",
+                noncanonical_option=None,  # the gate compares canonical numbers only
                 cache_dir=opt("--pplgate-cache-dir"),
                 cache_mode=opt("--pplgate-cache"),
                 progress=opt("capture") == "no",  # visible with -s
