@@ -135,3 +135,18 @@ def test_cache_dir_that_is_a_file_or_cannot_be_created(gate, monkeypatch):
     res = gate.runpytest("baselines")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines([f"*$PPLGATE_CACHE_DIR {afile / 'sub'}: cannot create the cache directory*"])
+
+
+def test_a_report_dir_that_cannot_be_one_is_a_usage_error_before_measuring(gate):
+    _write(gate.path / "baselines" / "m.yaml")
+    afile = gate.path / "afile"
+    afile.write_text("x")
+    for where, message in (
+        (afile, "not a directory (it is a file)"),
+        (afile / "sub", f"cannot be created, {afile} is a file"),
+    ):
+        res = gate.runpytest("--pplgate-report", str(where), "baselines")
+        assert res.ret == pytest.ExitCode.USAGE_ERROR
+        res.stderr.fnmatch_lines([f"*--pplgate-report {where}: {message}*"])
+    res = gate.runpytest("--pplgate-report", str(gate.path / "new" / "dir"), "--collect-only", "baselines")
+    assert res.ret == pytest.ExitCode.OK and not (gate.path / "new").exists()  # created only when written

@@ -346,6 +346,25 @@ def test_update_rewrites_changed_entry(gate, recorded_text):
     run(gate).assert_outcomes(passed=1)
 
 
+def test_window_nlls_of_the_wrong_length_fail_and_update_repairs_them(gate, recorded_text):
+    """Was: ValueError 'paired comparison needs equal lengths' on every run and every --update-baselines."""
+    f = gate.path / "baselines" / "tiny.yaml"
+    f.write_text(recorded_text)
+    true_nlls = parse_baseline(f).profiles["cpu"].variants["fp32"].recorded.window_nlls
+    edit(f, lambda v: v["fp32"]["recorded"]["window_nlls"].pop())
+    res = run(gate)
+    res.assert_outcomes(failed=1)
+    out = res.stdout.str()
+    assert "paired comparison needs equal lengths" not in out and "ValueError" not in out
+    assert "the recorded window_nlls hold 3 values, but fingerprint.n_windows is 4" in out
+    assert "was the baseline file edited by hand?" in out
+    assert 'pytest --update-baselines "baselines/tiny.yaml::tiny[cpu-fp32]"' in out
+    run(gate, "--update-baselines").assert_outcomes(passed=1)
+    assert parse_baseline(f).profiles["cpu"].variants["fp32"].recorded.window_nlls == true_nlls
+    assert "# fp32 on CPU is deterministic" in f.read_text()
+    run(gate).assert_outcomes(passed=1)
+
+
 def test_no_write_when_session_had_an_error(gate, tiny_model):
     f = gate.path / "baselines" / "tiny.yaml"
     f.write_text(baseline(tiny_model))
@@ -387,6 +406,10 @@ BAD = {
         "tolerance[0].ref: relational rule references unknown variant 'fp64'",
     ),
     "no-model": ("MODEL:/nonexistent/model-dir", "model.source: model path /nonexistent/model-dir does not exist"),
+    "nan-nll": (
+        "REPLACE:kind: fp32\n|kind: fp32\n        recorded: {ppl: 2.0, window_nlls: [0.7, .nan]}\n",
+        "recorded.window_nlls[1]: expected a finite number >= 0 (a window's mean NLL in nats), got nan",
+    ),
 }
 
 
@@ -625,3 +648,48 @@ def test_a_gate_that_skipped_everything_is_not_green_under_ci(gate, tiny_model, 
     res.assert_outcomes(skipped=1)
     assert res.ret == ret
     assert ("every gate entry was skipped under CI" in res.stdout.str()) is bool(ci)
+
+
+# --------------------------------------------------------------------------- faults at the end of the session
+
+BREAK = """
+from pathlib import Path
+
+
+def test_break_the_file_mid_session():
+    f, rep = Path("baselines/tiny.yaml"), Path("rep")
+    if "{how}" == "directory":  # the file replaced by a directory of the same name: the write cannot happen
+        f.unlink()
+        f.mkdir()
+    else:  # the file made invalid YAML after collection
+        f.write_text("profiles: [unclosed\\n")
+    rep.write_text("a file where the report directory should be\\n")
+"""
+
+
+@pytest.mark.parametrize("how", ["directory", "invalid"])
+def test_a_write_failure_at_session_end_is_reported_per_file_with_the_numbers(gate, tiny_model, how):
+    """The measuring is done: a file that cannot be written fails the session with the measured values and
+    the reasons, no traceback; the other file is written, the reports' failure is said too."""
+    (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model))
+    other = gate.path / "baselines" / "other.yaml"
+    other.write_text(baseline(tiny_model, name="other"))
+    gate.makepyfile(test_break=BREAK.replace("{how}", how))
+    res = run(gate, "--update-baselines", "--pplgate-report", "rep", "test_break.py", "baselines")
+    res.assert_outcomes(passed=3)
+    assert res.ret == pytest.ExitCode.TESTS_FAILED
+    out = res.stdout.str()
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+    assert "pplgate perplexity gate" in out  # the summary table survives
+    table = {ln.split()[0]: ln for ln in res.stdout.lines if ln.startswith(("tiny ", "other "))}
+    assert "NOT WRITTEN" in table["tiny"] and "CREATED" in table["other"]
+    why = "Is a directory" if how == "directory" else "malformed YAML"
+    assert "pplgate: baseline updates NOT written: writing baselines/tiny.yaml failed: BaselineError: " in out
+    assert why in out
+    ppl = float(table["tiny"].split()[2])
+    line = next(ln for ln in res.stdout.lines if ln.startswith("pplgate: measured, not written: baselines/tiny.yaml"))
+    assert line.startswith("pplgate: measured, not written: baselines/tiny.yaml :: cpu/fp32: ppl ")
+    assert abs(float(line.split("ppl ")[1].split()[0]) - ppl) < 1e-3 and "window NLLs [" in line
+    assert "baselines/other.yaml :: cpu/fp32: (new) -> " in out
+    assert parse_baseline(other).profiles["cpu"].variants["fp32"].recorded is not None
+    assert "pplgate: writing the reports into rep failed: " in out

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
 
+from pplgate.gate.spec import DEVICE_RE  # a profile's device and --pplgate-device: one pattern
 from pplgate.pytest_plugin.gpus import GPUS_PER_WORKER_ENV
 
-DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 CACHE_DIR_ENV = "PPLGATE_CACHE_DIR"
 
 
@@ -48,6 +47,20 @@ def check_cache_dir(path: str, *, source: str) -> None:
         raise pytest.UsageError(f"{source} {path}: the cache directory is not writable; choose another one")
 
 
+def check_report_dir(path: str, *, option: str = "--pplgate-report") -> None:
+    """The report directory exists, or can be created where it is named (it is written after the measuring)."""
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise pytest.UsageError(f"{option} {path}: not a directory (it is a file); point it at a directory")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise pytest.UsageError(f"{option} {path}: cannot be created, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"{option} {path}: cannot be created, {parent} is not writable")
+
+
 def validate(config: pytest.Config) -> None:
     """Reject impossible option values before any test runs."""
     k = config.getoption("--pplgate-max-windows")
@@ -59,6 +72,9 @@ def validate(config: pytest.Config) -> None:
     device = config.getoption("--pplgate-device")
     if device is not None:
         check_device(device, pinned=hasattr(config, "workerinput"))
+    report_dir = config.getoption("--pplgate-report")
+    if report_dir:
+        check_report_dir(report_dir)
     cache_dir = config.getoption("--pplgate-cache-dir")
     if cache_dir is not None:
         check_cache_dir(cache_dir, source="--pplgate-cache-dir")

@@ -14,7 +14,7 @@ from pplgate.errors import PplgateError
 from pplgate.gate import reports
 from pplgate.gate.record import GateRecord, Status
 from pplgate.gate.spec import EntrySpec, ProfileSpec
-from pplgate.gate.store import EntryUpdate, write_updates
+from pplgate.gate.store import NLL_DECIMALS, PPL_DECIMALS, EntryUpdate, write_updates
 from pplgate.gate.verdict import (
     Measured,
     Target,
@@ -79,6 +79,7 @@ class GateSession:
     update_rows: list[dict[str, Any]] = field(default_factory=list)
     update_blocked: str | None = None
     write_errors: list[str] = field(default_factory=list)
+    report_error: str | None = None
     report_paths: list[str] = field(default_factory=list)
     collected_files: dict[str, Path] = field(default_factory=dict)  # realpath -> the path it was collected under
     report_notes: list[str] = field(default_factory=list)
@@ -249,10 +250,16 @@ class GateSession:
         self._fail_if_everything_skipped_under_ci(session)
         report_dir = session.config.getoption("--pplgate-report")
         if self.records and (report_dir or os.environ.get("GITHUB_STEP_SUMMARY")):
-            written = reports.write_reports(
-                report_dir, self.records, self.update_rows, self.update_blocked, rootdir=session.config.rootpath
-            )
-            self.report_paths, self.report_notes = written.paths, written.notes
+            try:
+                written = reports.write_reports(
+                    report_dir, self.records, self.update_rows, self.update_blocked, rootdir=session.config.rootpath
+                )
+            except Exception as exc:  # the measuring is done: say so, keep the summary, fail the session
+                where = f"into {report_dir}" if report_dir else "to $GITHUB_STEP_SUMMARY"
+                self.report_error = f"writing the reports {where} failed: {type(exc).__name__}: {exc}"
+                _fail(session)
+            else:
+                self.report_paths, self.report_notes = written.paths, written.notes
 
     def _fail_if_everything_skipped_under_ci(self, session: pytest.Session) -> None:
         """Under CI a gate whose every collected entry was skipped has measured nothing: that is not green."""
@@ -262,20 +269,18 @@ class GateSession:
             return
         if all(rec.status == Status.SKIPPED for rec in self.records):
             self.all_skipped_under_ci = True
-            if session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            _fail(session)
 
     def _write_updates(self, session: pytest.Session) -> None:
         """Write the queued updates file by file; a file that cannot be written fails the session."""
         for path, entries in self.updates.items():
             try:
                 rows = write_updates(path, entries)
-            except (OSError, PplgateError) as exc:
+            except Exception as exc:  # OSError, PplgateError, or anything else: never lose the summary
                 reason = f"writing {reports.relpath(path, session.config.rootpath)} failed: {type(exc).__name__}: {exc}"
                 self.write_errors.append(reason)
                 self._mark_not_written(reason, path)
-                if session.exitstatus == pytest.ExitCode.OK:
-                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+                _fail(session)
                 continue
             for row in rows:
                 row["file"] = path
@@ -310,16 +315,41 @@ class GateSession:
                 tr.write_line(f"pplgate: NOT writing baseline updates: {self.update_blocked}.", red=True, bold=True)
             for err in self.write_errors:
                 tr.write_line(f"pplgate: baseline updates NOT written: {err}", red=True, bold=True)
+            for line in not_written_lines(self.records, self.config.rootpath):
+                tr.write_line(line)
             if self.update_rows:
                 tr.write_sep("-", "pplgate baseline updates (old -> new)")
                 for line in reports.update_table(self.update_rows, self.config.rootpath):
                     tr.write_line(line)
             elif not self.updates:
                 tr.write_line("pplgate: --update-baselines: nothing to write")
+        if self.report_error:
+            tr.write_line(f"pplgate: {self.report_error}", red=True, bold=True)
         for p in self.report_paths:
             tr.write_line(f"pplgate report: {p}")
         for note in self.report_notes:
             tr.write_line(f"pplgate: {note}", yellow=True)
+
+
+def _fail(session: pytest.Session) -> None:
+    """A session that would pass fails (its exit status says what went wrong at its end)."""
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def not_written_lines(records: list[GateRecord], rootdir: Path) -> list[str]:
+    """The measured numbers of every update that was not written, as the file would have held them."""
+    out = []
+    for rec in records:
+        if rec.status != Status.NOT_WRITTEN or rec.update is None:
+            continue
+        u = rec.update
+        nlls = ", ".join(f"{x:.{NLL_DECIMALS}f}" for x in u.window_nlls)
+        out.append(
+            f"pplgate: measured, not written: {reports.relpath(rec.file or '', rootdir)} :: {u.profile}/{u.variant}: "
+            f"ppl {u.ppl:.{PPL_DECIMALS}f} over {len(u.window_nlls)} windows, window NLLs [{nlls}]"
+        )
+    return out
 
 
 def attach_record(item: pytest.Item, call: pytest.CallInfo[None], rep: pytest.TestReport) -> None:
