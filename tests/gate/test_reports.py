@@ -250,8 +250,10 @@ def test_an_overflowed_or_inconsistent_record_reports_without_raising(tmp_path):
     assert "- ⚠️ the recorded window_nlls hold 2 values, but fingerprint.n_windows is 3: was the baseline file " in md
     assert ("pplgate_ppl", "inf") in reports.junit_properties(over)
     written = reports.write_reports(tmp_path / "rep", [over, bad])
-    data = json.loads((tmp_path / "rep" / "pplgate-results.json").read_text())
-    assert data["records"][0]["ppl"] == inf and written.paths
+    strict = json.loads(
+        (tmp_path / "rep" / "pplgate-results.json").read_text(), parse_constant=lambda c: pytest.fail(f"JSON has {c}")
+    )
+    assert strict["records"][0]["ppl"] == "inf" and strict["records"][0]["rel_delta"] == "nan" and written.paths
 
 
 def test_long_test_ids_give_bounded_distinct_file_names():

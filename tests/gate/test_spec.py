@@ -543,6 +543,24 @@ HOSTILE = [
     ("second-document", ("      # trailing comment of the variants\n", "---\nx: 1\n"), "", "malformed YAML", 20),
     ("empty-file", (None, ""), "", "the file is empty", None),
     ("only-comments", (None, "# a baseline\n# nothing yet\n"), "", "the file is empty", None),
+    (
+        "profile-names-equal-as-text",
+        (
+            "  cpu:\n",
+            "  1:\n    device: cpu\n    variants: {x: {kind: fp32, tolerance: [{type: absolute, max_delta: 1}]}}\n"
+            "  '1':\n",
+        ),
+        "profiles.1",
+        "profile name '1' is given twice (as 1 at line 7 and as '1'); rename one",
+        10,
+    ),
+    (
+        "variant-names-equal-as-text",
+        ("fp16:\n", "true:\n        kind: fp16\n        tolerance: [{type: absolute, max_delta: 1}]\n      'True':\n"),
+        "variants.True",
+        "variant name 'True' is given twice (as True at line 15 and as 'True')",
+        18,
+    ),
     ("only-a-scalar", (None, "just text\n"), "", "expected a mapping, got str", None),
 ]
 

@@ -383,3 +383,18 @@ def test_entry_update_dict_round_trip():
     upd = _whole_upd("fp16", 12.3456789)
     assert EntryUpdate.from_dict(upd.to_dict()) == upd
     assert upd.recorded() == {"ppl": 12.345679, "window_nlls": [2.513306] * 3, "provenance": {"date": "today"}}
+
+
+def test_a_bom_stays_and_the_update_reads_back(tmp_path):
+    """A file saved with a UTF-8 byte order mark keeps it; the spliced entry parses."""
+    from pplgate.gate.spec import parse_baseline
+
+    text = "\ufeff# with a BOM\nschema_version: 1\nmodel: {name: m, source: s}\nprofiles:\n  cpu:\n    device: cpu\n"
+    text += "    variants:\n      fp32:\n        kind: fp32\n        tolerance: [{type: absolute, max_delta: 1}]\n"
+    p = tmp_path / "bom.yaml"
+    p.write_text(text, encoding="utf-8")
+    write_updates(p, [EntryUpdate("cpu", "fp32", {"n_windows": 2}, 2.0, [0.693147, 0.693147], {"date": "x"})])
+    new = p.read_text(encoding="utf-8")
+    assert new.startswith(text.rstrip("\n").split("tolerance")[0]) and new.count("\ufeff") == 1
+    rec = parse_baseline(p, known_kinds=["fp32"]).profiles["cpu"].variants["fp32"].recorded
+    assert rec.ppl == 2.0 and rec.window_nlls == [0.693147, 0.693147]

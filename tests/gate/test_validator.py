@@ -51,8 +51,16 @@ def test_mappings_and_keys():
     assert "top.s: unknown key 's' (allowed: flag, n)" in str(e) and e.line == 4
     V.keys(NODE, {"n", "flag", "s", "list", "bad name"}, "top", required=("n",))
     assert "top.x: missing required key" in str(_err(V.keys, NODE, set(NODE), "top", ("x",)))
-    assert "'bad name' may only contain" in str(_err(V.named_mapping, NODE, "bad name", "profile", "top.bad name"))
-    assert V.named_mapping(DOC, "top", "profile", "top") == ("top", NODE)
+    assert "top.bad name: profile name 'bad name' may only contain" in str(
+        _err(V.named_mappings, {"bad name": {}}, "profile", "top")
+    )
+    assert V.named_mappings(DOC, "profile", "") == {"top": ("top", NODE)}
+
+
+def test_two_keys_naming_the_same_test_are_an_error():
+    doc = parse_text(Path("b.yaml"), "p:\n  1: {a: 1}\n  '1': {b: 2}\n")
+    e = _err(V.named_mappings, doc["p"], "profile", "p")
+    assert str(e) == "b.yaml:3: p.1: profile name '1' is given twice (as 1 at line 2 and as '1'); rename one"
 
 
 @pytest.mark.parametrize(("name", "ok"), [("fp32", True), ("awq-w4g64", True), ("a.b+c_d", True), ("a b", False)])

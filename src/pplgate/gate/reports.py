@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -326,6 +327,17 @@ class WrittenReports:
     notes: list[str] = field(default_factory=list)
 
 
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float as the string ``inf``/``-inf``/``nan`` (strict JSON has none)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _relative_paths(items: Sequence[dict[str, Any]], rootdir: str | Path | None) -> list[dict[str, Any]]:
     return [{**d, "file": relpath(d["file"], rootdir)} if d.get("file") else dict(d) for d in items]
 
@@ -370,7 +382,8 @@ def write_reports(
     if report_dir:
         d = Path(report_dir)
         payload = {"records": rel_records, "updates": rel_rows, "updates_blocked": blocked, "notes": out.notes}
-        (d / "pplgate-results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        text = json.dumps(_json_safe(payload), indent=2, default=str, allow_nan=False)
+        (d / "pplgate-results.json").write_text(text + "\n", encoding="utf-8")
         (d / "pplgate-summary.md").write_text(md, encoding="utf-8")
         out.paths[:0] = [d / "pplgate-results.json", d / "pplgate-summary.md"]
     summary = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -187,8 +187,7 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
     if not profiles_node:
         v.err("profiles", "at least one profile is needed", top, "profiles")
     profiles: dict[str, ProfileSpec] = {}
-    for pkey in profiles_node:
-        pname, pnode = v.named_mapping(profiles_node, pkey, "profile", f"profiles.{pkey}")
+    for pname, (pkey, pnode) in v.named_mappings(profiles_node, "profile", "profiles").items():
         profiles[pname] = _parse_profile(v, pname, pnode, f"profiles.{pkey}", known_kinds)
     for profile in profiles.values():
         _check_refs(v, profile, profiles)
@@ -216,9 +215,8 @@ def _parse_profile(v: Validator, pname: str, pnode: Mapping, kp: str, known_kind
     if not entries_node:
         v.err(f"{kp}.variants", "at least one variant is needed", pnode, "variants")
     entries: dict[str, EntrySpec] = {}
-    for vkey in entries_node:
+    for name, (vkey, enode) in v.named_mappings(entries_node, "variant", f"{kp}.variants").items():
         ekp = f"{kp}.variants.{vkey}"
-        name, enode = v.named_mapping(entries_node, vkey, "variant", ekp)
         entries[name] = _parse_entry(v, name, enode, ekp, known_kinds, line_of(entries_node, vkey))
     return ProfileSpec(
         name=pname,

@@ -67,17 +67,33 @@ class Validator:
             )
         return text
 
-    def named_mapping(self, parent: Mapping, name: Any, what: str, keypath: str) -> tuple[str, Mapping]:
-        """``parent[name]`` as a mapping, after checking that ``name`` is a valid profile/entry name."""
-        text = self.name(name, what, keypath, parent, name)
-        return text, self.mapping(parent[name], keypath, parent, name)
+    def named_mappings(self, parent: Mapping, what: str, keypath: str) -> dict[str, tuple[Any, Mapping]]:
+        """``parent``'s items by name (each checked by :meth:`name`, each value a mapping).
+
+        Two YAML keys that name the same test (``1`` and ``'1'``) are an error, not one silently lost.
+        """
+        out: dict[str, tuple[Any, Mapping]] = {}
+        for key in parent:
+            kp = f"{keypath}.{key}"
+            text = self.name(key, what, kp, parent, key)
+            if text in out:
+                first = line_of(parent, out[text][0])
+                self.err(
+                    kp,
+                    f"{what} name {shown(text)} is given twice (as {shown(out[text][0])}"
+                    f"{f' at line {first}' if first else ''} and as {shown(key)}); rename one",
+                    parent,
+                    key,
+                )
+            out[text] = (key, self.mapping(parent[key], kp, parent, key))
+        return out
 
     def keys(self, node: Mapping, allowed: set[str] | frozenset[str], keypath: str, required: Sequence[str] = ()):
         for k in node:
             if str(k) not in allowed:
                 self.err(
                     f"{keypath}.{k}" if keypath else str(k),
-                    f"unknown key {str(k)!r} (allowed: {', '.join(sorted(allowed))})",
+                    f"unknown key {shown(str(k))} (allowed: {', '.join(sorted(allowed))})",
                     node,
                     k,
                 )
