@@ -561,6 +561,13 @@ HOSTILE = [
         "variant name 'True' is given twice (as True at line 15 and as 'True')",
         18,
     ),
+    (
+        "deep-nesting",
+        (REC, REC + "        params: {a: " + "[" * 2000 + "]" * 2000 + "}\n"),
+        "",
+        "nested too deeply",
+        None,
+    ),
     ("only-a-scalar", (None, "just text\n"), "", "expected a mapping, got str", None),
 ]
 

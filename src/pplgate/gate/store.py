@@ -154,6 +154,8 @@ def parse_text(path: Path, text: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, RecursionError):
+            problem = "nested too deeply (a baseline file needs a few levels, not hundreds)"
         dup = re.match(r'found duplicate key "(.*?)" with value', problem, re.S)
         if dup:
             start = getattr(exc, "context_mark", None)
