@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import reference_window_nlls, tiny_gpt2, write_jsonl
+from support import reference_window_nlls, tiny_gpt2, write_jsonl, wrong_token_lm
 
 from pplgate.cli import main
 from pplgate.locate import WIKITEXT_ENV
@@ -220,3 +220,17 @@ def test_cache_clear_dry_run_and_refusal(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "refusing to clear" in err and "unrelated/" in err and (tmp_path / ("c" * 64)).is_dir()
+
+
+def test_eval_overflowing_perplexity_is_an_error_naming_the_window(tmp_path, capsys, monkeypatch, gpt2_tokenizer_dir):
+    import pplgate.measure as measure_mod
+
+    monkeypatch.setattr(measure_mod, "load_model", lambda *a, **k: wrong_token_lm(50257, 1000.0))
+    data = write_jsonl(tmp_path / "t.jsonl", ["Hello world, this is a small test text. " * 40])
+    argv = ["eval", "--model", str(gpt2_tokenizer_dir), "--dataset", str(data), "--allow-noncanonical"]
+    argv += ["--device", "cpu", "--seqlen", "16", "--max-windows", "3", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("pplgate: error: the mean NLL over 3 window(s) is 1000 nats, above ln(float max) = 709.78")
+    assert "Worst window: " in err and "check the weights/dtype" in err

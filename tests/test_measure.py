@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support import save_tiny_llama, write_jsonl
+from support import save_tiny_llama, write_jsonl, wrong_token_lm
 
 import pplgate.measure as measure_mod
-from pplgate.errors import DatasetError, DatasetNotFound, VariantError
+from pplgate.errors import DatasetError, DatasetNotFound, PerplexityOverflowError, VariantError
 from pplgate.measure import Measurement, Measurer, plain, scalar_info
 from pplgate.models import registry
 from pplgate.models.source import ModelSource
@@ -211,3 +211,11 @@ def test_import_pplgate_does_not_import_torch() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         pplgate.nothing_here  # noqa: B018
+
+
+def test_an_overflowing_mean_nll_is_an_error_naming_the_worst_window(measurer, source, monkeypatch) -> None:
+    """The gate measures through the Measurer: no raw OverflowError, the worst window named."""
+    monkeypatch.setattr(measure_mod, "load_model", lambda *a, **k: wrong_token_lm(50257, 800.0))
+    with pytest.raises(PerplexityOverflowError, match=r"over 2 window\(s\) is 800 nats.*Worst window: 0") as info:
+        measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    assert info.value.n_windows == 2

@@ -15,7 +15,7 @@ from support import (
     uniform_lm,
 )
 
-from pplgate.errors import NonFiniteLossError, ProtocolError
+from pplgate.errors import NonFiniteLossError, PerplexityOverflowError, ProtocolError
 from pplgate.protocol.engine import evaluate_perplexity, model_max_positions
 from pplgate.protocol.tokens import tokenize_canonical
 from pplgate.protocol.windows import check_finite, make_windows, perplexity
@@ -165,6 +165,30 @@ def test_check_finite_and_perplexity_reject_nan() -> None:
     assert info.value.window_index == 11
     with pytest.raises(NonFiniteLossError):
         perplexity([1.0, float("inf")])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_mean_nll_beyond_709_nats_is_an_error_naming_the_worst_window(batch_size) -> None:
+    from support import wrong_token_lm
+
+    ids = torch.arange(4).repeat_interleave(8)  # window w is token w: 4 windows of 8
+    model = wrong_token_lm(16, 1000.0, by_first_token={1: 1500.0})
+    with pytest.raises(PerplexityOverflowError, match=r"Worst window: 1 \(mean NLL 1500 nats") as info:
+        evaluate_perplexity(model, synthetic_tokens(ids), synthetic_dataset(), seqlen=8, batch_size=batch_size)
+    assert isinstance(info.value, NonFiniteLossError) and info.value.window_index == 1
+    assert info.value.mean == pytest.approx(1125.0) and info.value.n_windows == 4
+    assert "mean NLL over 4 window(s) is 1125 nats, above ln(float max) = 709.78" in str(info.value)
+
+
+def test_a_running_overflow_is_shown_as_inf_and_a_finite_final_mean_is_the_result(capsys) -> None:
+    from support import wrong_token_lm
+
+    ids = torch.arange(4).repeat_interleave(8)
+    model = wrong_token_lm(16, 1.0, by_first_token={0: 1000.0})  # window 0 alone overflows, the mean does not
+    res = evaluate_perplexity(model, synthetic_tokens(ids), synthetic_dataset(), seqlen=8, progress=True)
+    assert res.ppl == pytest.approx(math.exp(math.fsum(res.window_nlls) / 4)) and math.isfinite(res.ppl)
+    assert res.window_nlls[0] == pytest.approx(1000.0)
+    assert "ppl=inf" in capsys.readouterr().err.replace(" ", "")
 
 
 # --- invalid requests -----------------------------------------------------------------------

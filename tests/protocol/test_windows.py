@@ -81,3 +81,17 @@ def test_make_windows_is_the_prefix_reshaped(n: int, seqlen: int) -> None:
 def test_make_windows_rejects_2d() -> None:
     with pytest.raises(ValueError, match="1-D"):
         make_windows(torch.zeros(2, 8, dtype=torch.long), 4)
+
+
+def test_perplexity_overflow_names_the_worst_window_and_running_perplexity_shows_inf() -> None:
+    import math
+
+    from pplgate.errors import PerplexityOverflowError
+    from pplgate.protocol.windows import perplexity, running_perplexity
+
+    with pytest.raises(PerplexityOverflowError, match=r"Worst window: 2 \(mean NLL 900 nats") as info:
+        perplexity([710.0, 720.0, 900.0])
+    assert (info.value.window_index, info.value.value, info.value.n_windows) == (2, 900.0, 3)
+    assert running_perplexity([710.0, 720.0, 900.0]) == math.inf
+    assert perplexity([709.0]) == pytest.approx(math.exp(709.0))  # just below the limit: a number
+    assert perplexity([1000.0] + [1.0] * 99) == pytest.approx(math.exp(10.99))  # one bad window, finite mean

@@ -12,7 +12,14 @@ from pplgate.protocol.dataset import CanonicalText
 from pplgate.protocol.progress import Progress
 from pplgate.protocol.result import PerplexityResult
 from pplgate.protocol.tokens import TokenizedText
-from pplgate.protocol.windows import check_finite, make_windows, perplexity, tail_tokens, window_mean_nlls
+from pplgate.protocol.windows import (
+    check_finite,
+    make_windows,
+    perplexity,
+    running_perplexity,
+    tail_tokens,
+    window_mean_nlls,
+)
 
 DEFAULT_SEQLEN = 2048
 # Config keys that make logits something other than lm_head(hidden): use the model's own logits.
@@ -144,7 +151,7 @@ def evaluate_perplexity(
     def on_batch(values: list[float]) -> None:
         running.extend(values)
         if bar is not None:
-            bar.update(len(values), perplexity(running))
+            bar.update(len(values), running_perplexity(running))
 
     _sync(device)
     t0 = time.perf_counter()
