@@ -234,3 +234,62 @@ def test_eval_overflowing_perplexity_is_an_error_naming_the_window(tmp_path, cap
     assert "Traceback" not in err
     assert err.startswith("pplgate: error: the mean NLL over 3 window(s) is 1000 nats, above ln(float max) = 709.78")
     assert "Worst window: " in err and "check the weights/dtype" in err
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if the CLI starts loading anything (the Measurer is where every load begins)."""
+    import pplgate.cli as cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the CLI started loading before rejecting its arguments")
+
+    monkeypatch.setattr(cli, "Measurer", refuse)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--device", "banana"], "--device banana: device 'banana' is not a device pplgate runs on; use auto, cpu, "),
+        (["--device", "CPU"], "use auto, cpu, cuda or cuda:N"),
+        (["--device", "cuda:"], "use auto, cpu, cuda or cuda:N"),
+        (["--json", "{tmp}/missing/r.json"], "the directory {tmp}/missing does not exist; create it first (mkdir -p "),
+        (["--json", "{tmp}/file.txt/r.json"], "the directory {tmp}/file.txt is not a directory"),
+        (["--json", "{tmp}"], "is a directory; give a file name, e.g. --json {tmp}/result.json"),
+    ],
+    ids=["device-banana", "device-upper", "device-colon", "json-missing-dir", "json-parent-is-file", "json-is-dir"],
+)
+def test_bad_device_or_json_place_fails_before_any_loading(tmp_path, capsys, no_work, extra, needle) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    argv = ["eval", "--model", "/nonexistent/model", "--dataset", "/nonexistent/data.parquet", "--no-progress"]
+    assert main(argv + [a.format(tmp=tmp_path) for a in extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not even the dataset line
+    assert captured.err.startswith("pplgate: error: ") and needle.format(tmp=tmp_path) in captured.err
+
+
+def test_cuda_without_cuda_fails_before_any_loading(capsys, no_work, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["eval", "--device", "cuda:1", "--no-progress"]) == 2
+    assert "no CUDA device is available; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_json_into_an_unwritable_directory_fails_before_any_loading(tmp_path, capsys, no_work) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["eval", "--json", str(ro / "r.json"), "--no-progress"]) == 2
+        assert "cannot write there" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_cache_clear_of_an_unknown_key_and_list_with_clear_options(tmp_path, capsys) -> None:
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path), "--key", "f" * 64]) == 2
+    assert f"no cache entry '{'f' * 64}' in {tmp_path}" in capsys.readouterr().err
+    assert main(["cache", "list", "--cache-dir", str(tmp_path), "--key", "x"]) == 2
+    assert "go with `pplgate cache clear`" in capsys.readouterr().err

