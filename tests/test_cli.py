@@ -293,3 +293,30 @@ def test_cache_clear_of_an_unknown_key_and_list_with_clear_options(tmp_path, cap
     assert f"no cache entry '{'f' * 64}' in {tmp_path}" in capsys.readouterr().err
     assert main(["cache", "list", "--cache-dir", str(tmp_path), "--key", "x"]) == 2
     assert "go with `pplgate cache clear`" in capsys.readouterr().err
+
+
+def test_eval_with_a_tokenizer_of_another_model_is_an_error_not_an_index_error(tmp_path, capsys, gpt2_tokenizer_dir):
+    tiny_gpt2(vocab=101, max_pos=128, seed=3).save_pretrained(tmp_path / "m")
+    data = write_jsonl(tmp_path / "t.jsonl", ["Hello world, this is a small test text. " * 40])
+    argv = ["eval", "--model", str(tmp_path / "m"), "--tokenizer", str(gpt2_tokenizer_dir), "--dataset", str(data)]
+    assert main(argv + ["--allow-noncanonical", "--device", "cpu", "--seqlen", "64", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "IndexError" not in err
+    assert "but the model's vocabulary has 101 entries: the tokenizer is not this model's" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch) -> None:
+    import pplgate.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_tokens", interrupted)
+    assert main(["tokens"]) == 130
+    assert capsys.readouterr().err == "pplgate: interrupted\n"
+
+
+@pytest.mark.parametrize("seqlen", ["1", "0", "-5"])
+def test_tokens_rejects_a_bad_seqlen_before_any_loading(capsys, no_work, seqlen) -> None:
+    assert main(["tokens", "--seqlen", seqlen]) == 2
+    assert capsys.readouterr().err == f"pplgate: error: seqlen must be >= 2 to score any token, got {seqlen}\n"

@@ -157,6 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
+    window_count(0, args.seqlen)  # ProtocolError for seqlen < 2, before any loading
     measurer = _measurer(args)
     src = resolve_source(args.tokenizer, args.gguf_file)
     _, tokens, _ = measurer.tokens(src, None)
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except PplgateError as exc:
         print(f"pplgate: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("pplgate: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -157,3 +157,13 @@ def test_spec_types_are_strict(param, message):
         CalibrationSpec.from_param(param)
     assert message in str(info.value)
     assert CalibrationSpec.from_param({"source": None, "n_samples": 4}).n_samples == 4
+
+
+def test_deeply_nested_json_is_a_calibration_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep, encoding="utf-8")
+    with pytest.raises(CalibrationError, match="cannot read calibration file"):
+        load_calibration(str(tmp_path / "deep.json"))
+    (tmp_path / "deep.jsonl").write_text('"ok"\n' + deep + "\n", encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"deep.jsonl:2: not valid JSON"):
+        load_calibration(str(tmp_path / "deep.jsonl"))

@@ -90,6 +90,20 @@ def test_directory_without_model_files(tmp_path: Path) -> None:
         load_tokenizer(src)
 
 
+def test_a_tokenizer_directory_without_tokenizer_files_says_so(tmp_path: Path, make_tiny_llama) -> None:
+    make_tiny_llama(vocab=61, max_pos=64).save_pretrained(tmp_path / "model")  # weights, no tokenizer
+    (tmp_path / "empty").mkdir()
+    for src, tok in ((resolve_source(str(tmp_path / "model")), None), (ModelSource("x"), str(tmp_path / "empty"))):
+        with pytest.raises(ModelLoadError) as info:
+            load_tokenizer(src, tok)
+        msg = str(info.value)
+        assert "the directory holds no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json" in msg
+        assert "pass --tokenizer" in msg and "sentencepiece" not in msg
+    assert "it holds: config.json, generation_config.json, model.safetensors)" in str(
+        pytest.raises(ModelLoadError, load_tokenizer, resolve_source(str(tmp_path / "model"))).value
+    )
+
+
 def test_unreadable_model_files(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{ this is not json")
     with pytest.raises(ModelLoadError, match="cannot load model"):

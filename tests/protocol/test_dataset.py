@@ -310,3 +310,10 @@ def test_non_utf8_jsonl_is_a_dataset_error(tmp_path: Path) -> None:
     p.write_bytes(b'{"text": "caf\xe9"}\n')
     with pytest.raises(DatasetError, match=r"cannot read .*test.jsonl: 'utf-8' codec can't decode"):
         load_canonical_text(p, allow_noncanonical=True)
+
+
+def test_deeply_nested_jsonl_line_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "test.jsonl"
+    p.write_text('{"text": "ok"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"test.jsonl:2: expected a JSON object with a 'text' field"):
+        load_canonical_text(p, allow_noncanonical=True)

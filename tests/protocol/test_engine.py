@@ -218,3 +218,49 @@ def test_text_shorter_than_one_window_is_a_protocol_error() -> None:
 def test_empty_window_list_perplexity_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="shorter than one window"):
         perplexity([])
+
+
+def test_token_ids_beyond_the_models_vocabulary_are_a_protocol_error(make_tiny_llama) -> None:
+    model = make_tiny_llama(vocab=61, max_pos=64, seed=1)
+    ids = random_ids(64, 61)
+    ids[40] = 70  # a tokenizer of another model
+    with pytest.raises(ProtocolError, match=r"gives token id 70, but the model's vocabulary has 61 entries"):
+        _evaluate(model, ids, 16)
+
+
+class _Oom:
+    """A LogitFnLM body that runs out of memory for batches of more than two windows."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __call__(self, ids):
+        if ids.shape[0] > 2:
+            raise self.exc
+        return torch.zeros(*ids.shape, 8)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: 1e12 bytes"),
+        MemoryError(),
+    ],
+    ids=["cuda-oom", "cpu-alloc", "memory-error"],
+)
+def test_out_of_memory_names_the_batch_and_the_fix(exc) -> None:
+    from support import LogitFnLM
+
+    ids = torch.zeros(6 * 4, dtype=torch.long)
+    assert _evaluate(LogitFnLM(_Oom(exc)), ids, 4, batch_size=2).n_windows == 6
+    with pytest.raises(ProtocolError, match=r"out of memory scoring windows 0..3 \(4 per forward pass\) on cpu") as i:
+        _evaluate(LogitFnLM(_Oom(exc)), ids, 4, batch_size=4)
+    assert "Lower the batch size (--batch-size" in str(i.value) and i.value.__cause__ is exc
+
+
+def test_other_runtime_errors_pass_through() -> None:
+    from support import LogitFnLM
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _evaluate(LogitFnLM(_Oom(RuntimeError("shape mismatch"))), torch.zeros(24, dtype=torch.long), 4, batch_size=4)

@@ -282,12 +282,11 @@ class AwqCheckpointVariant(Variant):
             raise VariantError(f"awq-checkpoint: {path!r} is not an AWQ checkpoint (quantization_config: {qc or None})")
         if config.model_type not in awq_model_map():
             raise VariantError(f"awq-checkpoint: AutoAWQ 0.2.9 does not support architecture {config.model_type!r}")
-        check_kernel(
-            str(qc.get("version", "gemm")).lower(),
-            int(qc.get("bits", qc.get("w_bit", 4))),
-            bool(qc.get("zero_point", True)),
-            ctx.torch_device,
-        )
+        where = f"awq-checkpoint {path!r}: config.json quantization_config"
+        bits = Param("bits", int, 4).read({"bits": qc.get("bits", qc.get("w_bit", 4))}, where)
+        zero_point = Param("zero_point", bool, True).read(qc, where)
+        version = Param("version", str, "gemm").read(qc, where).lower()
+        check_kernel(version, bits, zero_point, ctx.torch_device)
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)

@@ -164,7 +164,7 @@ def _from_file(path: Path, column: str) -> list[str]:
                         continue
                     try:
                         obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
+                    except (json.JSONDecodeError, RecursionError) as exc:
                         raise CalibrationError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
                     texts.append(_text_of(obj, column, f"{path}:{lineno}"))
         elif suffix == ".json":
@@ -177,7 +177,7 @@ def _from_file(path: Path, column: str) -> list[str]:
             texts = [p.strip() for p in raw.replace("\r\n", "\n").split("\n\n")]
         else:
             raise CalibrationError(f"unsupported calibration file {path}: expected .jsonl, .json or .txt")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CalibrationError(f"cannot read calibration file {path}: {exc}") from exc
     return texts
 

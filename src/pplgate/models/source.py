@@ -217,6 +217,15 @@ def _kwargs(src: ModelSource) -> dict:
 
 
 SENTENCEPIECE_INSTALL = "pip install sentencepiece protobuf"
+# a directory holding none of these has no tokenizer for AutoTokenizer to load
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
 
 
 def _missing_sentencepiece() -> str | None:
@@ -238,6 +247,14 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
 
     target = tokenizer or src.path_or_id
     kw = {} if tokenizer else _kwargs(src)
+    local = Path(target).expanduser()
+    if local.is_dir() and "gguf_file" not in kw and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        holds = ", ".join(sorted(p.name for p in local.iterdir())[:8]) or "nothing"
+        raise ModelLoadError(
+            f"cannot load tokenizer from {local}: the directory holds no tokenizer files "
+            f"({', '.join(TOKENIZER_FILES[:3])}, ...; it holds: {holds}); pass --tokenizer with a directory or hub id "
+            "of the model's tokenizer"
+        )
     try:
         with library_bars_off():
             return AutoTokenizer.from_pretrained(target, **kw)

@@ -71,7 +71,7 @@ def _rows_from_jsonl(path: Path) -> list[str]:
                     continue
                 try:
                     text = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
                     raise DatasetError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from exc
                 if not isinstance(text, str):
                     raise DatasetError(
