@@ -32,6 +32,7 @@ FP_KEYS = [
     "tokenizer_sha256",
     "seqlen",
     "dtype",
+    "device_type",
     "variant",
 ]
 TEXT = ["The quick brown fox jumps over the lazy dog near the bank of the river. " * 30] * 4
@@ -103,7 +104,8 @@ def test_measurement_carries_the_protocol_fingerprint(measurer, source) -> None:
     r = m.result
     assert m.fingerprint["n_windows"] == r.n_windows == 2 and m.fingerprint["seqlen"] == 64
     assert m.fingerprint["dtype"] == "float32" and m.fingerprint["variant"] == {"kind": "fp32", "dtype": "fp32"}
-    assert m.fingerprint["tokenizer_name"] == "GPT2Tokenizer(tiny-llama)"  # a path: its basename
+    assert m.fingerprint["tokenizer_name"] == "GPT2Tokenizer(local)"  # a local path: no directory name (moves)
+    assert m.fingerprint["device_type"] == "cpu"
     assert m.fingerprint["dataset_sha256"] == measurer.text().sha256 and not r.canonical
     assert m.extra == {"prepare_info": {}}  # no device_layout on CPU
 
