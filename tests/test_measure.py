@@ -124,7 +124,7 @@ def test_the_same_request_is_measured_once(measurer, source, counts, counting) -
 def test_two_variants_share_one_tokenization(measurer, source, counts) -> None:
     fp32 = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
     rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
-    assert counts == {"load_tokenizer": 1, "tokenize_canonical": 1, "load_model": 2}  # rtn loads fresh
+    assert counts == {"load_tokenizer": 1, "tokenize_canonical": 1, "load_model": 1}  # rtn: a copy, no 2nd load
     assert rtn.origin == "quantized" and rtn.result.ppl != fp32.result.ppl
     assert {k: v for k, v in rtn.fingerprint.items() if k != "variant"} == {
         k: v for k, v in fp32.fingerprint.items() if k != "variant"
@@ -213,3 +213,19 @@ def test_import_pplgate_does_not_import_torch() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         pplgate.nothing_here  # noqa: B018
+
+
+def test_a_fresh_model_is_a_private_copy_of_the_loaded_one(measurer, source) -> None:
+    """Variants that change weights (RTN, AWQ) get a deep copy of the session's model, not a second load."""
+    import torch
+
+    shared = measurer.model(source, "fp32", "cpu")
+    fresh = measurer.model(source, "fp32", "cpu", fresh=True)
+    assert fresh is not shared
+    for (name, a), (_, b) in zip(shared.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+        assert a.data_ptr() != b.data_ptr(), name
+    with torch.no_grad():
+        next(fresh.parameters()).add_(1.0)
+    assert not torch.equal(next(fresh.parameters()), next(shared.parameters()))
+    assert measurer.model(source, "fp32", "cpu") is shared
