@@ -11,6 +11,7 @@ The pytest plugin, ``pplgate eval``, the benchmark and the CI scripts all measur
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 from collections.abc import Mapping
@@ -150,10 +151,16 @@ class Measurer:
     def model(
         self, source: ModelSource, dtype: str, device: str, *, fresh: bool = False, device_map: str | None = None
     ) -> Any:
-        """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy."""
-        if fresh:
-            return load_model(source, dtype=dtype, device=device, device_map=device_map)
+        """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy.
+
+        A private copy of a model already loaded this session is a deep copy of it (the same weights, no
+        second GGUF de-quantization); a ``device_map`` split is loaded again (accelerate's hooks).
+        """
         key = (source, dtype, device, device_map)
+        if fresh:
+            if key in self._models and device_map is None:
+                return copy.deepcopy(self._models[key])
+            return load_model(source, dtype=dtype, device=device, device_map=device_map)
         if key not in self._models:
             self._models[key] = load_model(source, dtype=dtype, device=device, device_map=device_map)
         return self._models[key]
