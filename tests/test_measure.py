@@ -181,6 +181,15 @@ def test_variant_errors_come_before_any_model_loads(measurer, source, counts) ->
     assert counts["load_model"] == 0
 
 
+def test_bad_params_fail_before_the_text_or_tokenizer_loads(source, tmp_path, counts) -> None:
+    m = Measurer(dataset=str(tmp_path / "missing.jsonl"))  # loading the text would fail
+    with pytest.raises(VariantError, match="param zero_point must be a boolean .* write false, not 'false'"):
+        m.measure(source, kind="rtn", params={"zero_point": "false"}, device="cpu")
+    with pytest.raises(VariantError, match="param w_bit must be an integer"):
+        m.prepare(source, kind="rtn", params={"w_bit": "4"}, device="cpu")
+    assert counts == {"load_tokenizer": 0, "tokenize_canonical": 0, "load_model": 0}
+
+
 def test_plain_and_scalar_info() -> None:
     class S(str):
         pass

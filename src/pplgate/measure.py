@@ -178,9 +178,8 @@ class Measurer:
         )
 
     def _prepare(
-        self, source: ModelSource, kind: str, params: Mapping[str, Any], device: str, device_map: str | None, tok: Any
+        self, source: ModelSource, variant: Variant, device: str, device_map: str | None, tok: Any
     ) -> tuple[Variant, PreparedModel]:
-        variant = make_variant(kind, params)
         ctx = self._context(source, tok, device, device_map)
         variant.ensure_checked(ctx)  # before any model is loaded; prepare() does not check again
         return variant, variant.prepare(ctx)
@@ -197,9 +196,10 @@ class Measurer:
     ) -> PreparedModel:
         """The model :meth:`measure` scores for this request, for code that also hands it elsewhere (AutoAWQ's
         loop, a benchmark). The next :meth:`measure` of the same request scores this very model."""
+        variant = make_variant(kind, params)  # bad params fail before any loading
         tok = self.tokens(source, tokenizer)[0]
         key = (source, tokenizer, kind, _params_key(params), device, device_map)
-        self._prepared[key] = self._prepare(source, kind, params, device, device_map, tok)
+        self._prepared[key] = self._prepare(source, variant, device, device_map, tok)
         return self._prepared[key][1]
 
     def measure(
@@ -220,10 +220,11 @@ class Measurer:
         key = (source, tokenizer, kind, _params_key(params), device, seqlen, batch_size, max_windows, device_map)
         if key in self._measurements:
             return self._measurements[key]
+        variant = make_variant(kind, params)  # bad params fail before the text, tokenizer or model load
         text = self.text()
         tok, tokens, tok_name = self.tokens(source, tokenizer)
         handed = self._prepared.pop((source, tokenizer, kind, _params_key(params), device, device_map), None)
-        variant, prepared = handed or self._prepare(source, kind, params, device, device_map, tok)
+        variant, prepared = handed or self._prepare(source, variant, device, device_map, tok)
         model = prepared.model
         try:
             result = evaluate_perplexity(
