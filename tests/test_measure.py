@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support import save_tiny_llama, write_jsonl
+from support import save_tiny_llama, write_jsonl, wrong_token_lm
 
 import pplgate.measure as measure_mod
-from pplgate.errors import DatasetError, DatasetNotFound, VariantError
+from pplgate.errors import DatasetError, DatasetNotFound, PerplexityOverflowError, VariantError
 from pplgate.measure import Measurement, Measurer, plain, scalar_info
 from pplgate.models import registry
 from pplgate.models.source import ModelSource
@@ -32,6 +32,7 @@ FP_KEYS = [
     "tokenizer_sha256",
     "seqlen",
     "dtype",
+    "device_type",
     "variant",
 ]
 TEXT = ["The quick brown fox jumps over the lazy dog near the bank of the river. " * 30] * 4
@@ -103,7 +104,8 @@ def test_measurement_carries_the_protocol_fingerprint(measurer, source) -> None:
     r = m.result
     assert m.fingerprint["n_windows"] == r.n_windows == 2 and m.fingerprint["seqlen"] == 64
     assert m.fingerprint["dtype"] == "float32" and m.fingerprint["variant"] == {"kind": "fp32", "dtype": "fp32"}
-    assert m.fingerprint["tokenizer_name"] == "GPT2Tokenizer(tiny-llama)"  # a path: its basename
+    assert m.fingerprint["tokenizer_name"] == "GPT2Tokenizer(local)"  # a local path: no directory name (moves)
+    assert m.fingerprint["device_type"] == "cpu"
     assert m.fingerprint["dataset_sha256"] == measurer.text().sha256 and not r.canonical
     assert m.extra == {"prepare_info": {}}  # no device_layout on CPU
 
@@ -122,7 +124,7 @@ def test_the_same_request_is_measured_once(measurer, source, counts, counting) -
 def test_two_variants_share_one_tokenization(measurer, source, counts) -> None:
     fp32 = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
     rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
-    assert counts == {"load_tokenizer": 1, "tokenize_canonical": 1, "load_model": 2}  # rtn loads fresh
+    assert counts == {"load_tokenizer": 1, "tokenize_canonical": 1, "load_model": 1}  # rtn: a copy, no 2nd load
     assert rtn.origin == "quantized" and rtn.result.ppl != fp32.result.ppl
     assert {k: v for k, v in rtn.fingerprint.items() if k != "variant"} == {
         k: v for k, v in fp32.fingerprint.items() if k != "variant"
@@ -179,6 +181,15 @@ def test_variant_errors_come_before_any_model_loads(measurer, source, counts) ->
     assert counts["load_model"] == 0
 
 
+def test_bad_params_fail_before_the_text_or_tokenizer_loads(source, tmp_path, counts) -> None:
+    m = Measurer(dataset=str(tmp_path / "missing.jsonl"))  # loading the text would fail
+    with pytest.raises(VariantError, match="param zero_point must be a boolean .* write false, not 'false'"):
+        m.measure(source, kind="rtn", params={"zero_point": "false"}, device="cpu")
+    with pytest.raises(VariantError, match="param w_bit must be an integer"):
+        m.prepare(source, kind="rtn", params={"w_bit": "4"}, device="cpu")
+    assert counts == {"load_tokenizer": 0, "tokenize_canonical": 0, "load_model": 0}
+
+
 def test_plain_and_scalar_info() -> None:
     class S(str):
         pass
@@ -211,3 +222,27 @@ def test_import_pplgate_does_not_import_torch() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         pplgate.nothing_here  # noqa: B018
+
+
+def test_a_fresh_model_is_a_private_copy_of_the_loaded_one(measurer, source) -> None:
+    """Variants that change weights (RTN, AWQ) get a deep copy of the session's model, not a second load."""
+    import torch
+
+    shared = measurer.model(source, "fp32", "cpu")
+    fresh = measurer.model(source, "fp32", "cpu", fresh=True)
+    assert fresh is not shared
+    for (name, a), (_, b) in zip(shared.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+        assert a.data_ptr() != b.data_ptr(), name
+    with torch.no_grad():
+        next(fresh.parameters()).add_(1.0)
+    assert not torch.equal(next(fresh.parameters()), next(shared.parameters()))
+    assert measurer.model(source, "fp32", "cpu") is shared
+
+
+def test_an_overflowing_mean_nll_is_an_error_naming_the_worst_window(measurer, source, monkeypatch) -> None:
+    """The gate measures through the Measurer: no raw OverflowError, the worst window named."""
+    monkeypatch.setattr(measure_mod, "load_model", lambda *a, **k: wrong_token_lm(50257, 800.0))
+    with pytest.raises(PerplexityOverflowError, match=r"over 2 window\(s\) is 800 nats.*Worst window: 0") as info:
+        measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    assert info.value.n_windows == 2

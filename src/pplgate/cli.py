@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from pathlib import Path
 
-from pplgate.errors import PplgateError, ProtocolError
+from pplgate.errors import CacheError, ModelLoadError, OutputError, PplgateError, ProtocolError
 from pplgate.measure import Measurer
-from pplgate.models.source import DEFAULT_MODEL, DTYPE_CHOICES, resolve_dtype, resolve_source
+from pplgate.models.source import (
+    DEFAULT_MODEL,
+    DEVICE_NAMES,
+    DTYPE_CHOICES,
+    resolve_device,
+    resolve_dtype,
+    resolve_source,
+)
 from pplgate.protocol.engine import DEFAULT_SEQLEN
 from pplgate.protocol.windows import tail_tokens, window_count
 
@@ -49,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(DTYPE_CHOICES),
         help="weights dtype (default auto: fp16 on CUDA, fp32 on CPU)",
     )
-    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    ev.add_argument("--device", default="auto", help=f"{DEVICE_NAMES} (default auto: CUDA where available)")
     ev.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (same number, faster)")
     ev.add_argument("--max-windows", type=int, help="score only the first K windows (result marked partial)")
     ev.add_argument("--json", dest="json_out", help="write the result object to this JSON file")
@@ -80,6 +90,30 @@ def _check_eval_args(args: argparse.Namespace) -> None:
         raise ProtocolError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_windows is not None and args.max_windows < 1:
         raise ProtocolError(f"--max-windows must be >= 1, got {args.max_windows}")
+    try:
+        resolve_device(args.device)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"--device {args.device}: {exc}") from None
+    if args.json_out:
+        check_output_file(args.json_out, "--json")
+
+
+def check_output_file(path: str, option: str) -> None:
+    """Fail before any work when ``path`` cannot be written: a missing or unwritable directory, a directory."""
+    p = Path(path).expanduser()
+    parent = p.parent
+    if p.is_dir():
+        raise OutputError(f"{option} {path}: is a directory; give a file name, e.g. {option} {p / 'result.json'}")
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise OutputError(f"{option} {path}: the directory {parent} {what}; create it first (mkdir -p {parent})")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".pplgate-probe-"):
+            pass
+        if p.exists() and not os.access(p, os.W_OK):
+            raise PermissionError(f"{p} is read-only")
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot write there ({exc}); choose a writable place") from None
 
 
 def _measurer(args: argparse.Namespace, *, progress: bool = False) -> Measurer:
@@ -114,12 +148,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result.extra["dataset_found_by"] = measurer.text().found_by
     print(result.summary())
     if args.json_out:
-        result.to_json(args.json_out)
+        try:
+            result.to_json(args.json_out)
+        except OSError as exc:  # checked before the run; the place changed since
+            raise OutputError(f"--json {args.json_out}: cannot write the result ({exc}); it is printed above") from exc
         print(f"wrote {args.json_out}")
     return 0
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
+    window_count(0, args.seqlen)  # ProtocolError for seqlen < 2, before any loading
     measurer = _measurer(args)
     src = resolve_source(args.tokenizer, args.gguf_file)
     _, tokens, _ = measurer.tokens(src, None)
@@ -136,8 +174,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from pplgate.models.quant_cache import QuantCache
 
     cache = QuantCache(args.cache_dir)
+    if args.action == "list" and (args.key or args.dry_run):
+        raise CacheError("--key and --dry-run go with `pplgate cache clear`, not `list`")
     if args.action == "clear":
         planned = cache.plan_clear(args.key)
+        if args.key and not planned:
+            raise CacheError(f"no cache entry {args.key!r} in {cache.root}; `pplgate cache list` shows the keys")
         for item in planned:
             print(f"  {'would remove' if args.dry_run else 'removing'} {item}")
         if not args.dry_run:
@@ -165,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except PplgateError as exc:
         print(f"pplgate: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("pplgate: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

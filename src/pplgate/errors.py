@@ -38,6 +38,24 @@ class NonFiniteLossError(PplgateError):
         )
 
 
+class PerplexityOverflowError(NonFiniteLossError):
+    """Every window's loss is finite, but their mean is above ln(float max) (~709.78 nats): exp overflows.
+
+    A uniform guess scores ln(vocabulary) (~11 nats for 50k tokens), so such a model's predictions are
+    broken; a PPL of ``inf`` would poison JSON and baselines, hence an error naming the worst window.
+    """
+
+    def __init__(self, window_index: int, value: float, mean: float, n_windows: int) -> None:
+        self.window_index, self.value, self.mean, self.n_windows = window_index, value, mean, n_windows
+        PplgateError.__init__(
+            self,
+            f"the mean NLL over {n_windows} window(s) is {mean:.6g} nats, above ln(float max) = 709.78: the "
+            f"perplexity exp({mean:.6g}) overflows. Worst window: {window_index} (mean NLL {value:.6g} nats; a "
+            "uniform guess scores ln(vocabulary size), ~11 nats). The model's predictions are broken: check the "
+            "weights/dtype or the quantized variant.",
+        )
+
+
 class BaselineError(PplgateError):
     """A baseline file is malformed; names the file, the key path and (where known) the line."""
 
@@ -63,6 +81,10 @@ class CacheError(PplgateError):
 
 class CacheWarning(UserWarning):
     """A cache entry was found corrupt or partial and is being rebuilt."""
+
+
+class OutputError(PplgateError):
+    """An output file (``pplgate eval --json``) cannot be written where it was asked for."""
 
 
 class PlacementError(PplgateError):

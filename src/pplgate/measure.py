@@ -11,6 +11,7 @@ The pytest plugin, ``pplgate eval``, the benchmark and the CI scripts all measur
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 from collections.abc import Mapping
@@ -156,10 +157,16 @@ class Measurer:
     def model(
         self, source: ModelSource, dtype: str, device: str, *, fresh: bool = False, device_map: str | None = None
     ) -> Any:
-        """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy."""
-        if fresh:
-            return load_model(source, dtype=dtype, device=device, device_map=device_map)
+        """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy.
+
+        A private copy of a model already loaded this session is a deep copy of it (the same weights, no
+        second GGUF de-quantization); a ``device_map`` split is loaded again (accelerate's hooks).
+        """
         key = (source, dtype, device, device_map)
+        if fresh:
+            if key in self._models and device_map is None:
+                return copy.deepcopy(self._models[key])
+            return load_model(source, dtype=dtype, device=device, device_map=device_map)
         if key not in self._models:
             self._models[key] = load_model(source, dtype=dtype, device=device, device_map=device_map)
         return self._models[key]
@@ -177,9 +184,8 @@ class Measurer:
         )
 
     def _prepare(
-        self, source: ModelSource, kind: str, params: Mapping[str, Any], device: str, device_map: str | None, tok: Any
+        self, source: ModelSource, variant: Variant, device: str, device_map: str | None, tok: Any
     ) -> tuple[Variant, PreparedModel]:
-        variant = make_variant(kind, params)
         ctx = self._context(source, tok, device, device_map)
         variant.ensure_checked(ctx)  # before any model is loaded; prepare() does not check again
         return variant, variant.prepare(ctx)
@@ -196,9 +202,10 @@ class Measurer:
     ) -> PreparedModel:
         """The model :meth:`measure` scores for this request, for code that also hands it elsewhere (AutoAWQ's
         loop, a benchmark). The next :meth:`measure` of the same request scores this very model."""
+        variant = make_variant(kind, params)  # bad params fail before any loading
         tok = self.tokens(source, tokenizer)[0]
         key = (source, tokenizer, kind, _params_key(params), device, device_map)
-        self._prepared[key] = self._prepare(source, kind, params, device, device_map, tok)
+        self._prepared[key] = self._prepare(source, variant, device, device_map, tok)
         return self._prepared[key][1]
 
     def measure(
@@ -219,10 +226,11 @@ class Measurer:
         key = (source, tokenizer, kind, _params_key(params), device, seqlen, batch_size, max_windows, device_map)
         if key in self._measurements:
             return self._measurements[key]
+        variant = make_variant(kind, params)  # bad params fail before the text, tokenizer or model load
         text = self.text()
         tok, tokens, tok_name = self.tokens(source, tokenizer)
         handed = self._prepared.pop((source, tokenizer, kind, _params_key(params), device, device_map), None)
-        variant, prepared = handed or self._prepare(source, kind, params, device, device_map, tok)
+        variant, prepared = handed or self._prepare(source, variant, device, device_map, tok)
         model = prepared.model
         try:
             result = evaluate_perplexity(

@@ -111,7 +111,6 @@ def test_fingerprint_follows_calibration_content_not_its_path(tmp_path):
         ({"zero_point": False}, "zero_point=False is not supported"),
         ({"version": "gemv"}, "needs a CUDA GPU kernel"),
         ({"version": "marlin"}, "needs a CUDA GPU kernel"),
-        ({"version": "exl3"}, "version must be one of"),
     ],
 )
 def test_check_rejects(tiny, tmp_path, params, match):
@@ -160,4 +159,27 @@ def test_params_validation():
         make_variant("awq", {"calibration": {"file": "x"}})
     with pytest.raises(VariantError, match="unknown params"):
         make_variant("awq-checkpoint", {"path": "x"})
+    with pytest.raises(VariantError, match="param version must be gemm, gemv, gemv_fast or marlin, got 'exl3'"):
+        make_variant("awq", {"version": "exl3"})  # at construction, before check()
     assert torch.float16  # noqa: B015 - keep torch import used
+
+
+@pytest.mark.parametrize(
+    ("qc", "message"),
+    [
+        ({"bits": "four"}, "param bits must be an integer, got 'four' (str)"),
+        ({"bits": 4, "zero_point": "false"}, "param zero_point must be a boolean (true or false), got 'false' (str)"),
+        ({"bits": 4, "version": 2}, "param version must be a string, got 2 (int)"),
+    ],
+)
+def test_checkpoint_quantization_config_is_typed_strictly(tmp_path, qc, message):
+    import json
+
+    d = save_tiny_llama(tmp_path / "ckpt", hidden=64, inter=128)
+    config = json.loads((d / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "awq", **qc}
+    (d / "config.json").write_text(json.dumps(config))
+    ctx = ModelContext(source=ModelSource(str(d)), device="cpu")
+    with pytest.raises(VariantError, match="config.json quantization_config: ") as info:
+        make_variant("awq-checkpoint", {"checkpoint": str(d)}).check(ctx)
+    assert message in str(info.value)

@@ -107,3 +107,63 @@ def test_source_expands_environment_variables(tmp_path, monkeypatch):
     monkeypatch.delenv("PPLGATE_TEST_CAL")
     with pytest.raises(CalibrationError, match="environment variable not set"):
         CalibrationSpec.from_param({"source": "$PPLGATE_TEST_CAL"}).resolved_source()
+
+
+@pytest.mark.parametrize(
+    ("body", "got"),
+    [
+        ('{"text": 5}\n', "'text': 5 (int)"),
+        ('{"text": null}\n', "'text': None (NoneType)"),
+        ('{"text": ["a"]}\n', "'text': ['a'] (list)"),
+        ('"fine"\n[1, 2]\n', "a JSON list"),
+        ('{"other": "x"}\n', "an object without it (keys: other)"),
+    ],
+)
+def test_jsonl_record_that_is_not_text_names_the_line(tmp_path, body, got):
+    f = tmp_path / "cal.jsonl"
+    f.write_text('"first line is fine"\n' + body, encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"cal.jsonl:\d: expected a JSON string or an object") as info:
+        load_calibration(str(f))
+    assert got in str(info.value)
+    assert f"cal.jsonl:{2 + body.count(chr(10)) - 1}:" in str(info.value)
+
+
+def test_json_list_item_that_is_not_text_names_the_item(tmp_path):
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps(["a", {"text": "b"}, {"body": "c"}, 7]), encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"cal.json: item 2: .*without it \(keys: body\)"):
+        load_calibration(str(f))
+    f.write_text(json.dumps(["a", 7]), encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"cal.json: item 1: .*got a JSON int"):
+        load_calibration(str(f))
+    (tmp_path / "bad.jsonl").write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"bad.jsonl:1: not valid JSON"):
+        load_calibration(str(tmp_path / "bad.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ({"n_samples": "16"}, "param calibration.n_samples must be an integer, got '16' (str); write 16, not '16'"),
+        ({"seqlen": True}, "param calibration.seqlen must be an integer, got True (bool)"),
+        ({"seqlen": 512.0}, "write 512, not 512.0"),
+        ({"path": 5}, "param calibration.path must be a string, got 5 (int); write it quoted, '5'"),
+        ({"source": ["a"]}, "param calibration.source must be a string, got ['a'] (list)"),
+        ({"text_column": 0}, "param calibration.text_column must be a string, got 0 (int)"),
+    ],
+)
+def test_spec_types_are_strict(param, message):
+    with pytest.raises(CalibrationError) as info:
+        CalibrationSpec.from_param(param)
+    assert message in str(info.value)
+    assert CalibrationSpec.from_param({"source": None, "n_samples": 4}).n_samples == 4
+
+
+def test_deeply_nested_json_is_a_calibration_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep, encoding="utf-8")
+    with pytest.raises(CalibrationError, match="cannot read calibration file"):
+        load_calibration(str(tmp_path / "deep.json"))
+    (tmp_path / "deep.jsonl").write_text('"ok"\n' + deep + "\n", encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"deep.jsonl:2: not valid JSON"):
+        load_calibration(str(tmp_path / "deep.jsonl"))

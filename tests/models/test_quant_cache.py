@@ -202,3 +202,114 @@ def test_a_lock_named_file_that_is_not_ours_is_foreign(tmp_path):
     (tmp_path / "poetry.lock").write_text("x")
     with pytest.raises(CacheError, match=r"poetry\.lock"):
         QuantCache(tmp_path).clear()
+
+
+def _valid_manifest(tmp_path) -> tuple[QuantCache, str, dict]:
+    cache, key = QuantCache(tmp_path), "a" * 64
+    entry, _ = cache.get_or_build(key, _builder([]), {"source": "tiny"})
+    return cache, key, json.loads((entry.path / MANIFEST).read_text())
+
+
+TAMPERED = {
+    "a list": lambda m: [m],
+    "null": lambda m: None,
+    "a number": lambda m: 7,
+    "files is a list": lambda m: {**m, "files": list(m["files"])},
+    "files is empty": lambda m: {**m, "files": {}},
+    "files absent": lambda m: {k: v for k, v in m.items() if k != "files"},
+    "record lacks size": lambda m: {**m, "files": {r: {"sha256": v["sha256"]} for r, v in m["files"].items()}},
+    "record lacks sha256": lambda m: {**m, "files": {r: {"size": v["size"]} for r, v in m["files"].items()}},
+    "size is a string": lambda m: {**m, "files": {r: {**v, "size": str(v["size"])} for r, v in m["files"].items()}},
+    "size is a bool": lambda m: {**m, "files": {r: {**v, "size": True} for r, v in m["files"].items()}},
+    "size is negative": lambda m: {**m, "files": {r: {**v, "size": -1} for r, v in m["files"].items()}},
+    "sha256 is a number": lambda m: {**m, "files": {r: {**v, "sha256": 12} for r, v in m["files"].items()}},
+    "record is a list": lambda m: {**m, "files": {r: [v["size"], v["sha256"]] for r, v in m["files"].items()}},
+    "key is a number": lambda m: {**m, "key": 123},
+    "key absent": lambda m: {k: v for k, v in m.items() if k != "key"},
+    "meta is a list": lambda m: {**m, "meta": ["source"]},
+    "build_time_s is a string": lambda m: {**m, "build_time_s": "fast"},
+    "created is a number": lambda m: {**m, "created": 5},
+}
+
+
+@pytest.mark.parametrize("how", list(TAMPERED))
+def test_tampered_manifest_is_an_invalid_entry_and_rebuilt(tmp_path, how, capsys):
+    from pplgate.cli import main
+
+    cache, key, manifest = _valid_manifest(tmp_path)
+    (cache.entry_path(key) / MANIFEST).write_text(json.dumps(TAMPERED[how](manifest)), encoding="utf-8")
+    entry, reason = cache.verify(key)
+    assert entry is None and reason and "manifest" in reason
+    assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0  # listed as INVALID, no traceback
+    assert f"{key}  INVALID: " in capsys.readouterr().out
+    calls: list = []
+    with pytest.warns(CacheWarning, match="is invalid"):
+        _, hit = cache.get_or_build(key, _builder(calls))
+    assert not hit and len(calls) == 1 and cache.verify(key)[0] is not None
+
+
+def test_deeply_nested_manifest_is_invalid_not_a_crash(tmp_path):
+    cache, key, _ = _valid_manifest(tmp_path)
+    (cache.entry_path(key) / MANIFEST).write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    entry, reason = cache.verify(key)
+    assert entry is None and "unreadable manifest" in reason
+
+
+def test_random_json_in_any_manifest_field_never_crashes(tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    cache, key, manifest = _valid_manifest(tmp_path_factory.mktemp("fuzz"))
+    rel = next(iter(manifest["files"]))
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3),
+        max_leaves=8,
+    )
+    paths = [("key",), ("files",), ("files", rel), ("files", rel, "size"), ("files", rel, "sha256"), ("meta",)]
+    paths += [("created",), ("build_time_s",), ("format",)]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(path=st.sampled_from(paths), value=json_values)
+    def check(path, value):
+        tampered = json.loads(json.dumps(manifest))
+        node = tampered
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+        (cache.entry_path(key) / MANIFEST).write_text(json.dumps(tampered), encoding="utf-8")
+        entry, reason = cache.verify(key)  # never raises
+        if entry is not None:  # still a manifest this cache could have written: its fields read as written
+            assert isinstance(entry.meta, dict) and isinstance(entry.manifest.get("build_time_s", 0), (int, float))
+
+    check()
+
+
+def test_a_cache_root_that_is_a_file_is_an_error_naming_the_fix(tmp_path, monkeypatch, capsys):
+    from pplgate.cli import main
+
+    root = tmp_path / "not-a-dir"
+    root.write_text("x")
+    cache = QuantCache(root)
+    for call in (cache.entries, cache.plan_clear, lambda: cache.get_or_build("k", _builder([]))):
+        with pytest.raises(CacheError, match=rf"cache root {root} is a file, not a directory; point --cache-dir"):
+            call()
+    monkeypatch.setenv("PPLGATE_CACHE_DIR", str(root))
+    for action in ("list", "clear"):
+        assert main(["cache", action]) == 2
+        assert "pplgate: error: the quantization cache root" in capsys.readouterr().err
+    assert root.read_text() == "x"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_an_unwritable_cache_root_is_an_error_naming_the_fix(tmp_path):
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(0o500)
+    try:
+        with pytest.raises(CacheError, match="is not writable"):
+            QuantCache(root).get_or_build("k", _builder([]))
+        with pytest.raises(CacheError, match="cannot be created"):
+            QuantCache(root / "sub").get_or_build("k", _builder([]))
+    finally:
+        root.chmod(0o700)

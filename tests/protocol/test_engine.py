@@ -15,7 +15,7 @@ from support import (
     uniform_lm,
 )
 
-from pplgate.errors import NonFiniteLossError, ProtocolError
+from pplgate.errors import NonFiniteLossError, PerplexityOverflowError, ProtocolError
 from pplgate.protocol.engine import evaluate_perplexity, model_max_positions
 from pplgate.protocol.tokens import tokenize_canonical
 from pplgate.protocol.windows import check_finite, make_windows, perplexity
@@ -167,6 +167,30 @@ def test_check_finite_and_perplexity_reject_nan() -> None:
         perplexity([1.0, float("inf")])
 
 
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_mean_nll_beyond_709_nats_is_an_error_naming_the_worst_window(batch_size) -> None:
+    from support import wrong_token_lm
+
+    ids = torch.arange(4).repeat_interleave(8)  # window w is token w: 4 windows of 8
+    model = wrong_token_lm(16, 1000.0, by_first_token={1: 1500.0})
+    with pytest.raises(PerplexityOverflowError, match=r"Worst window: 1 \(mean NLL 1500 nats") as info:
+        evaluate_perplexity(model, synthetic_tokens(ids), synthetic_dataset(), seqlen=8, batch_size=batch_size)
+    assert isinstance(info.value, NonFiniteLossError) and info.value.window_index == 1
+    assert info.value.mean == pytest.approx(1125.0) and info.value.n_windows == 4
+    assert "mean NLL over 4 window(s) is 1125 nats, above ln(float max) = 709.78" in str(info.value)
+
+
+def test_a_running_overflow_is_shown_as_inf_and_a_finite_final_mean_is_the_result(capsys) -> None:
+    from support import wrong_token_lm
+
+    ids = torch.arange(4).repeat_interleave(8)
+    model = wrong_token_lm(16, 1.0, by_first_token={0: 1000.0})  # window 0 alone overflows, the mean does not
+    res = evaluate_perplexity(model, synthetic_tokens(ids), synthetic_dataset(), seqlen=8, progress=True)
+    assert res.ppl == pytest.approx(math.exp(math.fsum(res.window_nlls) / 4)) and math.isfinite(res.ppl)
+    assert res.window_nlls[0] == pytest.approx(1000.0)
+    assert "ppl=inf" in capsys.readouterr().err.replace(" ", "")
+
+
 # --- invalid requests -----------------------------------------------------------------------
 
 
@@ -194,3 +218,49 @@ def test_text_shorter_than_one_window_is_a_protocol_error() -> None:
 def test_empty_window_list_perplexity_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="shorter than one window"):
         perplexity([])
+
+
+def test_token_ids_beyond_the_models_vocabulary_are_a_protocol_error(make_tiny_llama) -> None:
+    model = make_tiny_llama(vocab=61, max_pos=64, seed=1)
+    ids = random_ids(64, 61)
+    ids[40] = 70  # a tokenizer of another model
+    with pytest.raises(ProtocolError, match=r"gives token id 70, but the model's vocabulary has 61 entries"):
+        _evaluate(model, ids, 16)
+
+
+class _Oom:
+    """A LogitFnLM body that runs out of memory for batches of more than two windows."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __call__(self, ids):
+        if ids.shape[0] > 2:
+            raise self.exc
+        return torch.zeros(*ids.shape, 8)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: 1e12 bytes"),
+        MemoryError(),
+    ],
+    ids=["cuda-oom", "cpu-alloc", "memory-error"],
+)
+def test_out_of_memory_names_the_batch_and_the_fix(exc) -> None:
+    from support import LogitFnLM
+
+    ids = torch.zeros(6 * 4, dtype=torch.long)
+    assert _evaluate(LogitFnLM(_Oom(exc)), ids, 4, batch_size=2).n_windows == 6
+    with pytest.raises(ProtocolError, match=r"out of memory scoring windows 0..3 \(4 per forward pass\) on cpu") as i:
+        _evaluate(LogitFnLM(_Oom(exc)), ids, 4, batch_size=4)
+    assert "Lower the batch size (--batch-size" in str(i.value) and i.value.__cause__ is exc
+
+
+def test_other_runtime_errors_pass_through() -> None:
+    from support import LogitFnLM
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _evaluate(LogitFnLM(_Oom(RuntimeError("shape mismatch"))), torch.zeros(24, dtype=torch.long), 4, batch_size=4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pplgate.errors import ProtocolError
@@ -51,6 +51,7 @@ def test_negative_token_count_rejected() -> None:
         window_count(-1, 2048)
 
 
+@settings(deadline=None)  # up to ~1000 spans per example: a loaded 2-core CI box exceeded the 200 ms default
 @given(n=st.integers(min_value=0, max_value=2_000_000), seqlen=st.integers(min_value=2, max_value=9000))
 def test_spans_partition_the_prefix(n: int, seqlen: int) -> None:
     spans = window_spans(n, seqlen)
@@ -65,6 +66,7 @@ def test_spans_partition_the_prefix(n: int, seqlen: int) -> None:
     assert 0 <= tail < seqlen
 
 
+@settings(deadline=None)
 @given(n=st.integers(min_value=0, max_value=3000), seqlen=st.integers(min_value=2, max_value=700))
 def test_make_windows_is_the_prefix_reshaped(n: int, seqlen: int) -> None:
     ids = torch.arange(n, dtype=torch.long) * 7 + 3
@@ -81,3 +83,17 @@ def test_make_windows_is_the_prefix_reshaped(n: int, seqlen: int) -> None:
 def test_make_windows_rejects_2d() -> None:
     with pytest.raises(ValueError, match="1-D"):
         make_windows(torch.zeros(2, 8, dtype=torch.long), 4)
+
+
+def test_perplexity_overflow_names_the_worst_window_and_running_perplexity_shows_inf() -> None:
+    import math
+
+    from pplgate.errors import PerplexityOverflowError
+    from pplgate.protocol.windows import perplexity, running_perplexity
+
+    with pytest.raises(PerplexityOverflowError, match=r"Worst window: 2 \(mean NLL 900 nats") as info:
+        perplexity([710.0, 720.0, 900.0])
+    assert (info.value.window_index, info.value.value, info.value.n_windows) == (2, 900.0, 3)
+    assert running_perplexity([710.0, 720.0, 900.0]) == math.inf
+    assert perplexity([709.0]) == pytest.approx(math.exp(709.0))  # just below the limit: a number
+    assert perplexity([1000.0] + [1.0] * 99) == pytest.approx(math.exp(10.99))  # one bad window, finite mean

@@ -22,6 +22,7 @@ from typing import Any
 
 from pplgate.errors import CalibrationError, VariantError
 from pplgate.models.autoawq_compat import (
+    AWQ_VERSIONS,
     awq_kernel_info,
     awq_model_map,
     best_scale_snapshot_shim,
@@ -34,10 +35,19 @@ from pplgate.models.hashing import library_versions, source_fingerprint
 from pplgate.models.layers import group_size_problems, load_config, strip_load_quantization, valid_group_sizes
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import ModelSource, load_tokenizer
-from pplgate.models.variant import ModelContext, PreparedModel, Variant
+from pplgate.models.variant import DTYPE_PARAM, ModelContext, Param, PreparedModel, Variant
 from pplgate.protocol.progress import library_bars_off
 
-AWQ_PARAMS = ("w_bit", "q_group_size", "zero_point", "version", "calibration", "dtype", "apply_clip", "duo_scaling")
+AWQ_SPEC = (
+    Param("w_bit", int, 4),
+    Param("q_group_size", int, 128),
+    Param("zero_point", bool, True),
+    Param("version", str, "gemm", AWQ_VERSIONS, casefold=True),
+    DTYPE_PARAM,
+    Param("apply_clip", bool, True),
+    Param("duo_scaling", bool, True),
+)
+AWQ_PARAMS = (*(p.name for p in AWQ_SPEC), "calibration")  # calibration: CalibrationSpec.from_param
 VERSIONS_KEYED = ("autoawq", "transformers", "torch", "accelerate")
 # Version of pplgate's own AWQ quantization procedure; part of the cache key so that entries built by an
 # older, broken procedure are never reused. 2: the _compute_best_scale CPU aliasing shim (see autoawq_compat).
@@ -54,23 +64,20 @@ class AwqVariant(Variant):
     """
 
     kind = "awq"
+    params_spec = AWQ_SPEC
     params_allowed = AWQ_PARAMS
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
-        self.w_bit = self.params.get("w_bit", 4)
-        self.group_size = self.params.get("q_group_size", 128)
-        self.zero_point = bool(self.params.get("zero_point", True))
-        self.version = str(self.params.get("version", "gemm")).lower()
-        self.apply_clip = bool(self.params.get("apply_clip", True))
-        self.duo_scaling = bool(self.params.get("duo_scaling", True))
-        for key in ("w_bit", "q_group_size"):
-            v = getattr(self, "w_bit" if key == "w_bit" else "group_size")
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise VariantError(f"awq: {key} must be an integer, got {v!r}")
+        self.w_bit: int = self.values["w_bit"]
+        self.group_size: int = self.values["q_group_size"]
+        self.zero_point: bool = self.values["zero_point"]
+        self.version: str = self.values["version"]
+        self.apply_clip: bool = self.values["apply_clip"]
+        self.duo_scaling: bool = self.values["duo_scaling"]
         if self.group_size != -1 and self.group_size <= 0:
             raise VariantError(f"awq: q_group_size must be positive or -1, got {self.group_size}")
-        self.dtype_param = self.dtype_from_params()
+        self.dtype_param: str = self.values["dtype"]
         try:
             self.calibration = CalibrationSpec.from_param(self.params.get("calibration"))
         except CalibrationError as exc:
@@ -237,13 +244,13 @@ class AwqCheckpointVariant(Variant):
     id; default: the baseline's model source), ``revision``, ``dtype`` (``auto``)."""
 
     kind = "awq-checkpoint"
-    params_allowed = ("checkpoint", "revision", "dtype")
+    params_spec = (Param("checkpoint", str), Param("revision", str), DTYPE_PARAM)
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
-        self.dtype_param = self.dtype_from_params()
-        self.checkpoint = self.params.get("checkpoint")
-        self.revision = self.params.get("revision")
+        self.dtype_param: str = self.values["dtype"]
+        self.checkpoint: str | None = self.values["checkpoint"]
+        self.revision: str | None = self.values["revision"]
 
     def _target(self, ctx: ModelContext | None) -> tuple[str, str | None]:
         if self.checkpoint:
@@ -275,12 +282,11 @@ class AwqCheckpointVariant(Variant):
             raise VariantError(f"awq-checkpoint: {path!r} is not an AWQ checkpoint (quantization_config: {qc or None})")
         if config.model_type not in awq_model_map():
             raise VariantError(f"awq-checkpoint: AutoAWQ 0.2.9 does not support architecture {config.model_type!r}")
-        check_kernel(
-            str(qc.get("version", "gemm")).lower(),
-            int(qc.get("bits", qc.get("w_bit", 4))),
-            bool(qc.get("zero_point", True)),
-            ctx.torch_device,
-        )
+        where = f"awq-checkpoint {path!r}: config.json quantization_config"
+        bits = Param("bits", int, 4).read({"bits": qc.get("bits", qc.get("w_bit", 4))}, where)
+        zero_point = Param("zero_point", bool, True).read(qc, where)
+        version = Param("version", str, "gemm").read(qc, where).lower()
+        check_kernel(version, bits, zero_point, ctx.torch_device)
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)

@@ -34,6 +34,7 @@ from typing import Any
 
 from pplgate.errors import CalibrationError
 from pplgate.locate import CALIBRATION_ENV, CALIBRATION_IN_SHARED, SHARED_ENV, find_calibration, hub_refusal
+from pplgate.models.variant import type_problem
 from pplgate.protocol.progress import library_bars_off
 
 PILEVAL = ("mit-han-lab/pile-val-backup", None, "validation", "text")
@@ -62,17 +63,22 @@ class CalibrationSpec:
             raise CalibrationError(f"calibration: unknown keys {unknown}; known: {sorted(known)}")
         if "source" in value and "path" in value:
             raise CalibrationError("calibration: give either 'source' or 'path', not both")
-        source = value.get("source", value.get("path"))
+        types = {"source": str, "path": str, "n_samples": int, "seqlen": int, "text_column": str}
+        for key, expected in types.items():
+            if key not in value or (value[key] is None and key in ("source", "path")):  # None: the default source
+                continue
+            problem = type_problem(f"calibration.{key}", value[key], expected, getattr(cls, key, None))
+            if problem is not None:
+                raise CalibrationError(problem)
         spec = cls(
-            source=None if source is None else str(source),
+            source=value.get("source", value.get("path")),
             n_samples=value.get("n_samples", cls.n_samples),
             seqlen=value.get("seqlen", cls.seqlen),
             text_column=value.get("text_column", cls.text_column),
         )
         for key in ("n_samples", "seqlen"):
-            v = getattr(spec, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise CalibrationError(f"calibration: {key} must be a positive integer, got {v!r}")
+            if getattr(spec, key) < 1:
+                raise CalibrationError(f"calibration: {key} must be a positive integer, got {getattr(spec, key)!r}")
         return spec
 
     def resolved_source(self) -> str:
@@ -128,6 +134,21 @@ def texts_sha256(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def _text_of(obj: Any, column: str, where: str) -> str:
+    """The text of one calibration record: a JSON string, or an object whose ``column`` is a string."""
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, dict) and isinstance(obj.get(column), str):
+        return obj[column]
+    if not isinstance(obj, dict):
+        got = f"a JSON {type(obj).__name__} ({str(obj)[:40]})"
+    elif column not in obj:
+        got = f"an object without it (keys: {', '.join(sorted(obj)[:5])})"
+    else:
+        got = f"{column!r}: {obj[column]!r} ({type(obj[column]).__name__})"
+    raise CalibrationError(f"{where}: expected a JSON string or an object with a string {column!r} field, got {got}")
+
+
 def _from_file(path: Path, column: str) -> list[str]:
     if not path.exists():
         raise CalibrationError(f"calibration file {path} does not exist")
@@ -143,24 +164,22 @@ def _from_file(path: Path, column: str) -> list[str]:
                         continue
                     try:
                         obj = json.loads(line)
-                        texts.append(obj if isinstance(obj, str) else obj[column])
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise CalibrationError(
-                            f"{path}:{lineno}: expected a JSON string or an object with a {column!r} field"
-                        ) from exc
+                    except (json.JSONDecodeError, RecursionError) as exc:
+                        raise CalibrationError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+                    texts.append(_text_of(obj, column, f"{path}:{lineno}"))
         elif suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, list):
                 raise CalibrationError(f"{path}: expected a JSON list of strings or objects")
-            texts = [x if isinstance(x, str) else x[column] for x in data]
+            texts = [_text_of(x, column, f"{path}: item {i}") for i, x in enumerate(data)]
         elif suffix in (".txt", ".md", ".text"):
             raw = path.read_text(encoding="utf-8")
             texts = [p.strip() for p in raw.replace("\r\n", "\n").split("\n\n")]
         else:
             raise CalibrationError(f"unsupported calibration file {path}: expected .jsonl, .json or .txt")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CalibrationError(f"cannot read calibration file {path}: {exc}") from exc
-    return [str(t) for t in texts]
+    return texts
 
 
 def _parse_hf(source: str) -> tuple[str, str | None, str, str]:

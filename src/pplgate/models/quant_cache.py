@@ -83,6 +83,41 @@ class CacheEntry:
         return self.manifest.get("meta", {})
 
 
+# optional manifest fields and their JSON types (what _write puts there; readers format them)
+_OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"created": (str,), "build_time_s": (int, float), "meta": (dict,)}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def manifest_problem(manifest: Any, key: str) -> str | None:
+    """Why a parsed ``manifest.json`` is not one this cache wrote for ``key`` (wrong shape or types), else None."""
+    if not isinstance(manifest, dict):
+        return f"manifest is {_json_type(manifest)}, not an object"
+    if manifest.get("key") != key:
+        return f"manifest key {manifest.get('key')!r} does not match the entry name"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        what = "an empty object" if files == {} else _json_type(files)
+        return f"manifest 'files' is {what}, not an object of file records"
+    for rel, rec in files.items():
+        if not isinstance(rec, dict):
+            return f"manifest record of {rel!r} is {_json_type(rec)}, not an object"
+        size, digest = rec.get("size"), rec.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return f"manifest record of {rel!r}: size is {size!r}, not a byte count"
+        if not isinstance(digest, str) or not _HEX_KEY.fullmatch(digest):
+            return f"manifest record of {rel!r}: sha256 is {digest!r}, not 64 hex digits"
+    for name, types in _OPTIONAL_FIELDS.items():
+        value = manifest.get(name)
+        if name in manifest and (isinstance(value, bool) or not isinstance(value, types)):
+            return f"manifest {name!r} is {_json_type(value)} ({value!r:.40})"
+    return None
+
+
 def _list_files(d: Path) -> list[Path]:
     return sorted(f for f in d.rglob("*") if f.is_file() and f.name != MANIFEST)
 
@@ -100,6 +135,25 @@ class QuantCache:
     def enabled(self) -> bool:
         return self.mode != "off"
 
+    def _root_error(self, why: str) -> CacheError:
+        return CacheError(
+            f"the quantization cache root {self.root} {why}; point --cache-dir (pplgate cache), --pplgate-cache-dir "
+            f"or ${CACHE_ENV} at a writable directory, or run with --pplgate-cache off"
+        )
+
+    def _check_root(self) -> bool:
+        """Whether the root exists; :class:`CacheError` when it is something other than a directory."""
+        if self.root.exists() and not self.root.is_dir():
+            raise self._root_error("is a file, not a directory")
+        return self.root.is_dir()
+
+    def _make_root(self) -> None:
+        if not self._check_root():
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._root_error(f"cannot be created ({exc.strerror or exc})") from exc
+
     def entry_path(self, key: str) -> Path:
         return self.root / key
 
@@ -114,11 +168,12 @@ class QuantCache:
             return None, "manifest.json missing (partial or interrupted write)"
         try:
             manifest = json.loads(mf.read_text(encoding="utf-8"))
-            files = manifest["files"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             return None, f"unreadable manifest ({type(exc).__name__}: {exc})"
-        if manifest.get("key") != key:
-            return None, f"manifest key {manifest.get('key')!r} does not match the entry name"
+        problem = manifest_problem(manifest, key)
+        if problem is not None:
+            return None, problem
+        files = manifest["files"]
         present = {str(f.relative_to(d)) for f in _list_files(d)}
         missing = sorted(set(files) - present)
         if missing:
@@ -162,14 +217,17 @@ class QuantCache:
     def _lock(self, key: str):
         from filelock import FileLock
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_root()
         return FileLock(str(self.root / f"{key}.lock"), timeout=LOCK_TIMEOUT_S)
 
     def _write(
         self, key: str, build: Callable[[Path], Mapping[str, Any] | None], meta: Mapping[str, Any]
     ) -> CacheEntry:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=self.root))
+        self._make_root()
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=self.root))
+        except OSError as exc:
+            raise self._root_error(f"is not writable ({exc.strerror or exc})") from exc
         try:
             t0 = time.perf_counter()
             extra = build(tmp) or {}
@@ -221,17 +279,26 @@ class QuantCache:
         """
         if not self.enabled:
             raise CacheError("the cache is off")
-        with self._lock(key):
+        lock = self._lock(key)
+        try:
+            lock.acquire()
+        except TimeoutError:  # filelock.Timeout: another process holds the lock that long
+            raise
+        except OSError as exc:
+            raise self._root_error(f"is not writable ({exc.strerror or exc})") from exc
+        try:
             entry = self.lookup(key)
             if entry is not None:
                 return entry, True
             return self._write(key, build, meta or {}), False
+        finally:
+            lock.release()
 
     # -- maintenance -------------------------------------------------------------------------
     def entries(self) -> list[CacheEntry | tuple[str, str]]:
         """Valid entries, and ``(key, reason)`` for invalid ones."""
         out: list[CacheEntry | tuple[str, str]] = []
-        if not self.root.is_dir():
+        if not self._check_root():
             return out
         for d in sorted(self.root.iterdir()):
             if d.is_dir() and not d.name.startswith("."):
@@ -258,7 +325,7 @@ class QuantCache:
         With ``stale_tmp_age_s``, only ``.tmp-*``/``.trash-*`` folders older than that (safe while other
         processes are writing).
         """
-        if not self.root.is_dir():
+        if not self._check_root():
             return []
         items = sorted(self.root.iterdir())
         foreign = [d for d in items if not self._is_cache_item(d)]

@@ -39,6 +39,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "rtn": "pplgate.models.rtn:RtnVariant",
     "awq": "pplgate.models.awq:AwqVariant",
     "awq-checkpoint": "pplgate.models.awq:AwqCheckpointVariant",
+    "user": "pplgate.models.user_entry:UserEntryVariant",
 }
 
 _REGISTERED: dict[str, type[Variant]] = {}

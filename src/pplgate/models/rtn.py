@@ -25,9 +25,10 @@ import torch
 
 from pplgate.errors import VariantError
 from pplgate.models.layers import decoder_layers, group_size_problems, load_config
-from pplgate.models.variant import ModelContext, PreparedModel, Variant
+from pplgate.models.variant import DTYPE_PARAM, ModelContext, Param, PreparedModel, Variant
 
-RTN_PARAMS = ("w_bit", "q_group_size", "zero_point", "dtype")
+RTN_SPEC = (Param("w_bit", int, 4), Param("q_group_size", int, 128), Param("zero_point", bool, True), DTYPE_PARAM)
+RTN_PARAMS = tuple(p.name for p in RTN_SPEC)
 
 
 def pseudo_quantize_tensor(
@@ -90,30 +91,23 @@ def rtn_quantize_model(model: torch.nn.Module, w_bit: int, group_size: int, zero
     return {"n_linears": n, "n_quantized_params": n_params, "n_layers": len(layers)}
 
 
-def _int_param(params: Mapping[str, Any], key: str, default: int) -> int:
-    value = params.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise VariantError(f"param {key} must be an integer, got {value!r}")
-    return value
-
-
 class RtnVariant(Variant):
     """Round-to-nearest weight-only quantization; params ``w_bit`` (4), ``q_group_size`` (128),
     ``zero_point`` (True), ``dtype`` (``auto``)."""
 
     kind = "rtn"
-    params_allowed = RTN_PARAMS
+    params_spec = RTN_SPEC
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
-        self.w_bit = _int_param(self.params, "w_bit", 4)
-        self.group_size = _int_param(self.params, "q_group_size", 128)
-        self.zero_point = bool(self.params.get("zero_point", True))
+        self.w_bit: int = self.values["w_bit"]
+        self.group_size: int = self.values["q_group_size"]
+        self.zero_point: bool = self.values["zero_point"]
         if not 2 <= self.w_bit <= 8:
             raise VariantError(f"rtn: w_bit must be in 2..8, got {self.w_bit}")
         if self.group_size != -1 and self.group_size <= 0:
             raise VariantError(f"rtn: q_group_size must be positive or -1 (whole row), got {self.group_size}")
-        self.dtype_param = self.dtype_from_params()
+        self.dtype_param: str = self.values["dtype"]
 
     def fingerprint(self) -> dict[str, Any]:
         return {

