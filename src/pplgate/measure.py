@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import DatasetNotFound, PplgateError
+from pplgate.gate.store import plain
 from pplgate.models.registry import make_variant
 from pplgate.models.source import ModelSource, load_model, load_tokenizer
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
@@ -44,20 +45,6 @@ class Measurement:
     origin: str  # loaded | quantized | cache
     prepare_time_s: float
     extra: dict[str, Any] = field(default_factory=dict)  # prepare_info; device_layout on CUDA / device_map
-
-
-def plain(node: Any) -> Any:
-    """JSON-plain copy of ``node``: mappings -> dict, sequences -> list, str/int/float subclasses -> base type."""
-    if isinstance(node, Mapping):
-        return {str(k): plain(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [plain(v) for v in node]
-    if isinstance(node, bool) or node is None:
-        return node
-    for base in (int, float, str):
-        if isinstance(node, base):
-            return base(node)
-    return node
 
 
 def scalar_info(info: Mapping[str, Any]) -> dict[str, Any]:
