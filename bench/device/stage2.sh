@@ -9,5 +9,8 @@ if [ ! -f $GGUF ]; then
   mv $GGUF.tmp $GGUF
 fi
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $GGUF" | sha256sum -c -
+if ls .device/b/wheels/*.whl >/dev/null 2>&1 && [ ! -f $D/site/llmcompressor/__init__.py ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $D/site .device/b/wheels/*.whl
+fi
 source bench/device/env.sh
 "$@"

@@ -1,4 +1,4 @@
-"""Command line: ``pplgate eval`` and ``pplgate tokens``."""
+"""Command line: ``pplgate eval``, ``tokens``, ``cache`` and ``variants``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--cache-dir", help="cache root (default: $PPLGATE_CACHE_DIR or ~/.cache/pplgate/quant)")
     ca.add_argument("--key", help="with clear: remove only this entry")
     ca.add_argument("--dry-run", action="store_true", help="with clear: list what would be removed, remove nothing")
+
+    va = sub.add_parser("variants", help="list every registered variant kind with its params and defaults")
+    va.add_argument("--json", dest="json_out", help="also write the list as JSON to this file")
 
     tk = sub.add_parser("tokens", help="canonical token and window counts for a tokenizer")
     tk.add_argument("--tokenizer", default=DEFAULT_MODEL, help="tokenizer id/dir, .gguf file or the default model")
@@ -200,10 +203,25 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_variants(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from pplgate.models.catalog import catalog, format_catalog
+
+    infos = catalog()
+    print(format_catalog(infos))
+    if args.json_out:
+        check_output_file(args.json_out, "--json")
+        Path(args.json_out).write_text(json.dumps([dataclasses.asdict(i) for i in infos], indent=2) + "\n")
+    return 1 if any(i.error for i in infos) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"eval": cmd_eval, "tokens": cmd_tokens, "cache": cmd_cache}[args.command](args)
+        commands = {"eval": cmd_eval, "tokens": cmd_tokens, "cache": cmd_cache, "variants": cmd_variants}
+        return commands[args.command](args)
     except PplgateError as exc:
         print(f"pplgate: error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ point, run-time registration; and the Variant interface's parameter validation s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from pplgate.errors import VariantError
 from pplgate.models import registry
 from pplgate.models.registry import (
+    _REGISTERED,
     BUILTIN_KINDS,
     ENTRY_POINT_GROUP,
     kind_class,
@@ -192,3 +194,39 @@ def test_dtype_param_is_checked_by_the_policy(kind):
     with pytest.raises(VariantError, match=rf"^{kind}: param dtype must be auto, fp16, bf16 or fp32, got 'int8'$"):
         make_variant(kind, {"dtype": "int8"})
     assert make_variant(kind, {"dtype": "bf16"}).dtype_param == "bf16"
+
+
+def test_variants_command_lists_every_kind_with_params_and_defaults(capsys, tmp_path):
+    from pplgate.cli import main
+
+    out_json = tmp_path / "kinds.json"
+    assert main(["variants", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    for kind in ("gptq", "llmc-recipe", "hf-checkpoint", "user", "awq", "rtn", "fp16"):
+        assert f"\n{kind}  [built-in]" in "\n" + text
+    assert "- dampening_frac: number (0.01)" in text and "- sym: boolean (default true)" in text
+    rows = {r["kind"]: r for r in json.loads(out_json.read_text())}
+    assert set(rows) == set(known_kinds())
+    assert {"name": "q_group_size", "type": "integer", "default": 128, "choices": []} in rows["gptq"]["params"]
+    assert all(r["summary"] and r["error"] is None for r in rows.values())
+
+
+def test_variants_command_lists_kinds_registered_at_run_time(capsys):
+    from pplgate.cli import main
+
+    @register
+    class Listed(Variant):
+        kind = "zz-listed"
+        summary = "listed"
+
+        def fingerprint(self):
+            return {}
+
+        def prepare(self, ctx):
+            raise NotImplementedError
+
+    try:
+        assert main(["variants"]) == 0
+        assert "zz-listed  [registered]\n    listed\n    (no params)" in capsys.readouterr().out
+    finally:
+        _REGISTERED.pop("zz-listed")

@@ -64,6 +64,7 @@ class AwqVariant(Variant):
     """
 
     kind = "awq"
+    summary = "AutoAWQ 0.2.9 quantization (scale + clip search on calibration text), measured through its kernels"
     params_spec = AWQ_SPEC
     params_allowed = AWQ_PARAMS
 
@@ -244,6 +245,7 @@ class AwqCheckpointVariant(Variant):
     id; default: the baseline's model source), ``revision``, ``dtype`` (``auto``)."""
 
     kind = "awq-checkpoint"
+    summary = "a pre-quantized AutoAWQ checkpoint, loaded and run through AutoAWQ's kernels"
     params_spec = (Param("checkpoint", str), Param("revision", str), DTYPE_PARAM)
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:

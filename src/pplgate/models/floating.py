@@ -26,14 +26,17 @@ class FloatVariant(Variant):
 
 class Fp16Variant(FloatVariant):
     kind = "fp16"
+    summary = "the model as loaded, in float16"
     dtype = "fp16"
 
 
 class Bf16Variant(FloatVariant):
     kind = "bf16"
+    summary = "the model as loaded, in bfloat16"
     dtype = "bf16"
 
 
 class Fp32Variant(FloatVariant):
     kind = "fp32"
+    summary = "the model as loaded, in float32"
     dtype = "fp32"

@@ -39,6 +39,9 @@ BUILTIN_KINDS: dict[str, str] = {
     "rtn": "pplgate.models.rtn:RtnVariant",
     "awq": "pplgate.models.awq:AwqVariant",
     "awq-checkpoint": "pplgate.models.awq:AwqCheckpointVariant",
+    "gptq": "pplgate.models.gptq:GptqVariant",
+    "llmc-recipe": "pplgate.models.llmc_recipe:LlmcRecipeVariant",
+    "hf-checkpoint": "pplgate.models.hf_checkpoint:HfCheckpointVariant",
     "user": "pplgate.models.user_entry:UserEntryVariant",
 }
 

@@ -96,6 +96,7 @@ class RtnVariant(Variant):
     ``zero_point`` (True), ``dtype`` (``auto``)."""
 
     kind = "rtn"
+    summary = "pplgate's round-to-nearest weight quantization (AutoAWQ's pseudo_quantize_tensor), decoder Linears"
     params_spec = RTN_SPEC
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:

@@ -74,6 +74,7 @@ class UserEntryVariant(Variant):
     """The model as the user's quantizer function returns it."""
 
     kind = "user"
+    summary = "the team's own quantizer function(model, tokenizer, calibration_texts, **params) -> model"
     params_allowed = USER_PARAMS
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:

@@ -147,6 +147,8 @@ class Variant(ABC):
     """One way of turning a source model into the model that is measured."""
 
     kind: ClassVar[str]
+    # one line for ``pplgate variants``: what the measured model is
+    summary: ClassVar[str] = ""
     # the param names this kind accepts; None: the subclass validates its params itself
     params_allowed: ClassVar[tuple[str, ...] | None] = None
     # typed params, read into ``self.values``; a kind that sets only this accepts exactly these names

@@ -1,0 +1,222 @@
+"""What the llm-compressor kinds (``gptq``, ``llmc-recipe``) share: calibration, ``oneshot``, the cache.
+
+A kind says which recipe it runs (:meth:`LlmcVariant.recipe`), which weight group sizes it asks for and
+how it is fingerprinted; this base does the rest. ``prepare`` loads a fresh copy of the source model in
+the compute dtype, cuts the calibration texts into ``seqlen`` blocks (AutoAWQ's rule, fixed order), runs
+``oneshot`` in memory (:mod:`pplgate.models.llmc_compat`) and checks that every decoder Linear the recipe
+targets was quantized. With the cache on, the model is saved in llm-compressor's native format, a
+compressed-tensors directory (``save_pretrained(save_compressed=True)``), and a later run loads it with
+transformers, as it is deployed.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from abc import abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pplgate.errors import CalibrationError, VariantError
+from pplgate.models.calibration import CalibrationSpec, load_calibration, select_calibration
+from pplgate.models.hashing import library_versions
+from pplgate.models.layers import (
+    decoder_layers,
+    group_size_problems,
+    load_config,
+    strip_load_quantization,
+    valid_group_sizes,
+)
+from pplgate.models.llmc_compat import LLMC_VERSIONS_KEYED, calibration_loader, import_llmcompressor, run_oneshot
+from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
+from pplgate.models.source import load_tokenizer, torch_dtype
+from pplgate.models.variant import ModelContext, PreparedModel, Variant
+from pplgate.protocol.progress import library_bars_off
+
+# Version of pplgate's own use of llm-compressor (loader, shims); part of the cache key.
+LLMC_IMPL_VERSION = 1
+
+
+def quantized_linears(model: torch.nn.Module) -> tuple[int, list[str]]:
+    """``(n_quantized, names of decoder Linears left unquantized)``: llm-compressor marks each quantized
+    module with a ``quantization_scheme`` (in memory) or replaces it (a reloaded checkpoint)."""
+    layers = decoder_layers(model)
+    done, missing = 0, []
+    for i, layer in enumerate(layers):
+        for name, mod in layer.named_modules():
+            if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "CompressedLinear":
+                if getattr(mod, "quantization_scheme", None) is not None:
+                    done += 1
+                else:
+                    missing.append(f"layers.{i}.{name}")
+    return done, missing
+
+
+class LlmcVariant(Variant):
+    """Base of the kinds that quantize with llm-compressor's ``oneshot``."""
+
+    calibration_required: bool = True
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.dtype_param: str = self.dtype_from_params()
+        cal = self.params.get("calibration")
+        try:
+            self.calibration = None if cal is None and not self.needs_calibration() else CalibrationSpec.from_param(cal)
+        except CalibrationError as exc:
+            raise VariantError(f"{self.kind}: {exc}") from exc
+        self._cal_all = None
+
+    # -- what a kind says --------------------------------------------------------------------------------
+    def needs_calibration(self) -> bool:
+        return self.calibration_required
+
+    @abstractmethod
+    def recipe(self) -> Any:
+        """The recipe for ``oneshot``: a list of modifiers or a Recipe."""
+
+    @abstractmethod
+    def group_sizes(self) -> set[int]:
+        """The weight group sizes the recipe asks for (checked against the model's widths up front)."""
+
+    @abstractmethod
+    def recipe_fingerprint(self) -> dict[str, Any]:
+        """The kind's own fields of the fingerprint (what, besides calibration and dtype, decides the number)."""
+
+    def requires_every_linear(self) -> bool:
+        """Whether every decoder Linear must come out quantized (a recipe may target fewer on purpose)."""
+        return True
+
+    # -- shared ------------------------------------------------------------------------------------------
+    def _calibration_all(self):
+        if self.calibration is None:
+            return None
+        if self._cal_all is None:
+            try:
+                self._cal_all = load_calibration(self.calibration.source, text_column=self.calibration.text_column)
+            except CalibrationError as exc:
+                raise VariantError(f"{self.kind} calibration: {exc}") from exc
+        return self._cal_all
+
+    def fingerprint(self) -> dict[str, Any]:
+        cal = self._calibration_all()
+        return {
+            "kind": self.kind,
+            **self.recipe_fingerprint(),
+            "dtype": self.dtype_param,
+            "calibration": None
+            if cal is None
+            else {
+                "source_sha256": cal.sha256,
+                "n_samples": self.calibration.n_samples,
+                "seqlen": self.calibration.seqlen,
+            },
+            "llmcompressor": library_versions("llmcompressor")["llmcompressor"],
+        }
+
+    def check(self, ctx: ModelContext) -> None:
+        import_llmcompressor(self.kind)
+        ctx.dtype(self.dtype_param)
+        try:
+            config = load_config(ctx.source)
+        except Exception as exc:
+            raise VariantError(f"{self.kind}: cannot read the config of {ctx.source.describe()}: {exc}") from exc
+        for g in sorted(self.group_sizes()):
+            problems = group_size_problems(config, g)
+            if problems:
+                raise VariantError(
+                    f"{self.kind}: group size {g} does not fit {ctx.source.describe()}: "
+                    + "; ".join(problems)
+                    + f". Sizes that fit: {valid_group_sizes(config) or 'none of 128/64/32'} (llm-compressor would "
+                    "fail or leave such layers unquantized; pplgate never skips a layer silently)"
+                )
+        self._calibration_all()
+        self.recipe()  # a recipe that does not build fails here, before any work
+
+    def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, dict]:
+        model = ctx.load(dtype, fresh=True)
+        strip_load_quantization(model)
+        loader, n_blocks = (None, 0)
+        if self.calibration is not None:
+            loader, n_blocks = calibration_loader(tokenizer, texts, self.calibration.seqlen)
+        t0 = time.perf_counter()
+        logs = run_oneshot(model, tokenizer, self.recipe(), loader)
+        model.to(ctx.torch_device)
+        info: dict[str, Any] = {"quantize_time_s": round(time.perf_counter() - t0, 3), "calibration_blocks": n_blocks}
+        done, missing = quantized_linears(model)
+        if self.requires_every_linear() and missing:
+            raise VariantError(
+                f"{self.kind}: llm-compressor left {len(missing)} decoder Linears unquantized "
+                f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
+            )
+        if done == 0:
+            raise VariantError(f"{self.kind}: the recipe quantized no decoder Linear (check its targets)")
+        info["n_quantized_linears"] = done
+        if logs:
+            info["llmcompressor_warnings"] = [f"{r['level']}: {r['message'][:300]}" for r in logs]
+        return model, info
+
+    def prepare(self, ctx: ModelContext) -> PreparedModel:
+        self.ensure_checked(ctx)
+        t0 = time.perf_counter()
+        dtype = ctx.dtype(self.dtype_param)
+        tokenizer = ctx.tokenizer if ctx.tokenizer is not None else load_tokenizer(ctx.source)
+        texts: list[str] = []
+        cal_sha = None
+        info: dict[str, Any] = {"dtype": dtype}
+        if self.calibration is not None:
+            try:
+                sel = select_calibration(
+                    self._calibration_all(), tokenizer, self.calibration.n_samples, self.calibration.seqlen
+                )
+            except CalibrationError as exc:
+                raise VariantError(f"{self.kind} calibration: {exc}") from exc
+            texts, cal_sha = list(sel.texts), sel.sha256
+            info.update(calibration_source=sel.source, calibration_sha256=cal_sha, calibration_n_texts=len(texts))
+        cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
+        if not cache.enabled:
+            model, qinfo = self._quantize(ctx, dtype, tokenizer, texts)
+            info.update(qinfo, cache="off")
+            return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
+        variant = {**self.fingerprint(), "quant_dtype": dtype, "pplgate_llmc_impl": LLMC_IMPL_VERSION}
+        key = cache_key(cache_key_parts(ctx.source, variant, cal_sha, library_versions(*LLMC_VERSIONS_KEYED)))
+        info["cache_key"] = key
+        built: dict[str, Any] = {}
+
+        def build(tmp: Path) -> dict[str, Any]:
+            model, qinfo = self._quantize(ctx, dtype, tokenizer, texts)
+            t1 = time.perf_counter()
+            with library_bars_off(), warnings.catch_warnings():
+                # llm-compressor's save wrapper maps the model as "offloaded" to cpu: transformers warns
+                warnings.filterwarnings("ignore", "Attempting to save a model with offloaded modules")
+                model.save_pretrained(str(tmp / "model"), save_compressed=True)
+                tokenizer.save_pretrained(str(tmp / "model"))
+            built.update(model=model, info={**qinfo, "save_time_s": round(time.perf_counter() - t1, 3)})
+            return {"quantize_time_s": qinfo["quantize_time_s"], "format": "compressed-tensors"}
+
+        entry, _hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
+        info["cache_entry"] = str(entry.path)
+        if "model" in built:
+            info.update(built["info"])
+            return PreparedModel(built["model"], "quantized", time.perf_counter() - t0, info)
+        t1 = time.perf_counter()
+        model = load_compressed(entry.path / "model", ctx, dtype)
+        info.update(
+            load_time_s=round(time.perf_counter() - t1, 3), quantize_time_s_when_built=entry.meta.get("quantize_time_s")
+        )
+        return PreparedModel(model, "cache", time.perf_counter() - t0, info)
+
+
+def load_compressed(path: Path | str, ctx: ModelContext, dtype: str, revision: str | None = None) -> torch.nn.Module:
+    """A compressed-tensors (or other transformers-loadable quantized) checkpoint, as deployed."""
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"dtype": torch_dtype(dtype)}
+    if revision:
+        kw["revision"] = revision
+    with library_bars_off():
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+    return model.to(ctx.torch_device).eval()

@@ -1,0 +1,264 @@
+"""The narrow shims pplgate needs around llm-compressor 0.14.0.1, each for a measured reason.
+
+* **Quiet import**: ``import llmcompressor`` configures loguru with a stdout INFO sink (and logs "No
+  accelerator available!" on CPU). We import with ``LLM_COMPRESSOR_LOG_DISABLED=true`` and then
+  configure no console sink; :func:`captured_logs` collects the WARNING+ records instead (GPTQ's
+  "Hessian inversion failed ... round-to-nearest" fallback exists only as such a line).
+* **In-memory model check**: ``Oneshot.validate_model`` re-reads the config from
+  ``model.config.name_or_path`` (fails for a GGUF directory, goes to the hub for an id); replaced, for
+  the call, by the same check on the in-memory config.
+* **CPU pin_memory**: AWQ's smoothing calls ``IntermediatesCache.pin_memory``, which raises "Cannot
+  access accelerator device when none is available" on a CPU-only torch. Pinning only speeds host to
+  device copies, so without an accelerator it is a no-op for the call.
+* **No leaks**: the sequential pipeline registers each traced forward's globals (the model with them)
+  in ``torch.fx._symbolic_trace._wrapped_fns_to_patch`` forever, and the global session keeps the
+  model; both are dropped after the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pplgate.errors import VariantError
+
+INSTALL = "pip install 'pplgate[llmcompressor]' (llmcompressor==0.14.0.1, compressed-tensors==0.19.0)"
+LLMC_VERSIONS_KEYED = ("llmcompressor", "compressed-tensors", "transformers", "torch", "accelerate")
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+_quiet: list[bool] = []  # [True] once the logger is configured without a console sink
+
+
+def import_llmcompressor(kind: str) -> Any:
+    """``llmcompressor``, imported without console output; missing: a :class:`VariantError` with the fix.
+
+    Imported elsewhere first (a test, the user's code), its stdout sink is removed here all the same.
+    """
+    try:
+        with _env(LLM_COMPRESSOR_LOG_DISABLED="true"):
+            import llmcompressor
+    except ImportError as exc:
+        raise VariantError(f"{kind}: llm-compressor is not installed ({exc}); install it: {INSTALL}") from exc
+    if not _quiet:
+        from llmcompressor.logger import LoggerConfig, configure_logger
+
+        configure_logger(LoggerConfig(disabled=False, console_log_level=None, log_file=None, log_file_level=None))
+        _quiet.append(True)
+    return llmcompressor
+
+
+@contextlib.contextmanager
+def captured_logs(level: str = "WARNING") -> Iterator[list[dict[str, str]]]:
+    """llm-compressor / compressed-tensors loguru records at ``level`` and above, collected, not printed."""
+    from loguru import logger
+
+    out: list[dict[str, str]] = []
+
+    def keep(record: Mapping[str, Any]) -> bool:
+        name = (record["name"] or "").split(".")[0]
+        if name not in ("llmcompressor", "compressed_tensors") or record["level"].name == "METRIC":
+            return False
+        return not record["message"].startswith("No accelerator available!")  # a CPU run: expected
+
+    hid = logger.add(
+        lambda m: out.append({"level": m.record["level"].name, "message": m.record["message"]}),
+        level=level,
+        filter=keep,
+    )
+    try:
+        yield out
+    finally:
+        logger.remove(hid)
+
+
+@contextlib.contextmanager
+def in_memory_model_check() -> Iterator[None]:
+    """``Oneshot.validate_model`` on the in-memory config instead of one re-read from disk or the hub."""
+    from llmcompressor.entrypoints.oneshot import Oneshot
+
+    original = Oneshot.validate_model
+
+    def validate_in_memory(self: Any, model: torch.nn.Module) -> None:
+        qc = getattr(model.config, "quantization_config", None)
+        method = qc.get("quant_method") if isinstance(qc, Mapping) else getattr(qc, "quant_method", None)
+        if method is not None:
+            raise VariantError(
+                f"the model already carries quantization_config (quant_method={method}); "
+                "llm-compressor needs an unquantized model"
+            )
+
+    Oneshot.validate_model = validate_in_memory
+    try:
+        yield
+    finally:
+        Oneshot.validate_model = original
+
+
+@contextlib.contextmanager
+def cpu_pin_memory_noop() -> Iterator[None]:
+    """``IntermediatesCache.pin_memory`` as a no-op while no accelerator exists (AWQ on a CPU-only torch)."""
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original
+
+
+@contextlib.contextmanager
+def fx_registry_cleanup() -> Iterator[None]:
+    """Drop the ``torch.fx`` wrap-registry entries the call added (each holds a traced model alive)."""
+    from torch.fx import _symbolic_trace as st
+
+    before = set(st._wrapped_fns_to_patch)
+    fx_log = logging.getLogger("torch.fx._symbolic_trace")
+    level = fx_log.level
+    fx_log.setLevel(logging.ERROR)  # "is_fx_tracing will return true for both ..." once per process
+    try:
+        yield
+    finally:
+        fx_log.setLevel(level)
+        for key in set(st._wrapped_fns_to_patch) - before:
+            del st._wrapped_fns_to_patch[key]
+
+
+def calibration_loader(tokenizer: Any, texts: Sequence[str], seqlen: int) -> tuple[Any, int]:
+    """AutoAWQ's rule: tokenize each text, concatenate, cut ``seqlen`` blocks (remainder dropped), fixed
+    order, one block per batch. Our own loader keeps llm-compressor from shuffling with the global RNG."""
+    from torch.utils.data import DataLoader
+
+    ids = torch.cat([torch.tensor(tokenizer(t)["input_ids"], dtype=torch.long) for t in texts])
+    n = ids.numel() // seqlen
+    if n < 1:
+        raise VariantError(f"calibration: {ids.numel()} tokens make no block of seqlen {seqlen}")
+    rows = [
+        {"input_ids": b[None], "attention_mask": torch.ones(1, seqlen, dtype=torch.long)}
+        for b in ids[: n * seqlen].view(n, seqlen)
+    ]
+    return DataLoader(rows, batch_size=None), n
+
+
+def run_oneshot(model: torch.nn.Module, tokenizer: Any, recipe: Any, loader: Any | None) -> list[dict[str, str]]:
+    """``oneshot`` on the in-memory model, quiet and writing nothing; returns the WARNING+ log records.
+
+    The global llm-compressor session is reset afterwards, also after a failure (it holds the model and,
+    after an error mid-way, unfinalized modifiers that the next call would trip over).
+    """
+    import_llmcompressor("llm-compressor")
+    from llmcompressor import oneshot
+    from llmcompressor.core import active_session
+
+    from pplgate.protocol.progress import library_bars_off
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(fx_registry_cleanup())
+        stack.enter_context(in_memory_model_check())
+        stack.enter_context(cpu_pin_memory_noop())
+        stack.enter_context(library_bars_off())
+        logs = stack.enter_context(captured_logs())
+        try:
+            oneshot(model=model, processor=tokenizer, dataset=loader, recipe=recipe)
+        finally:
+            active_session().reset()
+    undispatch(model)
+    return logs
+
+
+def undispatch(model: torch.nn.Module) -> None:
+    """Remove the offload wrapping the sequential pipeline put on the model: a plain model on one device."""
+    from compressed_tensors.offload import remove_dispatch
+
+    remove_dispatch(model, onload_tensors=True)
+    if hasattr(model, "hf_device_map"):
+        del model.hf_device_map
+
+
+# -- recipes ------------------------------------------------------------------------------------------
+def recipe_from_list(entries: Any, where: str) -> Any:
+    """``[{ModifierName: {args}}, ...]`` (a baseline's inline recipe) as llm-compressor modifiers, in order."""
+    import_llmcompressor(where)
+    from llmcompressor.modifiers.factory import ModifierFactory
+
+    if not isinstance(entries, list) or not entries:
+        raise VariantError(f"{where}: recipe must be a non-empty list of {{ModifierName: {{args}}}} mappings")
+    if not ModifierFactory._loaded:
+        ModifierFactory.refresh()
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or len(entry) != 1:
+            raise VariantError(
+                f"{where}: recipe entry {i} must be a one-key mapping {{ModifierName: {{args}}}}, got {entry!r}"
+            )
+        ((name, args),) = entry.items()
+        if args is not None and not isinstance(args, Mapping):
+            raise VariantError(f"{where}: recipe entry {i} ({name}): args must be a mapping, got {args!r}")
+        try:
+            out.append(ModifierFactory.create(name, allow_registered=True, allow_experimental=True, **dict(args or {})))
+        except Exception as exc:
+            raise VariantError(f"{where}: recipe entry {i} ({name}): {type(exc).__name__}: {exc}") from exc
+    return out
+
+
+def recipe_from_file(path: Path, where: str) -> Any:
+    """A recipe YAML file (``*_stage: *_modifiers: {Name: args}``) as a llm-compressor Recipe; never empty."""
+    import yaml
+
+    import_llmcompressor(where)
+    from llmcompressor.recipe import Recipe
+
+    try:
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise VariantError(f"{where}: recipe file {path} does not parse: {exc}") from exc
+    try:
+        recipe = Recipe.create_instance(str(path))
+    except Exception as exc:
+        raise VariantError(f"{where}: recipe file {path}: {type(exc).__name__}: {exc}") from exc
+    if not recipe.modifiers:
+        raise VariantError(
+            f"{where}: recipe file {path} yields no modifiers; llm-compressor reads only the nested form "
+            "'<name>_stage: {<name>_modifiers: {GPTQModifier: {...}}}' (a flat 'GPTQModifier:' at the top is ignored)"
+        )
+    return recipe
+
+
+PRESET_GROUP_SIZES = {"W4A16": 128, "W4A16_ASYM": 128, "W8A16": -1, "W8A8": -1, "FP8": -1, "FP8_DYNAMIC": -1}
+
+
+def recipe_group_sizes(value: Any) -> set[int]:
+    """Every weight group size a recipe (plain data) asks for: ``group_size`` keys and preset schemes."""
+    found: set[int] = set()
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k == "group_size" and isinstance(v, int):
+                found.add(v)
+            elif k == "scheme" and isinstance(v, str) and PRESET_GROUP_SIZES.get(v.upper(), -1) > 0:
+                found.add(PRESET_GROUP_SIZES[v.upper()])
+            else:
+                found |= recipe_group_sizes(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            found |= recipe_group_sizes(v)
+    return found
