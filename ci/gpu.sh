@@ -26,7 +26,7 @@ sys.exit(0 if ok else 1)
 PY
 
 echo "== dependencies"
-# the same list as pyproject.toml's dependencies and extras (gguf, awq, report, pytest of test).
+# the same list as pyproject.toml's dependencies and extras (gguf, awq, llmcompressor, report, pytest of test).
 # Line 1: what the gate needs; line 2: what only Llama-2 (SentencePiece) tokenizers need, installed
 # when possible (the offline wheel directory may lack them; the committed GPU entries do not use them).
 deps=$($PY - <<'PY'
@@ -40,7 +40,8 @@ def have(mod):
 
 need = {"datasets": "datasets", "awq": "autoawq==0.2.9", "gguf": "gguf", "accelerate": "accelerate",
         "yaml": "pyyaml", "ruamel.yaml": "ruamel.yaml", "filelock": "filelock", "tqdm": "tqdm",
-        "matplotlib": "matplotlib", "pytest": "pytest"}
+        "matplotlib": "matplotlib", "pytest": "pytest", "llmcompressor": "llmcompressor==0.14.0.1",
+        "compressed_tensors": "compressed-tensors==0.19.0"}
 want = {"sentencepiece": "sentencepiece", "google.protobuf": "protobuf"}
 print(" ".join(pkg for mod, pkg in need.items() if not have(mod)))
 print(" ".join(pkg for mod, pkg in want.items() if not have(mod)))
