@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from pathlib import Path
 
@@ -179,3 +180,11 @@ def test_oneshot_prints_nothing(tiny_dir, capfd):
     make_variant("gptq", {"q_group_size": 64, "calibration": cal(4)}).prepare(ctx(tiny_dir, mode="off"))
     out, err = capfd.readouterr()
     assert out == "" and "INFO" not in err and "METRIC" not in err
+
+
+def test_missing_llm_compressor_names_the_install_command(tiny_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llmcompressor", None)  # what a venv without it looks like to import
+    with pytest.raises(
+        VariantError, match=r"gptq: llm-compressor is not installed .*pip install 'pplgate\[llmcompressor\]'"
+    ):
+        make_variant("gptq", {"q_group_size": 64, "calibration": cal(4)}).check(ctx(tiny_dir, mode="off"))
