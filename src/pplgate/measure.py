@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pplgate.errors import DatasetNotFound, PplgateError
+from pplgate.errors import DatasetNotFound, PplgateError, ProtocolError
 from pplgate.gate.store import plain
 from pplgate.models.registry import make_variant
 from pplgate.models.source import ModelSource, load_model, load_tokenizer
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
+from pplgate.protocol.compare import evaluate_comparison
+from pplgate.protocol.compare_result import ComparisonResult
 from pplgate.protocol.dataset import CanonicalText, load_canonical_text
 from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
 from pplgate.protocol.result import PerplexityResult
@@ -73,6 +75,32 @@ def tokenizer_name(tok: Any, source: ModelSource, tokenizer: str | None) -> str:
     else:
         ref = "local" if Path(source.path_or_id).expanduser().exists() else source.path_or_id
     return f"{type(tok).__name__}({ref})"
+
+
+@dataclass
+class Comparison:
+    """One reference-vs-model pass: the comparison and both models' own measurements, from that pass."""
+
+    result: ComparisonResult
+    reference: Measurement
+    model: Measurement
+
+
+def fingerprint(result: PerplexityResult, tok_name: str, variant: Variant) -> dict[str, Any]:
+    """The protocol fingerprint a baseline records for ``result`` of ``variant``."""
+    return {
+        "dataset_sha256": result.dataset_sha256,
+        "n_tokens": result.n_tokens,
+        "n_windows": result.n_windows,
+        "n_windows_total": result.n_windows_total,
+        "bos_added": result.bos_added,
+        "tokenizer_name": tok_name,
+        "tokenizer_sha256": result.tokenizer_sha256,
+        "seqlen": result.seqlen,
+        "dtype": result.dtype,
+        "device_type": str(result.device).split(":")[0],
+        "variant": plain(variant.fingerprint()),
+    }
 
 
 class Measurer:
@@ -237,28 +265,84 @@ class Measurer:
             model = None  # the session model cache keeps shared float models alive, nothing else
             if handed is None:
                 prepared.model = None
-        fingerprint = {
-            "dataset_sha256": result.dataset_sha256,
-            "n_tokens": result.n_tokens,
-            "n_windows": result.n_windows,
-            "n_windows_total": result.n_windows_total,
-            "bos_added": result.bos_added,
-            "tokenizer_name": tok_name,
-            "tokenizer_sha256": result.tokenizer_sha256,
-            "seqlen": result.seqlen,
-            "dtype": result.dtype,
-            "device_type": str(result.device).split(":")[0],
-            "variant": plain(variant.fingerprint()),
-        }
         m = Measurement(
             result=result,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint(result, tok_name, variant),
             origin=prepared.origin,
             prepare_time_s=prepared.prepare_time_s,
             extra=extra,
         )
         self._measurements[key] = m
         return m
+
+    def compare(
+        self,
+        reference: ModelSource,
+        source: ModelSource,
+        *,
+        kind: str,
+        params: Mapping[str, Any],
+        reference_kind: str,
+        reference_params: Mapping[str, Any] | None = None,
+        device: str,
+        tokenizer: str | None = None,
+        seqlen: int = DEFAULT_SEQLEN,
+        batch_size: int = 1,
+        max_windows: int | None = None,
+    ) -> Comparison:
+        """``source``'s variant ``kind(params)`` against ``reference``'s ``reference_kind`` on the same windows, in
+        one pass (:func:`~pplgate.protocol.compare.evaluate_comparison`). Both PPLs come from that pass and are
+        kept as this session's measurements of those two requests: a later :meth:`measure` of either reuses them.
+        Models with different tokenizers are an error (KL divergence needs one vocabulary)."""
+        ref_params = dict(reference_params or {})
+        variants = (make_variant(reference_kind, ref_params), make_variant(kind, params))  # bad params fail first
+        text = self.text()
+        tok_r, tokens_r, name_r = self.tokens(reference, tokenizer)
+        tok_m, tokens_m, name_m = self.tokens(source, tokenizer)
+        if tokens_r.tokenizer_sha256 != tokens_m.tokenizer_sha256 or not tokens_r.ids.equal(tokens_m.ids):
+            raise ProtocolError(
+                f"the reference's tokenizer {name_r} (sha256 {tokens_r.tokenizer_sha256[:12]}) and the model's "
+                f"{name_m} (sha256 {tokens_m.tokenizer_sha256[:12]}) differ: the KL divergence compares next-token "
+                "distributions over one vocabulary on the same tokens. Compare models that share a tokenizer, or "
+                "pass --tokenizer T to use one for both (only when their vocabularies are the same)"
+            )
+        rv, rp = self._prepare(reference, variants[0], device, None, tok_r)
+        mv, mp = self._prepare(source, variants[1], device, None, tok_m)
+        try:
+            result = evaluate_comparison(
+                rp.model,
+                mp.model,
+                tokens_m,
+                text,
+                seqlen=seqlen,
+                batch_size=batch_size,
+                max_windows=max_windows,
+                progress=self.progress,
+                label=f"{source.short_name()} {kind}",
+                reference_label=f"{reference.short_name()} {reference_kind}",
+            )
+        finally:
+            rp.model = mp.model = None  # type: ignore[assignment]
+        out = []
+        for src, (var, prep), res, name, k, p in zip(
+            (reference, source),
+            ((rv, rp), (mv, mp)),
+            result.perplexity_results(),
+            (name_r, name_m),
+            (reference_kind, kind),
+            (ref_params, params),
+            strict=True,
+        ):
+            m = Measurement(
+                result=res,
+                fingerprint=fingerprint(res, name, var),
+                origin=prep.origin,
+                prepare_time_s=prep.prepare_time_s,
+                extra={"prepare_info": plain(scalar_info(prep.info))},
+            )
+            key = (src, tokenizer, k, _params_key(p), device, seqlen, batch_size, max_windows, None)
+            out.append(self._measurements.setdefault(key, m))
+        return Comparison(result=result, reference=out[0], model=out[1])
 
     # ---- memory
     def free(self, keep: set[tuple[ModelSource, str]]) -> None:
