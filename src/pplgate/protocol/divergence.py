@@ -225,19 +225,21 @@ def _compare_batch(
     for lo, hi in _chunks(b, length, chunk, per_window):
         win = row_window[lo:hi]
         y = labels[lo:hi, None]
-        logp = F.log_softmax(fwds[0].rows(lo, hi), dim=-1, dtype=torch.float32)
+        logits = fwds[0].rows(lo, hi).to(dev)  # the head may sit on another GPU (device_map)
+        top_p = logits.argmax(dim=-1)  # argmax of the logits is argmax p (without fp32 log-softmax ties)
+        logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        del logits
         ref_sum.index_add_(0, win, -logp.gather(1, y).squeeze(1).double())
         p = logp.exp()
         p_y = p.gather(1, y).squeeze(1)
-        top_p = logp.argmax(dim=-1)
         for fwd, acc, mx, st, name in zip(fwds[1:], sums, kmax, stats, names[1:], strict=True):
             logits = fwd.rows(lo, hi).to(dev)
             if logits.shape[-1] != logp.shape[-1]:
                 raise ProtocolError(_vocab_problem(logp.shape[-1], logits.shape[-1], name, names[0]) or "")
+            top1 = (logits.argmax(dim=-1) == top_p).double()
             logq = F.log_softmax(logits, dim=-1, dtype=torch.float32)
             del logits
             logq_y = logq.gather(1, y).squeeze(1)
-            top1 = (logq.argmax(dim=-1) == top_p).double()
             d = torch.sub(logp, logq, out=logq)  # log p - log q, in place of log q
             kld = d.mul_(p).sum(dim=-1)
             dp = logq_y.exp() - p_y

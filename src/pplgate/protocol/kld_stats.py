@@ -63,7 +63,8 @@ class KldSketch:
         idx = torch.ceil(torch.log(v.clamp(min=MIN_VALUE)) / self.log_gamma) - (self.lo - 1)
         idx = torch.where(v < MIN_VALUE, torch.zeros_like(idx), idx)
         idx = torch.where(v > MAX_VALUE, torch.full_like(idx, self.n_buckets - 1), idx)
-        self.counts += torch.bincount(idx.long().clamp(0, self.n_buckets - 1), minlength=self.n_buckets)
+        idx = idx.long().clamp(0, self.n_buckets - 1)
+        self.counts.index_add_(0, idx, torch.ones_like(idx))  # not bincount: on CUDA it syncs with the host
         self._min = torch.minimum(self._min, v.min())
         self._max = torch.maximum(self._max, v.max())
 
