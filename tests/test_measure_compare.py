@@ -47,3 +47,28 @@ def test_compare_fingerprints_equal_what_measure_records(measurer, source) -> No
     assert c.reference.fingerprint == m.fingerprint
     assert c.reference.result.window_nlls == m.result.window_nlls
     assert c.result.mean_kld == 0.0 and c.result.top1_agreement == 1.0
+
+
+def test_compare_many_shares_one_reference_pass(measurer, source, monkeypatch) -> None:
+    import pplgate.protocol.compare as compare_mod
+
+    calls = []
+    real = compare_mod.compare_windows
+
+    def counted(ref, models, *a, **k):
+        calls.append(len(models))
+        return real(ref, models, *a, **k)
+
+    monkeypatch.setattr(compare_mod, "compare_windows", counted)
+    rtn64, rtn32 = {"w_bit": 4, "q_group_size": 64}, {"w_bit": 4, "q_group_size": 32}
+    many = measurer.compare_many(
+        source, [(source, "rtn", rtn64), (source, "rtn", rtn32)], reference_kind="fp32", device="cpu", **SHORT
+    )
+    assert calls == [2]  # one pass: the reference's forward once for both
+    assert many[0].reference is many[1].reference
+    assert many[0].result.window_nlls_reference == many[1].result.window_nlls_reference
+    alone = Measurer(dataset=measurer.dataset, allow_noncanonical=True, cache_mode="off").compare(
+        source, source, kind="rtn", params=rtn32, reference_kind="fp32", device="cpu", **SHORT
+    )
+    assert alone.result.window_klds == many[1].result.window_klds
+    assert many[1].result.mean_kld < many[0].result.mean_kld  # smaller groups, closer to fp32

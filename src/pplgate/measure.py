@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from pplgate.gate.store import plain
 from pplgate.models.registry import make_variant
 from pplgate.models.source import ModelSource, load_model, load_tokenizer
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
-from pplgate.protocol.compare import evaluate_comparison
+from pplgate.protocol.compare import evaluate_comparisons
 from pplgate.protocol.compare_result import ComparisonResult
 from pplgate.protocol.dataset import CanonicalText, load_canonical_text
 from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
@@ -276,12 +276,16 @@ class Measurer:
         return m
 
     def compare(
+        self, reference: ModelSource, source: ModelSource, *, kind: str, params: Mapping[str, Any], **kw: Any
+    ) -> Comparison:
+        """:meth:`compare_many` for one model: ``source``'s variant ``kind(params)`` against the reference."""
+        return self.compare_many(reference, [(source, kind, params)], **kw)[0]
+
+    def compare_many(
         self,
         reference: ModelSource,
-        source: ModelSource,
+        models: Sequence[tuple[ModelSource, str, Mapping[str, Any]]],
         *,
-        kind: str,
-        params: Mapping[str, Any],
         reference_kind: str,
         reference_params: Mapping[str, Any] | None = None,
         device: str,
@@ -289,60 +293,73 @@ class Measurer:
         seqlen: int = DEFAULT_SEQLEN,
         batch_size: int = 1,
         max_windows: int | None = None,
-    ) -> Comparison:
-        """``source``'s variant ``kind(params)`` against ``reference``'s ``reference_kind`` on the same windows, in
-        one pass (:func:`~pplgate.protocol.compare.evaluate_comparison`). Both PPLs come from that pass and are
-        kept as this session's measurements of those two requests: a later :meth:`measure` of either reuses them.
-        Models with different tokenizers are an error (KL divergence needs one vocabulary)."""
-        ref_params = dict(reference_params or {})
-        variants = (make_variant(reference_kind, ref_params), make_variant(kind, params))  # bad params fail first
+    ) -> list[Comparison]:
+        """Each ``(source, kind, params)`` of ``models`` against ``reference``'s ``reference_kind`` on the same
+        windows, all in one pass (:func:`~pplgate.protocol.compare.evaluate_comparisons`: the reference's forward
+        once for all). Every model's PPL comes from that pass and is kept as this session's measurement of its
+        request: a later :meth:`measure` of it reuses it. Different tokenizers are an error (one vocabulary)."""
+        requests = [(reference, reference_kind, dict(reference_params or {})), *models]
+        variants = [make_variant(k, p) for _, k, p in requests]  # bad params fail before anything loads
         text = self.text()
-        tok_r, tokens_r, name_r = self.tokens(reference, tokenizer)
-        tok_m, tokens_m, name_m = self.tokens(source, tokenizer)
-        if tokens_r.tokenizer_sha256 != tokens_m.tokenizer_sha256 or not tokens_r.ids.equal(tokens_m.ids):
-            raise ProtocolError(
-                f"the reference's tokenizer {name_r} (sha256 {tokens_r.tokenizer_sha256[:12]}) and the model's "
-                f"{name_m} (sha256 {tokens_m.tokenizer_sha256[:12]}) differ: the KL divergence compares next-token "
-                "distributions over one vocabulary on the same tokens. Compare models that share a tokenizer, or "
-                "pass --tokenizer T to use one for both (only when their vocabularies are the same)"
-            )
-        rv, rp = self._prepare(reference, variants[0], device, None, tok_r)
-        mv, mp = self._prepare(source, variants[1], device, None, tok_m)
+        toks = [self.tokens(src, tokenizer) for src, _, _ in requests]
+        ref_tokens, ref_name = toks[0][1], toks[0][2]
+        for _, tokens, name in toks[1:]:
+            if tokens.tokenizer_sha256 != ref_tokens.tokenizer_sha256 or not tokens.ids.equal(ref_tokens.ids):
+                raise ProtocolError(
+                    f"the reference's tokenizer {ref_name} (sha256 {ref_tokens.tokenizer_sha256[:12]}) and the "
+                    f"model's {name} (sha256 {tokens.tokenizer_sha256[:12]}) differ: the KL divergence compares "
+                    "next-token distributions over one vocabulary on the same tokens. Compare models that share a "
+                    "tokenizer, or pass --tokenizer T to use one for both (only when their vocabularies are the same)"
+                )
+        prepared = [
+            self._prepare(src, v, device, None, tok[0])
+            for (src, _, _), v, tok in zip(requests, variants, toks, strict=True)
+        ]
         try:
-            result = evaluate_comparison(
-                rp.model,
-                mp.model,
-                tokens_m,
+            results = evaluate_comparisons(
+                prepared[0][1].model,
+                [prep.model for _, prep in prepared[1:]],
+                toks[0][1],
                 text,
                 seqlen=seqlen,
                 batch_size=batch_size,
                 max_windows=max_windows,
                 progress=self.progress,
-                label=f"{source.short_name()} {kind}",
+                labels=[f"{src.short_name()} {k}" for src, k, _ in requests[1:]],
                 reference_label=f"{reference.short_name()} {reference_kind}",
             )
         finally:
-            rp.model = mp.model = None  # type: ignore[assignment]
-        out = []
-        for src, (var, prep), res, name, k, p in zip(
-            (reference, source),
-            ((rv, rp), (mv, mp)),
-            result.perplexity_results(),
-            (name_r, name_m),
-            (reference_kind, kind),
-            (ref_params, params),
-            strict=True,
-        ):
-            m = Measurement(
-                result=res,
-                fingerprint=fingerprint(res, name, var),
-                origin=prep.origin,
-                prepare_time_s=prep.prepare_time_s,
-                extra={"prepare_info": plain(scalar_info(prep.info))},
-            )
-            key = (src, tokenizer, k, _params_key(p), device, seqlen, batch_size, max_windows, None)
-            out.append(self._measurements.setdefault(key, m))
-        return Comparison(result=result, reference=out[0], model=out[1])
+            for _, prep in prepared:
+                prep.model = None  # type: ignore[assignment]
+        run = (device, seqlen, batch_size, max_windows, None)  # measure()'s key after (source, tokenizer, kind, params)
+        measured = [
+            self._record(requests[0], prepared[0], results[0].perplexity_results()[0], toks[0][2], tokenizer, run)
+        ]
+        for req, prep, res, tok in zip(requests[1:], prepared[1:], results, toks[1:], strict=True):
+            measured.append(self._record(req, prep, res.perplexity_results()[1], tok[2], tokenizer, run))
+        return [
+            Comparison(result=r, reference=measured[0], model=m) for r, m in zip(results, measured[1:], strict=True)
+        ]
+
+    def _record(
+        self,
+        request: tuple,
+        prepared: tuple,
+        result: PerplexityResult,
+        tok_name: str,
+        tokenizer: str | None,
+        run: tuple,
+    ) -> Measurement:
+        """The :class:`Measurement` of ``request`` from a comparison pass, kept unless one exists already."""
+        (src, kind, params), (variant, prep) = request, prepared
+        m = Measurement(
+            result=result,
+            fingerprint=fingerprint(result, tok_name, variant),
+            origin=prep.origin,
+            prepare_time_s=prep.prepare_time_s,
+            extra={"prepare_info": plain(scalar_info(prep.info))},
+        )
+        return self._measurements.setdefault((src, tokenizer, kind, _params_key(params), *run), m)
 
     # ---- memory
     def free(self, keep: set[tuple[ModelSource, str]]) -> None:

@@ -326,3 +326,14 @@ def test_result_round_trips_through_json_and_has_the_issue_fields(llama_pair, tm
     assert "window_klds" not in stats and stats["mean_kld"] == r.mean_kld and "kld_percentiles" in stats
     assert "mean_kld=" in r.summary() and "ppl_reference=" in r.summary()
     assert score_windows(ref, make_windows(ids, SEQLEN)[:5], batch_size=4) == r.window_nlls_reference
+
+
+def test_a_model_without_a_split_head_against_one_with_it(llama_pair) -> None:
+    """The full-logits path (softcapping models) beside the chunked-head path: per-window chunks for both."""
+    ref, model, ids = llama_pair
+    full = LogitFnLM(lambda t: model(input_ids=t).logits, vocab_size=VOCAB)
+    r = _compare(ref, full, ids, batch_size=3, chunk_tokens=17)
+    want = reference_compare(ref, model, make_windows(ids, SEQLEN))
+    assert r.window_klds == pytest.approx(want["kld"], rel=1e-6)
+    assert r.window_top1 == want["top1"]
+    assert r.window_nlls_model == pytest.approx(want["nll_m"], rel=1e-6)
