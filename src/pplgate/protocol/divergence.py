@@ -14,10 +14,11 @@ Per-row results are summed per window in float64; the per-token KLD also goes in
 ``weights(reference) + Σ weights(models) + one body's forward activations for b windows
 + (1+m)·b·L·H·s (the kept hidden states of the scored rows; the current model's briefly twice)
 + 16·c·V (one chunk: log p and p in fp32, one model's logits and its fp32 log q)
-+ ~170 KB per model (the sketch)``. The default ``c`` keeps the chunk term within
-:data:`~pplgate.protocol.windows.LOSS_CHUNK_BYTES` (256 MiB), as the PPL's chunked loss does; it
-does not grow with ``m``. A model whose logits are not ``lm_head(hidden)`` (softcapping, logit
-scaling) makes its full ``b·L·V·s`` logits instead of ``b·L·H·s`` hidden states.
++ m·(12·b·L + ~170 KB) (per-position KLD, agreement, Δp of the batch; the sketch)``. The default
+``c`` keeps the chunk term within :data:`~pplgate.protocol.windows.LOSS_CHUNK_BYTES` (256 MiB), as
+the PPL's chunked loss does; it does not grow with ``m``. A model whose logits are not
+``lm_head(hidden)`` (softcapping, logit scaling) makes its full ``b·L·V·s`` logits instead of
+``b·L·H·s`` hidden states.
 """
 
 from __future__ import annotations
@@ -214,14 +215,18 @@ def _compare_batch(
     names: list[str],
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Per-window sums for one batch: the reference's NLL ``[b]``, per model ``[6, b]`` (see ``_STATS``)
-    and per model the max KLD ``[b]``; all float64 on the reference's device."""
+    and per model the max KLD ``[b]``; all float64 on the reference's device.
+
+    The NLLs are summed chunk by chunk exactly as the PPL engine sums them (the same numbers, bit for
+    bit on CPU); a model's per-position KLD, agreement and Δp go into a ``[3, b·(L-1)]`` fp32 buffer
+    and are reduced once per batch (few kernel launches per chunk)."""
     b, length = batch.shape
     dev = batch.device
     labels = batch[:, 1:].reshape(-1)
     row_window = torch.arange(b, device=dev).repeat_interleave(length - 1)
     ref_sum = torch.zeros(b, dtype=torch.float64, device=dev)
-    sums = [torch.zeros(len(_STATS), b, dtype=torch.float64, device=dev) for _ in fwds[1:]]
-    kmax = [torch.full((b,), -float("inf"), dtype=torch.float64, device=dev) for _ in fwds[1:]]
+    nll_sums = [torch.zeros(b, dtype=torch.float64, device=dev) for _ in fwds[1:]]
+    per_pos = [torch.empty(3, labels.numel(), dtype=torch.float32, device=dev) for _ in fwds[1:]]  # kld, top1, dp
     for lo, hi in _chunks(b, length, chunk, per_window):
         win = row_window[lo:hi]
         y = labels[lo:hi, None]
@@ -232,22 +237,24 @@ def _compare_batch(
         ref_sum.index_add_(0, win, -logp.gather(1, y).squeeze(1).double())
         p = logp.exp()
         p_y = p.gather(1, y).squeeze(1)
-        for fwd, acc, mx, st, name in zip(fwds[1:], sums, kmax, stats, names[1:], strict=True):
+        for fwd, nll_sum, out, name in zip(fwds[1:], nll_sums, per_pos, names[1:], strict=True):
             logits = fwd.rows(lo, hi).to(dev)
             if logits.shape[-1] != logp.shape[-1]:
                 raise ProtocolError(_vocab_problem(logp.shape[-1], logits.shape[-1], name, names[0]) or "")
-            top1 = (logits.argmax(dim=-1) == top_p).double()
+            out[1, lo:hi] = logits.argmax(dim=-1) == top_p
             logq = F.log_softmax(logits, dim=-1, dtype=torch.float32)
             del logits
             logq_y = logq.gather(1, y).squeeze(1)
+            nll_sum.index_add_(0, win, -logq_y.double())
             d = torch.sub(logp, logq, out=logq)  # log p - log q, in place of log q
-            kld = d.mul_(p).sum(dim=-1)
-            dp = logq_y.exp() - p_y
-            kld64, dp64 = kld.double(), dp.double()
-            rows = torch.stack((kld64, kld64 * kld64, top1, dp64, dp64 * dp64, -logq_y.double()))
-            acc.index_add_(1, win, rows)
-            mx.scatter_reduce_(0, win, kld64, reduce="amax")
-            assert st.sketch is not None
-            st.sketch.add(kld)
-            del d, kld
+            torch.sum(d.mul_(p), dim=-1, out=out[0, lo:hi])
+            torch.sub(logq_y.exp(), p_y, out=out[2, lo:hi])
+            del d
+    sums, kmax = [], []
+    for out, nll_sum, st in zip(per_pos, nll_sums, stats, strict=True):
+        kld, top1, dp = (v.view(b, length - 1).double() for v in out)
+        sums.append(torch.stack((kld.sum(1), (kld * kld).sum(1), top1.sum(1), dp.sum(1), (dp * dp).sum(1), nll_sum)))
+        kmax.append(kld.amax(1))
+        assert st.sketch is not None
+        st.sketch.add(out[0])
     return ref_sum, sums, kmax
