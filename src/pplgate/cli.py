@@ -1,15 +1,18 @@
-"""Command line: ``pplgate eval``, ``tokens``, ``cache`` and ``variants``."""
+"""Command line: ``pplgate eval``, ``compare``, ``tokens``, ``cache`` and ``variants``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 
-from pplgate.errors import CacheError, ModelLoadError, OutputError, PplgateError, ProtocolError
+from pplgate.errors import CacheError, ModelLoadError, OutputError, PplgateError, ProtocolError, VariantError
 from pplgate.measure import Measurer
+from pplgate.models.registry import make_variant
 from pplgate.models.source import (
     DEFAULT_MODEL,
     DEVICE_NAMES,
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_args(ev)
 
+    _add_compare_parser(sub)
+
     ca = sub.add_parser("cache", help="list or clear the quantized-model cache")
     ca.add_argument("action", choices=["list", "clear"])
     ca.add_argument("--cache-dir", help="cache root (default: $PPLGATE_CACHE_DIR or ~/.cache/pplgate/quant)")
@@ -84,6 +89,132 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--gguf-file", help="GGUF file name inside --tokenizer")
     _add_data_args(tk)
     return parser
+
+
+def _add_compare_parser(sub) -> None:
+    co = sub.add_parser(
+        "compare",
+        help="KL divergence, top-1 agreement and Δp of a model against a reference, both PPLs, in one pass",
+    )
+    co.add_argument("--reference", help="the reference: hub id, local directory or .gguf file (default: --model)")
+    co.add_argument("--reference-gguf-file", help="GGUF file name inside --reference")
+    co.add_argument("--reference-revision", help="hub revision of --reference")
+    co.add_argument(
+        "--reference-variant", metavar="SPEC", help="variant of the reference (default: --dtype's float kind)"
+    )
+    co.add_argument("--model", default=DEFAULT_MODEL, help=f"the compared model (default: {DEFAULT_MODEL})")
+    co.add_argument("--gguf-file", help="GGUF file name inside --model")
+    co.add_argument("--revision", help="hub revision of --model")
+    co.add_argument(
+        "--variant",
+        metavar="SPEC",
+        help="variant of --model: KIND or KIND:KEY=VALUE,... (e.g. rtn:w_bit=4,q_group_size=64; nested keys "
+        "calibration.n_samples=16) or KIND:{JSON} (default: --dtype's float kind)",
+    )
+    co.add_argument("--tokenizer", help="one tokenizer id/dir for both (default: each model's own; they must match)")
+    co.add_argument("--dtype", default="auto", choices=list(DTYPE_CHOICES), help="float dtype (default auto)")
+    co.add_argument("--device", default="auto", help=f"{DEVICE_NAMES} (default auto: CUDA where available)")
+    co.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (same numbers, faster)")
+    co.add_argument("--max-windows", type=int, help="score only the first K windows (result marked partial)")
+    co.add_argument("--json", dest="json_out", help="write the comparison result to this JSON file")
+    co.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    _add_data_args(co)
+
+
+_NUMBER = re.compile(r"-?\d+")
+
+
+def _spec_value(text: str):
+    """``KEY=VALUE``'s value typed as YAML would: int, float, true/false, null, else the string."""
+    if _NUMBER.fullmatch(text):
+        return int(text)
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_variant_spec(spec: str, option: str = "--variant") -> tuple[str, dict]:
+    """``KIND``, ``KIND:KEY=VALUE,...`` (dotted keys nest) or ``KIND:{JSON}`` -> ``(kind, params)``."""
+    kind, _, rest = spec.partition(":")
+    kind, rest = kind.strip(), rest.strip()
+    if not kind:
+        raise VariantError(f"{option} {spec!r}: no kind; write KIND or KIND:KEY=VALUE,... e.g. rtn:w_bit=4")
+    if rest.startswith(("{", "[")):
+        try:
+            params = json.loads(rest)
+        except json.JSONDecodeError as exc:
+            raise VariantError(f"{option} {spec!r}: the params are not valid JSON ({exc})") from None
+        if not isinstance(params, dict):
+            raise VariantError(f"{option} {spec!r}: the JSON params must be an object")
+        return kind, params
+    params: dict = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise VariantError(
+                f"{option} {spec!r}: {item!r} is not KEY=VALUE; write e.g. {kind}:w_bit=4,q_group_size=64"
+            )
+        *parents, leaf = key.strip().split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise VariantError(f"{option} {spec!r}: {part!r} is both a value and a group of keys")
+        node[leaf] = _spec_value(value.strip())
+    return kind, params
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    _check_eval_args(args)
+    dtype = resolve_dtype(args.dtype, args.device)
+    kind, params = parse_variant_spec(args.variant) if args.variant else (dtype, {})
+    if args.reference_variant:
+        ref_kind, ref_params = parse_variant_spec(args.reference_variant, "--reference-variant")
+    else:
+        ref_kind, ref_params = dtype, {}
+    for k, p in ((ref_kind, ref_params), (kind, params)):
+        make_variant(k, p)  # an unknown kind or bad params fail before any loading
+    measurer = _measurer(args, progress=not args.no_progress)
+    src = resolve_source(args.model, args.gguf_file, args.revision)
+    if args.reference:
+        ref = resolve_source(args.reference, args.reference_gguf_file, args.reference_revision)
+    else:
+        ref = src
+    c = measurer.compare(
+        ref,
+        src,
+        kind=kind,
+        params=params,
+        reference_kind=ref_kind,
+        reference_params=ref_params,
+        device=args.device,
+        tokenizer=args.tokenizer,
+        seqlen=args.seqlen,
+        batch_size=args.batch_size,
+        max_windows=args.max_windows,
+    )
+    result = c.result
+    result.extra.update(
+        model=src.describe(),
+        variant={"kind": kind, **params},
+        reference=ref.describe(),
+        reference_variant={"kind": ref_kind, **ref_params},
+        dataset_found_by=measurer.text().found_by,
+    )
+    print(result.summary())
+    if args.json_out:
+        try:
+            result.to_json(args.json_out)
+        except OSError as exc:
+            raise OutputError(f"--json {args.json_out}: cannot write the result ({exc}); it is printed above") from exc
+        print(f"wrote {args.json_out}")
+    return 0
 
 
 def _check_eval_args(args: argparse.Namespace) -> None:
@@ -220,7 +351,13 @@ def cmd_variants(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"eval": cmd_eval, "tokens": cmd_tokens, "cache": cmd_cache, "variants": cmd_variants}
+        commands = {
+            "eval": cmd_eval,
+            "compare": cmd_compare,
+            "tokens": cmd_tokens,
+            "cache": cmd_cache,
+            "variants": cmd_variants,
+        }
         return commands[args.command](args)
     except PplgateError as exc:
         print(f"pplgate: error: {exc}", file=sys.stderr)

@@ -38,6 +38,20 @@ class NonFiniteLossError(PplgateError):
         )
 
 
+class NonFiniteLogitsError(NonFiniteLossError):
+    """A comparison met NaN/inf logits: names the window, which model (reference or model) and the position."""
+
+    def __init__(self, window_index: int, which: str, label: str, position: int | None) -> None:
+        self.window_index, self.which, self.label, self.position = window_index, which, label, position
+        self.value = float("nan")
+        where = f" at position {position}" if position is not None else ""
+        PplgateError.__init__(
+            self,
+            f"window {window_index}: the {which} ({label}) produced NaN/inf logits{where}; the KL divergence and the "
+            f"perplexity are undefined. Check the {which}'s weights/dtype (fp16 overflow?) or the quantized variant.",
+        )
+
+
 class PerplexityOverflowError(NonFiniteLossError):
     """Every window's loss is finite, but their mean is above ln(float max) (~709.78 nats): exp overflows.
 

@@ -88,7 +88,7 @@ class Progress:
         self.n += n
         self.ppl = ppl
         if self.bar is not None:
-            self.bar.set_postfix_str(f"ppl={ppl:.4f}", refresh=False)
+            self.bar.set_postfix_str(self.postfix(), refresh=False)
             self.bar.update(n)
         elif self.n >= self._next_line or self.n >= self.total:
             while self._next_line <= self.n:
@@ -106,8 +106,12 @@ class Progress:
         eta = tqdm.format_interval(left) if math.isfinite(left) else "?"
         return (
             f"{self.label}: {self.n}/{self.total} windows ({pct:.0f}%), "
-            f"{tqdm.format_interval(elapsed)} elapsed, {eta} left, ppl={self.ppl:.4f}"
+            f"{tqdm.format_interval(elapsed)} elapsed, {eta} left, {self.postfix()}"
         )
+
+    def postfix(self) -> str:
+        """The running numbers after the counts (``ppl=...``; a subclass may show others)."""
+        return f"ppl={self.ppl:.4f}"
 
     def close(self) -> None:
         if self.bar is not None:
