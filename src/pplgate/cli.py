@@ -1,4 +1,4 @@
-"""Command line: ``pplgate eval``, ``compare``, ``tokens``, ``cache`` and ``variants``."""
+"""Command line: ``pplgate eval``, ``compare``, ``tokens``, ``cache``, ``variants`` and ``report merge``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from pplgate.models.source import (
 )
 from pplgate.protocol.engine import DEFAULT_SEQLEN
 from pplgate.protocol.windows import tail_tokens, window_count
+from pplgate.report_cmd import add_parser as add_report_parser
+from pplgate.report_cmd import cmd_report
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--tokenizer", default=DEFAULT_MODEL, help="tokenizer id/dir, .gguf file or the default model")
     tk.add_argument("--gguf-file", help="GGUF file name inside --tokenizer")
     _add_data_args(tk)
+    add_report_parser(sub)
     return parser
 
 
@@ -357,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens": cmd_tokens,
             "cache": cmd_cache,
             "variants": cmd_variants,
+            "report": cmd_report,
         }
         return commands[args.command](args)
     except PplgateError as exc:

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from pplgate.pytest_plugin import items as gate_items
-from pplgate.pytest_plugin import options, xdist
+from pplgate.pytest_plugin import options, shard, xdist
 from pplgate.pytest_plugin import session as gate_session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
+    shard.add_option(parser.getgroup("pplgate"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -21,6 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
     xdist.pin_this_worker(config)
     options.add_markers(config)
     options.validate(config)
+    shard.register(config)
     config.stash[gate_items.GATE_KEY] = gate_session.GateSession(config)
 
 
