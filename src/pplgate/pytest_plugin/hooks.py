@@ -86,6 +86,11 @@ def pytest_configure_node(node: Any) -> None:
     xdist.hand_out_gpus(node)
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own (registered later, called earlier)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return xdist.make_scheduler(config, log)
+
+
 __all__ = [
     "pytest_addoption",
     "pytest_collect_file",
@@ -98,4 +103,5 @@ __all__ = [
     "pytest_sessionfinish",
     "pytest_sessionstart",
     "pytest_terminal_summary",
+    "pytest_xdist_make_scheduler",
 ]

@@ -31,3 +31,35 @@ def hand_out_gpus(node: Any) -> None:
     assign_gpus(0, n_workers, gpu_ids, k)  # fail in the controller, with the fix, if there are too few
     node.workerinput["pplgate_gpu_ids"] = ",".join(gpu_ids)
     node.workerinput["pplgate_gpus_per_worker"] = k
+
+
+def gate_group(nodeid: str) -> str | None:
+    """The model of a gate test's node id (``baselines/m.yaml::m[cpu-fp32]`` -> ``m``), else None."""
+    file, sep, name = nodeid.partition("::")
+    if not sep or not file.lower().endswith((".yaml", ".yml")) or "::" in name:
+        return None
+    return name.split("[", 1)[0] or None
+
+
+def make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` that keeps a model's gate entries on one worker on every pytest version.
+
+    pytest-xdist marks a grouped test by appending ``@<group>`` to its node id in the worker; with
+    pytest's structured node ids (pytest 9.2) that mutation no longer takes effect and loadgroup
+    silently falls back to per-test scheduling (pytest-dev/pytest-xdist#1386), so a model's variants
+    would load it on several workers. Where the suffix is missing, a gate test's group is read from
+    its node id (the model name, as its ``xdist_group`` says); other tests keep xdist's behaviour.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class GateLoadGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            if scope != nodeid:  # xdist's own "@group" suffix is there: use it
+                return scope
+            model = gate_group(nodeid)
+            return f"pplgate-model:{model}" if model else nodeid
+
+    return GateLoadGroupScheduling(config, log)
