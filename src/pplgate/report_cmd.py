@@ -64,3 +64,23 @@ def cmd_report(args: argparse.Namespace) -> int:
             fh.write(merge.markdown(merged) + "\n")
     print(merged.verdict().replace("**", ""))
     return 0 if merged.passed and not failed_writes else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pplgate.report_cmd report merge DIR...``: the command without importing torch (a light merge job)."""
+    import sys
+
+    from pplgate.errors import PplgateError
+
+    parser = argparse.ArgumentParser(prog="pplgate")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return cmd_report(args)
+    except PplgateError as exc:
+        print(f"pplgate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -249,6 +249,20 @@ def test_merge_of_nothing_is_an_error(pytester, capsys):
     assert "no pplgate-results.json or pplgate-shard.json" in capsys.readouterr().err
 
 
+def test_the_merge_runs_without_torch(tmp_path):
+    """A merge job needs no GPU and no torch: ``python -m pplgate.report_cmd report merge DIR...``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pplgate.report_cmd import main; rc = main(['report', 'merge', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr  # no report in an empty directory: exit 2, and torch was not imported
+    assert "no pplgate-results.json or pplgate-shard.json" in res.stderr
+
+
 # --------------------------------------------------------------------------- --update-baselines from shards
 
 
