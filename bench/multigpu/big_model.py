@@ -281,8 +281,8 @@ def describe(label: str, r: dict[str, Any]) -> str:
     )
 
 
-def free(model) -> None:
-    del model
+def release_memory() -> None:
+    """After the caller dropped its last reference to a model: collect it (hooks form cycles), free the cache."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -338,8 +338,8 @@ def main() -> int:
         report["pipelined"]["speedup_vs_plain"] = round(report["plain"]["wall_s"] / report["pipelined"]["wall_s"], 3)
         print(describe("pipelined", report["pipelined"]), report["pipelined_vs_plain"], flush=True)
     if args.check_single:
-        free(model)
         model = None
+        release_memory()
         one = argparse.Namespace(**{**vars(args), "split": "balanced"})
         single, report["single_build"] = build(one, cfg, devices[:1])
         report["single"] = score_plain(single, tokens, text, args, devices[:1])

@@ -232,11 +232,6 @@ def time_runs(args: argparse.Namespace) -> None:
     prep = json.loads((work / "prepare.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     gpus = gpu_ids() if prep["device"].startswith("cuda") else []
-    names = []
-    if gpus:
-        import torch
-
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     wanted = [int(x) for x in args.workers.split(",")]
     counts = [n for n in wanted if not gpus or n <= len(gpus)]
     runs = []
@@ -244,6 +239,11 @@ def time_runs(args: argparse.Namespace) -> None:
         r = run_once(work, out, n)
         print(f"-n {n}: wall {r['wall_s']}s rc {r['rc']} {r['statuses']}", flush=True)
         runs.append(r)
+    names = []
+    if gpus:  # only now: this process holds no CUDA context during the timed runs
+        import torch
+
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     lines = summary(runs, prep, names or gpus)
     for n in sorted(set(wanted) - set(counts)):
         lines.append(f"-n {n}: not run, only {len(gpus)} GPU(s) visible")
