@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--variants", default="fp16", help="fp16 (fp32 on CPU) and optionally rtn: fp16,rtn")
     ap.add_argument("--rtn-group", type=int, default=128)
     ap.add_argument("--max-rel", type=float, default=1e-4, help="relative tolerance of every entry")
+    ap.add_argument("--skip-existing", action="store_true", help="keep a model directory that has its weights")
     args = ap.parse_args()
     out = Path(args.out)
     (out / "baselines").mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,11 @@ def main() -> None:
     for i in range(args.n_models) if args.only is None else [args.only]:
         name = f"random-llama-{args.size}-{i}"
         path = out / "models" / name
+        done = path / ".complete"  # written after the weights and the tokenizer: a cut-off save is rebuilt
+        if args.skip_existing and done.exists():
+            (out / "baselines" / f"{name}.yaml").write_text(baseline_text(args, name, path))
+            print(f"kept {path}", flush=True)
+            continue
         torch.manual_seed(i)
         cfg = LlamaConfig(
             vocab_size=len(tok),
@@ -105,6 +111,7 @@ def main() -> None:
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         model.save_pretrained(path)
         tok.save_pretrained(path)
+        done.write_text("saved\n")
         del model
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()

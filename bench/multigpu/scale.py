@@ -70,6 +70,8 @@ def build_models(args: argparse.Namespace, work: Path) -> float:
     ]  # fmt: skip
     if args.windows:
         base += ["--max-windows", str(args.windows)]
+    if args.force:
+        base += ["--skip-existing"]  # models a cut-off prepare already saved are kept
     gpus = gpu_ids() if args.device.startswith("cuda") else [""]
     if args.device.startswith("cuda") and not gpus:
         sys.exit("scale.py: --device cuda, but no GPU is visible")
@@ -99,7 +101,7 @@ def build_models(args: argparse.Namespace, work: Path) -> float:
 def prepare(args: argparse.Namespace) -> None:
     work = Path(args.work).resolve()
     if work.exists() and any(work.iterdir()) and not args.force:
-        sys.exit(f"scale.py: {work} is not empty; pass --force to rebuild there")
+        sys.exit(f"scale.py: {work} is not empty; pass --force to reuse it (complete models there are kept)")
     shutil.rmtree(work / "baselines", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     (work / "pytest.ini").write_text("[pytest]\n")
@@ -227,37 +229,53 @@ def summary(runs: list[dict], prep: dict, gpus: list[str]) -> list[str]:
     return lines
 
 
-def time_runs(args: argparse.Namespace) -> None:
-    work, out = Path(args.work).resolve(), Path(args.out).resolve()
-    prep = json.loads((work / "prepare.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    gpus = gpu_ids() if prep["device"].startswith("cuda") else []
-    wanted = [int(x) for x in args.workers.split(",")]
-    counts = [n for n in wanted if not gpus or n <= len(gpus)]
-    runs = []
-    for n in counts:
-        r = run_once(work, out, n)
-        print(f"-n {n}: wall {r['wall_s']}s rc {r['rc']} {r['statuses']}", flush=True)
-        runs.append(r)
-    names = []
-    if gpus:  # only now: this process holds no CUDA context during the timed runs
-        import torch
+def gpu_names(ids: list[str]) -> list[str]:
+    """GPU names from nvidia-smi (this process creates no CUDA context); the ids where it is missing."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ids
+    names = dict(line.split(", ", 1) for line in out.strip().splitlines() if ", " in line)
+    return [f"{i}: {names.get(i, '?')}" for i in ids] if names else ids
 
-        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    lines = summary(runs, prep, names or gpus)
-    for n in sorted(set(wanted) - set(counts)):
-        lines.append(f"-n {n}: not run, only {len(gpus)} GPU(s) visible")
-    env = {"python": sys.version.split()[0]}
-    for mod in ("torch", "transformers", "accelerate", "xdist"):
+
+def versions() -> dict[str, str | None]:
+    env: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for mod in ("torch", "transformers", "accelerate", "xdist", "pytest"):
         try:
             env[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - a report field, not a requirement
             env[mod] = None
-    payload = {"prepare": prep, "gpus": names or gpus, "versions": env, "runs": runs, "summary": lines}
-    (out / "scale.json").write_text(json.dumps(payload, indent=1))
-    (out / "scale.txt").write_text("\n".join(lines) + "\n")
+    return env
+
+
+def time_runs(args: argparse.Namespace) -> None:
+    """Each worker count in turn; scale.json/scale.txt are rewritten after every run (a cut-off keeps the rest)."""
+    work, out = Path(args.work).resolve(), Path(args.out).resolve()
+    prep = json.loads((work / "prepare.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    gpus = gpu_ids() if prep["device"].startswith("cuda") else []
+    names = gpu_names(gpus) if gpus else []
+    wanted = [int(x) for x in args.workers.split(",")]
+    counts = [n for n in wanted if not gpus or n <= len(gpus)]
+    skipped = [f"-n {n}: not run, only {len(gpus)} GPU(s) visible" for n in wanted if n not in counts]
+    payload: dict[str, Any] = {"prepare": prep, "gpus": names, "versions": versions(), "runs": []}
+    lines: list[str] = []
+    for n in counts:
+        r = run_once(work, out, n)
+        print(f"-n {n}: wall {r['wall_s']}s rc {r['rc']} {r['statuses']}", flush=True)
+        payload["runs"].append(r)
+        lines = summary(payload["runs"], prep, names) + skipped
+        payload["summary"] = lines
+        (out / "scale.json").write_text(json.dumps(payload, indent=1))
+        (out / "scale.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    if any(r["rc"] for r in runs):
+    if any(r["rc"] for r in payload["runs"]):
         sys.exit(1)
 
 
@@ -274,7 +292,9 @@ def main() -> None:
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--variants", default="fp16,rtn")
     pr.add_argument("--rtn-group", type=int, default=128)
-    pr.add_argument("--force", action="store_true", help="reuse a non-empty --work directory")
+    pr.add_argument(
+        "--force", action="store_true", help="reuse a non-empty --work directory (its saved models are kept)"
+    )
     tm = sub.add_parser("time", help="time the recorded gate with -n 1, 2, 4")
     tm.add_argument("--work", required=True)
     tm.add_argument("--out", required=True)
