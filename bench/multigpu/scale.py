@@ -214,7 +214,7 @@ def summary(runs: list[dict], prep: dict, gpus: list[str]) -> list[str]:
     ]
     base = next((r["wall_s"] for r in runs if r["workers"] == 1), None)
     for r in runs:
-        speed = f"{base / r['wall_s']:.2f}x" if base else "-"
+        speed = f"{base / r['wall_s']:.2f}x ({base / r['wall_s'] / r['workers']:.0%} of ideal)" if base else "-"
         lines.append(
             f"-n {r['workers']}: wall {r['wall_s']:.1f}s  speed-up {speed}  rc {r['rc']}  {r['statuses']}  "
             f"start-up (launch -> last worker's first test) {r['startup_max_s']}s  "
