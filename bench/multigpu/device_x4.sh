@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 14 on the lent 4x H100 machine, in calls of <= 10 minutes (the device tool's limit). Carry
+# .device/s (made by `bash bench/multigpu/stage_x4.sh` here: the Llama-2 tokenizer, the WikiText-2
+# parquet, the wheels the image lacks). Each call names its steps:
+#   A: prepare (build + record, not timed) and the -n 1 gate;  B: -n 2 and -n 4, the 70B shape on 2 GPUs;
+#   C: the 70B shape on 4 GPUs, the 7B identity check (1 GPU vs plain split vs pipelined)
+# A later call re-prepares if the machine went cold in between (then its timings are still same-machine).
+set -uo pipefail
+OUT=${OUT:?set OUT}
+S=/tmp/pplgate-site
+if [ ! -f $S/.ok ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $S .device/s/wheels/*.whl && touch $S/.ok
+fi
+export PYTHONPATH=$S:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PPLGATE_WIKITEXT=$PWD/.device/s/test-00000-of-00001.parquet
+TOK=$PWD/.device/s/llama2
+W=/tmp/pplgate-scale
+nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee -a "$OUT/gpus.txt"
+python3 -c "import torch, transformers, pytest, xdist; print('torch', torch.__version__, 'transformers', transformers.__version__, 'pytest', pytest.__version__, 'xdist', xdist.__version__)" | tee -a "$OUT/gpus.txt"
+prepare() { [ -f $W/prepare.json ] || { python3 bench/multigpu/scale.py prepare --work $W --tokenizer "$TOK" --size 7b --n-models 4 && cp $W/prepare.json "$OUT/"; }; }
+step() { echo "== $* ($(date +%T))"; }
+for s in "$@"; do
+  case $s in
+    A) step prepare; prepare; step "time -n 1"; python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale-n1" --workers 1 ;;
+    B) prepare; step "time -n 2,4"; python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale-n24" --workers 2,4
+       step "70b on 2"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 70b --gpus 2 --windows 64 --pipeline --json "$OUT/big-70b-2gpu.json" ;;
+    C) step "70b on 4"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 70b --gpus 4 --windows 64 --pipeline --json "$OUT/big-70b-4gpu.json"
+       step "7b check"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 7b --gpus 4 --windows 32 --pipeline --check-single --json "$OUT/check-7b-4gpu.json" ;;
+  esac
+done
+step done
