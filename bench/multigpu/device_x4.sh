@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 14 on the lent 4x H100 machine, in calls of <= 10 minutes (the device tool's limit). Carry
+# Issue 14 on a lent 2x or 4x H100 machine, in calls of <= 10 minutes (the device tool's limit). Carry
 # .device/s (made by `bash bench/multigpu/stage_x4.sh` here: the Llama-2 tokenizer, the WikiText-2
 # parquet, the wheels the image lacks). Each call names its steps:
 #   A: prepare (build + record, not timed) and the -n 1 gate;  B: -n 2 and -n 4, the 70B shape on 2 GPUs;
-#   C: the 70B shape on 4 GPUs, the 7B identity check (1 GPU vs plain split vs pipelined)
+#   C: the 70B shape on 4 GPUs, the 7B identity check (1 GPU vs plain split vs pipelined);  D: that check on 2 GPUs
 # A later call re-prepares if the machine went cold in between (then its timings are still same-machine).
 set -uo pipefail
 OUT=${OUT:?set OUT}
@@ -22,8 +22,10 @@ step() { echo "== $* ($(date +%T))"; }
 for s in "$@"; do
   case $s in
     A) step prepare; prepare; step "time -n 1"; python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale-n1" --workers 1 ;;
-    B) prepare; step "time -n 2,4"; python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale-n24" --workers 2,4
+    B) prepare; NG=$(nvidia-smi -L | wc -l); WK=$([ "$NG" -ge 4 ] && echo 2,4 || echo 2)
+       step "time -n $WK"; python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale-n$NG" --workers $WK
        step "70b on 2"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 70b --gpus 2 --windows 64 --pipeline --json "$OUT/big-70b-2gpu.json" ;;
+    D) step "7b check on 2"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 7b --gpus 2 --windows 32 --pipeline --check-single --json "$OUT/check-7b-2gpu.json" ;;
     C) step "70b on 4"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 70b --gpus 4 --windows 64 --pipeline --json "$OUT/big-70b-4gpu.json"
        step "7b check"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 7b --gpus 4 --windows 32 --pipeline --check-single --json "$OUT/check-7b-4gpu.json" ;;
   esac
