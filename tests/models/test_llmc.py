@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import weakref
 from pathlib import Path
@@ -59,8 +60,11 @@ def test_gptq_quantizes_every_linear_deterministically_and_the_cache_round_trip_
     assert not torch.equal(a, base)  # it did quantize
     hit = make_variant("gptq", params).prepare(ctx(tiny_dir, tmp_path / "c"))
     assert hit.origin == "cache" and (Path(hit.info["cache_entry"]) / "model" / "config.json").is_file()
-    assert hit.model.config.quantization_config.to_dict()["format"] == "pack-quantized"  # compressed-tensors on disk
+    saved = json.loads((Path(hit.info["cache_entry"]) / "model" / "config.json").read_text())
+    assert saved["quantization_config"]["format"] == "pack-quantized"  # compressed-tensors on disk
     assert torch.equal(logits(hit.model), a)  # save -> load: the in-memory model's logits exactly
+    # de-compressed at load: the engine's chunked loss calls the body, which a first-forward hook would miss
+    assert hit.model.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
 
 
 def test_gptq_fingerprint_names_the_recipe_not_paths(tiny_dir):
@@ -150,6 +154,7 @@ def test_hf_checkpoint_loads_a_compressed_tensors_dir_as_deployed(tiny_dir, tmp_
     assert v.fingerprint()["checkpoint"]["type"] == "dir" and str(tmp_path) not in repr(v.fingerprint())
     out = v.prepare(ctx(tiny_dir, mode="off"))
     assert out.info["quant_method"] == "compressed-tensors"
+    assert out.model.model.layers[1].mlp.down_proj.weight.shape == (128, 256)  # de-compressed at load
     assert torch.equal(logits(out.model), logits(q))
 
 

@@ -93,14 +93,16 @@ class HfCheckpointVariant(Variant):
 
         dtype = ctx.dtype(self.dtype_param)
         src = self._source(ctx)
+        method = quant_method(load_config(src))
         t0 = time.perf_counter()
         try:
-            model = load_compressed(src.path_or_id, ctx, dtype, src.revision)
+            model = load_compressed(
+                src.path_or_id, ctx, dtype, src.revision, compressed_tensors=method == "compressed-tensors"
+            )
         except Exception as exc:
-            method = quant_method(load_config(src))
             raise VariantError(
                 f"hf-checkpoint: transformers could not load the {method} checkpoint "
                 f"{src.describe()}: {type(exc).__name__}: {exc}"
             ) from exc
-        info = {"dtype": dtype, "checkpoint": src.describe(), "quant_method": quant_method(model.config)}
+        info = {"dtype": dtype, "checkpoint": src.describe(), "quant_method": method}
         return PreparedModel(model, "loaded", time.perf_counter() - t0, info)

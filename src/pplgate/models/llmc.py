@@ -5,8 +5,10 @@ how it is fingerprinted; this base does the rest. ``prepare`` loads a fresh copy
 the compute dtype, cuts the calibration texts into ``seqlen`` blocks (AutoAWQ's rule, fixed order), runs
 ``oneshot`` in memory (:mod:`pplgate.models.llmc_compat`) and checks that every decoder Linear the recipe
 targets was quantized. With the cache on, the model is saved in llm-compressor's native format, a
-compressed-tensors directory (``save_pretrained(save_compressed=True)``), and a later run loads it with
-transformers, as it is deployed.
+compressed-tensors directory (``save_pretrained(save_compressed=True)``), and what is measured, then and
+on every later hit, is that directory loaded with transformers, as it is deployed (saving compresses the
+in-memory modules in place). With the cache off, the in-memory model is measured: cache on vs off is the
+save -> load round trip.
 """
 
 from __future__ import annotations
@@ -194,29 +196,44 @@ class LlmcVariant(Variant):
                 warnings.filterwarnings("ignore", "Attempting to save a model with offloaded modules")
                 model.save_pretrained(str(tmp / "model"), save_compressed=True)
                 tokenizer.save_pretrained(str(tmp / "model"))
-            built.update(model=model, info={**qinfo, "save_time_s": round(time.perf_counter() - t1, 3)})
+            # compressed-tensors compresses the modules in place to save them: the in-memory model is not
+            # measured afterwards (a SmolLM2 Linear had lost its weight); the saved directory is, as on a hit
+            built["info"] = {**qinfo, "save_time_s": round(time.perf_counter() - t1, 3)}
+            del model
             return {"quantize_time_s": qinfo["quantize_time_s"], "format": "compressed-tensors"}
 
         entry, _hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
         info["cache_entry"] = str(entry.path)
-        if "model" in built:
-            info.update(built["info"])
-            return PreparedModel(built["model"], "quantized", time.perf_counter() - t0, info)
+        info.update(built.get("info", {}))
         t1 = time.perf_counter()
         model = load_compressed(entry.path / "model", ctx, dtype)
-        info.update(
-            load_time_s=round(time.perf_counter() - t1, 3), quantize_time_s_when_built=entry.meta.get("quantize_time_s")
-        )
+        info["load_time_s"] = round(time.perf_counter() - t1, 3)
+        if "info" in built:  # built now: quantized, saved, loaded back
+            return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
+        info["quantize_time_s_when_built"] = entry.meta.get("quantize_time_s")
         return PreparedModel(model, "cache", time.perf_counter() - t0, info)
 
 
-def load_compressed(path: Path | str, ctx: ModelContext, dtype: str, revision: str | None = None) -> torch.nn.Module:
-    """A compressed-tensors (or other transformers-loadable quantized) checkpoint, as deployed."""
+def load_compressed(
+    path: Path | str, ctx: ModelContext, dtype: str, revision: str | None = None, *, compressed_tensors: bool = True
+) -> torch.nn.Module:
+    """A compressed-tensors (or other transformers-loadable quantized) checkpoint, loaded with transformers.
+
+    compressed-tensors checkpoints load with ``run_compressed=False``: the weights are de-compressed at load
+    (by default transformers does it in a hook on the first forward of the *top-level* model, which the
+    engine's chunked loss bypasses by calling the body; the logits are bitwise the same either way).
+    """
     from transformers import AutoModelForCausalLM
 
     kw: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     if revision:
         kw["revision"] = revision
-    with library_bars_off():
+    if compressed_tensors:
+        from transformers import CompressedTensorsConfig
+
+        kw["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
+    with library_bars_off(), warnings.catch_warnings():
+        # "You passed `quantization_config` ... the model already has one": run_compressed is the point
+        warnings.filterwarnings("ignore", "You passed `quantization_config`")
         model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
     return model.to(ctx.torch_device).eval()
