@@ -107,7 +107,7 @@ def test_measurement_carries_the_protocol_fingerprint(measurer, source) -> None:
     assert m.fingerprint["tokenizer_name"] == "GPT2Tokenizer(local)"  # a local path: no directory name (moves)
     assert m.fingerprint["device_type"] == "cpu"
     assert m.fingerprint["dataset_sha256"] == measurer.text().sha256 and not r.canonical
-    assert m.extra == {"prepare_info": {}}  # no device_layout on CPU
+    assert set(m.extra) == {"prepare_info", "phases"} and m.extra["prepare_info"] == {}  # no device_layout on CPU
 
 
 def test_the_same_request_is_measured_once(measurer, source, counts, counting) -> None:
@@ -131,6 +131,31 @@ def test_two_variants_share_one_tokenization(measurer, source, counts) -> None:
     }
     tok, tokens, name = measurer.tokens(source, None)
     assert measurer.tokens(source, None)[1] is tokens and counts["tokenize_canonical"] == 1
+
+
+def test_a_variant_that_changes_weights_first_still_loads_the_model_once(measurer, source, counts) -> None:
+    """RTN before fp32: RTN's private copy comes from the session's model, which fp32 then reuses."""
+    rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
+    fp32 = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    assert counts["load_model"] == 1 and rtn.result.ppl != fp32.result.ppl
+    assert (
+        fp32.result.ppl
+        == Measurer(dataset=measurer.dataset, allow_noncanonical=True)
+        .measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+        .result.ppl
+    )  # the copy RTN changed was a copy
+
+
+def test_phases_say_where_the_time_went(measurer, source) -> None:
+    fp32 = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
+    for m in (fp32, rtn):
+        assert list(m.phases) == list(measure_mod.PHASES) and all(v >= 0 for v in m.phases.values())
+        assert m.phases["evaluate_s"] == m.result.wall_time_s
+        assert m.extra["phases"] == {k: round(v, 2) for k, v in m.phases.items()}  # into the provenance
+        assert m.phases["load_s"] + m.phases["prepare_s"] == pytest.approx(m.prepare_time_s)
+    assert fp32.phases["tokenize_s"] > 0 and rtn.phases["tokenize_s"] == 0  # tokenized once, by the first
+    assert fp32.phases["load_s"] > 0 and rtn.phases["prepare_s"] > 0  # RTN's own work: the quantization
 
 
 def test_free_drops_models_not_kept(measurer, source, counts) -> None:
