@@ -249,6 +249,27 @@ def test_import_pplgate_does_not_import_torch() -> None:
         pplgate.nothing_here  # noqa: B018
 
 
+def test_the_plugin_imports_no_heavy_library_and_fp_rtn_never_import_autoawq(source, text_file) -> None:
+    """Importing the plugin (pytest's collection) costs no torch/transformers; only an awq kind imports AutoAWQ."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, *sys.path]))
+    code = (
+        "import sys, pplgate.plugin\n"
+        "heavy = [m for m in ('torch', 'transformers', 'awq', 'gguf') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from pplgate.measure import Measurer\n"
+        "from pplgate.models.source import ModelSource\n"
+        f"m = Measurer(dataset={str(text_file)!r}, allow_noncanonical=True)\n"
+        "for kind, params in (('fp32', {}), ('rtn', {'q_group_size': 32})):\n"
+        f"    m.measure(ModelSource({source.path_or_id!r}), kind=kind, params=params, device='cpu', seqlen=64,"
+        " max_windows=1)\n"
+        "assert 'awq' not in sys.modules, 'awq imported'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
 def test_a_fresh_model_is_a_private_copy_of_the_loaded_one(measurer, source) -> None:
     """Variants that change weights (RTN, AWQ) get a deep copy of the session's model, not a second load."""
     import torch
