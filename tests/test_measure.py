@@ -133,17 +133,22 @@ def test_two_variants_share_one_tokenization(measurer, source, counts) -> None:
     assert measurer.tokens(source, None)[1] is tokens and counts["tokenize_canonical"] == 1
 
 
-def test_a_variant_that_changes_weights_first_still_loads_the_model_once(measurer, source, counts) -> None:
-    """RTN before fp32: RTN's private copy comes from the session's model, which fp32 then reuses."""
-    rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
-    fp32 = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+def test_a_variant_that_changes_weights_first_never_de_quantizes_twice(
+    source, text_file, tmp_path, counts, monkeypatch
+) -> None:
+    """RTN before fp32 on a GGUF-like source: RTN's load (not kept: memory as before) fills the base-model
+    cache, fp32 reads it back; the de-quantizing loader runs once, and RTN changed a private model."""
+    import pplgate.models.base_cache as base_cache
+
+    for module in (measure_mod, base_cache):  # the tiny directory stands in for a GGUF
+        monkeypatch.setattr(module, "cacheable", lambda src: True)
+    m = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "cache"))
+    rtn = m.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
+    fp32 = m.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
     assert counts["load_model"] == 1 and rtn.result.ppl != fp32.result.ppl
-    assert (
-        fp32.result.ppl
-        == Measurer(dataset=measurer.dataset, allow_noncanonical=True)
-        .measure(source, kind="fp32", params={}, device="cpu", **SHORT)
-        .result.ppl
-    )  # the copy RTN changed was a copy
+    assert rtn.extra["caches"]["base_cache"] == "built" and fp32.extra["caches"]["base_cache"] == "hit"
+    fresh = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "other"))
+    assert fresh.measure(source, kind="fp32", params={}, device="cpu", **SHORT).result.ppl == fp32.result.ppl
 
 
 def test_phases_say_where_the_time_went(measurer, source) -> None:

@@ -175,18 +175,21 @@ class Measurer:
     ) -> Any:
         """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy.
 
-        A private copy is a deep copy of the session's model (loaded first if needed: the same weights, no
-        second GGUF de-quantization); a ``device_map`` split is loaded again (accelerate's hooks). A local
-        GGUF is read through the base-model cache (:mod:`pplgate.models.base_cache`).
+        A private copy is a deep copy of the session's model when it is loaded (the same weights), else a
+        load the session does not keep (no second model in memory); a ``device_map`` split is loaded again
+        (accelerate's hooks). A local GGUF is read through the base-model cache
+        (:mod:`pplgate.models.base_cache`), so no load de-quantizes it twice.
         """
         key = (source, dtype, device, device_map)
         t0 = time.perf_counter()
         try:
-            if fresh and device_map is not None:
+            if fresh:  # from the session's copy, else a load the session does not keep (memory as before)
+                if key in self._models and device_map is None:
+                    return copy.deepcopy(self._models[key])
                 return self._load(source, dtype, device, device_map)
             if key not in self._models:
                 self._models[key] = self._load(source, dtype, device, device_map)
-            return copy.deepcopy(self._models[key]) if fresh else self._models[key]
+            return self._models[key]
         finally:
             self._clock["load_s"] += time.perf_counter() - t0
 
