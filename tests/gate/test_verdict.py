@@ -422,6 +422,11 @@ def test_speed_rule_passes_and_fails_on_tokens_per_s_of_this_session():
     assert ok.phases == {"load_s": 1.0, "evaluate_s": 1.25}
     slow = run(entry(rules), _fast(500.0), session={"fp16": PPL}, session_speeds={"fp16": 1000.0})
     assert slow.status is Status.FAIL  # slower than allowed is a regression, whatever the ppl did
+    assert "SPEED REGRESSION (every perplexity rule passes)" in slow.message
+    both = run(
+        entry(rules, rec=recorded(ppl=PPL - 1)), _fast(500.0), session={"fp16": PPL}, session_speeds={"fp16": 1e3}
+    )
+    assert both.status is Status.FAIL and "PERPLEXITY REGRESSION" in both.message  # a ppl rule fails too
     assert "[FAIL] speed: tokens/s >= 0.8 x tokens/s[fp16] (same session, same device): got 0.500" in slow.message
     assert "(500.0 tok/s vs fp16 1,000.0 tok/s in this session)" in slow.message
 

@@ -345,6 +345,8 @@ def _tolerance_failure(
     rec.rerun = rerun_command(target.nodeid)
     prov = recorded.provenance or {}
     what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
+    if all(x.rule.quantity == "tokens_per_s" for x in results if not x.passed):
+        what = "SPEED REGRESSION (every perplexity rule passes)"
     return _fail(
         rec,
         Status.FAIL if regression else Status.IMPROVED,
