@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 
 from pplgate.errors import DatasetNotFound, PplgateError, ProtocolError
 from pplgate.gate.store import plain
+from pplgate.models.base_cache import cacheable, load_model_cached, load_tokenizer_cached
+from pplgate.models.quant_cache import QuantCache
 from pplgate.models.registry import make_variant
 from pplgate.models.source import ModelSource, load_model, load_tokenizer
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
@@ -46,7 +49,14 @@ class Measurement:
     fingerprint: dict[str, Any]
     origin: str  # loaded | quantized | cache
     prepare_time_s: float
-    extra: dict[str, Any] = field(default_factory=dict)  # prepare_info; device_layout on CUDA / device_map
+    extra: dict[str, Any] = field(default_factory=dict)  # prepare_info, phases, caches; device_layout on CUDA
+    # seconds per phase of this measurement: load (float models, incl. private copies), prepare (the variant's
+    # own work: quantizing, a cache read), tokenize (tokenizer load + tokenizing; 0 when done earlier this
+    # session), evaluate (the engine); see PHASES
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+PHASES = ("load_s", "prepare_s", "tokenize_s", "evaluate_s")
 
 
 def scalar_info(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,8 +146,10 @@ class Measurer:
         self._text_error: PplgateError | None = None
         self._tokens: dict[tuple[ModelSource, str | None], tuple[Any, TokenizedText, str]] = {}
         self._models: dict[tuple[ModelSource, str, str, str | None], Any] = {}
-        self._prepared: dict[tuple, tuple[Variant, PreparedModel]] = {}
+        self._prepared: dict[tuple, tuple[Variant, PreparedModel, dict[str, Any]]] = {}
         self._measurements: dict[tuple, Measurement] = {}
+        self._token_info: dict[tuple[ModelSource, str | None], dict[str, Any]] = {}
+        self._clock: dict[str, Any] = {"load_s": 0.0, "tokenize_s": 0.0}  # what the running request spent
 
     # ---- inputs, loaded once per session
     def text(self) -> CanonicalText:
@@ -164,27 +176,50 @@ class Measurer:
         """``(tokenizer, tokens, tokenizer_name)`` of ``source`` (or the ``tokenizer`` it names), once each."""
         key = (source, tokenizer)
         if key not in self._tokens:
-            tok = load_tokenizer(source, tokenizer)
+            t0 = time.perf_counter()
+            if tokenizer is None and cacheable(source):
+                tok, info = load_tokenizer_cached(source, self._base_cache(), load=load_tokenizer)
+            else:
+                tok, info = load_tokenizer(source, tokenizer), {}
             tokens = tokenize_canonical(tok, self.text().text)
             self._tokens[key] = (tok, tokens, tokenizer_name(tok, source, tokenizer))
+            self._token_info[key] = {**info, "tokenize_time_s": time.perf_counter() - t0}
+            self._clock["tokenize_s"] += time.perf_counter() - t0
         return self._tokens[key]
+
+    def _base_cache(self) -> QuantCache:
+        """The cache of de-quantized GGUF models and tokenizers (:mod:`pplgate.models.base_cache`)."""
+        return QuantCache(self.cache_dir, self.cache_mode)
+
+    def _load(self, source: ModelSource, dtype: str, device: str, device_map: str | None) -> Any:
+        if device_map is not None or not cacheable(source):  # a split (accelerate's hooks), or no GGUF to cache
+            return load_model(source, dtype=dtype, device=device, device_map=device_map)
+        model, info = load_model_cached(source, dtype, device, self._base_cache(), load=load_model)
+        self._clock["base_cache"] = info["base_cache"]
+        return model
 
     def model(
         self, source: ModelSource, dtype: str, device: str, *, fresh: bool = False, device_map: str | None = None
     ) -> Any:
         """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy.
 
-        A private copy of a model already loaded this session is a deep copy of it (the same weights, no
-        second GGUF de-quantization); a ``device_map`` split is loaded again (accelerate's hooks).
+        A private copy is a deep copy of the session's model when it is loaded (the same weights), else a
+        load the session does not keep (no second model in memory); a ``device_map`` split is loaded again
+        (accelerate's hooks). A local GGUF is read through the base-model cache
+        (:mod:`pplgate.models.base_cache`), so no load de-quantizes it twice.
         """
         key = (source, dtype, device, device_map)
-        if fresh:
-            if key in self._models and device_map is None:
-                return copy.deepcopy(self._models[key])
-            return load_model(source, dtype=dtype, device=device, device_map=device_map)
-        if key not in self._models:
-            self._models[key] = load_model(source, dtype=dtype, device=device, device_map=device_map)
-        return self._models[key]
+        t0 = time.perf_counter()
+        try:
+            if fresh:  # from the session's copy, else a load the session does not keep (memory as before)
+                if key in self._models and device_map is None:
+                    return copy.deepcopy(self._models[key])
+                return self._load(source, dtype, device, device_map)
+            if key not in self._models:
+                self._models[key] = self._load(source, dtype, device, device_map)
+            return self._models[key]
+        finally:
+            self._clock["load_s"] += time.perf_counter() - t0
 
     # ---- the chain
     def _context(self, source: ModelSource, tok: Any, device: str, device_map: str | None) -> ModelContext:
@@ -200,10 +235,15 @@ class Measurer:
 
     def _prepare(
         self, source: ModelSource, variant: Variant, device: str, device_map: str | None, tok: Any
-    ) -> tuple[Variant, PreparedModel]:
+    ) -> tuple[Variant, PreparedModel, dict[str, Any]]:
+        """The variant, its prepared model and what loading the float model took (``load_s``, ``base_cache``)."""
         ctx = self._context(source, tok, device, device_map)
         variant.ensure_checked(ctx)  # before any model is loaded; prepare() does not check again
-        return variant, variant.prepare(ctx)
+        self._clock.update(load_s=0.0)
+        self._clock.pop("base_cache", None)
+        prepared = variant.prepare(ctx)
+        loaded = {k: self._clock[k] for k in ("load_s", "base_cache") if k in self._clock}
+        return variant, prepared, loaded
 
     def prepare(
         self,
@@ -243,9 +283,11 @@ class Measurer:
             return self._measurements[key]
         variant = make_variant(kind, params)  # bad params fail before the text, tokenizer or model load
         text = self.text()
+        self._clock["tokenize_s"] = 0.0
         tok, tokens, tok_name = self.tokens(source, tokenizer)
+        tokenize_s = self._clock["tokenize_s"]
         handed = self._prepared.pop((source, tokenizer, kind, _params_key(params), device, device_map), None)
-        variant, prepared = handed or self._prepare(source, variant, device, device_map, tok)
+        variant, prepared, loaded = handed or self._prepare(source, variant, device, device_map, tok)
         model = prepared.model
         try:
             result = evaluate_perplexity(
@@ -258,7 +300,22 @@ class Measurer:
                 progress=self.progress,
                 label=label or f"{source.short_name()} {kind}",
             )
-            extra: dict[str, Any] = {"prepare_info": plain(scalar_info(prepared.info))}
+            load_s = loaded.get("load_s", 0.0)
+            phases = {
+                "load_s": load_s,
+                "prepare_s": max(prepared.prepare_time_s - load_s, 0.0),
+                "tokenize_s": tokenize_s,
+                "evaluate_s": result.wall_time_s,
+            }
+            extra: dict[str, Any] = {
+                "prepare_info": plain(scalar_info(prepared.info)),
+                "phases": {k: round(v, 2) for k, v in phases.items()},
+            }
+            caches = {k: v for k, v in self._token_info[(source, tokenizer)].items() if k.endswith("_cache")}
+            if "base_cache" in loaded:
+                caches["base_cache"] = loaded["base_cache"]
+            if caches:
+                extra["caches"] = caches
             if str(device).startswith("cuda") or device_map:
                 extra["device_layout"] = device_layout(model)
         finally:
@@ -271,6 +328,7 @@ class Measurer:
             origin=prepared.origin,
             prepare_time_s=prepared.prepare_time_s,
             extra=extra,
+            phases=phases,
         )
         self._measurements[key] = m
         return m

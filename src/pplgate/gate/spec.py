@@ -306,14 +306,14 @@ def _check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, Profi
                 if ref not in entries:
                     elsewhere = [p for p in profiles if ref in profiles[p].variants]
                     hint = (
-                        f"; {ref!r} is a variant of profile {', '.join(elsewhere)}, and a relational rule compares "
+                        f"; {ref!r} is a variant of profile {', '.join(elsewhere)}, and a {rule.type} rule compares "
                         "entries of one profile (measured on the same device and windows)"
                         if elsewhere
                         else ""
                     )
                     v.err(
                         rkp,
-                        f"relational rule references unknown variant {ref!r} "
+                        f"{rule.type} rule references unknown variant {ref!r} "
                         f"(variants of profile {profile.name}: {', '.join(entries)}){hint}",
                         line=line,
                     )

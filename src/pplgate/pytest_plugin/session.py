@@ -195,11 +195,14 @@ class GateSession:
             origin=m.origin,
             wall_time_s=r.wall_time_s,
             prepare_time_s=m.prepare_time_s,
+            tokens_per_s=r.tokens_per_s,
+            phases=m.phases,
         )
         target, partial = target_of(item), is_partial(override, profile.max_windows)
         item.record = measured_record(target, entry, measured, partial)  # what an error report shows
-        # relational rules compare with entries measured in this session
-        session_ppls = {ref: self.measure(item, profile.variants[ref]).result.ppl for ref in entry.refs}
+        # relational and speed rules compare with entries measured in this session
+        refs = {ref: self.measure(item, profile.variants[ref]).result for ref in entry.refs}
+        session_ppls = {ref: x.ppl for ref, x in refs.items()}
         item.record = judge(
             target,
             entry,
@@ -209,6 +212,7 @@ class GateSession:
             force=self.force,
             partial=partial,
             provenance=prov,
+            session_speeds={ref: x.tokens_per_s for ref, x in refs.items()},
         )
         if item.record.message is not None:
             raise GateFailure(item.record.message, item.record.status)
