@@ -64,6 +64,7 @@ class Target:
     profile: str
     device: str
     seqlen: int
+    section: str = "profiles"  # ``tests``: an entry of the ppl_regression fixture (created on first run)
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,7 @@ def _queue(
         ppl=m.ppl,
         window_nlls=list(m.window_nlls),
         provenance=dict(provenance),
+        section=target.section,
     )
     return rec
 

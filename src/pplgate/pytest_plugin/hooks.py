@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from pplgate.pytest_plugin import fixtures, options, records, xdist
 from pplgate.pytest_plugin import items as gate_items
-from pplgate.pytest_plugin import options, xdist
 from pplgate.pytest_plugin import session as gate_session
+from pplgate.pytest_plugin.fixtures import ppl_model, ppl_regression, ppl_variant
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,6 +31,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     gate_session.gate_of(config).order = gate_items.order_items(items)
+    fixtures.group_items(items)
 
 
 @pytest.hookimpl(trylast=True)
@@ -41,7 +43,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = yield
-    gate_session.attach_record(item, call, rep)
+    records.attach_record(item, call, rep)
     return rep
 
 
@@ -85,6 +87,9 @@ def pytest_configure_node(node: Any) -> None:
 
 
 __all__ = [
+    "ppl_model",
+    "ppl_regression",
+    "ppl_variant",
     "pytest_addoption",
     "pytest_collect_file",
     "pytest_collection_modifyitems",
