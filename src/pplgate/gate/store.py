@@ -158,6 +158,7 @@ def splice_update(path: Path, text: str, upd: EntryUpdate) -> tuple[str, float |
 
     Returns ``(new_text, old_ppl, applied)``; ``applied`` is False when the entry is not in the file.
     """
+    final_newline = text.endswith("\n") or not text
     data = parse_text(path, text)
     if upd.section == TESTS and _node(data, upd.keys()) is None:
         text = insert_test_entry(path, text, upd.variant)
@@ -206,7 +207,7 @@ def splice_update(path: Path, text: str, upd: EntryUpdate) -> tuple[str, float |
         at = _block_end(lines, fnode.lc.key("fingerprint")[0], col)
         lines[at:at] = _render("recorded", values["recorded"], col, indent, newline)
     new_text = "".join(lines)
-    if not text.endswith("\n"):  # the file had no final newline: keep it that way
+    if not final_newline:  # the file had no final newline: keep it that way
         new_text = new_text[: -len(newline)]
     return new_text, (float(old_ppl) if old_ppl is not None else None), True
 
@@ -240,11 +241,16 @@ def insert_test_entry(path: Path, text: str, name: str) -> str:
     if tests is not None and len(tests) and tests.fa.flow_style():
         raise BaselineError(path, TESTS, "written in flow style ({...}); write it in block style", line_of(data, TESTS))
     lines = _split_lines(text)
-    col = tests.lc.key(next(iter(tests)))[1] if tests else 2
-    if tests is not None and len(tests) and tests.lc.key(next(iter(tests)))[0] == data.lc.key(TESTS)[0]:
-        raise BaselineError(path, TESTS, "put the first entry of tests: on its own line", line_of(data, TESTS))
+    col, inner = 2, 4  # the columns of an entry's name and of its keys: as the file's first entry has them
+    if tests:
+        first = next(iter(tests))
+        col = tests.lc.key(first)[1]
+        if tests.lc.key(first)[0] == data.lc.key(TESTS)[0]:
+            raise BaselineError(path, TESTS, "put the first entry of tests: on its own line", line_of(data, TESTS))
+        node = tests[first]
+        inner = node.lc.key(next(iter(node)))[1] if isinstance(node, Mapping) and len(node) else col + 2
     at = _block_end(lines, data.lc.key(TESTS)[0], 0)
-    lines[at:at] = [f"{' ' * col}{name}:{newline}", f"{' ' * (col + 2)}fingerprint: {{}}{newline}"]
+    lines[at:at] = [f"{' ' * col}{name}:{newline}", f"{' ' * inner}fingerprint: {{}}{newline}"]
     return "".join(lines)
 
 

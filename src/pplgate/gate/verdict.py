@@ -219,6 +219,12 @@ def judge(
 
 
 def _header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str:
+    if target.section != "profiles":  # an entry of ppl_regression.check: no profile, the test sets the numbers
+        return (
+            f"pplgate: {target.name}\n  model {target.model} ({target.source}), entry {target.section}.{entry.name} "
+            f"(kind {entry.kind}, origin {m.origin}; device {target.device}, seqlen {target.seqlen}, "
+            f"{m.n_windows}/{m.n_windows_total} windows{', PARTIAL' if partial else ''})"
+        )
     return (
         f"pplgate: {target.name}\n  model {target.model} ({target.source}), profile {target.profile} "
         f"(device {target.device}, seqlen {target.seqlen}, {m.n_windows}/{m.n_windows_total} windows"
