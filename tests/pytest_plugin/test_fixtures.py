@@ -290,3 +290,25 @@ def test_relational_rule_between_checked_entries(proj, tiny_model):
     res.assert_outcomes(failed=1)
     assert "not updating: a relational rule fails in this session" in res.stdout.str()
     assert "fp32 measured" in res.stdout.str()
+
+
+def test_one_name_checked_by_tests_on_two_workers_is_never_written(proj, tiny_model, monkeypatch):
+    body = textwrap.dedent(
+        """
+        def test_{n}(ppl_model, ppl_regression):
+            m = ppl_model({model!r}, "fp32")
+            ppl_regression.check(m, name="same", tolerance=0.001, seqlen=128, max_windows=1, baseline="shared.yaml")
+        """
+    )
+    proj.makepyfile(test_a=body.format(n="a", model=str(tiny_model)), test_b=body.format(n="b", model=str(tiny_model)))
+    src = str(Path(__import__("pplgate").__file__).parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    res = proj.runpytest_subprocess("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-n", "2", "--update-baselines")
+    out = res.stdout.str()
+    assert res.ret == 1, out
+    # one worker: check() refuses the second call; two workers: the controller refuses to write either
+    assert "already checked in this session by" in out or (
+        "was checked by test_a.py::test_a and by test_b.py::test_b" in out
+        or "was checked by test_b.py::test_b and by test_a.py::test_a" in out
+    )
+    assert not (proj.path / "baselines" / "shared.yaml").exists()

@@ -36,8 +36,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    if isinstance(item, gate_items.GateItem):
-        gate_session.gate_of(item.config).free_after(item)
+    gate_session.gate_of(item.config).free_after(item, nextitem)
 
 
 @pytest.hookimpl(wrapper=True)

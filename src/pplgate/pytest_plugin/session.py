@@ -69,6 +69,9 @@ class GateSession:
     # ppl_regression.check on this worker: (file, entry) -> the test that checked it, and its ppl
     checked: dict[tuple[str, str], str] = field(default_factory=dict)
     checked_ppls: dict[tuple[str, str], float] = field(default_factory=dict)
+    checked_by: dict[tuple[str, str], str] = field(default_factory=dict)  # the controller's view of the checks
+    check_conflicts: list[str] = field(default_factory=list)  # one entry checked by two tests
+    conflicting: set[tuple[str, str]] = field(default_factory=set)  # (file, entry) of those: never written
 
     # ---- configuration
     @property
@@ -145,8 +148,15 @@ class GateSession:
             label=f"{item.source.short_name()} {variant.name}",
         )
 
-    def free_after(self, item: GateItem) -> None:
-        """Free the models no later gate item needs (GPU memory)."""
+    def free_after(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """Free the models no later gate item needs (GPU memory): after a gate item, and after the last test
+        of an xdist group of tests using the ppl_* fixtures (a model's tests: its models are done)."""
+        if not isinstance(item, GateItem):
+            if self._measurer is None or (nextitem is not None and _group(nextitem) == _group(item)):
+                return
+            rest = item.session.items[item.session.items.index(nextitem) :] if nextitem in item.session.items else []
+            self.measurer.free({(it.source, it.device) for it in rest if isinstance(it, GateItem)})
+            return
         try:
             pos = self.order.index(item)
         except ValueError:
@@ -232,6 +242,14 @@ class GateSession:
         data = getattr(report, "pplgate", None)
         for d in [data] if isinstance(data, dict) else getattr(report, "pplgate_checks", None) or []:
             rec = GateRecord.from_dict(d)
+            if not isinstance(data, dict):  # a check: one name once per session, across xdist workers too
+                first = self.checked_by.setdefault((rec.file or "", rec.variant or ""), rec.nodeid)
+                if first != rec.nodeid:
+                    self.check_conflicts.append(
+                        f"entry tests.{rec.variant} of {rec.file} was checked by {first} and by {rec.nodeid} "
+                        "(on different xdist workers): give the checks different names; nothing written for it"
+                    )
+                    self.conflicting.add((rec.file or "", rec.variant or ""))
             self.records.append(rec)
             if rec.update is not None and (rec.status.queued or rec.status == Status.MISSING):
                 self.updates.setdefault(rec.file or "", []).append(rec.update)
@@ -249,6 +267,13 @@ class GateSession:
         """Write the queued updates (unless blocked), fail an all-skipped gate under CI, write the reports."""
         if self.is_worker:
             return  # the controller writes files and reports for the whole run
+        if self.check_conflicts:
+            _fail(session)
+            for path, name in self.conflicting:
+                kept = [u for u in self.updates.pop(path, []) if (u.section, u.variant) != ("tests", name)]
+                if kept:
+                    self.updates[path] = kept
+                self._mark_not_written("checked by two tests", path, ("tests", name))
         # without --update-baselines only ppl_regression's first recordings are queued (written, as
         # pytest-regressions does, whatever else failed: they replace nothing)
         if self.updates:
@@ -326,6 +351,8 @@ class GateSession:
                 red=True,
                 bold=True,
             )
+        for conflict in self.check_conflicts:
+            tr.write_line(f"pplgate: {conflict}", red=True, bold=True)
         if self.update or self.updates:
             if self.update_blocked:
                 tr.write_line(f"pplgate: NOT writing baseline updates: {self.update_blocked}.", red=True, bold=True)
@@ -345,6 +372,14 @@ class GateSession:
             tr.write_line(f"pplgate report: {p}")
         for note in self.report_notes:
             tr.write_line(f"pplgate: {note}", yellow=True)
+
+
+def _group(item: pytest.Item) -> str | None:
+    """The item's ``xdist_group`` name (tests using the ppl_* fixtures get one at collection)."""
+    marker = item.get_closest_marker("xdist_group")
+    if marker is None:
+        return None
+    return str(marker.kwargs.get("name", marker.args[0] if marker.args else ""))
 
 
 def _fail(session: pytest.Session) -> None:
