@@ -170,7 +170,10 @@ class PplRegression:
         )
         # a first run records the entry and fails, as pytest-regressions does (never from a partial run)
         first = entry.recorded is None and not gate.update and not is_partial(gate.max_windows_override, max_windows)
-        refs = lambda: self._session_ppls(gate, path, entry)  # noqa: E731
+
+        def refs() -> dict[str, float]:  # relational rules: entries of this file checked earlier in the session
+            return self._session_ppls(gate, path, entry)
+
         rec = gate.verdict(target, entry, m, max_windows, refs, update=first or None)
         if first and rec.status == Status.CREATED:
             rec.status = Status.MISSING
