@@ -64,6 +64,7 @@ class Target:
     profile: str
     device: str
     seqlen: int
+    section: str = "profiles"  # ``tests``: an entry of the ppl_regression fixture (created on first run)
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,12 @@ def _check(
 
 
 def _header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str:
+    if target.section != "profiles":  # an entry of ppl_regression.check: no profile, the test sets the numbers
+        return (
+            f"pplgate: {target.name}\n  model {target.model} ({target.source}), entry {target.section}.{entry.name} "
+            f"(kind {entry.kind}, origin {m.origin}; device {target.device}, seqlen {target.seqlen}, "
+            f"{m.n_windows}/{m.n_windows_total} windows{', PARTIAL' if partial else ''})"
+        )
     return (
         f"pplgate: {target.name}\n  model {target.model} ({target.source}), profile {target.profile} "
         f"(device {target.device}, seqlen {target.seqlen}, {m.n_windows}/{m.n_windows_total} windows"
@@ -327,6 +334,7 @@ def _queue(
         ppl=m.ppl,
         window_nlls=list(m.window_nlls),
         provenance=dict(provenance),
+        section=target.section,
     )
     return rec
 
