@@ -14,6 +14,9 @@ from support import SHARED_ENV, shared_root, skip_or_fail, tiny_gpt2, tiny_llama
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: loads the real SmolLM2 model (tens of seconds on CPU)")
+    config.addinivalue_line(
+        "markers", "fidelity: pplgate's engine vs AutoAWQ's own loop on CUDA (scheduled job, not pre-merge)"
+    )
     config.addinivalue_line("markers", "shared: needs the ../shared reference data")
 
 

@@ -199,7 +199,7 @@ def test_cache_list_and_clear(tmp_path, capsys):
     cache.get_or_build("k" * 64, build, {"source": "tiny-model"})
     assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "1 entry" in out and "k" * 64 in out
+    assert "1 entry" in out and "k" * 64 + "  ?  created" in out
     (tmp_path / ("k" * 64) / "weights.bin").write_bytes(b"corrupt")
     main(["cache", "list", "--cache-dir", str(tmp_path)])
     assert "INVALID" in capsys.readouterr().out

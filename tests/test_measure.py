@@ -107,7 +107,7 @@ def test_measurement_carries_the_protocol_fingerprint(measurer, source) -> None:
     assert m.fingerprint["tokenizer_name"] == "GPT2Tokenizer(local)"  # a local path: no directory name (moves)
     assert m.fingerprint["device_type"] == "cpu"
     assert m.fingerprint["dataset_sha256"] == measurer.text().sha256 and not r.canonical
-    assert m.extra == {"prepare_info": {}}  # no device_layout on CPU
+    assert set(m.extra) == {"prepare_info", "phases"} and m.extra["prepare_info"] == {}  # no device_layout on CPU
 
 
 def test_the_same_request_is_measured_once(measurer, source, counts, counting) -> None:
@@ -131,6 +131,36 @@ def test_two_variants_share_one_tokenization(measurer, source, counts) -> None:
     }
     tok, tokens, name = measurer.tokens(source, None)
     assert measurer.tokens(source, None)[1] is tokens and counts["tokenize_canonical"] == 1
+
+
+def test_a_variant_that_changes_weights_first_never_de_quantizes_twice(
+    source, text_file, tmp_path, counts, monkeypatch
+) -> None:
+    """RTN before fp32 on a GGUF-like source: RTN's load (not kept: memory as before) fills the base-model
+    cache, fp32 reads it back; the de-quantizing loader runs once, and RTN changed a private model."""
+    import pplgate.models.base_cache as base_cache
+
+    for module in (measure_mod, base_cache):  # the tiny directory stands in for a GGUF
+        monkeypatch.setattr(module, "cacheable", lambda src: True)
+    m = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "cache"))
+    rtn = m.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
+    fp32 = m.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    assert counts["load_model"] == 1 and rtn.result.ppl != fp32.result.ppl
+    assert rtn.extra["caches"]["base_cache"] == "built" and fp32.extra["caches"]["base_cache"] == "hit"
+    fresh = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "other"))
+    assert fresh.measure(source, kind="fp32", params={}, device="cpu", **SHORT).result.ppl == fp32.result.ppl
+
+
+def test_phases_say_where_the_time_went(measurer, source) -> None:
+    fp32 = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
+    for m in (fp32, rtn):
+        assert list(m.phases) == list(measure_mod.PHASES) and all(v >= 0 for v in m.phases.values())
+        assert m.phases["evaluate_s"] == m.result.wall_time_s
+        assert m.extra["phases"] == {k: round(v, 2) for k, v in m.phases.items()}  # into the provenance
+        assert m.phases["load_s"] + m.phases["prepare_s"] == pytest.approx(m.prepare_time_s)
+    assert fp32.phases["tokenize_s"] > 0 and rtn.phases["tokenize_s"] == 0  # tokenized once, by the first
+    assert fp32.phases["load_s"] > 0 and rtn.phases["prepare_s"] > 0  # RTN's own work: the quantization
 
 
 def test_free_drops_models_not_kept(measurer, source, counts) -> None:
@@ -222,6 +252,27 @@ def test_import_pplgate_does_not_import_torch() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         pplgate.nothing_here  # noqa: B018
+
+
+def test_the_plugin_imports_no_heavy_library_and_fp_rtn_never_import_autoawq(source, text_file) -> None:
+    """Importing the plugin (pytest's collection) costs no torch/transformers; only an awq kind imports AutoAWQ."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, *sys.path]))
+    code = (
+        "import sys, pplgate.plugin\n"
+        "heavy = [m for m in ('torch', 'transformers', 'awq', 'gguf') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from pplgate.measure import Measurer\n"
+        "from pplgate.models.source import ModelSource\n"
+        f"m = Measurer(dataset={str(text_file)!r}, allow_noncanonical=True)\n"
+        "for kind, params in (('fp32', {}), ('rtn', {'q_group_size': 32})):\n"
+        f"    m.measure(ModelSource({source.path_or_id!r}), kind=kind, params=params, device='cpu', seqlen=64,"
+        " max_windows=1)\n"
+        "assert 'awq' not in sys.modules, 'awq imported'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
 
 
 def test_a_fresh_model_is_a_private_copy_of_the_loaded_one(measurer, source) -> None:

@@ -330,8 +330,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
             print(f"  {e[0]}  INVALID: {e[1]} (rebuilt on next use; `pplgate cache clear --key {e[0]}`)")
         else:
             meta = e.meta
+            variant = meta.get("variant")
+            what = meta.get("kind") or (variant.get("kind") if isinstance(variant, dict) else None) or "?"
+            dtype = f" {meta['dtype']}" if isinstance(meta.get("dtype"), str) else ""
             print(
-                f"  {e.key}  created {e.manifest.get('created', '?')}  built in "
+                f"  {e.key}  {what}{dtype}  created {e.manifest.get('created', '?')}  built in "
                 f"{e.manifest.get('build_time_s', 0):.0f}s  {meta.get('source', '')}"
             )
     return 0

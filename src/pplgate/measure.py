@@ -13,94 +13,35 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pplgate.errors import DatasetNotFound, PplgateError, ProtocolError
+from pplgate.errors import DatasetNotFound, PplgateError
 from pplgate.gate.store import plain
+from pplgate.models.base_cache import cacheable, load_model_cached, load_tokenizer_cached
+from pplgate.models.quant_cache import QuantCache
 from pplgate.models.registry import make_variant
 from pplgate.models.source import ModelSource, load_model, load_tokenizer
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
-from pplgate.protocol.compare import evaluate_comparisons
-from pplgate.protocol.compare_result import ComparisonResult
 from pplgate.protocol.dataset import CanonicalText, load_canonical_text
 from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
-from pplgate.protocol.result import PerplexityResult
 from pplgate.protocol.tokens import TokenizedText, tokenize_canonical
 from pplgate.provenance import device_layout
 
-# keys of PreparedModel.info that are paths or machine-specific, kept out of the provenance
-_INFO_NOT_RECORDED = ("load_path", "cache_entry", "calibration_source")
+if TYPE_CHECKING:
+    from pplgate.comparing import Comparison
 
+from pplgate.measurement import (  # noqa: E402 - re-exported: pplgate.measure.Measurement etc.
+    PHASES,
+    Measurement,
+    _params_key,
+    fingerprint,
+    scalar_info,
+    tokenizer_name,
+)
 
-@dataclass
-class Measurement:
-    """One measured entry: the result, the protocol fingerprint, how the model was obtained."""
-
-    result: PerplexityResult
-    # dataset_sha256, n_tokens, n_windows, n_windows_total, bos_added, tokenizer_name, tokenizer_sha256,
-    # seqlen, dtype, device_type and variant (the variant's own fingerprint), in the order a baseline records them
-    fingerprint: dict[str, Any]
-    origin: str  # loaded | quantized | cache
-    prepare_time_s: float
-    extra: dict[str, Any] = field(default_factory=dict)  # prepare_info; device_layout on CUDA / device_map
-
-
-def scalar_info(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The scalar facts of a variant's ``PreparedModel.info`` (cache key, times, kernel) for provenance."""
-    return {
-        k: round(v, 2) if isinstance(v, float) else v
-        for k, v in info.items()
-        if isinstance(v, (str, int, float, bool)) and k not in _INFO_NOT_RECORDED
-    }
-
-
-def _params_key(params: Mapping[str, Any]) -> str:
-    return json.dumps(plain(params), sort_keys=True, default=str)
-
-
-def tokenizer_name(tok: Any, source: ModelSource, tokenizer: str | None) -> str:
-    """The tokenizer's class and where it comes from, without machine paths: a moved directory is no drift.
-
-    A hub id is kept, a GGUF by its file name; any other local path reads ``local`` (its content is in
-    ``tokenizer_sha256``).
-    """
-    if tokenizer:
-        ref = "local" if Path(tokenizer).expanduser().exists() else tokenizer
-    elif source.gguf_file:
-        ref = source.gguf_file
-    else:
-        ref = "local" if Path(source.path_or_id).expanduser().exists() else source.path_or_id
-    return f"{type(tok).__name__}({ref})"
-
-
-@dataclass
-class Comparison:
-    """One reference-vs-model pass: the comparison and both models' own measurements, from that pass."""
-
-    result: ComparisonResult
-    reference: Measurement
-    model: Measurement
-
-
-def fingerprint(result: PerplexityResult, tok_name: str, variant: Variant) -> dict[str, Any]:
-    """The protocol fingerprint a baseline records for ``result`` of ``variant``."""
-    return {
-        "dataset_sha256": result.dataset_sha256,
-        "n_tokens": result.n_tokens,
-        "n_windows": result.n_windows,
-        "n_windows_total": result.n_windows_total,
-        "bos_added": result.bos_added,
-        "tokenizer_name": tok_name,
-        "tokenizer_sha256": result.tokenizer_sha256,
-        "seqlen": result.seqlen,
-        "dtype": result.dtype,
-        "device_type": str(result.device).split(":")[0],
-        "variant": plain(variant.fingerprint()),
-    }
+__all__ = ["PHASES", "Measurement", "Measurer", "fingerprint", "plain", "scalar_info", "tokenizer_name"]
 
 
 class Measurer:
@@ -136,8 +77,10 @@ class Measurer:
         self._text_error: PplgateError | None = None
         self._tokens: dict[tuple[ModelSource, str | None], tuple[Any, TokenizedText, str]] = {}
         self._models: dict[tuple[ModelSource, str, str, str | None], Any] = {}
-        self._prepared: dict[tuple, tuple[Variant, PreparedModel]] = {}
+        self._prepared: dict[tuple, tuple[Variant, PreparedModel, dict[str, Any]]] = {}
         self._measurements: dict[tuple, Measurement] = {}
+        self._token_info: dict[tuple[ModelSource, str | None], dict[str, Any]] = {}
+        self._clock: dict[str, Any] = {"load_s": 0.0, "tokenize_s": 0.0}  # what the running request spent
 
     # ---- inputs, loaded once per session
     def text(self) -> CanonicalText:
@@ -164,27 +107,50 @@ class Measurer:
         """``(tokenizer, tokens, tokenizer_name)`` of ``source`` (or the ``tokenizer`` it names), once each."""
         key = (source, tokenizer)
         if key not in self._tokens:
-            tok = load_tokenizer(source, tokenizer)
+            t0 = time.perf_counter()
+            if tokenizer is None and cacheable(source):
+                tok, info = load_tokenizer_cached(source, self._base_cache(), load=load_tokenizer)
+            else:
+                tok, info = load_tokenizer(source, tokenizer), {}
             tokens = tokenize_canonical(tok, self.text().text)
             self._tokens[key] = (tok, tokens, tokenizer_name(tok, source, tokenizer))
+            self._token_info[key] = {**info, "tokenize_time_s": time.perf_counter() - t0}
+            self._clock["tokenize_s"] += time.perf_counter() - t0
         return self._tokens[key]
+
+    def _base_cache(self) -> QuantCache:
+        """The cache of de-quantized GGUF models and tokenizers (:mod:`pplgate.models.base_cache`)."""
+        return QuantCache(self.cache_dir, self.cache_mode)
+
+    def _load(self, source: ModelSource, dtype: str, device: str, device_map: str | None) -> Any:
+        if device_map is not None or not cacheable(source):  # a split (accelerate's hooks), or no GGUF to cache
+            return load_model(source, dtype=dtype, device=device, device_map=device_map)
+        model, info = load_model_cached(source, dtype, device, self._base_cache(), load=load_model)
+        self._clock["base_cache"] = info["base_cache"]
+        return model
 
     def model(
         self, source: ModelSource, dtype: str, device: str, *, fresh: bool = False, device_map: str | None = None
     ) -> Any:
         """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy.
 
-        A private copy of a model already loaded this session is a deep copy of it (the same weights, no
-        second GGUF de-quantization); a ``device_map`` split is loaded again (accelerate's hooks).
+        A private copy is a deep copy of the session's model when it is loaded (the same weights), else a
+        load the session does not keep (no second model in memory); a ``device_map`` split is loaded again
+        (accelerate's hooks). A local GGUF is read through the base-model cache
+        (:mod:`pplgate.models.base_cache`), so no load de-quantizes it twice.
         """
         key = (source, dtype, device, device_map)
-        if fresh:
-            if key in self._models and device_map is None:
-                return copy.deepcopy(self._models[key])
-            return load_model(source, dtype=dtype, device=device, device_map=device_map)
-        if key not in self._models:
-            self._models[key] = load_model(source, dtype=dtype, device=device, device_map=device_map)
-        return self._models[key]
+        t0 = time.perf_counter()
+        try:
+            if fresh:  # from the session's copy, else a load the session does not keep (memory as before)
+                if key in self._models and device_map is None:
+                    return copy.deepcopy(self._models[key])
+                return self._load(source, dtype, device, device_map)
+            if key not in self._models:
+                self._models[key] = self._load(source, dtype, device, device_map)
+            return self._models[key]
+        finally:
+            self._clock["load_s"] += time.perf_counter() - t0
 
     # ---- the chain
     def _context(self, source: ModelSource, tok: Any, device: str, device_map: str | None) -> ModelContext:
@@ -200,10 +166,15 @@ class Measurer:
 
     def _prepare(
         self, source: ModelSource, variant: Variant, device: str, device_map: str | None, tok: Any
-    ) -> tuple[Variant, PreparedModel]:
+    ) -> tuple[Variant, PreparedModel, dict[str, Any]]:
+        """The variant, its prepared model and what loading the float model took (``load_s``, ``base_cache``)."""
         ctx = self._context(source, tok, device, device_map)
         variant.ensure_checked(ctx)  # before any model is loaded; prepare() does not check again
-        return variant, variant.prepare(ctx)
+        self._clock.update(load_s=0.0)
+        self._clock.pop("base_cache", None)
+        prepared = variant.prepare(ctx)
+        loaded = {k: self._clock[k] for k in ("load_s", "base_cache") if k in self._clock}
+        return variant, prepared, loaded
 
     def prepare(
         self,
@@ -243,9 +214,11 @@ class Measurer:
             return self._measurements[key]
         variant = make_variant(kind, params)  # bad params fail before the text, tokenizer or model load
         text = self.text()
+        self._clock["tokenize_s"] = 0.0
         tok, tokens, tok_name = self.tokens(source, tokenizer)
+        tokenize_s = self._clock["tokenize_s"]
         handed = self._prepared.pop((source, tokenizer, kind, _params_key(params), device, device_map), None)
-        variant, prepared = handed or self._prepare(source, variant, device, device_map, tok)
+        variant, prepared, loaded = handed or self._prepare(source, variant, device, device_map, tok)
         model = prepared.model
         try:
             result = evaluate_perplexity(
@@ -258,7 +231,22 @@ class Measurer:
                 progress=self.progress,
                 label=label or f"{source.short_name()} {kind}",
             )
-            extra: dict[str, Any] = {"prepare_info": plain(scalar_info(prepared.info))}
+            load_s = loaded.get("load_s", 0.0)
+            phases = {
+                "load_s": load_s,
+                "prepare_s": max(prepared.prepare_time_s - load_s, 0.0),
+                "tokenize_s": tokenize_s,
+                "evaluate_s": result.wall_time_s,
+            }
+            extra: dict[str, Any] = {
+                "prepare_info": plain(scalar_info(prepared.info)),
+                "phases": {k: round(v, 2) for k, v in phases.items()},
+            }
+            caches = {k: v for k, v in self._token_info[(source, tokenizer)].items() if k.endswith("_cache")}
+            if "base_cache" in loaded:
+                caches["base_cache"] = loaded["base_cache"]
+            if caches:
+                extra["caches"] = caches
             if str(device).startswith("cuda") or device_map:
                 extra["device_layout"] = device_layout(model)
         finally:
@@ -271,6 +259,7 @@ class Measurer:
             origin=prepared.origin,
             prepare_time_s=prepared.prepare_time_s,
             extra=extra,
+            phases=phases,
         )
         self._measurements[key] = m
         return m
@@ -282,84 +271,12 @@ class Measurer:
         return self.compare_many(reference, [(source, kind, params)], **kw)[0]
 
     def compare_many(
-        self,
-        reference: ModelSource,
-        models: Sequence[tuple[ModelSource, str, Mapping[str, Any]]],
-        *,
-        reference_kind: str,
-        reference_params: Mapping[str, Any] | None = None,
-        device: str,
-        tokenizer: str | None = None,
-        seqlen: int = DEFAULT_SEQLEN,
-        batch_size: int = 1,
-        max_windows: int | None = None,
+        self, reference: ModelSource, models: Sequence[tuple[ModelSource, str, Mapping[str, Any]]], **kw: Any
     ) -> list[Comparison]:
-        """Each ``(source, kind, params)`` of ``models`` against ``reference``'s ``reference_kind`` on the same
-        windows, all in one pass (:func:`~pplgate.protocol.compare.evaluate_comparisons`: the reference's forward
-        once for all). Every model's PPL comes from that pass and is kept as this session's measurement of its
-        request: a later :meth:`measure` of it reuses it. Different tokenizers are an error (one vocabulary)."""
-        requests = [(reference, reference_kind, dict(reference_params or {})), *models]
-        variants = [make_variant(k, p) for _, k, p in requests]  # bad params fail before anything loads
-        text = self.text()
-        toks = [self.tokens(src, tokenizer) for src, _, _ in requests]
-        ref_tokens, ref_name = toks[0][1], toks[0][2]
-        for _, tokens, name in toks[1:]:
-            if tokens.tokenizer_sha256 != ref_tokens.tokenizer_sha256 or not tokens.ids.equal(ref_tokens.ids):
-                raise ProtocolError(
-                    f"the reference's tokenizer {ref_name} (sha256 {ref_tokens.tokenizer_sha256[:12]}) and the "
-                    f"model's {name} (sha256 {tokens.tokenizer_sha256[:12]}) differ: the KL divergence compares "
-                    "next-token distributions over one vocabulary on the same tokens. Compare models that share a "
-                    "tokenizer, or pass --tokenizer T to use one for both (only when their vocabularies are the same)"
-                )
-        prepared = [
-            self._prepare(src, v, device, None, tok[0])
-            for (src, _, _), v, tok in zip(requests, variants, toks, strict=True)
-        ]
-        try:
-            results = evaluate_comparisons(
-                prepared[0][1].model,
-                [prep.model for _, prep in prepared[1:]],
-                toks[0][1],
-                text,
-                seqlen=seqlen,
-                batch_size=batch_size,
-                max_windows=max_windows,
-                progress=self.progress,
-                labels=[f"{src.short_name()} {k}" for src, k, _ in requests[1:]],
-                reference_label=f"{reference.short_name()} {reference_kind}",
-            )
-        finally:
-            for _, prep in prepared:
-                prep.model = None  # type: ignore[assignment]
-        run = (device, seqlen, batch_size, max_windows, None)  # measure()'s key after (source, tokenizer, kind, params)
-        measured = [
-            self._record(requests[0], prepared[0], results[0].perplexity_results()[0], toks[0][2], tokenizer, run)
-        ]
-        for req, prep, res, tok in zip(requests[1:], prepared[1:], results, toks[1:], strict=True):
-            measured.append(self._record(req, prep, res.perplexity_results()[1], tok[2], tokenizer, run))
-        return [
-            Comparison(result=r, reference=measured[0], model=m) for r, m in zip(results, measured[1:], strict=True)
-        ]
+        """Each ``(source, kind, params)`` against ``reference``, one pass: :func:`pplgate.comparing.compare_many`."""
+        from pplgate.comparing import compare_many
 
-    def _record(
-        self,
-        request: tuple,
-        prepared: tuple,
-        result: PerplexityResult,
-        tok_name: str,
-        tokenizer: str | None,
-        run: tuple,
-    ) -> Measurement:
-        """The :class:`Measurement` of ``request`` from a comparison pass, kept unless one exists already."""
-        (src, kind, params), (variant, prep) = request, prepared
-        m = Measurement(
-            result=result,
-            fingerprint=fingerprint(result, tok_name, variant),
-            origin=prep.origin,
-            prepare_time_s=prep.prepare_time_s,
-            extra={"prepare_info": plain(scalar_info(prep.info))},
-        )
-        return self._measurements.setdefault((src, tokenizer, kind, _params_key(params), *run), m)
+        return compare_many(self, reference, models, **kw)
 
     # ---- memory
     def free(self, keep: set[tuple[ModelSource, str]]) -> None:

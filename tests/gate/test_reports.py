@@ -54,6 +54,20 @@ def test_terminal_and_markdown_tables():
     assert "m.yaml :: cpu/fp32: 1.000000 -> 2.000000  (+1.000000)" in md
 
 
+def test_the_table_shows_the_seconds_of_each_phase_and_tokens_per_s():
+    phases = {"load_s": 12.61, "prepare_s": 0.3, "tokenize_s": 1.04, "evaluate_s": 3.31}
+    lines = reports.terminal_table([_rec("pass", phases=phases, tokens_per_s=2560.4), _rec("pass")])
+    cells = dict(zip(reports.HEADER, lines[2].split(), strict=False))
+    assert cells["time"] == "17.3s"  # every phase, the model's load included
+    assert cells["load+prep+tok+eval"] == "12.6+0.3+1.0+3.3" and cells["tok/s"] == "2560"
+    old = dict(zip(reports.HEADER, lines[3].split(), strict=False))  # a record from before phases existed
+    assert old["time"] == "1.5s" and old["load+prep+tok+eval"] == "-" and old["tok/s"] == "-"
+    md = reports.markdown([_rec("pass", phases=phases, tokens_per_s=2560.4)])
+    assert "| 17.3s | 12.6+0.3+1.0+3.3 | 2560 | loaded |" in md
+    rec = GateRecord.from_dict(_rec("pass", phases=phases, tokens_per_s=2560.4))
+    assert rec.phases == phases and rec.to_dict()["tokens_per_s"] == 2560.4  # travels from xdist workers
+
+
 def test_verdict_line():
     assert reports.verdict([_rec("pass")] * 3) == "**pplgate: PASSED** — 3 passed"
     assert reports.verdict([_rec("pass"), _rec(), _rec("pass")]) == "**pplgate: FAILED** — 1 regression, 2 passed"

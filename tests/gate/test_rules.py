@@ -17,6 +17,7 @@ from pplgate.gate.rules import (
     RelativeRule,
     Rule,
     RuleResult,
+    SpeedRule,
     parse_rule,
 )
 from pplgate.gate.validator import Validator
@@ -44,9 +45,14 @@ def test_rule_semantics(rule, ppl, rec, ref, passed):
 
 
 def test_one_class_per_rule_type():
-    assert RULE_TYPES == {"absolute": AbsoluteRule, "relative": RelativeRule, "relational": RelationalRule}
+    assert RULE_TYPES == {
+        "absolute": AbsoluteRule,
+        "relative": RelativeRule,
+        "relational": RelationalRule,
+        "speed": SpeedRule,
+    }
     assert all(issubclass(cls, Rule) for cls in RULE_TYPES.values())
-    assert RULE_KEYS == {"type", "max_delta", "max_rel", "direction", "ref"}
+    assert RULE_KEYS == {"type", "max_delta", "max_rel", "direction", "ref", "min_ratio"}
     assert DIRECTIONS == ("both", "worse")
     with pytest.raises(TypeError):
         Rule()  # abstract
@@ -147,6 +153,7 @@ def _parse(node, path=Path("b.yaml")):
         ({"type": "relational", "ref": "a", "max_rel": 0.5}, RelationalRule(ref="a", max_rel=0.5)),
         ({"type": "relational", "ref": "a", "max_delta": 2, "direction": "both"},
          RelationalRule(ref="a", max_delta=2.0, direction="both")),
+        ({"type": "speed", "ref": "fp16", "min_ratio": 0.8}, SpeedRule(ref="fp16", min_ratio=0.8)),
     ],
 )  # fmt: skip
 def test_parse(node, rule):
@@ -160,8 +167,12 @@ def test_parse(node, rule):
     [
         ("absolute", "", "expected a mapping, got str"),
         ({"max_delta": 1}, ".type", "missing required key"),
-        ({"type": "absolute", "max": 1}, ".max", "unknown key 'max' (allowed: direction, max_delta, max_rel, ref, t"),
-        ({"type": "fuzzy"}, ".type", "unknown rule type 'fuzzy' (allowed: absolute, relative, relational)"),
+        ({"type": "absolute", "max": 1}, ".max", "'max' (allowed: direction, max_delta, max_rel, min_ratio, ref"),
+        ({"type": "fuzzy"}, ".type", "unknown rule type 'fuzzy' (allowed: absolute, relative, relational, speed)"),
+        ({"type": "speed", "ref": "fp16"}, "", "a speed rule takes min_ratio (e.g. 0.8"),
+        ({"type": "speed", "min_ratio": 0.8}, ".ref", "expected a non-empty string, got None"),
+        ({"type": "speed", "ref": "a", "min_ratio": 0.8, "max_rel": 1}, "", "takes ref and min_ratio (not max_rel)"),
+        ({"type": "speed", "ref": "a", "min_ratio": -1}, ".min_ratio", "expected a non-negative number, got -1"),
         ({"type": "absolute"}, "", "an absolute rule takes max_delta (and no max_rel)"),
         ({"type": "absolute", "max_delta": 1, "max_rel": 1}, "", "an absolute rule takes max_delta (and no max_rel)"),
         ({"type": "relative", "max_delta": 1}, "", "a relative rule takes max_rel (and no max_delta)"),
@@ -179,3 +190,28 @@ def test_parse_errors(node, keypath, msg):
         _parse(node)
     assert ei.value.keypath == "profiles.p.variants.v.tolerance[0]" + keypath
     assert str(ei.value).startswith("b.yaml: profiles.p.variants.v.tolerance[0]") and msg in str(ei.value)
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def test_speed_rule_judges_the_same_session_ratio_and_records_it():
+    rule = SpeedRule(ref="fp16", min_ratio=0.8)
+    assert rule.refs == ("fp16",) and not rule.needs_recorded and rule.quantity == "tokens_per_s"
+    ok = rule.check(900.0, None, {"fp16": 1000.0})
+    assert ok.passed and ok.value == 0.9
+    assert ok.text == (
+        "[PASS] speed: tokens/s >= 0.8 x tokens/s[fp16] (same session, same device): got 0.900 "
+        "(900.0 tok/s vs fp16 1,000.0 tok/s in this session)"
+    )
+    assert ok.to_dict() == {"text": ok.text, "passed": True, "type": "speed", "value": 0.9}
+    slow = rule.check(799.0, None, {"fp16": 1000.0})
+    assert not slow.passed and slow.value == 0.799 and "799.0 tok/s vs fp16 1,000.0 tok/s" in slow.text
+    assert rule.check(800.0, None, {"fp16": 1000.0}).passed  # the bound itself passes
+    assert rule.short() == "fp16 tok/s x0.8"
+
+
+@pytest.mark.parametrize("speeds", [{}, {"fp16": 0.0}, {"fp16": math.nan}])
+def test_speed_rule_without_a_reference_speed_fails(speeds):
+    res = SpeedRule(ref="fp16", min_ratio=0.8).check(900.0, None, speeds)
+    assert not res.passed and res.value is None and "no tokens/s for this entry or for fp16" in res.text

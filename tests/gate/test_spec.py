@@ -494,7 +494,7 @@ HOSTILE = [
         "unknown-top-key",
         ("schema_version: 1\n", "schema_version: 1\ncolour: red\n"),
         "colour",
-        "unknown key 'colour' (allowed: model, profiles, schema_version)",
+        "unknown key 'colour' (allowed: model, profiles, schema_version, tests)",
         3,
     ),
     (

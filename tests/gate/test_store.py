@@ -398,3 +398,53 @@ def test_a_bom_stays_and_the_update_reads_back(tmp_path):
     assert new.startswith(text.rstrip("\n").split("tolerance")[0]) and new.count("\ufeff") == 1
     rec = parse_baseline(p, known_kinds=["fp32"]).profiles["cpu"].variants["fp32"].recorded
     assert rec.ppl == 2.0 and rec.window_nlls == [0.693147, 0.693147]
+
+
+# --------------------------------------------------------------------------- tests: entries (ppl_regression)
+
+
+def _tupd(name: str, ppl: float = 12.5) -> EntryUpdate:
+    return EntryUpdate(
+        profile="tests",
+        variant=name,
+        fingerprint={"n_tokens": 2, "variant": {"kind": "rtn", "w_bit": 4}},
+        ppl=ppl,
+        window_nlls=[math.log(ppl)],
+        provenance={"date": "today"},
+        section="tests",
+    )
+
+
+def test_tests_entries_create_the_file_then_append(tmp_path):
+    f = tmp_path / "baselines" / "test_mod.yaml"  # neither the directory nor the file exists
+    rows = write_updates(f, [_tupd("one")])
+    assert rows[0]["applied"] and rows[0]["old"] is None
+    text = f.read_text()
+    assert text.startswith("# pplgate baselines.") and "schema_version: 1\ntests:\n  one:\n    fingerprint:\n" in text
+    write_updates(f, [_tupd("two", 13.0), _tupd("one", 14.0)])
+    data = plain(read_raw(f))
+    assert list(data["tests"]) == ["one", "two"]
+    assert data["tests"]["one"]["recorded"]["ppl"] == 14.0 and data["tests"]["two"]["recorded"]["ppl"] == 13.0
+    assert data["tests"]["two"]["fingerprint"]["variant"] == {"kind": "rtn", "w_bit": 4}
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_tests_section_goes_after_the_profiles_and_leaves_them_alone(newline):
+    doc = DOC.replace("\n", newline)
+    text, rows = apply_updates(Path("m.yaml"), doc[: -len(newline)], [_tupd("t")])  # no final newline either
+    assert rows[0]["applied"]
+    assert text.startswith(doc) and text[len(doc) :].startswith(f"tests:{newline}  t:{newline}")
+    if newline == "\r\n":
+        assert "\n" not in text.replace("\r\n", "")  # no bare LF added
+    assert not text.endswith(newline)  # the file had no final newline: kept that way
+
+
+def test_a_tests_entry_with_a_tolerance_keeps_it_and_its_comments():
+    doc = (
+        "schema_version: 1\ntests:\n    # the team's bound\n    x:\n        tolerance:\n"
+        "          - {type: absolute, max_delta: 0.5}  # why\n"
+    )
+    text, _ = apply_updates(Path("m.yaml"), doc, [_tupd("x"), _tupd("y")])
+    assert text.startswith(doc) and "        fingerprint:\n" in text and "\n    y:\n        fingerprint:\n" in text
+    rules = plain(parse_text(Path("m.yaml"), text))["tests"]["x"]["tolerance"]
+    assert rules == [{"type": "absolute", "max_delta": 0.5}]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pplgate.gate.record import FAILING, GateRecord, Status
-from pplgate.gate.rules import AbsoluteRule, RelationalRule, RelativeRule
+from pplgate.gate.rules import AbsoluteRule, RelationalRule, RelativeRule, SpeedRule
 from pplgate.gate.spec import EntrySpec, Recorded
 from pplgate.gate.store import EntryUpdate
 from pplgate.gate.verdict import (
@@ -408,6 +408,34 @@ def test_relational_reference_not_measured_fails():
     rec = run(entry([RelationalRule(ref="fp16", max_delta=1.0)]), session={})
     assert rec.status is Status.FAIL
     assert "[FAIL] relational: ppl - ppl[fp16] <= 1 (only worse counts): no reference value" in rec.message
+
+
+def _fast(tokens_per_s: float) -> Measured:
+    m = measured()
+    return Measured(**{**m.__dict__, "tokens_per_s": tokens_per_s, "phases": {"load_s": 1.0, "evaluate_s": 1.25}})
+
+
+def test_speed_rule_passes_and_fails_on_tokens_per_s_of_this_session():
+    rules = [ABS, SpeedRule(ref="fp16", min_ratio=0.8)]
+    ok = run(entry(rules), _fast(900.0), session={"fp16": PPL}, session_speeds={"fp16": 1000.0})
+    assert ok.status is Status.PASS and ok.rules[1]["value"] == 0.9 and ok.tokens_per_s == 900.0
+    assert ok.phases == {"load_s": 1.0, "evaluate_s": 1.25}
+    slow = run(entry(rules), _fast(500.0), session={"fp16": PPL}, session_speeds={"fp16": 1000.0})
+    assert slow.status is Status.FAIL  # slower than allowed is a regression, whatever the ppl did
+    assert "SPEED REGRESSION (every perplexity rule passes)" in slow.message
+    both = run(
+        entry(rules, rec=recorded(ppl=PPL - 1)), _fast(500.0), session={"fp16": PPL}, session_speeds={"fp16": 1e3}
+    )
+    assert both.status is Status.FAIL and "PERPLEXITY REGRESSION" in both.message  # a ppl rule fails too
+    assert "[FAIL] speed: tokens/s >= 0.8 x tokens/s[fp16] (same session, same device): got 0.500" in slow.message
+    assert "(500.0 tok/s vs fp16 1,000.0 tok/s in this session)" in slow.message
+
+
+def test_speed_rule_failure_under_update_refuses_and_says_which_rule():
+    rules = [ABS, SpeedRule(ref="fp16", min_ratio=0.8)]
+    rec = run(entry(rules), _fast(10.0), session={"fp16": PPL}, session_speeds={"fp16": 1000.0}, update=True)
+    assert rec.status is Status.FAIL and rec.update is None
+    assert "not updating: a speed rule fails in this session (re-recording cannot fix it)" in rec.message
 
 
 def test_relational_failure_under_update_refuses():

@@ -252,6 +252,33 @@ def test_relational_pass_and_ordering(gate, tiny_model):
     res.assert_outcomes(passed=3)
 
 
+def test_speed_rule_records_the_ratio_and_fails_with_both_speeds(gate, tiny_model):
+    """A speed rule against an entry of this session: the ratio goes into the JSON report; a bound no
+    run can meet fails with both entries' tokens/s. The table shows the phases and tokens/s."""
+    variants = PERTURBED.replace(
+        "{type: relational, ref: fp32, max_rel: 0.000001, direction: both}   # strict: must fail",
+        "{type: relational, ref: fp32, max_rel: 0.5}\n      - {type: speed, ref: fp32, min_ratio: 0.0}",
+    )
+    (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model, variants))
+    res = run(gate, "--update-baselines", "--pplgate-report", "out")
+    res.assert_outcomes(passed=2)
+    out = res.stdout.str()
+    assert "load+prep+tok+eval" in out and "tok/s" in out
+    records = {r["variant"]: r for r in json.loads((gate.path / "out" / "pplgate-results.json").read_text())["records"]}
+    speed = [r for r in records["noisy"]["rules"] if r["type"] == "speed"]
+    assert len(speed) == 1 and speed[0]["passed"] and speed[0]["value"] > 0
+    assert set(records["fp32"]["phases"]) == {"load_s", "prepare_s", "tokenize_s", "evaluate_s"}
+    assert records["fp32"]["tokens_per_s"] > 0
+    text = (gate.path / "baselines" / "tiny.yaml").read_text()
+    (gate.path / "baselines" / "tiny.yaml").write_text(text.replace("min_ratio: 0.0}", "min_ratio: 1000}"))
+    res = run(gate)
+    res.assert_outcomes(passed=1, failed=1)
+    out = res.stdout.str()
+    assert "SPEED REGRESSION (every perplexity rule passes)" in out
+    assert "[FAIL] speed: tokens/s >= 1000 x tokens/s[fp32] (same session, same device): got " in out
+    assert " tok/s vs fp32 " in out and "tok/s in this session)" in out
+
+
 # --------------------------------------------------------------------------- drift
 
 

@@ -87,6 +87,8 @@ class GateRecord:
     origin: str | None = None
     wall_time_s: float | None = None
     prepare_time_s: float | None = None
+    tokens_per_s: float | None = None  # the evaluation's speed (speed rules compare it within a session)
+    phases: dict[str, float] | None = None  # seconds: load_s, prepare_s, tokenize_s, evaluate_s
     # the comparison with the recorded entry (its first K windows in a partial run)
     baseline: float | None = None
     delta: float | None = None

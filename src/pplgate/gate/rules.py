@@ -3,7 +3,11 @@
 * :class:`AbsoluteRule` (``type: absolute``): ``ppl - recorded`` within ``max_delta``;
 * :class:`RelativeRule` (``type: relative``): ``(ppl - recorded) / recorded`` within ``max_rel``;
 * :class:`RelationalRule` (``type: relational``): ``ppl - ppl(ref)`` (``ref`` measured in the same
-  session) within ``max_delta`` (or ``max_rel`` of the reference).
+  session) within ``max_delta`` (or ``max_rel`` of the reference);
+* :class:`SpeedRule` (``type: speed``): the evaluation's tokens/s at least ``min_ratio`` times the
+  tokens/s of ``ref``, measured in the same session on the same device (a same-run ratio survives a
+  noisy shared machine where absolute times do not). Its ``quantity`` is ``tokens_per_s``: the verdict
+  hands it tokens/s instead of perplexities.
 
 ``direction: both`` bounds the absolute value; ``worse`` only bounds increases (a lower
 perplexity always passes). Defaults: ``both`` for absolute/relative (a deterministic number
@@ -33,10 +37,14 @@ class RuleResult:
     rule: Rule
     passed: bool
     text: str
+    value: float | None = None  # what the rule measured, where it is one number (a speed ratio)
 
     def to_dict(self) -> dict[str, Any]:
         """The record's form of one rule outcome (travels to the controller and into JSON)."""
-        return {"text": self.text, "passed": self.passed, "type": self.rule.type}
+        out: dict[str, Any] = {"text": self.text, "passed": self.passed, "type": self.rule.type}
+        if self.value is not None:
+            out["value"] = self.value
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +54,7 @@ class Rule(ABC):
     type: ClassVar[str]  # the YAML ``type:`` value
     keys: ClassVar[frozenset[str]]  # the YAML keys this rule type takes (besides ``type``)
     needs_recorded: ClassVar[bool] = True  # compares against the recorded baseline (else: this session)
+    quantity: ClassVar[str] = "ppl"  # what check() is given: ppl, or tokens_per_s (the evaluation's speed)
 
     direction: str = "both"
 
@@ -216,7 +225,56 @@ class RelationalRule(_BoundedRule):
         return cls(ref=ref, max_delta=max_delta, max_rel=max_rel, direction=cls._direction(v, node, keypath))
 
 
-RULE_TYPES: dict[str, type[Rule]] = {cls.type: cls for cls in (AbsoluteRule, RelativeRule, RelationalRule)}
+@dataclass(frozen=True, kw_only=True)
+class SpeedRule(Rule):
+    """``tokens/s >= min_ratio * tokens/s[ref]``, ``ref`` being another entry of the profile measured in the
+    same session (so on the same device, in the same process); the ratio is recorded with the result."""
+
+    type: ClassVar[str] = "speed"
+    keys: ClassVar[frozenset[str]] = frozenset({"ref", "min_ratio"})
+    needs_recorded: ClassVar[bool] = False
+    quantity: ClassVar[str] = "tokens_per_s"
+
+    ref: str
+    min_ratio: float
+    direction: str = "worse"  # only slower fails
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return (self.ref,)
+
+    def describe(self) -> str:
+        return f"speed: tokens/s >= {self.min_ratio:g} x tokens/s[{self.ref}] (same session, same device)"
+
+    def short(self) -> str:
+        return f"{self.ref} tok/s x{self.min_ratio:g}"
+
+    def check(self, ppl: float, recorded: float | None, session_ppls: Mapping[str, float]) -> RuleResult:
+        """``ppl`` and ``session_ppls`` are tokens/s here (``quantity``): this entry's and the session's."""
+        speed, base = ppl, session_ppls.get(self.ref)
+        if speed is None or base is None or not (math.isfinite(speed) and math.isfinite(base)) or base <= 0:
+            return RuleResult(self, False, f"[FAIL] {self.describe()}: no tokens/s for this entry or for {self.ref}")
+        ratio = speed / base
+        passed = ratio >= self.min_ratio
+        text = (
+            f"[{'PASS' if passed else 'FAIL'}] {self.describe()}: got {ratio:.3f} "
+            f"({speed:,.1f} tok/s vs {self.ref} {base:,.1f} tok/s in this session)"
+        )
+        return RuleResult(self, passed, text, value=round(ratio, 4))
+
+    @classmethod
+    def parse(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> SpeedRule:
+        foreign = sorted(set(node) - cls.keys - {"type"})
+        if foreign:
+            v.err(keypath, f"a speed rule takes ref and min_ratio (not {', '.join(foreign)})", node)
+        min_ratio = v.number(node, "min_ratio", keypath)
+        if min_ratio is None:
+            v.err(keypath, "a speed rule takes min_ratio (e.g. 0.8: at least 80% of ref's tokens/s)", node)
+        ref = v.string(node, "ref", keypath)
+        return cls(ref=ref, min_ratio=min_ratio)
+
+
+RULE_TYPES: dict[str, type[Rule]] = {cls.type: cls for cls in (AbsoluteRule, RelativeRule, RelationalRule, SpeedRule)}
 # every key some rule type takes: a key outside it is reported before the rule type is looked at (a key
 # of another type, e.g. max_rel on an absolute rule, gets that type's own message)
 RULE_KEYS = frozenset({"type"}).union(*(cls.keys for cls in RULE_TYPES.values()))

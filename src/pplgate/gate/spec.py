@@ -20,6 +20,14 @@ Schema (``schema_version: 1``; see docs/GATE.md for a full example)::
               - {type: absolute, max_delta: 0.001}
             fingerprint: {...}       # written by --update-baselines
             recorded: {ppl, window_nlls, provenance}   # written by --update-baselines
+    tests:                           # entries that test functions check (the ppl_regression fixture)
+      <name>:
+        tolerance: [...]             # optional: else the check's tolerance= (exactly one of the two)
+        fingerprint: {...}           # written by pplgate
+        recorded: {...}              # written by pplgate
+
+A file needs ``profiles:`` (with ``model:``) or ``tests:``, or both. ``tests:`` entries are not
+collected: their test functions measure them.
 
 The YAML key is ``variants:``; one item of it is an *entry* (:class:`EntrySpec`): a variant kind
 with its parameters, tolerance rules and recorded numbers. (The quantization strategy that a kind
@@ -70,10 +78,11 @@ RERECORD = (
     "recorded: blocks and re-record it with pytest --update-baselines"
 )
 
-_TOP_KEYS = {"schema_version", "model", "profiles"}
+_TOP_KEYS = {"schema_version", "model", "profiles", "tests"}
 _MODEL_KEYS = {"name", "source", "gguf_file", "revision", "tokenizer"}
 _PROFILE_KEYS = {"marker", "device", "device_map", "seqlen", "batch_size", "max_windows", "variants"}
 _ENTRY_KEYS = {"kind", "params", "tolerance", "fingerprint", "recorded"}
+_TEST_KEYS = {"tolerance", "fingerprint", "recorded"}
 _RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}
 
 
@@ -134,8 +143,9 @@ class ProfileSpec:
 @dataclass
 class BaselineSpec:
     path: Path
-    model: ModelSpec
+    model: ModelSpec | None  # None: a file of ``tests:`` entries only
     profiles: dict[str, ProfileSpec]
+    tests: dict[str, EntrySpec] = field(default_factory=dict)  # kind ``?``: the check knows what it measures
 
     def resolve_path(self, value: str | None) -> str | None:
         """Expand ``$VARS``/``~``; a relative local path is relative to the baseline file's directory."""
@@ -165,7 +175,8 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
     if data is None:
         v.err("", "the file is empty")
     top = v.mapping(data, "")
-    v.keys(top, _TOP_KEYS, "", required=("schema_version", "model", "profiles"))
+    needed = ("schema_version",) if "tests" in top else ("schema_version", "model", "profiles")
+    v.keys(top, _TOP_KEYS, "", required=needed)
     version = top["schema_version"]
     if isinstance(version, str) and version.strip() == str(SCHEMA_VERSION):
         v.err(
@@ -182,6 +193,12 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
             top,
             "schema_version",
         )
+    tests = _parse_tests(v, top)
+    if "profiles" not in top:
+        if "model" in top:
+            v.err("profiles", "model: is given but profiles: is missing (they go together)", top, "model")
+        return BaselineSpec(path=path, model=None, profiles={}, tests=tests)
+    v.keys(top, _TOP_KEYS, "", required=("model",))
     model = _parse_model(v, v.mapping(top["model"], "model", top, "model"))
     profiles_node = v.mapping(top["profiles"], "profiles", top, "profiles")
     if not profiles_node:
@@ -191,7 +208,37 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
         profiles[pname] = _parse_profile(v, pname, pnode, f"profiles.{pkey}", known_kinds)
     for profile in profiles.values():
         _check_refs(v, profile, profiles)
-    return BaselineSpec(path=path, model=model, profiles=profiles)
+    return BaselineSpec(path=path, model=model, profiles=profiles, tests=tests)
+
+
+def _parse_tests(v: Validator, top: Mapping) -> dict[str, EntrySpec]:
+    """The ``tests:`` section: entries of ``ppl_regression.check`` (tolerance optional, refs among them)."""
+    node = top.get("tests")
+    if node is None:
+        return {}
+    node = v.mapping(node, "tests", top, "tests")
+    tests: dict[str, EntrySpec] = {}
+    for name, (key, enode) in v.named_mappings(node, "test entry", "tests").items():
+        kp = f"tests.{key}"
+        v.keys(enode, _TEST_KEYS, kp)
+        tol = enode.get("tolerance")
+        if tol is not None and not isinstance(tol, list):
+            v.err(f"{kp}.tolerance", "expected a list of rules", enode, "tolerance")
+        rules = [parse_rule(v, r, f"{kp}.tolerance[{i}]", tol, i) for i, r in enumerate(tol or [])]
+        fp = enode.get("fingerprint")
+        if fp is not None:
+            v.mapping(fp, f"{kp}.fingerprint", enode, "fingerprint")
+        tests[name] = EntrySpec(
+            name=name,
+            kind="?",
+            params={},
+            rules=rules,
+            fingerprint=plain(fp) if fp else None,
+            recorded=_parse_recorded(v, enode.get("recorded"), f"{kp}.recorded", enode),
+            line=line_of(node, key),
+            rule_lines=[line_of(tol, i) for i in range(len(tol or []))],
+        )
+    return tests
 
 
 def _parse_model(v: Validator, m: Mapping) -> ModelSpec:
@@ -306,14 +353,14 @@ def _check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, Profi
                 if ref not in entries:
                     elsewhere = [p for p in profiles if ref in profiles[p].variants]
                     hint = (
-                        f"; {ref!r} is a variant of profile {', '.join(elsewhere)}, and a relational rule compares "
+                        f"; {ref!r} is a variant of profile {', '.join(elsewhere)}, and a {rule.type} rule compares "
                         "entries of one profile (measured on the same device and windows)"
                         if elsewhere
                         else ""
                     )
                     v.err(
                         rkp,
-                        f"relational rule references unknown variant {ref!r} "
+                        f"{rule.type} rule references unknown variant {ref!r} "
                         f"(variants of profile {profile.name}: {', '.join(entries)}){hint}",
                         line=line,
                     )

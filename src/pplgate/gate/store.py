@@ -5,7 +5,8 @@ every other byte of the file as it was: comments, key order, indentation, quotin
 (``\\n`` or ``\\r\\n``). Writes take a per-file lock, re-read the file inside it (so concurrent
 writers merge), go through a temp file with fsync and an atomic rename, and follow a symlink to its
 target (the link stays a link). Temp files left behind by a killed writer are removed by the next
-write of the same file.
+write of the same file. An update of a ``tests:`` entry (one that a test function checks with the
+``ppl_regression`` fixture) creates the entry, the ``tests:`` section or the file when missing.
 
 Reading is bounded: a file over :data:`MAX_FILE_BYTES`, or one that uses YAML anchors/aliases (the
 "billion laughs" expansion), is refused before anything is built from it.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -23,17 +23,32 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import BaselineError
+from pplgate.gate.yamltext import (  # noqa: F401  (re-exported: the readers' names live here too)
+    LINE_WIDTH,
+    MAX_FILE_BYTES,
+    line_of,
+    parse_text,
+    plain,
+    read_raw,
+    read_text,
+    yaml_rt,
+)
 
-MAX_FILE_BYTES = 1 << 20  # 1 MiB: a baseline file is a few KiB per model; anything this large is refused
 NLL_DECIMALS = 6
 PPL_DECIMALS = 6
-LINE_WIDTH = 120
 MEASURED_KEYS = ("fingerprint", "recorded")
+TESTS = "tests"  # the top-level section of the entries that test functions check (``ppl_regression``)
+NEW_FILE_HEADER = (
+    "# pplgate baselines. `tests:` holds the entries that test functions check with the ppl_regression\n"
+    "# fixture; pplgate writes their fingerprint: and recorded: blocks (never edit those by hand).\n"
+    "schema_version: 1\n"
+)
 
 
 @dataclass
 class EntryUpdate:
-    """New measured fields for one ``profiles.<profile>.variants.<variant>`` entry."""
+    """New measured fields for one ``profiles.<profile>.variants.<variant>`` entry, or (``section``
+    ``tests``) one ``tests.<variant>`` entry, which the write creates when the file lacks it."""
 
     profile: str
     variant: str
@@ -41,9 +56,22 @@ class EntryUpdate:
     ppl: float
     window_nlls: list[float]
     provenance: dict[str, Any]
+    section: str = "profiles"
+
+    def keys(self) -> tuple[str, ...]:
+        """The entry's key path in the file."""
+        if self.section == TESTS:
+            return (TESTS, self.variant)
+        return ("profiles", self.profile, "variants", self.variant)
+
+    def keypath(self) -> str:
+        return ".".join(self.keys())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["section"] == "profiles":
+            del d["section"]  # the default: records of collected entries keep their shape
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EntryUpdate:
@@ -56,119 +84,6 @@ class EntryUpdate:
             "window_nlls": [round(x, NLL_DECIMALS) for x in self.window_nlls],
             "provenance": self.provenance,
         }
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def yaml_rt(indent: int = 2, width: int = LINE_WIDTH):
-    """A ruamel round-trip loader/dumper (comments kept)."""
-    from ruamel.yaml import YAML
-
-    y = YAML(typ="rt")
-    y.preserve_quotes = True
-    y.width = width
-    y.indent(mapping=indent, sequence=indent + 2, offset=indent)
-    return y
-
-
-def plain(node: Any) -> Any:
-    """ruamel's round-trip containers -> plain dict/list (scalars unchanged)."""
-    if isinstance(node, Mapping):
-        return {str(k): plain(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [plain(v) for v in node]
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
-
-
-def line_of(node: Any, key: Any = None) -> int | None:
-    """1-based line of ``node`` (or of its ``key``) in the file, where ruamel knows it."""
-    lc = getattr(node, "lc", None)
-    if lc is None:
-        return None
-    try:
-        return (lc.key(key)[0] if key is not None else lc.line) + 1
-    except Exception:
-        return None
-
-
-def read_text(path: Path) -> str:
-    """The file's text, refusing oversized and non-UTF-8 files with the reason and the fix."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise BaselineError(
-                path, "", f"file is {size:,} bytes; baseline files are limited to {MAX_FILE_BYTES:,} bytes"
-            )
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BaselineError(path, "", f"cannot read: {exc}") from exc
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise BaselineError(
-            path, "", f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}; save the file as UTF-8", line
-        ) from exc
-
-
-def _refuse_anchors(path: Path, text: str) -> None:
-    """Anchors and aliases are refused: an aliased tree can expand exponentially ("billion laughs")."""
-    from ruamel.yaml.events import AliasEvent
-
-    events = yaml_rt().parse(io.StringIO(text))
-    while True:
-        try:
-            event = next(events)
-        except StopIteration:
-            return
-        except Exception:  # malformed YAML: the loader reports it, with its line
-            return
-        anchor = getattr(event, "anchor", None)
-        if isinstance(event, AliasEvent) or anchor:
-            mark = getattr(event, "start_mark", None)
-            what = f"alias *{anchor}" if isinstance(event, AliasEvent) else f"anchor &{anchor}"
-            raise BaselineError(
-                path,
-                "",
-                f"YAML {what} is not allowed in baseline files (aliases can expand without bound); "
-                "write the values out",
-                mark.line + 1 if mark is not None else None,
-            )
-
-
-def parse_text(path: Path, text: str) -> Any:
-    """Round-trip load of ``text`` (comments kept); malformed YAML -> :class:`BaselineError` with the line."""
-    _refuse_anchors(path, text)
-    try:
-        return yaml_rt().load(text)
-    except Exception as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-        if isinstance(exc, RecursionError):
-            problem = "nested too deeply (a baseline file needs a few levels, not hundreds)"
-        dup = re.match(r'found duplicate key "(.*?)" with value', problem, re.S)
-        if dup:
-            start = getattr(exc, "context_mark", None)
-            problem = f"duplicate key {dup.group(1)!r}: a key may appear only once in a mapping" + (
-                f" (the mapping starts at line {start.line + 1})" if start is not None else ""
-            )
-        raise BaselineError(path, "", f"malformed YAML: {problem}", line) from exc
-
-
-def read_raw(path: str | Path) -> Any:
-    """Bounded, safe round-trip load of a baseline file."""
-    path = Path(path)
-    return parse_text(path, read_text(path))
 
 
 # --------------------------------------------------------------------------- splicing
@@ -243,13 +158,16 @@ def splice_update(path: Path, text: str, upd: EntryUpdate) -> tuple[str, float |
 
     Returns ``(new_text, old_ppl, applied)``; ``applied`` is False when the entry is not in the file.
     """
+    final_newline = text.endswith("\n") or not text
     data = parse_text(path, text)
-    try:
-        variants = data["profiles"][upd.profile]["variants"]
-        vnode = variants[upd.variant]
-    except (KeyError, TypeError):
+    if upd.section == TESTS and _node(data, upd.keys()) is None:
+        text = insert_test_entry(path, text, upd.variant)
+        data = parse_text(path, text)
+    variants = _node(data, upd.keys()[:-1])
+    vnode = _node(data, upd.keys())
+    if variants is None or vnode is None:
         return text, None, False
-    keypath = f"profiles.{upd.profile}.variants.{upd.variant}"
+    keypath = upd.keypath()
     if not isinstance(vnode, Mapping) or not len(vnode) or vnode.fa.flow_style():
         raise BaselineError(
             path,
@@ -285,21 +203,68 @@ def splice_update(path: Path, text: str, upd: EntryUpdate) -> tuple[str, float |
         lines[at:at] = _render("fingerprint", values["fingerprint"], col, indent, newline)
     if "recorded" not in vnode:
         fresh = parse_text(path, "".join(lines))
-        fnode = fresh["profiles"][upd.profile]["variants"][upd.variant]
+        fnode = _node(fresh, upd.keys())
         at = _block_end(lines, fnode.lc.key("fingerprint")[0], col)
         lines[at:at] = _render("recorded", values["recorded"], col, indent, newline)
     new_text = "".join(lines)
-    if not text.endswith("\n"):  # the file had no final newline: keep it that way
+    if not final_newline:  # the file had no final newline: keep it that way
         new_text = new_text[: -len(newline)]
     return new_text, (float(old_ppl) if old_ppl is not None else None), True
+
+
+def _node(data: Any, keys: Sequence[str]) -> Any:
+    """The node at ``keys`` (None when any step is missing or not a mapping)."""
+    for key in keys:
+        if not isinstance(data, Mapping) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def insert_test_entry(path: Path, text: str, name: str) -> str:
+    """``text`` with an entry ``tests.<name>`` (a placeholder ``fingerprint: {}``, replaced by the update) at
+    the end of the ``tests:`` section, which is added at the end of the file when missing."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    if text and not text.endswith("\n"):
+        text += newline
+    data = parse_text(path, text) if text.strip() else None
+    if not isinstance(data, Mapping):
+        if data is not None:
+            raise BaselineError(path, "", "expected a mapping at the top of the file")
+        text, data = text + NEW_FILE_HEADER.replace("\n", newline), {}
+    if TESTS not in data:
+        text += f"{TESTS}:{newline}"
+        data = parse_text(path, text)
+    tests = data[TESTS]
+    if tests is not None and not isinstance(tests, Mapping):
+        raise BaselineError(path, TESTS, "expected a mapping of entry names", line_of(data, TESTS))
+    if tests is not None and len(tests) and tests.fa.flow_style():
+        raise BaselineError(path, TESTS, "written in flow style ({...}); write it in block style", line_of(data, TESTS))
+    lines = _split_lines(text)
+    col, inner = 2, 4  # the columns of an entry's name and of its keys: as the file's first entry has them
+    if tests:
+        first = next(iter(tests))
+        col = tests.lc.key(first)[1]
+        if tests.lc.key(first)[0] == data.lc.key(TESTS)[0]:
+            raise BaselineError(path, TESTS, "put the first entry of tests: on its own line", line_of(data, TESTS))
+        node = tests[first]
+        inner = node.lc.key(next(iter(node)))[1] if isinstance(node, Mapping) and len(node) else col + 2
+    at = _block_end(lines, data.lc.key(TESTS)[0], 0)
+    lines[at:at] = [f"{' ' * col}{name}:{newline}", f"{' ' * inner}fingerprint: {{}}{newline}"]
+    return "".join(lines)
 
 
 def _expected(data: Any, updates: Sequence[EntryUpdate]) -> Any:
     want = plain(data)
     for upd in updates:
-        try:
-            entry = want["profiles"][upd.profile]["variants"][upd.variant]
-        except (KeyError, TypeError):
+        if upd.section == TESTS:
+            if not isinstance(want, Mapping):
+                want = {"schema_version": 1}
+            if not isinstance(want.get(TESTS), Mapping):
+                want[TESTS] = {}
+            want[TESTS].setdefault(upd.variant, {})
+        entry = _node(want, upd.keys())
+        if not isinstance(entry, dict):
             continue
         entry["fingerprint"] = plain(upd.fingerprint)
         entry["recorded"] = plain(upd.recorded())
@@ -308,7 +273,7 @@ def _expected(data: Any, updates: Sequence[EntryUpdate]) -> Any:
 
 def apply_updates(path: Path, text: str, updates: Sequence[EntryUpdate]) -> tuple[str, list[dict[str, Any]]]:
     """Splice every update into ``text`` and verify that nothing else in the document changed."""
-    before = parse_text(path, text)
+    before = parse_text(path, text) if text.strip() else None
     rows = []
     for upd in updates:
         text, old, applied = splice_update(path, text, upd)
@@ -367,8 +332,12 @@ def write_updates(path: str | Path, updates: Sequence[EntryUpdate], *, lock_time
     from filelock import FileLock
 
     target = Path(os.path.realpath(path))
+    creates = any(u.section == TESTS for u in updates)
+    if creates:
+        target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock", timeout=lock_timeout):
         _remove_stale_temps(target)
-        text, rows = apply_updates(target, read_text(target), updates)
+        text = "" if creates and not target.exists() else read_text(target)
+        text, rows = apply_updates(target, text, updates)
         atomic_write_text(target, text)
     return rows

@@ -27,7 +27,7 @@ from typing import Any
 
 from pplgate.gate.drift import compare_fingerprints, describe_drift, drift_lines
 from pplgate.gate.record import FAILING, GateRecord, Status
-from pplgate.gate.rules import RuleResult
+from pplgate.gate.rules import Rule, RuleResult
 from pplgate.gate.spec import EntrySpec, Recorded
 from pplgate.gate.stats import describe_ppl, paired_stats, ppl_of
 from pplgate.gate.store import EntryUpdate
@@ -64,6 +64,7 @@ class Target:
     profile: str
     device: str
     seqlen: int
+    section: str = "profiles"  # ``tests``: an entry of the ppl_regression fixture (created on first run)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Measured:
     origin: str
     wall_time_s: float
     prepare_time_s: float
+    tokens_per_s: float | None = None
+    phases: Mapping[str, float] | None = None  # seconds per phase (load_s, prepare_s, tokenize_s, evaluate_s)
 
 
 # --------------------------------------------------------------------------- judging
@@ -105,6 +108,8 @@ def measured_record(target: Target, entry: EntrySpec, m: Measured, partial: bool
     rec.n_windows, rec.n_windows_total = m.n_windows, m.n_windows_total
     rec.partial = partial or None
     rec.origin, rec.wall_time_s, rec.prepare_time_s = m.origin, m.wall_time_s, m.prepare_time_s
+    rec.tokens_per_s = m.tokens_per_s
+    rec.phases = {k: round(float(v), 3) for k, v in m.phases.items()} if m.phases else None
     return rec
 
 
@@ -161,12 +166,14 @@ def judge(
     force: bool = False,
     partial: bool = False,
     provenance: Mapping[str, Any] | None = None,
+    session_speeds: Mapping[str, float] | None = None,
 ) -> GateRecord:
     """The verdict on ``entry`` given its measurement (see the module docstring for the flow).
 
-    ``session_ppls``: the ppl of each entry that ``entry``'s relational rules name, measured in this
-    session. ``update``/``force``: ``--update-baselines``/``--force-update``. ``partial``: only the
-    first ``measured.n_windows`` windows were scored (compared with the first recorded ones).
+    ``session_ppls``: the ppl of each entry that ``entry``'s relational and speed rules name, measured in
+    this session; ``session_speeds``: their tokens/s (speed rules). ``update``/``force``:
+    ``--update-baselines``/``--force-update``. ``partial``: only the first ``measured.n_windows`` windows
+    were scored (compared with the first recorded ones).
     ``provenance``: the ``recorded.provenance`` block written with an update.
 
     A failing record has its ``message`` (the full text pytest prints); a queued one its ``update``.
@@ -188,7 +195,7 @@ def judge(
         if rec.drift and not (update and force):
             return _drift_failure(rec, header, recorded, measured, update, problems)
         if not rec.drift:
-            results = [rule.check(measured.ppl, rec.baseline, session_ppls) for rule in entry.rules]
+            results = [_check(rule, measured, rec.baseline, session_ppls, session_speeds) for rule in entry.rules]
             rec.rules = [x.to_dict() for x in results]
             base_nlls = rec.baseline_window_nlls or []
             if len(base_nlls) == len(measured.window_nlls):  # else a problem (or drift) says why
@@ -208,7 +215,8 @@ def judge(
             f"  Create it with:\n    {rec.rerun}",
         )
     if update:
-        return _queue(rec, target, entry, measured, session_ppls, provenance or {}, header)
+        session = (session_ppls, session_speeds or {})
+        return _queue(rec, target, entry, measured, session, provenance or {}, header)
     if not all(x.passed for x in results):
         return _tolerance_failure(rec, target, recorded, measured, results, header)
     if rec.inconsistent:
@@ -217,7 +225,26 @@ def judge(
     return rec
 
 
+def _check(
+    rule: Rule,
+    m: Measured,
+    recorded: float | None,
+    session_ppls: Mapping[str, float],
+    session_speeds: Mapping[str, float] | None,
+) -> RuleResult:
+    """One rule on the quantity it judges: the ppl, or (speed rules) the evaluation's tokens/s."""
+    if rule.quantity == "tokens_per_s":
+        return rule.check(m.tokens_per_s, None, session_speeds or {})  # type: ignore[arg-type]  # None: FAIL
+    return rule.check(m.ppl, recorded, session_ppls)
+
+
 def _header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str:
+    if target.section != "profiles":  # an entry of ppl_regression.check: no profile, the test sets the numbers
+        return (
+            f"pplgate: {target.name}\n  model {target.model} ({target.source}), entry {target.section}.{entry.name} "
+            f"(kind {entry.kind}, origin {m.origin}; device {target.device}, seqlen {target.seqlen}, "
+            f"{m.n_windows}/{m.n_windows_total} windows{', PARTIAL' if partial else ''})"
+        )
     return (
         f"pplgate: {target.name}\n  model {target.model} ({target.source}), profile {target.profile} "
         f"(device {target.device}, seqlen {target.seqlen}, {m.n_windows}/{m.n_windows_total} windows"
@@ -276,21 +303,21 @@ def _queue(
     target: Target,
     entry: EntrySpec,
     m: Measured,
-    session_ppls: Mapping[str, float],
+    session: tuple[Mapping[str, float], Mapping[str, float]],
     provenance: Mapping[str, Any],
     header: str,
 ) -> GateRecord:
     """Queue the re-recording, unless a rule against this session's entries fails (re-recording
     cannot fix that: those rules do not depend on the old record)."""
-    session_results = [rule.check(m.ppl, None, session_ppls) for rule in entry.rules if not rule.needs_recorded]
+    session_results = [_check(rule, m, None, *session) for rule in entry.rules if not rule.needs_recorded]
     if session_results and rec.rules is None:
         rec.rules = [x.to_dict() for x in session_results]
     if not all(x.passed for x in session_results):
         return _fail(
             rec,
             Status.FAIL,
-            f"{header}\n  not updating: a relational rule fails in this session (re-recording cannot fix it):\n"
-            + "\n".join(f"    {x.text}" for x in session_results),
+            f"{header}\n  not updating: a {_session_rule_types(session_results)} rule fails in this session "
+            "(re-recording cannot fix it):\n" + "\n".join(f"    {x.text}" for x in session_results),
         )
     if not (math.isfinite(m.ppl) and all(math.isfinite(x) for x in m.window_nlls)):
         return _fail(
@@ -307,8 +334,14 @@ def _queue(
         ppl=m.ppl,
         window_nlls=list(m.window_nlls),
         provenance=dict(provenance),
+        section=target.section,
     )
     return rec
+
+
+def _session_rule_types(results: Sequence[RuleResult]) -> str:
+    """``relational`` / ``speed``: the type(s) of the failing rules against this session's entries."""
+    return "/".join(dict.fromkeys(x.rule.type for x in results if not x.passed))
 
 
 def _tolerance_failure(
@@ -320,6 +353,8 @@ def _tolerance_failure(
     rec.rerun = rerun_command(target.nodeid)
     prov = recorded.provenance or {}
     what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
+    if all(x.rule.quantity == "tokens_per_s" for x in results if not x.passed):
+        what = "SPEED REGRESSION (every perplexity rule passes)"
     return _fail(
         rec,
         Status.FAIL if regression else Status.IMPROVED,

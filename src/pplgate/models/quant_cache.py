@@ -204,6 +204,10 @@ class QuantCache:
         return entry
 
     # -- writing -----------------------------------------------------------------------------
+    def discard(self, key: str) -> None:
+        """Remove the entry ``key`` (one that verified but turned out unusable), atomically for readers."""
+        self._remove(self.entry_path(key))
+
     def _remove(self, d: Path) -> None:
         if not d.exists():
             return

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from pplgate.pytest_plugin import fixtures, options, records, shard, xdist
 from pplgate.pytest_plugin import items as gate_items
-from pplgate.pytest_plugin import options, shard, xdist
 from pplgate.pytest_plugin import session as gate_session
+from pplgate.pytest_plugin.fixtures import ppl_model, ppl_regression, ppl_variant
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,18 +33,18 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     gate_session.gate_of(config).order = gate_items.order_items(items)
+    fixtures.group_items(items)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    if isinstance(item, gate_items.GateItem):
-        gate_session.gate_of(item.config).free_after(item)
+    gate_session.gate_of(item.config).free_after(item, nextitem)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = yield
-    gate_session.attach_record(item, call, rep)
+    records.attach_record(item, call, rep)
     return rep
 
 
@@ -92,6 +93,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 __all__ = [
+    "ppl_model",
+    "ppl_regression",
+    "ppl_variant",
     "pytest_addoption",
     "pytest_collect_file",
     "pytest_collection_modifyitems",

@@ -78,6 +78,8 @@ class BaselineFile(pytest.File):
         from pplgate.models.source import resolve_source
 
         spec = parse_baseline(self.path, known_kinds=known_kinds())
+        if spec.model is None:
+            return  # only ``tests:`` entries: their test functions measure them (the ppl_regression fixture)
         try:
             source = resolve_source(spec.resolve_path(spec.model.source), spec.model.gguf_file, spec.model.revision)
         except PplgateError as exc:
@@ -118,6 +120,8 @@ class GateItem(pytest.Item):
 
     def __init__(self, *, spec: BaselineSpec, profile: ProfileSpec, variant: EntrySpec, source, tokenizer, **kw):
         super().__init__(**kw)
+        assert spec.model is not None
+        self.model_name = spec.model.name
         self.spec, self.profile, self.variant = spec, profile, variant
         self.source, self.tokenizer_ref = source, tokenizer
         self.record: GateRecord | None = None

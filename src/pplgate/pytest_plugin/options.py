@@ -122,3 +122,8 @@ def add_markers(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: GPU tier of the gate (skips where no CUDA device exists)")
     config.addinivalue_line("markers", "smoke: CPU tier of the gate (a few windows, runs everywhere)")
     config.addinivalue_line("markers", "xdist_group(name): keep tests of one model on one pytest-xdist worker")
+    config.addinivalue_line(
+        "markers",
+        "pplgate_model(name): the xdist_group of a test using the ppl_* fixtures (default: its module), "
+        "so that --dist loadgroup keeps a model's tests on one worker",
+    )

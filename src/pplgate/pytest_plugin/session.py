@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,17 +15,17 @@ from pplgate.errors import PplgateError
 from pplgate.gate import reports
 from pplgate.gate.record import GateRecord, Status
 from pplgate.gate.spec import EntrySpec, ProfileSpec
-from pplgate.gate.store import NLL_DECIMALS, PPL_DECIMALS, EntryUpdate, write_updates
+from pplgate.gate.store import EntryUpdate, write_updates
 from pplgate.gate.verdict import (
     Measured,
     Target,
     is_partial,
     judge,
     measured_record,
-    new_record,
     partial_update_refusal,
 )
 from pplgate.pytest_plugin.items import GATE_KEY, GateFailure, GateItem
+from pplgate.pytest_plugin.records import base_record, not_written_lines, target_of
 
 if TYPE_CHECKING:
     from pplgate.measure import Measurement, Measurer
@@ -35,25 +36,6 @@ def gate_of(config: pytest.Config) -> GateSession:
     gate = config.stash[GATE_KEY]
     assert isinstance(gate, GateSession)
     return gate
-
-
-def target_of(item: GateItem) -> Target:
-    """What the verdict needs to know about the test item."""
-    return Target(
-        nodeid=item.nodeid,
-        name=item.name,
-        file=str(item.spec.path),
-        model=item.spec.model.name,
-        source=item.source.describe(),
-        profile=item.profile.name,
-        device=item.device,
-        seqlen=item.profile.seqlen,
-    )
-
-
-def base_record(item: GateItem, status: Status) -> GateRecord:
-    """The result record of a gate test before anything is measured."""
-    return new_record(target_of(item), item.variant, status)
 
 
 def with_recorded_device_type(entry: EntrySpec, profile_device: str) -> EntrySpec:
@@ -84,6 +66,12 @@ class GateSession:
     collected_files: dict[str, Path] = field(default_factory=dict)  # realpath -> the path it was collected under
     report_notes: list[str] = field(default_factory=list)
     all_skipped_under_ci: bool = False
+    # ppl_regression.check on this worker: (file, entry) -> the test that checked it, and its ppl
+    checked: dict[tuple[str, str], str] = field(default_factory=dict)
+    checked_ppls: dict[tuple[str, str], float] = field(default_factory=dict)
+    checked_by: dict[tuple[str, str], str] = field(default_factory=dict)  # the controller's view of the checks
+    check_conflicts: list[str] = field(default_factory=list)  # one entry checked by two tests
+    conflicting: set[tuple[str, str]] = field(default_factory=set)  # (file, entry) of those: never written
 
     # ---- configuration
     @property
@@ -136,6 +124,11 @@ class GateSession:
             )
         return self._measurer
 
+    @property
+    def max_windows_override(self) -> int | None:
+        """``--pplgate-max-windows``."""
+        return self.config.getoption("--pplgate-max-windows")
+
     def max_windows(self, profile: ProfileSpec) -> int | None:
         override = self.config.getoption("--pplgate-max-windows")
         return profile.max_windows if override is None else override
@@ -155,8 +148,15 @@ class GateSession:
             label=f"{item.source.short_name()} {variant.name}",
         )
 
-    def free_after(self, item: GateItem) -> None:
-        """Free the models no later gate item needs (GPU memory)."""
+    def free_after(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """Free the models no later gate item needs (GPU memory): after a gate item, and after the last test
+        of an xdist group of tests using the ppl_* fixtures (a model's tests: its models are done)."""
+        if not isinstance(item, GateItem):
+            if self._measurer is None or (nextitem is not None and _group(nextitem) == _group(item)):
+                return
+            rest = item.session.items[item.session.items.index(nextitem) :] if nextitem in item.session.items else []
+            self.measurer.free({(it.source, it.device) for it in rest if isinstance(it, GateItem)})
+            return
         try:
             pos = self.order.index(item)
         except ValueError:
@@ -164,18 +164,52 @@ class GateSession:
         self.measurer.free({(it.source, it.device) for it in self.order[pos + 1 :]})
 
     # ---- the test itself
-    def run_item(self, item: GateItem) -> None:
-        """Measure the entry (and the entries its relational rules name), judge, raise a failing verdict."""
-        from pplgate import provenance
-
-        profile = item.profile
-        entry = with_recorded_device_type(item.variant, profile.device)
+    def refuse_partial_update(self, profile_name: str, profile_max_windows: int | None) -> None:
+        """``--update-baselines`` with a ``--pplgate-max-windows`` other than the entry's: an error."""
         override = self.config.getoption("--pplgate-max-windows")
-        refusal = partial_update_refusal(override, profile.name, profile.max_windows) if self.update else None
+        refusal = partial_update_refusal(override, profile_name, profile_max_windows) if self.update else None
         if refusal:
             raise PplgateError(refusal)
+
+    def run_item(self, item: GateItem) -> None:
+        """Measure the entry (and the entries its relational rules name), judge, raise a failing verdict."""
+        profile = item.profile
+        entry = with_recorded_device_type(item.variant, profile.device)
+        self.refuse_partial_update(profile.name, profile.max_windows)
         item.record = base_record(item, Status.ERROR)
         m = self.measure(item, entry)
+
+        def session_ppls() -> dict[str, float]:  # relational rules compare with entries measured in this session
+            return {ref: self.measure(item, profile.variants[ref]).result.ppl for ref in entry.refs}
+
+        def session_speeds() -> dict[str, float]:  # speed rules compare tokens/s with them
+            return {ref: self.measure(item, profile.variants[ref]).result.tokens_per_s for ref in entry.refs}
+
+        def measured(rec: GateRecord) -> None:  # what an error report shows
+            item.record = rec
+
+        item.record = self.verdict(
+            target_of(item), entry, m, profile.max_windows, session_ppls, measured, session_speeds=session_speeds
+        )
+        if item.record.message is not None:
+            raise GateFailure(item.record.message, item.record.status)
+
+    def verdict(
+        self,
+        target: Target,
+        entry: EntrySpec,
+        m: Measurement,
+        profile_max_windows: int | None,
+        session_ppls: Callable[[], Mapping[str, float]],
+        on_measured: Callable[[GateRecord], None] = lambda rec: None,
+        *,
+        update: bool | None = None,
+        session_speeds: Callable[[], Mapping[str, float]] = dict,
+    ) -> GateRecord:
+        """:func:`~pplgate.gate.verdict.judge` on a measurement, with this session's options and provenance
+        (one path for collected entries and ``ppl_regression.check``)."""
+        from pplgate import provenance
+
         r = m.result
         prov = provenance.collect(
             device=r.device,
@@ -195,32 +229,39 @@ class GateSession:
             origin=m.origin,
             wall_time_s=r.wall_time_s,
             prepare_time_s=m.prepare_time_s,
+            tokens_per_s=r.tokens_per_s,
+            phases=m.phases,
         )
-        target, partial = target_of(item), is_partial(override, profile.max_windows)
-        item.record = measured_record(target, entry, measured, partial)  # what an error report shows
-        # relational rules compare with entries measured in this session
-        session_ppls = {ref: self.measure(item, profile.variants[ref]).result.ppl for ref in entry.refs}
-        item.record = judge(
+        partial = is_partial(self.config.getoption("--pplgate-max-windows"), profile_max_windows)
+        on_measured(measured_record(target, entry, measured, partial))
+        return judge(
             target,
             entry,
             measured,
-            session_ppls=session_ppls,
-            update=self.update,
+            session_ppls=session_ppls(),
+            update=self.update if update is None else update,
             force=self.force,
             partial=partial,
             provenance=prov,
+            session_speeds=session_speeds(),
         )
-        if item.record.message is not None:
-            raise GateFailure(item.record.message, item.record.status)
 
     # ---- reports from the items (on the controller, from every xdist worker)
     def on_report(self, report: pytest.TestReport) -> None:
         data = getattr(report, "pplgate", None)
-        if isinstance(data, dict):
-            rec = GateRecord.from_dict(data)
+        for d in [data] if isinstance(data, dict) else getattr(report, "pplgate_checks", None) or []:
+            rec = GateRecord.from_dict(d)
+            if not isinstance(data, dict):  # a check: one name once per session, across xdist workers too
+                first = self.checked_by.setdefault((rec.file or "", rec.variant or ""), rec.nodeid)
+                if first != rec.nodeid:
+                    self.check_conflicts.append(
+                        f"entry tests.{rec.variant} of {rec.file} was checked by {first} and by {rec.nodeid} "
+                        "(on different xdist workers): give the checks different names; nothing written for it"
+                    )
+                    self.conflicting.add((rec.file or "", rec.variant or ""))
             self.records.append(rec)
-            if rec.update is not None and rec.status.queued:
-                self.updates.setdefault(rec.file, []).append(rec.update)
+            if rec.update is not None and (rec.status.queued or rec.status == Status.MISSING):
+                self.updates.setdefault(rec.file or "", []).append(rec.update)
         if report.failed and not getattr(report, "pplgate_gate_failure", False):
             self.nongate_failures += 1
 
@@ -235,10 +276,19 @@ class GateSession:
         """Write the queued updates (unless blocked), fail an all-skipped gate under CI, write the reports."""
         if self.is_worker:
             return  # the controller writes files and reports for the whole run
-        if self.update and self.updates:
+        if self.check_conflicts:
+            _fail(session)
+            for path, name in self.conflicting:
+                kept = [u for u in self.updates.pop(path, []) if (u.section, u.variant) != ("tests", name)]
+                if kept:
+                    self.updates[path] = kept
+                self._mark_not_written("checked by two tests", path, ("tests", name))
+        # without --update-baselines only ppl_regression's first recordings are queued (written, as
+        # pytest-regressions does, whatever else failed: they replace nothing)
+        if self.updates:
             if exitstatus == pytest.ExitCode.INTERRUPTED:
                 self.update_blocked = "the session was interrupted"
-            elif self.nongate_failures or self.collect_errors:
+            elif self.update and (self.nongate_failures or self.collect_errors):
                 self.update_blocked = (
                     f"{self.nongate_failures} test(s) failed or errored for a non-gate reason and "
                     f"{self.collect_errors} collection error(s) occurred"
@@ -291,7 +341,7 @@ class GateSession:
     def _mark_not_written(self, reason: str, path: str | None = None, entry: tuple[str, str] | None = None) -> None:
         """Records queued as created/updated whose write did not happen say so (status ``not_written``)."""
         for rec in self.records:
-            if not rec.status.queued or rec.update is None:
+            if rec.update is None or not (rec.status.queued or rec.status == Status.MISSING):
                 continue
             if (path is None or rec.file == path) and (entry is None or (rec.profile, rec.variant) == entry):
                 rec.mark_not_written(reason)
@@ -310,7 +360,9 @@ class GateSession:
                 red=True,
                 bold=True,
             )
-        if self.update:
+        for conflict in self.check_conflicts:
+            tr.write_line(f"pplgate: {conflict}", red=True, bold=True)
+        if self.update or self.updates:
             if self.update_blocked:
                 tr.write_line(f"pplgate: NOT writing baseline updates: {self.update_blocked}.", red=True, bold=True)
             for err in self.write_errors:
@@ -321,7 +373,7 @@ class GateSession:
                 tr.write_sep("-", "pplgate baseline updates (old -> new)")
                 for line in reports.update_table(self.update_rows, self.config.rootpath):
                     tr.write_line(line)
-            elif not self.updates:
+            elif self.update and not self.updates:
                 tr.write_line("pplgate: --update-baselines: nothing to write")
         if self.report_error:
             tr.write_line(f"pplgate: {self.report_error}", red=True, bold=True)
@@ -331,40 +383,15 @@ class GateSession:
             tr.write_line(f"pplgate: {note}", yellow=True)
 
 
+def _group(item: pytest.Item) -> str | None:
+    """The item's ``xdist_group`` name (tests using the ppl_* fixtures get one at collection)."""
+    marker = item.get_closest_marker("xdist_group")
+    if marker is None:
+        return None
+    return str(marker.kwargs.get("name", marker.args[0] if marker.args else ""))
+
+
 def _fail(session: pytest.Session) -> None:
     """A session that would pass fails (its exit status says what went wrong at its end)."""
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def not_written_lines(records: list[GateRecord], rootdir: Path) -> list[str]:
-    """The measured numbers of every update that was not written, as the file would have held them."""
-    out = []
-    for rec in records:
-        if rec.status != Status.NOT_WRITTEN or rec.update is None:
-            continue
-        u = rec.update
-        nlls = ", ".join(f"{x:.{NLL_DECIMALS}f}" for x in u.window_nlls)
-        out.append(
-            f"pplgate: measured, not written: {reports.relpath(rec.file or '', rootdir)} :: {u.profile}/{u.variant}: "
-            f"ppl {u.ppl:.{PPL_DECIMALS}f} over {len(u.window_nlls)} windows, window NLLs [{nlls}]"
-        )
-    return out
-
-
-def attach_record(item: pytest.Item, call: pytest.CallInfo[None], rep: pytest.TestReport) -> None:
-    """Put the item's record on its report; a skip or an error (in setup or call) records its reason."""
-    if not isinstance(item, GateItem) or rep.when not in ("setup", "call"):
-        return
-    exc = call.excinfo.value if call.excinfo is not None else None
-    if rep.failed:
-        rep.pplgate_gate_failure = isinstance(exc, GateFailure)  # type: ignore[attr-defined]
-    rec = item.record if rep.when == "call" else None
-    if rep.skipped:
-        rec = rec or base_record(item, Status.SKIPPED)
-        rec.mark_skipped(str(getattr(exc, "msg", None) or exc or ""))
-    elif rep.failed and not isinstance(exc, GateFailure):
-        rec = rec or base_record(item, Status.ERROR)
-        rec.mark_error(f"{type(exc).__name__}: {exc}" if exc is not None else str(rep.longrepr))
-    if rec is not None:
-        rep.pplgate = rec.to_dict()  # type: ignore[attr-defined]  # plain data: travels from xdist workers

@@ -1,0 +1,85 @@
+"""What one measurement is: :class:`Measurement`, its protocol fingerprint and provenance helpers.
+
+Shared by :mod:`pplgate.measure` (the Measurer) and :mod:`pplgate.comparing` (its comparison pass).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pplgate.gate.store import plain
+from pplgate.models.source import ModelSource
+from pplgate.models.variant import Variant
+from pplgate.protocol.result import PerplexityResult
+
+# keys of PreparedModel.info that are paths or machine-specific, kept out of the provenance
+_INFO_NOT_RECORDED = ("load_path", "cache_entry", "calibration_source")
+
+
+@dataclass
+class Measurement:
+    """One measured entry: the result, the protocol fingerprint, how the model was obtained."""
+
+    result: PerplexityResult
+    # dataset_sha256, n_tokens, n_windows, n_windows_total, bos_added, tokenizer_name, tokenizer_sha256,
+    # seqlen, dtype, device_type and variant (the variant's own fingerprint), in the order a baseline records them
+    fingerprint: dict[str, Any]
+    origin: str  # loaded | quantized | cache
+    prepare_time_s: float
+    extra: dict[str, Any] = field(default_factory=dict)  # prepare_info, phases, caches; device_layout on CUDA
+    # seconds per phase of this measurement: load (float models, incl. private copies), prepare (the variant's
+    # own work: quantizing, a cache read), tokenize (tokenizer load + tokenizing; 0 when done earlier this
+    # session), evaluate (the engine); see PHASES
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+PHASES = ("load_s", "prepare_s", "tokenize_s", "evaluate_s")
+
+
+def scalar_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar facts of a variant's ``PreparedModel.info`` (cache key, times, kernel) for provenance."""
+    return {
+        k: round(v, 2) if isinstance(v, float) else v
+        for k, v in info.items()
+        if isinstance(v, (str, int, float, bool)) and k not in _INFO_NOT_RECORDED
+    }
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(plain(params), sort_keys=True, default=str)
+
+
+def tokenizer_name(tok: Any, source: ModelSource, tokenizer: str | None) -> str:
+    """The tokenizer's class and where it comes from, without machine paths: a moved directory is no drift.
+
+    A hub id is kept, a GGUF by its file name; any other local path reads ``local`` (its content is in
+    ``tokenizer_sha256``).
+    """
+    if tokenizer:
+        ref = "local" if Path(tokenizer).expanduser().exists() else tokenizer
+    elif source.gguf_file:
+        ref = source.gguf_file
+    else:
+        ref = "local" if Path(source.path_or_id).expanduser().exists() else source.path_or_id
+    return f"{type(tok).__name__}({ref})"
+
+
+def fingerprint(result: PerplexityResult, tok_name: str, variant: Variant) -> dict[str, Any]:
+    """The protocol fingerprint a baseline records for ``result`` of ``variant``."""
+    return {
+        "dataset_sha256": result.dataset_sha256,
+        "n_tokens": result.n_tokens,
+        "n_windows": result.n_windows,
+        "n_windows_total": result.n_windows_total,
+        "bos_added": result.bos_added,
+        "tokenizer_name": tok_name,
+        "tokenizer_sha256": result.tokenizer_sha256,
+        "seqlen": result.seqlen,
+        "dtype": result.dtype,
+        "device_type": str(result.device).split(":")[0],
+        "variant": plain(variant.fingerprint()),
+    }
