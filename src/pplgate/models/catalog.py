@@ -20,6 +20,7 @@ STRUCTURED_PARAMS = {
     "params": "mapping of keyword arguments for the function",
     "config": "path of a file passed as config_path=",
     "dtype": "auto, fp16, bf16 or fp32 (auto)",
+    "quant_dtype": "fp16, bf16 or fp32: the dtype while llm-compressor calibrates (default: dtype)",
 }
 
 

@@ -27,13 +27,14 @@ GPTQ_SPEC = (
 
 
 class GptqVariant(LlmcVariant):
-    """GPTQ (llm-compressor). params: ``w_bit`` (4), ``q_group_size`` (128), ``sym`` (true), ``actorder``
-    (static), ``dampening_frac`` (0.01), ``block_size`` (128), ``calibration`` (as for ``awq``), ``dtype``."""
+    """GPTQ (llm-compressor). params: ``w_bit`` (4), ``q_group_size`` (128), ``sym`` (true),
+    ``actorder`` (static), ``dampening_frac`` (0.01), ``block_size`` (128), ``calibration`` (as for
+    ``awq``), ``dtype``, ``quant_dtype`` (the dtype while it calibrates; default ``dtype``)."""
 
     kind = "gptq"
     summary = "GPTQ through llm-compressor's GPTQModifier (weight-only int groups), stored as compressed-tensors"
     params_spec = GPTQ_SPEC
-    params_allowed = (*(p.name for p in GPTQ_SPEC), "dampening_frac", "calibration")
+    params_allowed = (*(p.name for p in GPTQ_SPEC), "dampening_frac", "calibration", "quant_dtype")
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)

@@ -32,10 +32,16 @@ from pplgate.models.layers import (
     strip_load_quantization,
     valid_group_sizes,
 )
-from pplgate.models.llmc_compat import LLMC_VERSIONS_KEYED, calibration_loader, import_llmcompressor, run_oneshot
+from pplgate.models.llmc_compat import (
+    LLMC_VERSIONS_KEYED,
+    calibration_loader,
+    freeze_fake_quant,
+    import_llmcompressor,
+    run_oneshot,
+)
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import load_tokenizer, torch_dtype
-from pplgate.models.variant import ModelContext, PreparedModel, Variant
+from pplgate.models.variant import DTYPE_PARAM, ModelContext, PreparedModel, Variant
 from pplgate.protocol.progress import library_bars_off
 
 # Version of pplgate's own use of llm-compressor (loader, shims); part of the cache key.
@@ -65,6 +71,8 @@ class LlmcVariant(Variant):
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
         self.dtype_param: str = self.dtype_from_params()
+        if self.params.get("quant_dtype") is not None:
+            DTYPE_PARAM.read({"dtype": self.params["quant_dtype"]}, f"{self.kind} quant_dtype")
         cal = self.params.get("calibration")
         try:
             self.calibration = None if cal is None and not self.needs_calibration() else CalibrationSpec.from_param(cal)
@@ -92,6 +100,11 @@ class LlmcVariant(Variant):
         """Whether every decoder Linear must come out quantized (a recipe may target fewer on purpose)."""
         return True
 
+    def quant_dtype(self, ctx: ModelContext, dtype: str) -> str:
+        """The dtype the model is in while llm-compressor calibrates (``quant_dtype``; default the compute dtype)."""
+        q = self.params.get("quant_dtype")
+        return dtype if q in (None, "auto") else ctx.dtype(q)
+
     # -- shared ------------------------------------------------------------------------------------------
     def _calibration_all(self):
         if self.calibration is None:
@@ -109,6 +122,7 @@ class LlmcVariant(Variant):
             "kind": self.kind,
             **self.recipe_fingerprint(),
             "dtype": self.dtype_param,
+            **({"quant_dtype": self.params["quant_dtype"]} if self.params.get("quant_dtype") else {}),
             "calibration": None
             if cal is None
             else {
@@ -139,7 +153,7 @@ class LlmcVariant(Variant):
         self.recipe()  # a recipe that does not build fails here, before any work
 
     def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, dict]:
-        model = ctx.load(dtype, fresh=True)
+        model = ctx.load(self.quant_dtype(ctx, dtype), fresh=True)
         strip_load_quantization(model)
         loader, n_blocks = (None, 0)
         if self.calibration is not None:
@@ -157,6 +171,8 @@ class LlmcVariant(Variant):
         if done == 0:
             raise VariantError(f"{self.kind}: the recipe quantized no decoder Linear (check its targets)")
         info["n_quantized_linears"] = done
+        info["quant_dtype"] = self.quant_dtype(ctx, dtype)
+        model.to(torch_dtype(dtype))  # quantized in quant_dtype, measured in the compute dtype
         if logs:
             info["llmcompressor_warnings"] = [f"{r['level']}: {r['message'][:300]}" for r in logs]
         return model, info
@@ -181,9 +197,15 @@ class LlmcVariant(Variant):
         cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
         if not cache.enabled:
             model, qinfo = self._quantize(ctx, dtype, tokenizer, texts)
+            freeze_fake_quant(model)
             info.update(qinfo, cache="off")
             return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
-        variant = {**self.fingerprint(), "quant_dtype": dtype, "pplgate_llmc_impl": LLMC_IMPL_VERSION}
+        variant = {
+            **self.fingerprint(),
+            "compute_dtype": dtype,
+            "calibration_dtype": self.quant_dtype(ctx, dtype),
+            "pplgate_llmc_impl": LLMC_IMPL_VERSION,
+        }
         key = cache_key(cache_key_parts(ctx.source, variant, cal_sha, library_versions(*LLMC_VERSIONS_KEYED)))
         info["cache_key"] = key
         built: dict[str, Any] = {}
@@ -236,4 +258,7 @@ def load_compressed(
         # "You passed `quantization_config` ... the model already has one": run_compressed is the point
         warnings.filterwarnings("ignore", "You passed `quantization_config`")
         model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
-    return model.to(ctx.torch_device).eval()
+    model = model.to(ctx.torch_device).eval()
+    if compressed_tensors:
+        freeze_fake_quant(model)
+    return model

@@ -186,6 +186,25 @@ def run_oneshot(model: torch.nn.Module, tokenizer: Any, recipe: Any, loader: Any
     return logs
 
 
+@torch.no_grad()
+def freeze_fake_quant(model: torch.nn.Module) -> int:
+    """Apply each module's weight fake-quantization once and switch it off: the same weights, bitwise, that
+    compressed-tensors' forward would recompute on every call (210 small kernels per forward made a
+    SmolLM2 evaluation on the H100 take 148 s instead of 1 s). Returns the number of modules frozen."""
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+    from compressed_tensors.quantization.lifecycle.helpers import disable_quantization
+
+    n = 0
+    for module in model.modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        if scheme is None or scheme.weights is None or not getattr(module, "quantization_enabled", True):
+            continue
+        module.weight.data = forward_quantize(module, module.weight, "weight", scheme.weights)
+        disable_quantization(module)
+        n += 1
+    return n
+
+
 def undispatch(model: torch.nn.Module) -> None:
     """Remove the offload wrapping the sequential pipeline put on the model: a plain model on one device."""
     from compressed_tensors.offload import remove_dispatch

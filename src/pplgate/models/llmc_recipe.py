@@ -38,7 +38,7 @@ DATA_MODIFIERS = {
     "WandaPruningModifier",
     "SpinQuantModifier",
 }
-RECIPE_PARAMS = ("recipe", "recipe_file", "calibration", "dtype", "require_all_linears")
+RECIPE_PARAMS = ("recipe", "recipe_file", "calibration", "dtype", "quant_dtype", "require_all_linears")
 
 
 class LlmcRecipeVariant(LlmcVariant):
