@@ -32,7 +32,7 @@ for s in "$@"; do
          python3 bench/bench_kld.py --device cuda --batch-size 16 --reps 2 --out "$OUT/kld-h100.json" \
            --variant rtn:w_bit=4,q_group_size=64,zero_point=true \
            --variant "awq:{\"w_bit\":4,\"q_group_size\":64,\"zero_point\":true,\"version\":\"gemm\",\"calibration\":{\"source\":\"$CAL\",\"n_samples\":128,\"seqlen\":512}}" \
-           --variant "gptq:{\"w_bit\":4,\"q_group_size\":64,\"sym\":false,\"quant_dtype\":\"fp32\",\"calibration\":{\"source\":\"$CAL\",\"n_samples\":128,\"seqlen\":512}}" \
+           --variant "gptq:{\"w_bit\":4,\"q_group_size\":64,\"sym\":false,\"dampening_frac\":1.0,\"quant_dtype\":\"fp32\",\"calibration\":{\"source\":\"$CAL\",\"n_samples\":128,\"seqlen\":512}}" \
            --variant "llmc-recipe:{\"recipe\":[{\"AWQModifier\":{}},{\"QuantizationModifier\":{\"targets\":[\"Linear\"],\"ignore\":[\"lm_head\"],\"config_groups\":{\"group_0\":$G}}}],\"quant_dtype\":\"fp32\",\"calibration\":{\"source\":\"$CAL\",\"n_samples\":128,\"seqlen\":512}}" \
            2>&1 | tail -40 ;;
     speed) git checkout -- baselines 2>/dev/null

@@ -38,6 +38,7 @@ from pplgate.models.llmc_compat import (
     freeze_fake_quant,
     import_llmcompressor,
     run_oneshot,
+    undispatch,
 )
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import load_tokenizer, torch_dtype
@@ -258,6 +259,8 @@ def load_compressed(
         # "You passed `quantization_config` ... the model already has one": run_compressed is the point
         warnings.filterwarnings("ignore", "You passed `quantization_config`")
         model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+    if compressed_tensors:
+        undispatch(model)  # compressed-tensors' load-time offload wrapping ran every forward on the CPU
     model = model.to(ctx.torch_device).eval()
     if compressed_tensors:
         freeze_fake_quant(model)
