@@ -45,7 +45,7 @@ i = s.find("      # GPTQ through llm-compressor, its default recipe")
 open(p, "w").write(s if i < 0 else s[:i])
 PY
            python3 bench/gate_speed.py "$OUT/gate-speed-h100.json" --marker gpu --warm 2 --work-dir /tmp/gs \
-             --src main=$PWD/.device/old/src --src new=$PWD/src -- -k "not gptq and not llmc" 2>&1 | tail -30 ;;
+             --src main=$PWD/.device/old/src --src new=$PWD/src 2>&1 | tail -30 ;;
   esac
 done
 echo "== done ($(date +%T))"
