@@ -13,10 +13,12 @@ from pplgate.gate.rules import (
     RULE_KEYS,
     RULE_TYPES,
     AbsoluteRule,
+    KldRule,
     RelationalRule,
     RelativeRule,
     Rule,
     RuleResult,
+    Top1Rule,
     parse_rule,
 )
 from pplgate.gate.validator import Validator
@@ -44,9 +46,15 @@ def test_rule_semantics(rule, ppl, rec, ref, passed):
 
 
 def test_one_class_per_rule_type():
-    assert RULE_TYPES == {"absolute": AbsoluteRule, "relative": RelativeRule, "relational": RelationalRule}
+    assert RULE_TYPES == {
+        "absolute": AbsoluteRule,
+        "relative": RelativeRule,
+        "relational": RelationalRule,
+        "kld": KldRule,
+        "top1": Top1Rule,
+    }
     assert all(issubclass(cls, Rule) for cls in RULE_TYPES.values())
-    assert RULE_KEYS == {"type", "max_delta", "max_rel", "direction", "ref"}
+    assert RULE_KEYS == {"type", "max_delta", "max_rel", "direction", "ref", "max_mean", "min_agreement"}
     assert DIRECTIONS == ("both", "worse")
     with pytest.raises(TypeError):
         Rule()  # abstract
@@ -160,8 +168,8 @@ def test_parse(node, rule):
     [
         ("absolute", "", "expected a mapping, got str"),
         ({"max_delta": 1}, ".type", "missing required key"),
-        ({"type": "absolute", "max": 1}, ".max", "unknown key 'max' (allowed: direction, max_delta, max_rel, ref, t"),
-        ({"type": "fuzzy"}, ".type", "unknown rule type 'fuzzy' (allowed: absolute, relative, relational)"),
+        ({"type": "absolute", "max": 1}, ".max", "unknown key 'max' (allowed: direction, max_delta, max_mean, max_r"),
+        ({"type": "fuzzy"}, ".type", "unknown rule type 'fuzzy' (allowed: absolute, relative, relational, kld, top1)"),
         ({"type": "absolute"}, "", "an absolute rule takes max_delta (and no max_rel)"),
         ({"type": "absolute", "max_delta": 1, "max_rel": 1}, "", "an absolute rule takes max_delta (and no max_rel)"),
         ({"type": "relative", "max_delta": 1}, "", "a relative rule takes max_rel (and no max_delta)"),

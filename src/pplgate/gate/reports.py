@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pplgate.gate import report_kld
 from pplgate.gate.record import FAILING, GateRecord, Status
 from pplgate.gate.stats import PairedStats
 from pplgate.gate.store import NLL_DECIMALS
@@ -94,6 +95,7 @@ def junit_properties(rec: Record) -> list[tuple[str, Any]]:
         ("pplgate_delta", _f(rec.get("delta"), "{:+.6f}")),
         ("pplgate_tolerance", rec.get("tolerance", "")),
         ("pplgate_status", rec.get("status", "")),
+        *report_kld.junit_properties(rec),
     ]
 
 
@@ -116,8 +118,10 @@ HEADER = ["model", "variant", "ppl", "baseline", "delta", "tolerance", "status",
 
 
 def terminal_table(records: Sequence[Record]) -> list[str]:
-    rows = [HEADER] + [_row(as_dict(r)) for r in records]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(HEADER))]
+    recs = [as_dict(r) for r in records]
+    header, body = report_kld.with_columns(HEADER, [_row(r) for r in recs], recs)
+    rows = [header, *body]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
@@ -204,6 +208,7 @@ def _section(rec: dict[str, Any], plot: str | None) -> list[str]:
         lines.append(f"- protocol drift `{k}`: `{old}` → `{new}`")
     if rec.get("paired"):
         lines.append(f"- {_paired_text(rec['paired'])}")
+    lines += report_kld.section_lines(rec)
     for problem in rec.get("inconsistent") or []:
         lines.append(f"- ⚠️ {problem}: was the baseline file edited by hand?")
     if rec.get("error"):
@@ -233,10 +238,10 @@ def markdown(
     plots = plots or {}
     records = [as_dict(r) for r in records]
     lines = [verdict(records, blocked), "", "### pplgate: WikiText-2 perplexity gate", ""]
-    lines.append("| " + " | ".join(HEADER) + " |")
-    lines.append("|" + "---|" * len(HEADER))
-    for rec in records:
-        row = _row(rec)
+    header, rows = report_kld.with_columns(HEADER, [_row(r) for r in records], records)
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for rec, row in zip(records, rows, strict=True):
         row[4] += _pct(rec) if rec.get("delta") is not None else ""
         row[6] = f"{MD_MARK.get(rec.get('status', ''), '')} {row[6]}"
         lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
@@ -376,6 +381,7 @@ def write_reports(
             if png is not None:
                 out.paths.append(png)
                 plots[nodeid] = f"per-window ΔNLL plot: [{png.name}]({png.name})"
+        report_kld.add_plots(d, records, PLOTTED, plots, out.paths, _pyplot, _slug)
     rel_records = _relative_paths(records, rootdir)
     rel_rows = _relative_paths(update_rows, rootdir)
     md = markdown(rel_records, rel_rows, blocked, plots=plots, notes=out.notes)

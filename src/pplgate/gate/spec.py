@@ -16,10 +16,12 @@ Schema (``schema_version: 1``; see docs/GATE.md for a full example)::
           <entry>:
             kind: fp32               # a registered variant kind
             params: {}               # the kind's parameters
+            reference: fp16          # optional: another entry of the profile; KLD/top-1 against it
             tolerance:               # >= 1 rule; all must pass (pplgate.gate.rules)
               - {type: absolute, max_delta: 0.001}
             fingerprint: {...}       # written by --update-baselines
             recorded: {ppl, window_nlls, provenance}   # written by --update-baselines
+                                     # (+ mean_kld, top1_agreement, window_klds, window_top1 with a reference)
 
 The YAML key is ``variants:``; one item of it is an *entry* (:class:`EntrySpec`): a variant kind
 with its parameters, tolerance rules and recorded numbers. (The quantization strategy that a kind
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import BaselineError
+from pplgate.gate.kld import RECORDED_KLD_KEYS, RecordedKld, check_reference, parse_recorded_kld
 from pplgate.gate.rules import Rule, parse_rule
 from pplgate.gate.store import line_of, plain, read_raw
 from pplgate.gate.validator import NAME_RE, Validator, real, shown
@@ -73,8 +76,8 @@ RERECORD = (
 _TOP_KEYS = {"schema_version", "model", "profiles"}
 _MODEL_KEYS = {"name", "source", "gguf_file", "revision", "tokenizer"}
 _PROFILE_KEYS = {"marker", "device", "device_map", "seqlen", "batch_size", "max_windows", "variants"}
-_ENTRY_KEYS = {"kind", "params", "tolerance", "fingerprint", "recorded"}
-_RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}
+_ENTRY_KEYS = {"kind", "params", "reference", "tolerance", "fingerprint", "recorded"}
+_RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}  # + RECORDED_KLD_KEYS for an entry with a reference
 
 
 # --------------------------------------------------------------------------- specs
@@ -94,6 +97,7 @@ class Recorded:
     ppl: float
     window_nlls: list[float]
     provenance: dict[str, Any] = field(default_factory=dict)
+    kld: RecordedKld | None = None  # with a reference: the recorded KLD / top-1 (pplgate.gate.kld)
 
 
 @dataclass
@@ -108,11 +112,13 @@ class EntrySpec:
     recorded: Recorded | None
     line: int | None = None
     rule_lines: list[int | None] = field(default_factory=list)  # the line of each tolerance rule
+    reference: str | None = None  # the entry of the profile this one is compared with (KLD, top-1)
 
     @property
     def refs(self) -> list[str]:
-        """Entries of the same profile that relational rules compare with (measured in the session)."""
-        return [ref for rule in self.rules for ref in rule.refs]
+        """Entries of the same profile this one needs measured in the session: those its relational
+        rules compare with, and its reference."""
+        return [ref for rule in self.rules for ref in rule.refs] + ([self.reference] if self.reference else [])
 
     def tolerance_text(self) -> str:
         """``±0.001, fp32+0.50%``: the rules in a table cell."""
@@ -258,17 +264,21 @@ def _parse_entry(
         params=plain(params),
         rules=rules,
         fingerprint=plain(fp) if fp is not None else None,
-        recorded=_parse_recorded(v, enode.get("recorded"), f"{ekp}.recorded", enode),
+        recorded=_parse_recorded(v, enode.get("recorded"), f"{ekp}.recorded", enode, "reference" in enode),
         line=line,
         rule_lines=[line_of(tol, i) for i in range(len(tol))],
+        reference=v.string(enode, "reference", ekp, optional=True),
     )
 
 
-def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any) -> Recorded | None:
+def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any, reference: bool) -> Recorded | None:
     if node is None:
         return None
     node = v.mapping(node, keypath, parent, "recorded")
-    v.keys(node, _RECORDED_KEYS, keypath, required=("ppl", "window_nlls"))
+    with_kld = reference or any(k in node for k in RECORDED_KLD_KEYS)  # the KLD keys belong to a reference
+    v.keys(
+        node, _RECORDED_KEYS | (set(RECORDED_KLD_KEYS) if with_kld else set()), keypath, required=("ppl", "window_nlls")
+    )
     ppl = real(node["ppl"])
     if ppl is None or not math.isfinite(ppl) or ppl < 1:
         v.err(
@@ -292,7 +302,12 @@ def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any) -> Recor
     prov = node.get("provenance")
     if prov is not None:
         v.mapping(prov, f"{keypath}.provenance", node, "provenance")
-    return Recorded(ppl=ppl, window_nlls=values, provenance=plain(prov) if prov is not None else {})
+    return Recorded(
+        ppl=ppl,
+        window_nlls=values,
+        provenance=plain(prov) if prov is not None else {},
+        kld=parse_recorded_kld(v, node, keypath, RERECORD),
+    )
 
 
 def _check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, ProfileSpec]) -> None:
@@ -319,12 +334,24 @@ def _check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, Profi
                     )
                 if ref == es.name:
                     v.err(rkp, "a variant cannot be relative to itself", line=line)
+        check_reference(v, entries, es, kp, profiles)
+        if es.reference is not None and profile.device_map is not None:
+            v.err(
+                f"{kp}.variants.{es.name}.reference",
+                f"a comparison with a reference runs both models on one device; profile {profile.name} spreads "
+                f"them with device_map: {profile.device_map} (drop one of the two)",
+                line=es.line,
+            )
     for es in entries.values():
         seen, stack = set(), list(es.refs)
         while stack:
             ref = stack.pop()
             if ref == es.name:
-                v.err(f"{kp}.variants.{es.name}.tolerance", "relational rules form a cycle", line=es.line)
+                v.err(
+                    f"{kp}.variants.{es.name}.tolerance",
+                    "relational rules form a cycle (through rules' ref and entries' reference)",
+                    line=es.line,
+                )
             if ref not in seen:
                 seen.add(ref)
                 stack.extend(entries[ref].refs)

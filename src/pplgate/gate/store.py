@@ -41,9 +41,13 @@ class EntryUpdate:
     ppl: float
     window_nlls: list[float]
     provenance: dict[str, Any]
+    kld: dict[str, Any] | None = None  # with a reference: the recorded KLD keys (pplgate.gate.kld.recorded_block)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["kld"] is None:
+            del out["kld"]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EntryUpdate:
@@ -54,6 +58,7 @@ class EntryUpdate:
         return {
             "ppl": round(self.ppl, PPL_DECIMALS),
             "window_nlls": [round(x, NLL_DECIMALS) for x in self.window_nlls],
+            **(self.kld or {}),
             "provenance": self.provenance,
         }
 

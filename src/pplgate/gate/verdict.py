@@ -25,9 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pplgate.gate import kld as kld_gate
 from pplgate.gate.drift import compare_fingerprints, describe_drift, drift_lines
 from pplgate.gate.record import FAILING, GateRecord, Status
-from pplgate.gate.rules import RuleResult
+from pplgate.gate.rules import Rule, RuleResult
 from pplgate.gate.spec import EntrySpec, Recorded
 from pplgate.gate.stats import describe_ppl, paired_stats, ppl_of
 from pplgate.gate.store import EntryUpdate
@@ -78,6 +79,7 @@ class Measured:
     origin: str
     wall_time_s: float
     prepare_time_s: float
+    kld: kld_gate.KldMeasured | None = None  # the comparison with the entry's reference, if it names one
 
 
 # --------------------------------------------------------------------------- judging
@@ -105,6 +107,9 @@ def measured_record(target: Target, entry: EntrySpec, m: Measured, partial: bool
     rec.n_windows, rec.n_windows_total = m.n_windows, m.n_windows_total
     rec.partial = partial or None
     rec.origin, rec.wall_time_s, rec.prepare_time_s = m.origin, m.wall_time_s, m.prepare_time_s
+    if m.kld is not None:
+        recorded = entry.recorded.kld if entry.recorded is not None else None
+        rec.kld = kld_gate.record_block(m.kld, recorded, m.n_windows, partial)
     return rec
 
 
@@ -131,7 +136,8 @@ def recorded_problems(entry: EntrySpec) -> list[str]:
     n = (entry.fingerprint or {}).get("n_windows")
     if isinstance(n, int) and not isinstance(n, bool) and n != len(rec.window_nlls):
         out.append(f"the recorded window_nlls hold {len(rec.window_nlls)} values, but fingerprint.n_windows is {n}")
-    return out
+    recorded_with_reference = (entry.fingerprint or {}).get("reference") is not None
+    return out + kld_gate.recorded_kld_problems(entry.reference if recorded_with_reference else None, rec)
 
 
 def is_partial(max_windows_override: int | None, profile_max_windows: int | None) -> bool:
@@ -157,6 +163,7 @@ def judge(
     measured: Measured,
     *,
     session_ppls: Mapping[str, float],
+    session_values: Mapping[str, Mapping[str, float]] | None = None,
     update: bool = False,
     force: bool = False,
     partial: bool = False,
@@ -165,13 +172,15 @@ def judge(
     """The verdict on ``entry`` given its measurement (see the module docstring for the flow).
 
     ``session_ppls``: the ppl of each entry that ``entry``'s relational rules name, measured in this
-    session. ``update``/``force``: ``--update-baselines``/``--force-update``. ``partial``: only the
+    session; ``session_values``: the same for the ``kld``/``top1`` rules' refs (``{"kld": {ref: mean KLD}}``).
+    ``update``/``force``: ``--update-baselines``/``--force-update``. ``partial``: only the
     first ``measured.n_windows`` windows were scored (compared with the first recorded ones).
     ``provenance``: the ``recorded.provenance`` block written with an update.
 
     A failing record has its ``message`` (the full text pytest prints); a queued one its ``update``.
     """
     rec = measured_record(target, entry, measured, partial)
+    session = {"ppl": session_ppls, **(session_values or {})}
     header = _header(target, entry, measured, partial)
     recorded = entry.recorded
     results: list[RuleResult] = []
@@ -188,7 +197,7 @@ def judge(
         if rec.drift and not (update and force):
             return _drift_failure(rec, header, recorded, measured, update, problems)
         if not rec.drift:
-            results = [rule.check(measured.ppl, rec.baseline, session_ppls) for rule in entry.rules]
+            results = [_check(rule, measured, rec, session) for rule in entry.rules]
             rec.rules = [x.to_dict() for x in results]
             base_nlls = rec.baseline_window_nlls or []
             if len(base_nlls) == len(measured.window_nlls):  # else a problem (or drift) says why
@@ -208,7 +217,7 @@ def judge(
             f"  Create it with:\n    {rec.rerun}",
         )
     if update:
-        return _queue(rec, target, entry, measured, session_ppls, provenance or {}, header)
+        return _queue(rec, target, entry, measured, session, provenance or {}, header)
     if not all(x.passed for x in results):
         return _tolerance_failure(rec, target, recorded, measured, results, header)
     if rec.inconsistent:
@@ -223,6 +232,14 @@ def _header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str
         f"(device {target.device}, seqlen {target.seqlen}, {m.n_windows}/{m.n_windows_total} windows"
         f"{', PARTIAL' if partial else ''}), variant {entry.name} (kind {entry.kind}, origin {m.origin})"
     )
+
+
+def _check(rule: Rule, m: Measured, rec: GateRecord, session: Mapping[str, Mapping[str, float]]) -> RuleResult:
+    """One rule on its metric: the ppl, or the mean KLD / top-1 agreement against the reference."""
+    if rule.metric == "ppl":
+        return rule.check(m.ppl, rec.baseline, session.get("ppl", {}))
+    value, recorded = kld_gate.rule_inputs(rule.metric, m.kld, rec.kld)
+    return rule.check(value, recorded, session.get(rule.metric, {}))
 
 
 def _fail(rec: GateRecord, status: Status, message: str) -> GateRecord:
@@ -276,23 +293,24 @@ def _queue(
     target: Target,
     entry: EntrySpec,
     m: Measured,
-    session_ppls: Mapping[str, float],
+    session: Mapping[str, Mapping[str, float]],
     provenance: Mapping[str, Any],
     header: str,
 ) -> GateRecord:
     """Queue the re-recording, unless a rule against this session's entries fails (re-recording
     cannot fix that: those rules do not depend on the old record)."""
-    session_results = [rule.check(m.ppl, None, session_ppls) for rule in entry.rules if not rule.needs_recorded]
+    session_results = [_check(rule, m, rec, session) for rule in entry.rules if not rule.needs_recorded]
     if session_results and rec.rules is None:
         rec.rules = [x.to_dict() for x in session_results]
     if not all(x.passed for x in session_results):
         return _fail(
             rec,
             Status.FAIL,
-            f"{header}\n  not updating: a relational rule fails in this session (re-recording cannot fix it):\n"
-            + "\n".join(f"    {x.text}" for x in session_results),
+            f"{header}\n  not updating: {_session_failure(session_results)} in this session (re-recording cannot "
+            "fix it):\n" + "\n".join(f"    {x.text}" for x in session_results),
         )
-    if not (math.isfinite(m.ppl) and all(math.isfinite(x) for x in m.window_nlls)):
+    klds = [m.kld.mean_kld, *m.kld.window_klds] if m.kld is not None else []
+    if not (math.isfinite(m.ppl) and all(math.isfinite(x) for x in [*m.window_nlls, *klds])):
         return _fail(
             rec,
             Status.FAIL,
@@ -307,6 +325,7 @@ def _queue(
         ppl=m.ppl,
         window_nlls=list(m.window_nlls),
         provenance=dict(provenance),
+        kld=kld_gate.recorded_block(m.kld) if m.kld is not None else None,
     )
     return rec
 
@@ -316,17 +335,20 @@ def _tolerance_failure(
 ) -> GateRecord:
     """A worse number (or a failing relational rule) is a regression; a better one is flagged too."""
     base = rec.baseline
-    regression = m.ppl > base or any(not x.passed and not x.rule.needs_recorded for x in results)
+    ppl_failed = any(not x.passed and x.rule.metric == "ppl" for x in results)
+    kld_worse = any(not x.passed and x.rule.metric != "ppl" for x in results) and kld_gate.worse_than_recorded(rec.kld)
+    regression = m.ppl > base or kld_worse or any(not x.passed and not x.rule.needs_recorded for x in results)
     rec.rerun = rerun_command(target.nodeid)
     prov = recorded.provenance or {}
-    what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
+    what = "PERPLEXITY" if ppl_failed else "KL DIVERGENCE / TOP-1"
+    what += " REGRESSION" if regression else " IMPROVEMENT outside tolerance (still a failure)"
     return _fail(
         rec,
         Status.FAIL if regression else Status.IMPROVED,
         f"{header}\n  {what}: measured {describe_ppl(m.ppl, m.window_nlls)} vs recorded {base:.6f}: "
         f"delta {rec.delta:+.6f} ({rec.rel_delta:+.4%})\n"
         "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
-        f"  {_paired_text(rec)}{_note(rec.inconsistent)}\n"
+        f"  {_paired_text(rec)}{_kld_text(rec)}{_note(rec.inconsistent)}\n"
         f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
         f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
         f"torch {prov.get('torch', '?')})\n"
@@ -338,6 +360,21 @@ def _paired_text(rec: GateRecord) -> str:
     if rec.paired is not None:
         return rec.paired.describe()
     return "no per-window comparison: the recorded window NLLs do not pair with this run's windows"
+
+
+def _session_failure(results: list[RuleResult]) -> str:
+    failing = [x for x in results if not x.passed]
+    return "a relational rule fails" if all(x.rule.refs for x in failing) else f"a {failing[0].rule.type} bound fails"
+
+
+def _kld_text(rec: GateRecord) -> str:
+    """The KLD summary and its paired per-window comparison (empty for an entry without a reference)."""
+    if rec.kld is None:
+        return ""
+    paired = rec.kld.get("paired")
+    return f"\n  {kld_gate.summary_line(rec.kld)}" + (
+        f"\n  {kld_gate.describe_paired(paired)}" if paired else "\n  no per-window KLD comparison recorded"
+    )
 
 
 def _inconsistent_failure(

@@ -24,6 +24,7 @@ from pplgate.gate.verdict import (
     new_record,
     partial_update_refusal,
 )
+from pplgate.pytest_plugin import references
 from pplgate.pytest_plugin.items import GATE_KEY, GateFailure, GateItem
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class GateSession:
     collected_files: dict[str, Path] = field(default_factory=dict)  # realpath -> the path it was collected under
     report_notes: list[str] = field(default_factory=list)
     all_skipped_under_ci: bool = False
+    comparisons: dict[tuple[str, str, str], Any] = field(default_factory=dict)  # (file, profile, entry) -> pass
 
     # ---- configuration
     @property
@@ -175,6 +177,7 @@ class GateSession:
         if refusal:
             raise PplgateError(refusal)
         item.record = base_record(item, Status.ERROR)
+        ref = references.run(self, item, entry)  # a reference's shared pass first: its PPLs serve measure()
         m = self.measure(item, entry)
         r = m.result
         prov = provenance.collect(
@@ -191,10 +194,11 @@ class GateSession:
             window_nlls=list(r.window_nlls),
             n_windows=r.n_windows,
             n_windows_total=r.n_windows_total,
-            fingerprint=m.fingerprint,
+            fingerprint=ref.fingerprint(m.fingerprint) if ref else m.fingerprint,
             origin=m.origin,
             wall_time_s=r.wall_time_s,
             prepare_time_s=m.prepare_time_s,
+            kld=ref.kld if ref else None,
         )
         target, partial = target_of(item), is_partial(override, profile.max_windows)
         item.record = measured_record(target, entry, measured, partial)  # what an error report shows
@@ -205,6 +209,7 @@ class GateSession:
             entry,
             measured,
             session_ppls=session_ppls,
+            session_values=ref.session_values if ref else None,
             update=self.update,
             force=self.force,
             partial=partial,
