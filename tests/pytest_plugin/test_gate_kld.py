@@ -213,6 +213,13 @@ def test_pass_shows_kld_in_table_json_markdown_junit(gate, recorded):
     assert 'name="pplgate_mean_kld"' in (gate.path / "junit.xml").read_text()
 
 
+def test_compare_group_splits_the_pass(gate, recorded):
+    (gate.path / "baselines" / "tiny.yaml").write_text(recorded[0])
+    res = run(gate, "--pplgate-compare-group", "1")
+    res.assert_outcomes(passed=3)
+    assert "passes: compare=[1, 1] ppl=0" in res.stdout.str()  # the reference's own PPL from the first pass
+
+
 def test_kld_regression_prints_the_paired_per_window_kld(gate, recorded):
     f = gate.path / "baselines" / "tiny.yaml"
     f.write_text(recorded[0])

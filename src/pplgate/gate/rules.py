@@ -17,7 +17,8 @@ that moves in either direction means something changed), ``worse`` for relationa
 A new rule type is a subclass of :class:`Rule` (``type``, ``keys``, ``describe``, ``short``,
 ``check``, ``parse``) added to :data:`RULE_TYPES`; the schema validation in :mod:`pplgate.gate.spec`
 looks rule types up there and nowhere else; each type's ``parse`` reports errors through the
-:class:`~pplgate.gate.validator.Validator` it is given.
+:class:`~pplgate.gate.validator.Validator` it is given. A rule's ``metric`` (``ppl``, ``kld``, ``top1``) picks the
+values the verdict passes to ``check``.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ entry of the profile that names that reference and that this session needs (sele
 selected entry's rules) is compared with it in one pass (:meth:`pplgate.measure.Measurer.compare_many`:
 one forward per model). That pass also records each model's perplexity as the session's measurement of
 its request, so the reference's own entry and the variants' PPLs are not measured again. Memory: the
-reference and every variant of the group are loaded together (fine for the models the gate runs; a
-group too large for the device needs its variants split over profiles).
+reference and every variant of the group are loaded together; ``--pplgate-compare-group K`` splits a
+group into passes of at most K variants (each further pass runs the reference's forward again; the
+reference's own PPL still comes from the first).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 
 class _Gate(Protocol):
+    config: Any
     comparisons: dict[tuple[str, str, str], Any]
     measurer: Any
 
@@ -68,6 +70,13 @@ def _compare_group(gate: _Gate, item: GateItem, reference: str) -> None:
     if not group:
         return
     ref = profile.variants[reference]
+    size = gate.config.getoption("--pplgate-compare-group") or len(group)
+    for start in range(0, len(group), size):
+        _compare(gate, item, ref, group[start : start + size])
+
+
+def _compare(gate: _Gate, item: GateItem, ref: EntrySpec, group: list[EntrySpec]) -> None:
+    profile = item.profile
     comparisons = gate.measurer.compare_many(
         item.source,
         [(item.source, e.kind, e.params) for e in group],
