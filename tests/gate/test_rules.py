@@ -13,11 +13,13 @@ from pplgate.gate.rules import (
     RULE_KEYS,
     RULE_TYPES,
     AbsoluteRule,
+    KldRule,
     RelationalRule,
     RelativeRule,
     Rule,
     RuleResult,
     SpeedRule,
+    Top1Rule,
     parse_rule,
 )
 from pplgate.gate.validator import Validator
@@ -50,9 +52,12 @@ def test_one_class_per_rule_type():
         "relative": RelativeRule,
         "relational": RelationalRule,
         "speed": SpeedRule,
+        "kld": KldRule,
+        "top1": Top1Rule,
     }
+    assert list(RULE_TYPES) == ["absolute", "relative", "relational", "speed", "kld", "top1"]
     assert all(issubclass(cls, Rule) for cls in RULE_TYPES.values())
-    assert RULE_KEYS == {"type", "max_delta", "max_rel", "direction", "ref", "min_ratio"}
+    assert RULE_KEYS == {"type", "max_delta", "max_rel", "direction", "ref", "min_ratio", "max_mean", "min_agreement"}
     assert DIRECTIONS == ("both", "worse")
     with pytest.raises(TypeError):
         Rule()  # abstract
@@ -167,8 +172,16 @@ def test_parse(node, rule):
     [
         ("absolute", "", "expected a mapping, got str"),
         ({"max_delta": 1}, ".type", "missing required key"),
-        ({"type": "absolute", "max": 1}, ".max", "'max' (allowed: direction, max_delta, max_rel, min_ratio, ref"),
-        ({"type": "fuzzy"}, ".type", "unknown rule type 'fuzzy' (allowed: absolute, relative, relational, speed)"),
+        (
+            {"type": "absolute", "max": 1},
+            ".max",
+            "unknown key 'max' (allowed: direction, max_delta, max_mean, max_rel, min_agreement, min_ratio, ref, type)",
+        ),
+        (
+            {"type": "fuzzy"},
+            ".type",
+            "unknown rule type 'fuzzy' (allowed: absolute, relative, relational, speed, kld, top1)",
+        ),
         ({"type": "speed", "ref": "fp16"}, "", "a speed rule takes min_ratio (e.g. 0.8"),
         ({"type": "speed", "min_ratio": 0.8}, ".ref", "expected a non-empty string, got None"),
         ({"type": "speed", "ref": "a", "min_ratio": 0.8, "max_rel": 1}, "", "takes ref and min_ratio (not max_rel)"),
@@ -197,7 +210,7 @@ def test_parse_errors(node, keypath, msg):
 
 def test_speed_rule_judges_the_same_session_ratio_and_records_it():
     rule = SpeedRule(ref="fp16", min_ratio=0.8)
-    assert rule.refs == ("fp16",) and not rule.needs_recorded and rule.quantity == "tokens_per_s"
+    assert rule.refs == ("fp16",) and not rule.needs_recorded and rule.metric == "tokens_per_s"
     ok = rule.check(900.0, None, {"fp16": 1000.0})
     assert ok.passed and ok.value == 0.9
     assert ok.text == (

@@ -22,6 +22,7 @@ FINGERPRINT_FIELDS = (
     "seqlen",
     "dtype",
     "device_type",
+    "reference",  # an entry with a reference: that entry's name, variant and dtype (pplgate.gate.kld)
     "variant",
 )
 

@@ -100,6 +100,7 @@ class GateRecord:
     drift: list[Change] | None = None
     rules: list[dict[str, Any]] | None = None  # RuleResult.to_dict() of each rule checked
     paired: PairedStats | None = None
+    kld: dict[str, Any] | None = None  # with a reference: pplgate.gate.kld.record_block (plain data)
     rerun: str | None = None  # the command that re-records the entry
     update: EntryUpdate | None = None  # queued (created/updated/not_written)
     skip_reason: str | None = None

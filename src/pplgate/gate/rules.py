@@ -6,93 +6,51 @@
   session) within ``max_delta`` (or ``max_rel`` of the reference);
 * :class:`SpeedRule` (``type: speed``): the evaluation's tokens/s at least ``min_ratio`` times the
   tokens/s of ``ref``, measured in the same session on the same device (a same-run ratio survives a
-  noisy shared machine where absolute times do not). Its ``quantity`` is ``tokens_per_s``: the verdict
-  hands it tokens/s instead of perplexities.
+  noisy shared machine where absolute times do not). Its ``metric`` is ``tokens_per_s``: the verdict
+  hands it tokens/s instead of perplexities;
+* :class:`~pplgate.gate.kld_rules.KldRule` (``type: kld``) and :class:`~pplgate.gate.kld_rules.Top1Rule`
+  (``type: top1``), for an entry that names a ``reference:``: its mean KL divergence / top-1 agreement
+  against that reference, either bounded (``max_mean`` / ``min_agreement``), or within
+  ``max_delta``/``max_rel`` of the recorded value, or (with ``ref: <entry>``) of another entry's value
+  measured in the same session against the same reference. A higher KLD and a lower agreement are worse.
 
 ``direction: both`` bounds the absolute value; ``worse`` only bounds increases (a lower
 perplexity always passes). Defaults: ``both`` for absolute/relative (a deterministic number
 that moves in either direction means something changed), ``worse`` for relational.
 
-A new rule type is a subclass of :class:`Rule` (``type``, ``keys``, ``describe``, ``short``,
-``check``, ``parse``) added to :data:`RULE_TYPES`; the schema validation in :mod:`pplgate.gate.spec`
+A new rule type is a subclass of :class:`~pplgate.gate.rule_base.Rule` (``type``, ``keys``, ``describe``,
+``short``, ``check``, ``parse``) added to :data:`RULE_TYPES`; the schema validation in :mod:`pplgate.gate.spec`
 looks rule types up there and nowhere else; each type's ``parse`` reports errors through the
-:class:`~pplgate.gate.validator.Validator` it is given.
+:class:`~pplgate.gate.validator.Validator` it is given. A rule's ``metric`` (``ppl``, ``tokens_per_s``,
+``kld``, ``top1``) picks the values the verdict passes to ``check``.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pplgate.gate.kld_rules import KldRule, Top1Rule
+from pplgate.gate.rule_base import DIRECTIONS, Rule, RuleResult
 from pplgate.gate.validator import Validator
 
-DIRECTIONS = ("both", "worse")
-
-
-@dataclass(frozen=True)
-class RuleResult:
-    rule: Rule
-    passed: bool
-    text: str
-    value: float | None = None  # what the rule measured, where it is one number (a speed ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record's form of one rule outcome (travels to the controller and into JSON)."""
-        out: dict[str, Any] = {"text": self.text, "passed": self.passed, "type": self.rule.type}
-        if self.value is not None:
-            out["value"] = self.value
-        return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class Rule(ABC):
-    """One tolerance rule of an entry (abstract: see the subclasses)."""
-
-    type: ClassVar[str]  # the YAML ``type:`` value
-    keys: ClassVar[frozenset[str]]  # the YAML keys this rule type takes (besides ``type``)
-    needs_recorded: ClassVar[bool] = True  # compares against the recorded baseline (else: this session)
-    quantity: ClassVar[str] = "ppl"  # what check() is given: ppl, or tokens_per_s (the evaluation's speed)
-
-    direction: str = "both"
-
-    @property
-    def refs(self) -> tuple[str, ...]:
-        """Entries of the same profile this rule needs measured in the session."""
-        return ()
-
-    @abstractmethod
-    def describe(self) -> str:
-        """``absolute: |ppl - recorded| <= 0.01``: the rule as a sentence (in every result line)."""
-
-    @abstractmethod
-    def short(self) -> str:
-        """``±0.01``: the rule in a table cell."""
-
-    @abstractmethod
-    def check(self, ppl: float, recorded: float | None, session_ppls: Mapping[str, float]) -> RuleResult:
-        """Judge the measured ``ppl`` against the ``recorded`` one and/or the ppls measured this session."""
-
-    @classmethod
-    @abstractmethod
-    def parse(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> Rule:
-        """Build the rule from its validated YAML mapping (errors through ``v``)."""
-
-    # ---- helpers shared by the subclasses' parse()
-    @classmethod
-    def _bounds(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> tuple[float | None, float | None]:
-        return v.number(node, "max_delta", keypath), v.number(node, "max_rel", keypath)
-
-    @classmethod
-    def _no_ref(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> None:
-        if "ref" in node:
-            v.err(f"{keypath}.ref", f"only relational rules take ref (this is {cls.type})", node, "ref")
-
-    @classmethod
-    def _direction(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> str:
-        return v.choice(node, "direction", keypath, DIRECTIONS, cls.__dataclass_fields__["direction"].default)
+__all__ = [
+    "DIRECTIONS",
+    "RULE_KEYS",
+    "RULE_TYPES",
+    "AbsoluteRule",
+    "KldRule",
+    "RelationalRule",
+    "RelativeRule",
+    "Rule",
+    "RuleResult",
+    "SpeedRule",
+    "Top1Rule",
+    "parse_rule",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,7 +191,7 @@ class SpeedRule(Rule):
     type: ClassVar[str] = "speed"
     keys: ClassVar[frozenset[str]] = frozenset({"ref", "min_ratio"})
     needs_recorded: ClassVar[bool] = False
-    quantity: ClassVar[str] = "tokens_per_s"
+    metric: ClassVar[str] = "tokens_per_s"
 
     ref: str
     min_ratio: float
@@ -250,7 +208,7 @@ class SpeedRule(Rule):
         return f"{self.ref} tok/s x{self.min_ratio:g}"
 
     def check(self, ppl: float, recorded: float | None, session_ppls: Mapping[str, float]) -> RuleResult:
-        """``ppl`` and ``session_ppls`` are tokens/s here (``quantity``): this entry's and the session's."""
+        """``ppl`` and ``session_ppls`` are tokens/s here (``metric``): this entry's and the session's."""
         speed, base = ppl, session_ppls.get(self.ref)
         if speed is None or base is None or not (math.isfinite(speed) and math.isfinite(base)) or base <= 0:
             return RuleResult(self, False, f"[FAIL] {self.describe()}: no tokens/s for this entry or for {self.ref}")
@@ -274,7 +232,9 @@ class SpeedRule(Rule):
         return cls(ref=ref, min_ratio=min_ratio)
 
 
-RULE_TYPES: dict[str, type[Rule]] = {cls.type: cls for cls in (AbsoluteRule, RelativeRule, RelationalRule, SpeedRule)}
+RULE_TYPES: dict[str, type[Rule]] = {
+    cls.type: cls for cls in (AbsoluteRule, RelativeRule, RelationalRule, SpeedRule, KldRule, Top1Rule)
+}
 # every key some rule type takes: a key outside it is reported before the rule type is looked at (a key
 # of another type, e.g. max_rel on an absolute rule, gets that type's own message)
 RULE_KEYS = frozenset({"type"}).union(*(cls.keys for cls in RULE_TYPES.values()))

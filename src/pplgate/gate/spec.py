@@ -16,10 +16,12 @@ Schema (``schema_version: 1``; see docs/GATE.md for a full example)::
           <entry>:
             kind: fp32               # a registered variant kind
             params: {}               # the kind's parameters
+            reference: fp16          # optional: another entry of the profile; KLD/top-1 against it
             tolerance:               # >= 1 rule; all must pass (pplgate.gate.rules)
               - {type: absolute, max_delta: 0.001}
             fingerprint: {...}       # written by --update-baselines
             recorded: {ppl, window_nlls, provenance}   # written by --update-baselines
+                                     # (+ mean_kld, top1_agreement, window_klds, window_top1 with a reference)
     tests:                           # entries that test functions check (the ppl_regression fixture)
       <name>:
         tolerance: [...]             # optional: else the check's tolerance= (exactly one of the two)
@@ -49,7 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import BaselineError
+from pplgate.gate.kld import RECORDED_KLD_KEYS, RecordedKld, parse_recorded_kld
+from pplgate.gate.kld_rules import COMPARISON_METRICS
 from pplgate.gate.rules import Rule, parse_rule
+from pplgate.gate.spec_refs import check_refs
 from pplgate.gate.store import line_of, plain, read_raw
 from pplgate.gate.validator import NAME_RE, Validator, real, shown
 
@@ -81,9 +86,9 @@ RERECORD = (
 _TOP_KEYS = {"schema_version", "model", "profiles", "tests"}
 _MODEL_KEYS = {"name", "source", "gguf_file", "revision", "tokenizer"}
 _PROFILE_KEYS = {"marker", "device", "device_map", "seqlen", "batch_size", "max_windows", "variants"}
-_ENTRY_KEYS = {"kind", "params", "tolerance", "fingerprint", "recorded"}
+_ENTRY_KEYS = {"kind", "params", "reference", "tolerance", "fingerprint", "recorded"}
 _TEST_KEYS = {"tolerance", "fingerprint", "recorded"}
-_RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}
+_RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}  # + RECORDED_KLD_KEYS for an entry with a reference
 
 
 # --------------------------------------------------------------------------- specs
@@ -103,6 +108,7 @@ class Recorded:
     ppl: float
     window_nlls: list[float]
     provenance: dict[str, Any] = field(default_factory=dict)
+    kld: RecordedKld | None = None  # with a reference: the recorded KLD / top-1 (pplgate.gate.kld)
 
 
 @dataclass
@@ -117,11 +123,13 @@ class EntrySpec:
     recorded: Recorded | None
     line: int | None = None
     rule_lines: list[int | None] = field(default_factory=list)  # the line of each tolerance rule
+    reference: str | None = None  # the entry of the profile this one is compared with (KLD, top-1)
 
     @property
     def refs(self) -> list[str]:
-        """Entries of the same profile that relational rules compare with (measured in the session)."""
-        return [ref for rule in self.rules for ref in rule.refs]
+        """Entries of the same profile this one needs measured in the session: those its relational
+        rules compare with, and its reference."""
+        return [ref for rule in self.rules for ref in rule.refs] + ([self.reference] if self.reference else [])
 
     def tolerance_text(self) -> str:
         """``±0.001, fp32+0.50%``: the rules in a table cell."""
@@ -207,7 +215,7 @@ def parse_baseline(path: str | Path, data: Any = None, *, known_kinds: Sequence[
     for pname, (pkey, pnode) in v.named_mappings(profiles_node, "profile", "profiles").items():
         profiles[pname] = _parse_profile(v, pname, pnode, f"profiles.{pkey}", known_kinds)
     for profile in profiles.values():
-        _check_refs(v, profile, profiles)
+        check_refs(v, profile, profiles)
     return BaselineSpec(path=path, model=model, profiles=profiles, tests=tests)
 
 
@@ -225,6 +233,10 @@ def _parse_tests(v: Validator, top: Mapping) -> dict[str, EntrySpec]:
         if tol is not None and not isinstance(tol, list):
             v.err(f"{kp}.tolerance", "expected a list of rules", enode, "tolerance")
         rules = [parse_rule(v, r, f"{kp}.tolerance[{i}]", tol, i) for i, r in enumerate(tol or [])]
+        for i, rule in enumerate(rules):
+            if rule.metric in COMPARISON_METRICS:
+                msg = f"a {rule.type} rule compares with an entry's reference: only entries of profiles: name one"
+                v.err(f"{kp}.tolerance[{i}]", msg, line=line_of(tol, i))
         fp = enode.get("fingerprint")
         if fp is not None:
             v.mapping(fp, f"{kp}.fingerprint", enode, "fingerprint")
@@ -234,7 +246,7 @@ def _parse_tests(v: Validator, top: Mapping) -> dict[str, EntrySpec]:
             params={},
             rules=rules,
             fingerprint=plain(fp) if fp else None,
-            recorded=_parse_recorded(v, enode.get("recorded"), f"{kp}.recorded", enode),
+            recorded=_parse_recorded(v, enode.get("recorded"), f"{kp}.recorded", enode, False),
             line=line_of(node, key),
             rule_lines=[line_of(tol, i) for i in range(len(tol or []))],
         )
@@ -305,17 +317,21 @@ def _parse_entry(
         params=plain(params),
         rules=rules,
         fingerprint=plain(fp) if fp is not None else None,
-        recorded=_parse_recorded(v, enode.get("recorded"), f"{ekp}.recorded", enode),
+        recorded=_parse_recorded(v, enode.get("recorded"), f"{ekp}.recorded", enode, "reference" in enode),
         line=line,
         rule_lines=[line_of(tol, i) for i in range(len(tol))],
+        reference=v.string(enode, "reference", ekp, optional=True),
     )
 
 
-def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any) -> Recorded | None:
+def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any, reference: bool) -> Recorded | None:
     if node is None:
         return None
     node = v.mapping(node, keypath, parent, "recorded")
-    v.keys(node, _RECORDED_KEYS, keypath, required=("ppl", "window_nlls"))
+    with_kld = reference or any(k in node for k in RECORDED_KLD_KEYS)  # the KLD keys belong to a reference
+    v.keys(
+        node, _RECORDED_KEYS | (set(RECORDED_KLD_KEYS) if with_kld else set()), keypath, required=("ppl", "window_nlls")
+    )
     ppl = real(node["ppl"])
     if ppl is None or not math.isfinite(ppl) or ppl < 1:
         v.err(
@@ -339,42 +355,12 @@ def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any) -> Recor
     prov = node.get("provenance")
     if prov is not None:
         v.mapping(prov, f"{keypath}.provenance", node, "provenance")
-    return Recorded(ppl=ppl, window_nlls=values, provenance=plain(prov) if prov is not None else {})
-
-
-def _check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, ProfileSpec]) -> None:
-    """Rules that compare with other entries name known entries of this profile, not themselves, no cycles."""
-    entries, kp = profile.variants, f"profiles.{profile.name}"
-    for es in entries.values():
-        for i, rule in enumerate(es.rules):
-            line = es.rule_lines[i] if i < len(es.rule_lines) else None
-            for ref in rule.refs:
-                rkp = f"{kp}.variants.{es.name}.tolerance[{i}].ref"
-                if ref not in entries:
-                    elsewhere = [p for p in profiles if ref in profiles[p].variants]
-                    hint = (
-                        f"; {ref!r} is a variant of profile {', '.join(elsewhere)}, and a {rule.type} rule compares "
-                        "entries of one profile (measured on the same device and windows)"
-                        if elsewhere
-                        else ""
-                    )
-                    v.err(
-                        rkp,
-                        f"{rule.type} rule references unknown variant {ref!r} "
-                        f"(variants of profile {profile.name}: {', '.join(entries)}){hint}",
-                        line=line,
-                    )
-                if ref == es.name:
-                    v.err(rkp, "a variant cannot be relative to itself", line=line)
-    for es in entries.values():
-        seen, stack = set(), list(es.refs)
-        while stack:
-            ref = stack.pop()
-            if ref == es.name:
-                v.err(f"{kp}.variants.{es.name}.tolerance", "relational rules form a cycle", line=es.line)
-            if ref not in seen:
-                seen.add(ref)
-                stack.extend(entries[ref].refs)
+    return Recorded(
+        ppl=ppl,
+        window_nlls=values,
+        provenance=plain(prov) if prov is not None else {},
+        kld=parse_recorded_kld(v, node, keypath, RERECORD),
+    )
 
 
 def _device_map(v: Validator, pnode: Mapping, kp: str) -> str | None:

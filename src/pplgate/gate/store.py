@@ -57,6 +57,7 @@ class EntryUpdate:
     window_nlls: list[float]
     provenance: dict[str, Any]
     section: str = "profiles"
+    kld: dict[str, Any] | None = None  # with a reference: the recorded KLD keys (pplgate.gate.kld.recorded_block)
 
     def keys(self) -> tuple[str, ...]:
         """The entry's key path in the file."""
@@ -71,6 +72,8 @@ class EntryUpdate:
         d = asdict(self)
         if d["section"] == "profiles":
             del d["section"]  # the default: records of collected entries keep their shape
+        if d["kld"] is None:
+            del d["kld"]  # an entry without a reference
         return d
 
     @classmethod
@@ -82,6 +85,7 @@ class EntryUpdate:
         return {
             "ppl": round(self.ppl, PPL_DECIMALS),
             "window_nlls": [round(x, NLL_DECIMALS) for x in self.window_nlls],
+            **(self.kld or {}),
             "provenance": self.provenance,
         }
 

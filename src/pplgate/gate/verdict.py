@@ -25,7 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pplgate.gate import kld as kld_gate
+from pplgate.gate import verdict_text as text
 from pplgate.gate.drift import compare_fingerprints, describe_drift, drift_lines
+from pplgate.gate.kld_rules import COMPARISON_METRICS
 from pplgate.gate.record import FAILING, GateRecord, Status
 from pplgate.gate.rules import Rule, RuleResult
 from pplgate.gate.spec import EntrySpec, Recorded
@@ -81,6 +84,7 @@ class Measured:
     prepare_time_s: float
     tokens_per_s: float | None = None
     phases: Mapping[str, float] | None = None  # seconds per phase (load_s, prepare_s, tokenize_s, evaluate_s)
+    kld: kld_gate.KldMeasured | None = None  # the comparison with the entry's reference, if it names one
 
 
 # --------------------------------------------------------------------------- judging
@@ -110,6 +114,9 @@ def measured_record(target: Target, entry: EntrySpec, m: Measured, partial: bool
     rec.origin, rec.wall_time_s, rec.prepare_time_s = m.origin, m.wall_time_s, m.prepare_time_s
     rec.tokens_per_s = m.tokens_per_s
     rec.phases = {k: round(float(v), 3) for k, v in m.phases.items()} if m.phases else None
+    if m.kld is not None:
+        recorded = entry.recorded.kld if entry.recorded is not None else None
+        rec.kld = kld_gate.record_block(m.kld, recorded, m.n_windows, partial)
     return rec
 
 
@@ -136,7 +143,8 @@ def recorded_problems(entry: EntrySpec) -> list[str]:
     n = (entry.fingerprint or {}).get("n_windows")
     if isinstance(n, int) and not isinstance(n, bool) and n != len(rec.window_nlls):
         out.append(f"the recorded window_nlls hold {len(rec.window_nlls)} values, but fingerprint.n_windows is {n}")
-    return out
+    recorded_with_reference = (entry.fingerprint or {}).get("reference") is not None
+    return out + kld_gate.recorded_kld_problems(entry.reference if recorded_with_reference else None, rec)
 
 
 def is_partial(max_windows_override: int | None, profile_max_windows: int | None) -> bool:
@@ -162,6 +170,7 @@ def judge(
     measured: Measured,
     *,
     session_ppls: Mapping[str, float],
+    session_values: Mapping[str, Mapping[str, float]] | None = None,
     update: bool = False,
     force: bool = False,
     partial: bool = False,
@@ -171,7 +180,8 @@ def judge(
     """The verdict on ``entry`` given its measurement (see the module docstring for the flow).
 
     ``session_ppls``: the ppl of each entry that ``entry``'s relational and speed rules name, measured in
-    this session; ``session_speeds``: their tokens/s (speed rules). ``update``/``force``:
+    this session; ``session_speeds``: their tokens/s (speed rules); ``session_values``: the same for the
+    ``kld``/``top1`` rules' refs (``{"kld": {ref: mean KLD}, "top1": {...}}``). ``update``/``force``:
     ``--update-baselines``/``--force-update``. ``partial``: only the first ``measured.n_windows`` windows
     were scored (compared with the first recorded ones).
     ``provenance``: the ``recorded.provenance`` block written with an update.
@@ -179,7 +189,8 @@ def judge(
     A failing record has its ``message`` (the full text pytest prints); a queued one its ``update``.
     """
     rec = measured_record(target, entry, measured, partial)
-    header = _header(target, entry, measured, partial)
+    session = {"ppl": session_ppls, "tokens_per_s": session_speeds or {}, **(session_values or {})}
+    header = text.header(target, entry, measured, partial)
     recorded = entry.recorded
     results: list[RuleResult] = []
     if recorded is not None:
@@ -195,7 +206,7 @@ def judge(
         if rec.drift and not (update and force):
             return _drift_failure(rec, header, recorded, measured, update, problems)
         if not rec.drift:
-            results = [_check(rule, measured, rec.baseline, session_ppls, session_speeds) for rule in entry.rules]
+            results = [_check(rule, measured, rec, session) for rule in entry.rules]
             rec.rules = [x.to_dict() for x in results]
             base_nlls = rec.baseline_window_nlls or []
             if len(base_nlls) == len(measured.window_nlls):  # else a problem (or drift) says why
@@ -215,7 +226,6 @@ def judge(
             f"  Create it with:\n    {rec.rerun}",
         )
     if update:
-        session = (session_ppls, session_speeds or {})
         return _queue(rec, target, entry, measured, session, provenance or {}, header)
     if not all(x.passed for x in results):
         return _tolerance_failure(rec, target, recorded, measured, results, header)
@@ -225,31 +235,15 @@ def judge(
     return rec
 
 
-def _check(
-    rule: Rule,
-    m: Measured,
-    recorded: float | None,
-    session_ppls: Mapping[str, float],
-    session_speeds: Mapping[str, float] | None,
-) -> RuleResult:
-    """One rule on the quantity it judges: the ppl, or (speed rules) the evaluation's tokens/s."""
-    if rule.quantity == "tokens_per_s":
-        return rule.check(m.tokens_per_s, None, session_speeds or {})  # type: ignore[arg-type]  # None: FAIL
-    return rule.check(m.ppl, recorded, session_ppls)
-
-
-def _header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str:
-    if target.section != "profiles":  # an entry of ppl_regression.check: no profile, the test sets the numbers
-        return (
-            f"pplgate: {target.name}\n  model {target.model} ({target.source}), entry {target.section}.{entry.name} "
-            f"(kind {entry.kind}, origin {m.origin}; device {target.device}, seqlen {target.seqlen}, "
-            f"{m.n_windows}/{m.n_windows_total} windows{', PARTIAL' if partial else ''})"
-        )
-    return (
-        f"pplgate: {target.name}\n  model {target.model} ({target.source}), profile {target.profile} "
-        f"(device {target.device}, seqlen {target.seqlen}, {m.n_windows}/{m.n_windows_total} windows"
-        f"{', PARTIAL' if partial else ''}), variant {entry.name} (kind {entry.kind}, origin {m.origin})"
-    )
+def _check(rule: Rule, m: Measured, rec: GateRecord, session: Mapping[str, Mapping[str, float]]) -> RuleResult:
+    """One rule on its metric: the ppl, the evaluation's tokens/s (speed rules), or the mean KLD / top-1
+    agreement against the entry's reference (``session``: the values of the other entries, per metric)."""
+    values = session.get(rule.metric, {})
+    if rule.metric == "tokens_per_s":
+        return rule.check(m.tokens_per_s, None, values)  # type: ignore[arg-type]  # None: FAIL
+    if rule.metric in COMPARISON_METRICS:
+        return rule.check(*kld_gate.rule_inputs(rule.metric, m.kld, rec.kld), values)  # type: ignore[arg-type]
+    return rule.check(m.ppl, rec.baseline, values)
 
 
 def _fail(rec: GateRecord, status: Status, message: str) -> GateRecord:
@@ -275,11 +269,6 @@ def _compare(rec: GateRecord, entry: EntrySpec, recorded: Recorded, m: Measured,
         rec.drift = compare_fingerprints(entry.fingerprint, m.fingerprint, ignore)
 
 
-def _note(problems: list[str] | None) -> str:
-    """The "edited by hand?" line of a failure message (empty when the recorded block is consistent)."""
-    return f"\n  note: {'; '.join(problems)}; was the baseline file edited by hand?" if problems else ""
-
-
 def _drift_failure(
     rec: GateRecord, header: str, recorded: Recorded, m: Measured, update: bool, problems: list[str]
 ) -> GateRecord:
@@ -294,7 +283,8 @@ def _drift_failure(
         Status.DRIFT,
         f"{header}\n  PROTOCOL DRIFT: the measurement protocol differs from the recorded one "
         f"in {describe_drift(rec.drift)}:\n{drift_lines(rec.drift)}\n"
-        f"  measured ppl {describe_ppl(m.ppl, m.window_nlls)} (recorded {recorded.ppl:.6f}); {how}" + _note(problems),
+        f"  measured ppl {describe_ppl(m.ppl, m.window_nlls)} (recorded {recorded.ppl:.6f}); {how}"
+        + text.note(problems),
     )
 
 
@@ -303,23 +293,24 @@ def _queue(
     target: Target,
     entry: EntrySpec,
     m: Measured,
-    session: tuple[Mapping[str, float], Mapping[str, float]],
+    session: Mapping[str, Mapping[str, float]],
     provenance: Mapping[str, Any],
     header: str,
 ) -> GateRecord:
     """Queue the re-recording, unless a rule against this session's entries fails (re-recording
     cannot fix that: those rules do not depend on the old record)."""
-    session_results = [_check(rule, m, None, *session) for rule in entry.rules if not rule.needs_recorded]
+    session_results = [_check(rule, m, rec, session) for rule in entry.rules if not rule.needs_recorded]
     if session_results and rec.rules is None:
         rec.rules = [x.to_dict() for x in session_results]
     if not all(x.passed for x in session_results):
         return _fail(
             rec,
             Status.FAIL,
-            f"{header}\n  not updating: a {_session_rule_types(session_results)} rule fails in this session "
-            "(re-recording cannot fix it):\n" + "\n".join(f"    {x.text}" for x in session_results),
+            f"{header}\n  not updating: {text.session_failure(session_results)} in this session (re-recording cannot "
+            "fix it):\n" + "\n".join(f"    {x.text}" for x in session_results),
         )
-    if not (math.isfinite(m.ppl) and all(math.isfinite(x) for x in m.window_nlls)):
+    klds = [m.kld.mean_kld, *m.kld.window_klds] if m.kld is not None else []
+    if not (math.isfinite(m.ppl) and all(math.isfinite(x) for x in [*m.window_nlls, *klds])):
         return _fail(
             rec,
             Status.FAIL,
@@ -335,13 +326,9 @@ def _queue(
         window_nlls=list(m.window_nlls),
         provenance=dict(provenance),
         section=target.section,
+        kld=kld_gate.recorded_block(m.kld) if m.kld is not None else None,
     )
     return rec
-
-
-def _session_rule_types(results: Sequence[RuleResult]) -> str:
-    """``relational`` / ``speed``: the type(s) of the failing rules against this session's entries."""
-    return "/".join(dict.fromkeys(x.rule.type for x in results if not x.passed))
 
 
 def _tolerance_failure(
@@ -349,11 +336,15 @@ def _tolerance_failure(
 ) -> GateRecord:
     """A worse number (or a failing relational rule) is a regression; a better one is flagged too."""
     base = rec.baseline
-    regression = m.ppl > base or any(not x.passed and not x.rule.needs_recorded for x in results)
+    ppl_failed = any(not x.passed and x.rule.metric == "ppl" for x in results)
+    kld_worse = any(not x.passed and x.rule.metric in COMPARISON_METRICS for x in results)
+    kld_worse = kld_worse and kld_gate.worse_than_recorded(rec.kld)
+    regression = m.ppl > base or kld_worse or any(not x.passed and not x.rule.needs_recorded for x in results)
     rec.rerun = rerun_command(target.nodeid)
     prov = recorded.provenance or {}
-    what = "PERPLEXITY REGRESSION" if regression else "PERPLEXITY IMPROVEMENT outside tolerance (still a failure)"
-    if all(x.rule.quantity == "tokens_per_s" for x in results if not x.passed):
+    what = "PERPLEXITY" if ppl_failed else "KL DIVERGENCE / TOP-1"
+    what += " REGRESSION" if regression else " IMPROVEMENT outside tolerance (still a failure)"
+    if all(x.rule.metric == "tokens_per_s" for x in results if not x.passed):
         what = "SPEED REGRESSION (every perplexity rule passes)"
     return _fail(
         rec,
@@ -361,18 +352,12 @@ def _tolerance_failure(
         f"{header}\n  {what}: measured {describe_ppl(m.ppl, m.window_nlls)} vs recorded {base:.6f}: "
         f"delta {rec.delta:+.6f} ({rec.rel_delta:+.4%})\n"
         "  rules (all must pass):\n" + "\n".join(f"    {x.text}" for x in results) + "\n"
-        f"  {_paired_text(rec)}{_note(rec.inconsistent)}\n"
+        f"  {text.paired_text(rec)}{text.kld_text(rec)}{text.note(rec.inconsistent)}\n"
         f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
         f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
         f"torch {prov.get('torch', '?')})\n"
         f"  if the change is intended, re-record with:\n    {rec.rerun}",
     )
-
-
-def _paired_text(rec: GateRecord) -> str:
-    if rec.paired is not None:
-        return rec.paired.describe()
-    return "no per-window comparison: the recorded window NLLs do not pair with this run's windows"
 
 
 def _inconsistent_failure(
@@ -388,6 +373,6 @@ def _inconsistent_failure(
         + "".join(f"    {p}\n" for p in rec.inconsistent or ())
         + f"  measured ppl {describe_ppl(m.ppl, m.window_nlls)}; the rules against the recorded ppl:\n"
         + "".join(f"    {x.text}\n" for x in results)
-        + f"  {_paired_text(rec)}\n"
+        + f"  {text.paired_text(rec)}\n"
         f"  was the baseline file edited by hand? Re-record the entry with:\n    {rec.rerun}",
     )

@@ -28,6 +28,7 @@ import pytest
 
 from pplgate.errors import BaselineError, PplgateError
 from pplgate.gate import reports
+from pplgate.gate.kld_rules import COMPARISON_METRICS
 from pplgate.gate.record import GateRecord, Status
 from pplgate.gate.rules import Rule, parse_rule
 from pplgate.gate.spec import EntrySpec, parse_baseline
@@ -209,6 +210,11 @@ class PplRegression:
         for rule in rules:
             if name in rule.refs:
                 raise CheckError(f"check(name={name!r}): a relational rule cannot compare the entry with itself")
+            if rule.metric in COMPARISON_METRICS:
+                raise CheckError(
+                    f"check(name={name!r}): a {rule.type} rule compares with an entry's reference, which a check "
+                    "has none of (entries of profiles: name one with reference:)"
+                )
         base = entry or EntrySpec(name=name, kind="?", params={}, rules=[], fingerprint=None, recorded=None)
         return dataclasses.replace(base, kind=subject.kind, params=dict(subject.params), rules=rules)
 

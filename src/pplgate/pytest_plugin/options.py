@@ -66,6 +66,9 @@ def validate(config: pytest.Config) -> None:
     k = config.getoption("--pplgate-max-windows")
     if k is not None and k < 1:
         raise pytest.UsageError(f"--pplgate-max-windows must be >= 1 (the number of windows to score), got {k}")
+    group = config.getoption("--pplgate-compare-group")
+    if group is not None and group < 1:
+        raise pytest.UsageError(f"--pplgate-compare-group must be >= 1 (entries per comparison pass), got {group}")
     per_worker = config.getoption("--pplgate-gpus-per-worker")
     if per_worker < 1:
         raise pytest.UsageError(f"--pplgate-gpus-per-worker must be >= 1, got {per_worker}")
@@ -112,6 +115,14 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="K",
         help="with pytest-xdist (-n N --dist loadgroup): each worker keeps K GPUs of the visible ones "
         f"(default 1, or ${GPUS_PER_WORKER_ENV})",
+    )
+    g.addoption(
+        "--pplgate-compare-group",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compare at most K entries with their reference per pass (default: all of a profile's in one pass; "
+        "a smaller K needs less memory and runs the reference's forward once more per extra pass)",
     )
     parser.addini("pplgate_baselines_dir", "directory of baseline YAML files, relative to rootdir", default="baselines")
 

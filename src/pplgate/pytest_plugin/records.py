@@ -3,12 +3,14 @@ controller (plain data: it travels from xdist workers), and the lines of updates
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from pplgate.gate import reports
 from pplgate.gate.record import GateRecord, Status
+from pplgate.gate.spec import EntrySpec
 from pplgate.gate.store import NLL_DECIMALS, PPL_DECIMALS
 from pplgate.gate.verdict import Target, new_record
 from pplgate.pytest_plugin.items import GateFailure, GateItem
@@ -16,6 +18,14 @@ from pplgate.pytest_plugin.items import GateFailure, GateItem
 CHECKS_KEY = pytest.StashKey[list[GateRecord]]()  # a test function's ppl_regression.check records
 # set when a check failed the test with its verdict (pytest.fail without a traceback): a gate failure
 CHECK_FAILED_KEY = pytest.StashKey[bool]()
+
+
+def with_recorded_device_type(entry: EntrySpec, profile_device: str) -> EntrySpec:
+    """Entries recorded before the fingerprint held ``device_type`` were measured on the profile's device."""
+    fp = entry.fingerprint
+    if fp is None or "device_type" in fp:
+        return entry
+    return dataclasses.replace(entry, fingerprint={**fp, "device_type": profile_device.split(":")[0]})
 
 
 def target_of(item: GateItem) -> Target:

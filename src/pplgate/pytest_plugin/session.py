@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,8 +23,9 @@ from pplgate.gate.verdict import (
     measured_record,
     partial_update_refusal,
 )
+from pplgate.pytest_plugin import references
 from pplgate.pytest_plugin.items import GATE_KEY, GateFailure, GateItem
-from pplgate.pytest_plugin.records import base_record, not_written_lines, target_of
+from pplgate.pytest_plugin.records import base_record, not_written_lines, target_of, with_recorded_device_type
 
 if TYPE_CHECKING:
     from pplgate.measure import Measurement, Measurer
@@ -36,14 +36,6 @@ def gate_of(config: pytest.Config) -> GateSession:
     gate = config.stash[GATE_KEY]
     assert isinstance(gate, GateSession)
     return gate
-
-
-def with_recorded_device_type(entry: EntrySpec, profile_device: str) -> EntrySpec:
-    """Entries recorded before the fingerprint held ``device_type`` were measured on the profile's device."""
-    fp = entry.fingerprint
-    if fp is None or "device_type" in fp:
-        return entry
-    return dataclasses.replace(entry, fingerprint={**fp, "device_type": profile_device.split(":")[0]})
 
 
 @dataclass
@@ -72,6 +64,7 @@ class GateSession:
     checked_by: dict[tuple[str, str], str] = field(default_factory=dict)  # the controller's view of the checks
     check_conflicts: list[str] = field(default_factory=list)  # one entry checked by two tests
     conflicting: set[tuple[str, str]] = field(default_factory=set)  # (file, entry) of those: never written
+    comparisons: dict[tuple[str, str, str], Any] = field(default_factory=dict)  # (file, profile, entry) -> pass
 
     # ---- configuration
     @property
@@ -177,6 +170,7 @@ class GateSession:
         entry = with_recorded_device_type(item.variant, profile.device)
         self.refuse_partial_update(profile.name, profile.max_windows)
         item.record = base_record(item, Status.ERROR)
+        comparison = references.run(self, item, entry)  # a reference's shared pass first: its PPLs serve measure()
         m = self.measure(item, entry)
 
         def session_ppls() -> dict[str, float]:  # relational rules compare with entries measured in this session
@@ -188,8 +182,9 @@ class GateSession:
         def measured(rec: GateRecord) -> None:  # what an error report shows
             item.record = rec
 
+        target = target_of(item)
         item.record = self.verdict(
-            target_of(item), entry, m, profile.max_windows, session_ppls, measured, session_speeds=session_speeds
+            target, entry, m, profile.max_windows, session_ppls, measured, session_speeds=session_speeds, ref=comparison
         )
         if item.record.message is not None:
             raise GateFailure(item.record.message, item.record.status)
@@ -205,9 +200,11 @@ class GateSession:
         *,
         update: bool | None = None,
         session_speeds: Callable[[], Mapping[str, float]] = dict,
+        ref: references.ReferenceRun | None = None,
     ) -> GateRecord:
         """:func:`~pplgate.gate.verdict.judge` on a measurement, with this session's options and provenance
-        (one path for collected entries and ``ppl_regression.check``)."""
+        (one path for collected entries and ``ppl_regression.check``); ``ref``: the entry's comparison with
+        its reference (:func:`pplgate.pytest_plugin.references.run`), if it names one."""
         from pplgate import provenance
 
         r = m.result
@@ -225,12 +222,13 @@ class GateSession:
             window_nlls=list(r.window_nlls),
             n_windows=r.n_windows,
             n_windows_total=r.n_windows_total,
-            fingerprint=m.fingerprint,
+            fingerprint=ref.fingerprint(m.fingerprint) if ref else m.fingerprint,
             origin=m.origin,
             wall_time_s=r.wall_time_s,
             prepare_time_s=m.prepare_time_s,
             tokens_per_s=r.tokens_per_s,
             phases=m.phases,
+            kld=ref.kld if ref else None,
         )
         partial = is_partial(self.config.getoption("--pplgate-max-windows"), profile_max_windows)
         on_measured(measured_record(target, entry, measured, partial))
@@ -239,6 +237,7 @@ class GateSession:
             entry,
             measured,
             session_ppls=session_ppls(),
+            session_values=ref.session_values if ref else None,
             update=self.update if update is None else update,
             force=self.force,
             partial=partial,

@@ -8,7 +8,9 @@ matplotlib is imported only when a PNG is drawn.
 * :mod:`.tables`: status marks and words, the terminal table (time per phase), JUnit properties, the verdict;
 * :mod:`.plots`: per-window NLL deltas, classified and drawn;
 * :mod:`.markdown`: the PR comment / step summary;
-* :mod:`.files`: :func:`write_reports` (JSON, Markdown, PNGs, ``$GITHUB_STEP_SUMMARY``).
+* :mod:`.files`: :func:`write_reports` (JSON, Markdown, PNGs, ``$GITHUB_STEP_SUMMARY``);
+* :mod:`.kld`: the KLD / top-1 columns, JUnit properties, Markdown lines and per-window KLD PNG (entries
+  with a ``reference``).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.gate.record import FAILING
+from pplgate.gate.reports import kld as report_kld
 from pplgate.gate.reports.markdown import markdown
 from pplgate.gate.reports.plots import (
     _pyplot,
@@ -79,6 +80,7 @@ def write_reports(
             if png is not None:
                 out.paths.append(png)
                 plots[nodeid] = f"per-window ΔNLL plot: [{png.name}]({png.name})"
+        report_kld.add_plots(d, records, PLOTTED, plots, out.paths, _pyplot, _slug)
     rel_records = _relative_paths(records, rootdir)
     rel_rows = _relative_paths(update_rows, rootdir)
     md = markdown(rel_records, rel_rows, blocked, plots=plots, notes=out.notes)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.gate.record import FAILING, Status
+from pplgate.gate.reports import kld as report_kld
 from pplgate.gate.reports.tables import HEADER, MD_MARK, STATUS_WORDS, Record, _row, as_dict, update_table, verdict
 from pplgate.gate.stats import PairedStats
 
@@ -43,6 +44,7 @@ def _section(rec: dict[str, Any], plot: str | None) -> list[str]:
         lines.append(f"- protocol drift `{k}`: `{old}` → `{new}`")
     if rec.get("paired"):
         lines.append(f"- {_paired_text(rec['paired'])}")
+    lines += report_kld.section_lines(rec)
     for problem in rec.get("inconsistent") or []:
         lines.append(f"- ⚠️ {problem}: was the baseline file edited by hand?")
     if rec.get("error"):
@@ -72,10 +74,10 @@ def markdown(
     plots = plots or {}
     records = [as_dict(r) for r in records]
     lines = [verdict(records, blocked), "", "### pplgate: WikiText-2 perplexity gate", ""]
-    lines.append("| " + " | ".join(HEADER) + " |")
-    lines.append("|" + "---|" * len(HEADER))
-    for rec in records:
-        row = _row(rec)
+    header, rows = report_kld.with_columns(HEADER, [_row(r) for r in records], records)
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for rec, row in zip(records, rows, strict=True):
         row[4] += _pct(rec) if rec.get("delta") is not None else ""
         row[6] = f"{MD_MARK.get(rec.get('status', ''), '')} {row[6]}"
         lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")

@@ -1,4 +1,5 @@
-"""Status words and marks, the terminal table (with the per-phase seconds), JUnit properties, the verdict line."""
+"""Status words and marks, the terminal table (with the per-phase seconds, and the KLD/top-1 columns when a
+record has a reference), JUnit properties, the verdict line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.gate.record import FAILING, GateRecord, Status
+from pplgate.gate.reports import kld as report_kld
 from pplgate.gate.store import NLL_DECIMALS
 
 Record = GateRecord | Mapping[str, Any]
@@ -80,6 +82,7 @@ def junit_properties(rec: Record) -> list[tuple[str, Any]]:
         ("pplgate_delta", _f(rec.get("delta"), "{:+.6f}")),
         ("pplgate_tolerance", rec.get("tolerance", "")),
         ("pplgate_status", rec.get("status", "")),
+        *report_kld.junit_properties(rec),
     ]
 
 
@@ -133,8 +136,10 @@ HEADER = [
 
 
 def terminal_table(records: Sequence[Record]) -> list[str]:
-    rows = [HEADER] + [_row(as_dict(r)) for r in records]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(HEADER))]
+    recs = [as_dict(r) for r in records]
+    header, body = report_kld.with_columns(HEADER, [_row(r) for r in recs], recs)  # + kld/top1 with a reference
+    rows = [header, *body]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines

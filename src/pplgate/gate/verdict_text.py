@@ -1,0 +1,63 @@
+"""The sentences of the verdict's messages (:mod:`pplgate.gate.verdict`): the header naming the test, the
+paired per-window comparisons (ΔNLL, and ΔKLD for an entry with a reference), what fails in this session,
+the "edited by hand?" note. Pure: strings from records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pplgate.gate import kld as kld_gate
+from pplgate.gate.kld_rules import COMPARISON_METRICS
+from pplgate.gate.record import GateRecord
+from pplgate.gate.rules import RuleResult
+from pplgate.gate.spec import EntrySpec
+
+# pplgate.gate.verdict's Target / Measured (not imported: verdict imports this module)
+Target = Any
+Measured = Any
+
+
+def header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str:
+    if target.section != "profiles":  # an entry of ppl_regression.check: no profile, the test sets the numbers
+        return (
+            f"pplgate: {target.name}\n  model {target.model} ({target.source}), entry {target.section}.{entry.name} "
+            f"(kind {entry.kind}, origin {m.origin}; device {target.device}, seqlen {target.seqlen}, "
+            f"{m.n_windows}/{m.n_windows_total} windows{', PARTIAL' if partial else ''})"
+        )
+    return (
+        f"pplgate: {target.name}\n  model {target.model} ({target.source}), profile {target.profile} "
+        f"(device {target.device}, seqlen {target.seqlen}, {m.n_windows}/{m.n_windows_total} windows"
+        f"{', PARTIAL' if partial else ''}), variant {entry.name} (kind {entry.kind}, origin {m.origin})"
+    )
+
+
+def note(problems: list[str] | None) -> str:
+    """The "edited by hand?" line of a failure message (empty when the recorded block is consistent)."""
+    return f"\n  note: {'; '.join(problems)}; was the baseline file edited by hand?" if problems else ""
+
+
+def paired_text(rec: GateRecord) -> str:
+    if rec.paired is not None:
+        return rec.paired.describe()
+    return "no per-window comparison: the recorded window NLLs do not pair with this run's windows"
+
+
+def session_failure(results: Sequence[RuleResult]) -> str:
+    """``a relational rule fails`` / ``a speed rule fails`` / ``a kld bound fails``: what fails in this session
+    (a kld/top1 rule with ``ref`` compares with another entry: relational; without, a bound on this entry)."""
+    failing = [x.rule for x in results if not x.passed]
+    compared = [("relational" if r.metric in COMPARISON_METRICS else r.type) for r in failing if r.refs]
+    parts = [f"a {'/'.join(dict.fromkeys(compared))} rule fails"] if compared else []
+    bounds = [r.type for r in failing if not r.refs]
+    return " and ".join(parts + ([f"a {'/'.join(dict.fromkeys(bounds))} bound fails"] if bounds else []))
+
+
+def kld_text(rec: GateRecord) -> str:
+    """The KLD summary and its paired per-window comparison (empty for an entry without a reference)."""
+    if rec.kld is None:
+        return ""
+    paired = rec.kld.get("paired")
+    return f"\n  {kld_gate.summary_line(rec.kld)}" + (
+        f"\n  {kld_gate.describe_paired(paired)}" if paired else "\n  no per-window KLD comparison recorded"
+    )
