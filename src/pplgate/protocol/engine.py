@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from pplgate.errors import ProtocolError
+from pplgate.protocol import DEFAULT_SEQLEN  # noqa: E402 - re-exported here
 from pplgate.protocol.dataset import CanonicalText
 from pplgate.protocol.progress import Progress
 from pplgate.protocol.result import PerplexityResult
@@ -21,7 +22,6 @@ from pplgate.protocol.windows import (
     window_mean_nlls,
 )
 
-DEFAULT_SEQLEN = 2048
 # Config keys that make logits something other than lm_head(hidden): use the model's own logits.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
 
