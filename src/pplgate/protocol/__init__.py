@@ -7,3 +7,6 @@ a model against a reference in one pass — KL divergence, top-1 agreement, Δp 
 Layer rule: this package uses torch and transformers' tokenizers, never YAML or pytest, and imports neither
 :mod:`pplgate.models`, :mod:`pplgate.gate` nor the pytest plugin (it is what those build on).
 """
+
+# the canonical window length, here so that torch-free code (the plugin at collection) can name it
+DEFAULT_SEQLEN = 2048

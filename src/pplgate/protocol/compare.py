@@ -15,11 +15,11 @@ from pplgate.errors import PerplexityOverflowError, ProtocolError
 from pplgate.protocol.compare_result import ComparisonResult
 from pplgate.protocol.dataset import CanonicalText
 from pplgate.protocol.divergence import WindowStats, compare_windows
-from pplgate.protocol.engine import DEFAULT_SEQLEN, _sync, check_token_ids, model_device, model_max_positions
+from pplgate.protocol.engine import DEFAULT_SEQLEN, _sync, model_device, scoring_windows
 from pplgate.protocol.kld_stats import PERCENTS, ln_ratio_and_err, mean, std_err
 from pplgate.protocol.progress import Progress
 from pplgate.protocol.tokens import TokenizedText
-from pplgate.protocol.windows import make_windows, perplexity, running_perplexity, tail_tokens
+from pplgate.protocol.windows import perplexity, running_perplexity, tail_tokens
 
 
 class _KldProgress(Progress):
@@ -48,25 +48,7 @@ def evaluate_comparisons(
     """The canonical windows of ``tokens`` scored by ``reference`` and each of ``models`` in one pass;
     one :class:`ComparisonResult` per model (each also carries the reference's PPL)."""
     labels = list(labels or [f"model {i}" for i in range(len(models))])
-    for m in (reference, *models):
-        max_pos = model_max_positions(m)
-        if max_pos is not None and seqlen > max_pos:
-            raise ProtocolError(
-                f"seqlen {seqlen} exceeds a model's max_position_embeddings ({max_pos}); pass --seqlen {max_pos} "
-                "(or smaller). The numbers are then not comparable to published seqlen-2048 results."
-            )
-    windows = make_windows(tokens.ids, seqlen)
-    for m in (reference, *models):
-        check_token_ids(windows, m, tokens.tokenizer_name)
-    n_total = windows.shape[0]
-    if n_total == 0:
-        raise ProtocolError(
-            f"the text has {tokens.n_tokens} tokens, fewer than one window of {seqlen}: nothing to score"
-        )
-    if max_windows is not None:
-        if max_windows < 1:
-            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
-        windows = windows[:max_windows]
+    windows, n_total = scoring_windows([reference, *models], tokens, seqlen, max_windows)
     n = windows.shape[0]
     device = model_device(reference)
     cuda = device.type == "cuda"

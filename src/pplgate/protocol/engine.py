@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from pplgate.errors import ProtocolError
+from pplgate.protocol import DEFAULT_SEQLEN  # re-exported: pplgate.protocol.engine.DEFAULT_SEQLEN
 from pplgate.protocol.dataset import CanonicalText
 from pplgate.protocol.progress import Progress
 from pplgate.protocol.result import PerplexityResult
@@ -21,7 +22,6 @@ from pplgate.protocol.windows import (
     window_mean_nlls,
 )
 
-DEFAULT_SEQLEN = 2048
 # Config keys that make logits something other than lm_head(hidden): use the model's own logits.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
 
@@ -141,6 +141,36 @@ def score_windows(
     return out
 
 
+def scoring_windows(
+    models: Sequence[torch.nn.Module], tokens: TokenizedText, seqlen: int, max_windows: int | None
+) -> tuple[torch.Tensor, int]:
+    """``(windows to score, n_windows_total)`` of ``tokens`` for ``models``, checked before any forward:
+    ``seqlen`` within every model's positions, every token id within its vocabulary, at least one window,
+    ``max_windows`` >= 1 (shared by :func:`evaluate_perplexity` and the comparison pass)."""
+    one = len(models) == 1
+    for m in models:
+        max_pos = model_max_positions(m)
+        if max_pos is not None and seqlen > max_pos:
+            raise ProtocolError(
+                f"seqlen {seqlen} exceeds {'the' if one else 'a'} model's max_position_embeddings ({max_pos}); "
+                f"pass --seqlen {max_pos} (or smaller). The {'number is' if one else 'numbers are'} then not "
+                "comparable to published seqlen-2048 results."
+            )
+    windows = make_windows(tokens.ids, seqlen)
+    for m in models:
+        check_token_ids(windows, m, tokens.tokenizer_name)
+    n_total = windows.shape[0]
+    if n_total == 0:
+        raise ProtocolError(
+            f"the text has {tokens.n_tokens} tokens, fewer than one window of {seqlen}: nothing to score"
+        )
+    if max_windows is not None:
+        if max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+        windows = windows[:max_windows]
+    return windows, n_total
+
+
 def evaluate_perplexity(
     model,
     tokens: TokenizedText,
@@ -159,24 +189,7 @@ def evaluate_perplexity(
     ``progress`` shows a :class:`pplgate.protocol.progress.Progress` (a bar on a terminal, plain lines
     elsewhere) on stderr, labelled ``label`` (keep it short: model name, variant, dtype).
     """
-    max_pos = model_max_positions(model)
-    if max_pos is not None and seqlen > max_pos:
-        raise ProtocolError(
-            f"seqlen {seqlen} exceeds the model's max_position_embeddings ({max_pos}); "
-            f"pass --seqlen {max_pos} (or smaller). The number is then not comparable to "
-            "published seqlen-2048 results."
-        )
-    windows = make_windows(tokens.ids, seqlen)
-    check_token_ids(windows, model, tokens.tokenizer_name)
-    n_total = windows.shape[0]
-    if n_total == 0:
-        raise ProtocolError(
-            f"the text has {tokens.n_tokens} tokens, fewer than one window of {seqlen}: nothing to score"
-        )
-    if max_windows is not None:
-        if max_windows < 1:
-            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
-        windows = windows[:max_windows]
+    windows, n_total = scoring_windows([model], tokens, seqlen, max_windows)
     n = windows.shape[0]
     device = model_device(model)
     dtype = next(model.parameters()).dtype

@@ -35,7 +35,7 @@ from pplgate.gate.spec import EntrySpec, parse_baseline
 from pplgate.gate.store import TESTS
 from pplgate.gate.validator import NAME_RE, Validator
 from pplgate.gate.verdict import Target, is_partial
-from pplgate.protocol.engine import DEFAULT_SEQLEN
+from pplgate.protocol import DEFAULT_SEQLEN
 from pplgate.pytest_plugin.items import gate_of, known_kinds
 from pplgate.pytest_plugin.records import CHECK_FAILED_KEY, CHECKS_KEY
 
