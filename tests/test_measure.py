@@ -52,21 +52,24 @@ def text_file(tmp_path_factory) -> Path:
 @pytest.fixture
 def counts(monkeypatch) -> dict[str, int]:
     """How often the Measurer loads a tokenizer, tokenizes, and loads a model."""
+    import pplgate.models.token_cache as token_cache
+
     n = {"load_tokenizer": 0, "tokenize_canonical": 0, "load_model": 0}
     for name in n:
-        real = getattr(measure_mod, name)
+        module = token_cache if name == "tokenize_canonical" else measure_mod
+        real = getattr(module, name)
 
         def counted(*a, _real=real, _name=name, **k):
             n[_name] += 1
             return _real(*a, **k)
 
-        monkeypatch.setattr(measure_mod, name, counted)
+        monkeypatch.setattr(module, name, counted)
     return n
 
 
 @pytest.fixture
-def measurer(text_file) -> Measurer:
-    return Measurer(dataset=str(text_file), allow_noncanonical=True)
+def measurer(text_file, tmp_path) -> Measurer:
+    return Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "cache"))
 
 
 class _Counting(Variant):
@@ -107,7 +110,8 @@ def test_measurement_carries_the_protocol_fingerprint(measurer, source) -> None:
     assert m.fingerprint["tokenizer_name"] == "GPT2Tokenizer(local)"  # a local path: no directory name (moves)
     assert m.fingerprint["device_type"] == "cpu"
     assert m.fingerprint["dataset_sha256"] == measurer.text().sha256 and not r.canonical
-    assert set(m.extra) == {"prepare_info", "phases"} and m.extra["prepare_info"] == {}  # no device_layout on CPU
+    assert set(m.extra) == {"prepare_info", "phases", "caches"}  # no device_layout on CPU
+    assert m.extra["prepare_info"] == {} and m.extra["caches"] == {"token_cache": "built"}
 
 
 def test_the_same_request_is_measured_once(measurer, source, counts, counting) -> None:
@@ -149,6 +153,21 @@ def test_a_variant_that_changes_weights_first_never_de_quantizes_twice(
     assert rtn.extra["caches"]["base_cache"] == "built" and fp32.extra["caches"]["base_cache"] == "hit"
     fresh = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "other"))
     assert fresh.measure(source, kind="fp32", params={}, device="cpu", **SHORT).result.ppl == fp32.result.ppl
+
+
+def test_a_second_session_reads_the_tokens_from_the_cache(source, text_file, tmp_path, counts) -> None:
+    """The token cache: the next Measurer on the same cache tokenizes nothing and measures the same number."""
+    first = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "cache"))
+    a = first.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    second = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "cache"))
+    b = second.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    assert counts["tokenize_canonical"] == 1
+    assert (a.extra["caches"]["token_cache"], b.extra["caches"]["token_cache"]) == ("built", "hit")
+    assert a.result.window_nlls == b.result.window_nlls and a.fingerprint == b.fingerprint
+    off = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "x"), cache_mode="off")
+    c = off.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
+    assert counts["tokenize_canonical"] == 2 and c.extra["caches"]["token_cache"] == "off"
+    assert c.fingerprint == a.fingerprint and not (tmp_path / "x").exists()
 
 
 def test_phases_say_where_the_time_went(measurer, source) -> None:

@@ -8,6 +8,7 @@ keeps every model's PPL from that pass as the session's measurement of its reque
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from pplgate.protocol.compare import evaluate_comparisons
 from pplgate.protocol.compare_result import ComparisonResult
 from pplgate.protocol.engine import DEFAULT_SEQLEN
 from pplgate.protocol.result import PerplexityResult
+from pplgate.provenance import device_layout
 
 
 @dataclass
@@ -50,7 +52,11 @@ def compare_many(
     requests = [(reference, reference_kind, dict(reference_params or {})), *models]
     variants = [make_variant(k, p) for _, k, p in requests]  # bad params fail before anything loads
     text = measurer.text()
-    toks = [measurer.tokens(src, tokenizer) for src, _, _ in requests]
+    toks, tokenize_s = [], []
+    for src, _, _ in requests:  # the first request of a source tokenizes (or reads the token cache), the rest reuse
+        t0 = time.perf_counter()
+        toks.append(measurer.tokens(src, tokenizer))
+        tokenize_s.append(time.perf_counter() - t0)
     ref_tokens, ref_name = toks[0][1], toks[0][2]
     for _, tokens, name in toks[1:]:
         if tokens.tokenizer_sha256 != ref_tokens.tokenizer_sha256 or not tokens.ids.equal(ref_tokens.ids):
@@ -64,6 +70,8 @@ def compare_many(
         measurer._prepare(src, v, device, None, tok[0])
         for (src, _, _), v, tok in zip(requests, variants, toks, strict=True)
     ]
+    on_gpu = str(device).startswith("cuda")
+    layouts = [device_layout(prep.model) if on_gpu else None for _, prep, _ in prepared]
     try:
         results = evaluate_comparisons(
             prepared[0][1].model,
@@ -82,9 +90,11 @@ def compare_many(
             prep.model = None  # type: ignore[assignment]
     run = (device, seqlen, batch_size, max_windows, None)  # measure()'s key after (source, tokenizer, kind, params)
     ref_result = results[0].perplexity_results()[0]
-    measured = [_record(measurer, requests[0], prepared[0], ref_result, toks[0][2], tokenizer, run)]
-    for req, prep, res, tok in zip(requests[1:], prepared[1:], results, toks[1:], strict=True):
-        measured.append(_record(measurer, req, prep, res.perplexity_results()[1], tok[2], tokenizer, run))
+    own = [ref_result, *(res.perplexity_results()[1] for res in results)]
+    measured = [
+        _record(measurer, req, prep, res, tok[2], tokenizer, run, tok_s, layout)
+        for req, prep, res, tok, tok_s, layout in zip(requests, prepared, own, toks, tokenize_s, layouts, strict=True)
+    ]
     return [Comparison(result=r, reference=measured[0], model=m) for r, m in zip(results, measured[1:], strict=True)]
 
 
@@ -96,17 +106,37 @@ def _record(
     tok_name: str,
     tokenizer: str | None,
     run: tuple,
+    tokenize_s: float,
+    layout: Any,
 ) -> Measurement:
     """The :class:`Measurement` of ``request`` from a comparison pass, kept unless one exists already."""
     (src, kind, params), (variant, prep, loaded) = request, prepared
     load_s = loaded.get("load_s", 0.0)
-    phases = {"load_s": load_s, "prepare_s": max(prep.prepare_time_s - load_s, 0.0), "evaluate_s": result.wall_time_s}
+    phases = {
+        "load_s": load_s,
+        "prepare_s": max(prep.prepare_time_s - load_s, 0.0),
+        "tokenize_s": tokenize_s,
+        "evaluate_s": result.wall_time_s,
+    }
+    extra: dict[str, Any] = {
+        "prepare_info": plain(scalar_info(prep.info)),
+        "phases": {k: round(v, 2) for k, v in phases.items()},
+    }
+    caches = {k: v for k, v in measurer._token_info.get((src, tokenizer), {}).items() if k.endswith("_cache")}
+    if "base_cache" in loaded:
+        caches["base_cache"] = loaded["base_cache"]
+    if caches:
+        extra["caches"] = caches
+    if layout is not None:
+        extra["device_layout"] = layout
+    if "pass_wall_time_s" in result.extra:  # evaluate_s is this model's own forwards; the pass took this long
+        extra["pass_wall_time_s"] = round(result.extra["pass_wall_time_s"], 2)
     m = Measurement(
         result=result,
         fingerprint=fingerprint(result, tok_name, variant),
         origin=prep.origin,
         prepare_time_s=prep.prepare_time_s,
-        extra={"prepare_info": plain(scalar_info(prep.info)), "phases": {k: round(v, 2) for k, v in phases.items()}},
+        extra=extra,
         phases=phases,
     )
     return measurer._measurements.setdefault((src, tokenizer, kind, _params_key(params), *run), m)

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from pplgate.errors import DatasetNotFound, PplgateError
 from pplgate.gate.store import plain
-from pplgate.models.base_cache import cacheable, load_model_cached, load_tokenizer_cached
+from pplgate.models.base_cache import cacheable, load_config_cached, load_model_cached, load_tokenizer_cached
 from pplgate.models.quant_cache import QuantCache
 from pplgate.models.registry import make_variant
 from pplgate.models.source import ModelSource, load_model, load_tokenizer
+from pplgate.models.token_cache import tokenize_cached
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
 from pplgate.protocol.dataset import CanonicalText, load_canonical_text
 from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
-from pplgate.protocol.tokens import TokenizedText, tokenize_canonical
+from pplgate.protocol.tokens import TokenizedText
 from pplgate.provenance import device_layout
 
 if TYPE_CHECKING:
@@ -112,9 +113,9 @@ class Measurer:
                 tok, info = load_tokenizer_cached(source, self._base_cache(), load=load_tokenizer)
             else:
                 tok, info = load_tokenizer(source, tokenizer), {}
-            tokens = tokenize_canonical(tok, self.text().text)
+            tokens, token_info = tokenize_cached(tok, self.text(), self._base_cache())
             self._tokens[key] = (tok, tokens, tokenizer_name(tok, source, tokenizer))
-            self._token_info[key] = {**info, "tokenize_time_s": time.perf_counter() - t0}
+            self._token_info[key] = {**info, **token_info, "tokenize_time_s": time.perf_counter() - t0}
             self._clock["tokenize_s"] += time.perf_counter() - t0
         return self._tokens[key]
 
@@ -162,6 +163,7 @@ class Measurer:
             cache_dir=self.cache_dir,
             cache_mode=self.cache_mode,
             device_map=device_map,
+            config_loader=lambda: load_config_cached(source, self._base_cache())[0],
         )
 
     def _prepare(

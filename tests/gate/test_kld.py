@@ -96,12 +96,22 @@ def test_reference_with_device_map_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("ref", ["fp32", "rtn"])  # a reference, an entry with one
-def test_a_speed_rule_on_an_entry_of_a_comparison_pass_is_refused(tmp_path, ref):
-    """The shared comparison pass times the reference and its variants together: no entry's own tokens/s."""
+def test_a_speed_rule_between_a_pass_and_an_entry_alone_is_refused(tmp_path, ref):
+    """In the pass an entry's tokens/s is its own forwards; alone, its whole evaluation: not comparable."""
     plain = f"      plain:\n        kind: rtn\n        tolerance: [{{type: speed, ref: {ref}, min_ratio: 0.5}}]\n"
-    with pytest.raises(BaselineError, match="a speed rule compares the entries' own evaluations") as ei:
+    with pytest.raises(BaselineError, match="a speed rule compares two entries timed the same way") as ei:
         parse(tmp_path, DOC + plain)
-    assert ei.value.keypath.endswith("variants.plain.tolerance[0]") and f"but {ref} is scored" in str(ei.value)
+    assert ei.value.keypath.endswith("variants.plain.tolerance[0]")
+    assert f"plain is scored alone and {ref} the pass of reference fp32" in str(ei.value)
+
+
+@pytest.mark.parametrize(("entry", "ref"), [("awq", "fp32"), ("awq", "rtn"), ("rtn", "fp32")])
+def test_a_speed_rule_within_one_pass_is_accepted(tmp_path, entry, ref):
+    """Each model of the pass is timed on its own forwards: a ratio between two of them means something."""
+    anchor = {"rtn": "- {type: top1, min_agreement: 0.8}", "awq": "- {type: kld, max_mean: 0.5}"}[entry]
+    rule = f"{anchor}\n          - {{type: speed, ref: {ref}, min_ratio: 0.5}}"
+    spec = parse(tmp_path, DOC.replace(anchor, rule))
+    assert [r.metric for r in spec.profiles["cpu"].variants[entry].rules][-1] == "tokens_per_s"
 
 
 def test_a_tests_entry_takes_no_kld_rule(tmp_path):

@@ -183,3 +183,44 @@ def test_checkpoint_quantization_config_is_typed_strictly(tmp_path, qc, message)
     with pytest.raises(VariantError, match="config.json quantization_config: ") as info:
         make_variant("awq-checkpoint", {"checkpoint": str(d)}).check(ctx)
     assert message in str(info.value)
+
+
+def test_checkpoint_load_collects_garbage_once_with_the_same_model(tiny, tmp_path, monkeypatch):
+    """AutoAWQ's per-layer gc.collect() is replaced by one at the end; the loaded model is the same."""
+    import contextlib
+    import gc
+
+    import awq.models.base as awq_base
+
+    from pplgate.models import autoawq_compat
+
+    p = make_variant("awq", _params()).prepare(_ctx(tiny, tmp_path))
+    ckpt = str(tmp_path / p.info["cache_key"] / "model")
+    seen = []
+    real_shim = autoawq_compat.one_gc_per_load
+
+    @contextlib.contextmanager
+    def spy():
+        with real_shim() as stand_in:
+            seen.append(stand_in)
+            yield stand_in
+
+    monkeypatch.setattr(autoawq_compat, "one_gc_per_load", spy)
+    shimmed, _ = autoawq_compat.load_awq_checkpoint(ckpt, "cpu", "fp32")
+    assert [s.calls for s in seen] == [2]  # one per decoder layer of the tiny model, none of them a real collection
+    assert awq_base.gc is gc  # restored
+    monkeypatch.setattr(autoawq_compat, "one_gc_per_load", contextlib.nullcontext)
+    plain_load, _ = autoawq_compat.load_awq_checkpoint(ckpt, "cpu", "fp32")
+    ids = tiny[3].ids[:64][None]
+    with torch.no_grad():
+        assert torch.equal(shimmed(ids).logits, plain_load(ids).logits)
+
+
+def test_gc_shim_refuses_an_unexpected_autoawq(monkeypatch):
+    import awq.models.base as awq_base
+
+    from pplgate.models.autoawq_compat import one_gc_per_load
+
+    monkeypatch.setattr(awq_base, "gc", object())
+    with pytest.raises(VariantError, match="autoawq==0.2.9"), one_gc_per_load():
+        pass

@@ -193,3 +193,26 @@ def test_smollm2_from_the_cache_gives_the_gguf_ppl_bit_for_bit(tmp_path, canonic
     a = evaluate_perplexity(gguf_model, tokens, canonical_text, max_windows=1)
     b = evaluate_perplexity(cached, tokens, canonical_text, max_windows=1)
     assert a.window_nlls == b.window_nlls and a.ppl == b.ppl
+
+
+def test_config_of_a_gguf_is_parsed_once(tmp_path: Path) -> None:
+    """The real SmolLM2 GGUF: the config entry reads back with the same values and the GGUF's name."""
+    from pplgate.models.base_cache import load_config_cached
+    from pplgate.models.layers import load_config
+    from pplgate.models.source import resolve_source
+
+    source = resolve_source(None)
+    calls: list[ModelSource] = []
+
+    def counting_load(src: ModelSource):
+        calls.append(src)
+        return load_config(src)
+
+    cache = QuantCache(tmp_path / "c")
+    built, info1 = load_config_cached(source, cache, load=counting_load)
+    hit, info2 = load_config_cached(source, cache, load=counting_load)
+    assert (info1["config_cache"], info2["config_cache"], len(calls)) == ("built", "hit", 1)
+    assert hit.to_dict() == built.to_dict()  # the name included
+    assert hit.name_or_path == built.name_or_path != str(tmp_path)
+    off, info3 = load_config_cached(source, QuantCache(tmp_path / "d", mode="off"), load=counting_load)
+    assert info3 == {"config_cache": "off"} and len(calls) == 2 and off.to_dict() == built.to_dict()

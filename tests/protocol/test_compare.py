@@ -337,3 +337,31 @@ def test_a_model_without_a_split_head_against_one_with_it(llama_pair) -> None:
     assert r.window_klds == pytest.approx(want["kld"], rel=1e-6)
     assert r.window_top1 == want["top1"]
     assert r.window_nlls_model == pytest.approx(want["nll_m"], rel=1e-6)
+
+
+def test_each_model_of_a_pass_is_timed_on_its_own_forwards() -> None:
+    """A model that sleeps 50 ms per forward: its own forward time shows it, the other models' do not, and
+    the PPL results of the pass carry each model's own tokens/s (the pass's wall time beside them)."""
+    import time
+
+    vocab = 16
+
+    def slow(ids: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return torch.zeros(*ids.shape, vocab)
+
+    ids = random_ids(4 * 32 + 1, vocab, seed=2)
+    ref = LogitFnLM(lambda x: torch.zeros(*x.shape, vocab))
+    models = [copy.deepcopy(ref), LogitFnLM(slow)]
+    results = evaluate_comparisons(
+        ref, models, synthetic_tokens(ids), synthetic_dataset(), seqlen=32, batch_size=1, progress=False
+    )
+    quick, sleepy = results
+    assert sleepy.forward_time_s >= 4 * 0.05 > 10 * quick.forward_time_s
+    assert quick.forward_time_s_reference == sleepy.forward_time_s_reference < 0.05
+    assert quick.wall_time_s == sleepy.wall_time_s >= sleepy.forward_time_s  # the pass: everything
+    ref_ppl, sleepy_ppl = sleepy.perplexity_results()
+    assert sleepy_ppl.wall_time_s == sleepy.forward_time_s and ref_ppl.wall_time_s == sleepy.forward_time_s_reference
+    assert sleepy_ppl.tokens_per_s == pytest.approx(4 * 32 / sleepy.forward_time_s)
+    assert sleepy_ppl.extra == {"from_comparison": True, "pass_wall_time_s": sleepy.wall_time_s}
+    assert "forward_time_s" not in sleepy.summary_stats()  # not a quantity a KLD rule reads

@@ -1,8 +1,8 @@
 """The checks across the entries of one profile (:func:`pplgate.gate.spec.parse_baseline` calls
 :func:`check_refs`): rules that compare with other entries name known entries of the profile, not
 themselves; an entry's ``reference:`` names another entry (:func:`pplgate.gate.kld.check_reference`)
-on a profile without ``device_map``; no speed rule times an entry of a shared comparison pass; and
-neither rules' ``ref`` nor entries' ``reference`` form a cycle.
+on a profile without ``device_map``; a speed rule compares two entries of one comparison pass or two
+entries measured alone; and neither rules' ``ref`` nor entries' ``reference`` form a cycle.
 """
 
 from __future__ import annotations
@@ -67,17 +67,36 @@ def check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, Profil
 
 
 def _check_speed_rules(v: Validator, entries: Mapping[str, EntrySpec], kp: str) -> None:
-    """A speed rule times each entry's own evaluation: an entry with a ``reference`` (and that reference) is
-    scored in the shared comparison pass, whose tokens/s is the whole pass's (a ratio of ~1, never a verdict)."""
-    compared = {n for es in entries.values() if es.reference for n in (es.name, es.reference)}
+    """A speed rule compares like with like: two entries of one shared comparison pass (their own forward
+    passes, timed apart in the pass), or two entries measured alone (their whole evaluations), never one
+    of each (an entry with a ``reference``, and that reference, are scored in the pass)."""
+    passes: dict[str, set[str]] = {}
+    for es in entries.values():
+        if es.reference:
+            passes.setdefault(es.name, set()).add(es.reference)
+            passes.setdefault(es.reference, set()).add(es.reference)
     for es in entries.values():
         for i, rule in enumerate(es.rules):
-            shared = sorted({es.name, *rule.refs} & compared) if rule.metric == "tokens_per_s" else []
-            if shared:
+            if rule.metric != "tokens_per_s":
+                continue
+            mine = passes.get(es.name, set())
+            for ref in rule.refs:
+                theirs = passes.get(ref, set())
+                if mine == theirs and len(mine) <= 1:
+                    continue
+                where = {
+                    name: f"the pass of reference {next(iter(p))}"
+                    if len(p) == 1
+                    else "alone"
+                    if not p
+                    else "two passes"
+                    for name, p in ((es.name, mine), (ref, theirs))
+                }
                 v.err(
                     f"{kp}.variants.{es.name}.tolerance[{i}]",
-                    f"a speed rule compares the entries' own evaluations, but {', '.join(shared)} is scored in the "
-                    "shared comparison pass with a reference (reference:), whose tokens/s is the whole pass's: "
-                    "drop the speed rule or the reference",
+                    f"a speed rule compares two entries timed the same way, but {es.name} is scored {where[es.name]} "
+                    f"and {ref} {where[ref]}: in a shared comparison pass an entry's tokens/s is its own forward "
+                    "passes, alone its whole evaluation. Compare entries of one pass (e.g. ref: the reference "
+                    "itself), or two entries without a reference",
                     line=es.rule_lines[i] if i < len(es.rule_lines) else None,
                 )

@@ -1,5 +1,6 @@
 """AutoAWQ 0.2.9 as pplgate uses it: the banner-free import, the kernel probe, the CPU scale-search
-shim and the CPU checkpoint loader. The ``awq`` kinds (:mod:`pplgate.models.awq`) build on these.
+shim, the CPU checkpoint loader and the one-collection-per-load shim. The ``awq`` kinds
+(:mod:`pplgate.models.awq`) build on these.
 
 Kernel path (``WQLinear_GEMM.forward``, AutoAWQ 0.2.9): ``awq_ext`` (CUDA extension) if installed,
 else Triton (``awq_gemm_triton`` / ``awq_dequantize_triton`` + fp16 matmul for >= 1024 rows) when
@@ -143,6 +144,45 @@ def best_scale_snapshot_shim():
         AwqQuantizer._compute_best_scale = original
 
 
+class _CollectOnce:
+    """Stands in for the ``gc`` module inside ``awq.models.base`` (see :func:`one_gc_per_load`)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def collect(self, generation: int = 2) -> int:
+        self.calls += 1
+        return 0
+
+
+@contextlib.contextmanager
+def one_gc_per_load():
+    """One ``gc.collect()`` after loading a checkpoint instead of one per decoder layer.
+
+    ``BaseAWQForCausalLM._load_quantized_modules`` (AutoAWQ 0.2.9) runs ``gc.collect()`` after replacing
+    each layer's Linears. A full collection walks every object the process holds (torch, transformers,
+    llm-compressor: ~0.2 s each on the runners), so SmolLM2's 30 layers cost 6-9 s of a 7-9 s load. The
+    shim replaces the ``gc`` name in that module by an object whose ``collect`` only counts, and runs one
+    real collection at the end. The weights and modules are the same; only when garbage is freed moves.
+    """
+    import gc
+
+    import awq.models.base as awq_base
+
+    if getattr(awq_base, "gc", None) is not gc:
+        raise VariantError(
+            "AutoAWQ's awq.models.base no longer uses the gc module as pplgate expects "
+            f"(found {getattr(awq_base, 'gc', None)!r}); pplgate supports autoawq==0.2.9"
+        )
+    stand_in = _CollectOnce()
+    awq_base.gc = stand_in  # type: ignore[assignment]
+    try:
+        yield stand_in
+    finally:
+        awq_base.gc = gc
+        gc.collect()
+
+
 def _fix_wq_dtypes(model: torch.nn.Module) -> None:
     """WQLinear_GEMM keeps fp16 scales/bias whatever the model dtype (its kernel computes in fp16)."""
     from awq.modules.linear.gemm import WQLinear_GEMM
@@ -168,9 +208,10 @@ def load_awq_checkpoint(
     tdtype = torch_dtype(dtype)
     if dev.type == "cuda":
         kw: dict[str, Any] = {"download_kwargs": {"revision": revision}} if revision else {}
-        wrapper = AutoAWQForCausalLM.from_quantized(
-            path, fuse_layers=False, device_map={"": str(dev)}, torch_dtype=tdtype, **kw
-        )
+        with one_gc_per_load():
+            wrapper = AutoAWQForCausalLM.from_quantized(
+                path, fuse_layers=False, device_map={"": str(dev)}, torch_dtype=tdtype, **kw
+            )
         model = wrapper.model
         how = "AutoAWQForCausalLM.from_quantized(fuse_layers=False)"
     else:
@@ -187,9 +228,10 @@ def load_awq_checkpoint(
         target = getattr(transformers, TRANSFORMERS_AUTO_MAPPING_DICT[config.model_type])
         with init_empty_weights():
             model = target.from_config(config=config, dtype=tdtype)
-        cls._load_quantized_modules(
-            cls, model, qcfg, qcfg.version, use_exllama=False, use_exllama_v2=False, use_ipex=False
-        )
+        with one_gc_per_load():
+            cls._load_quantized_modules(
+                cls, model, qcfg, qcfg.version, use_exllama=False, use_exllama_v2=False, use_ipex=False
+            )
         model.tie_weights()
         load_checkpoint_and_dispatch(
             model, checkpoint=weights, device_map={"": "cpu"}, no_split_module_classes=[cls.layer_type], dtype=tdtype

@@ -124,7 +124,7 @@ class AwqVariant(Variant):
         ctx.dtype(self.dtype_param)
         model_map = awq_model_map()
         try:
-            config = load_config(ctx.source)
+            config = ctx.config()
         except Exception as exc:
             raise VariantError(f"awq: cannot read the config of {ctx.source.describe()}: {exc}") from exc
         mt = getattr(config, "model_type", None)

@@ -33,6 +33,7 @@ import torch
 
 from pplgate.errors import CacheWarning, ModelLoadError
 from pplgate.models.hashing import library_versions, source_fingerprint
+from pplgate.models.layers import load_config
 from pplgate.models.quant_cache import QuantCache, cache_key
 from pplgate.models.source import ModelSource, load_model, load_tokenizer, resolve_device, torch_dtype
 from pplgate.protocol.progress import library_bars_off
@@ -233,3 +234,53 @@ def load_tokenizer_cached(
         "tokenizer_cache_key": key,
         "tokenizer_load_s": time.perf_counter() - t0,
     }
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    d = config.to_dict()
+    d.pop("_name_or_path", None)
+    d.pop("transformers_version", None)
+    return d
+
+
+def load_config_cached(
+    source: ModelSource, cache: QuantCache, *, load: Callable[[ModelSource], Any] = load_config
+) -> tuple[Any, dict[str, Any]]:
+    """``(config, info)``: the ``PretrainedConfig`` of GGUF ``source`` (no weights), through the cache.
+
+    transformers parses the whole GGUF header for a config (~5 s for SmolLM2, the tokenizer arrays
+    included); the entry is its ``config.json``, kept only when it reads back with the same ``to_dict()``.
+    Other sources, and cache mode ``off``, go to ``load`` (:func:`pplgate.models.layers.load_config`).
+    """
+    if not cache.enabled or not cacheable(source):
+        return load(source), {"config_cache": "off"}
+    from transformers import AutoConfig
+
+    parts = key_parts(source, "config")
+    key = cache_key(parts)
+    built: dict[str, Any] = {}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        config = load(source)
+        built["config"] = config
+        config.save_pretrained(str(tmp))
+        if _config_dict(AutoConfig.from_pretrained(str(tmp))) != _config_dict(config):
+            raise _NoRoundTrip("the config reads back with other values")
+        return {"name_or_path": config._name_or_path}
+
+    meta = {"source": source.describe(), "kind": "config", "key_parts": parts}
+    try:
+        entry, hit = cache.get_or_build(key, build, meta)
+    except _NoRoundTrip as exc:
+        warnings.warn(
+            f"pplgate: the config of {source.describe()} does not survive save_pretrained ({exc}); it is not cached "
+            "and is parsed from the GGUF file in every session",
+            CacheWarning,
+            stacklevel=2,
+        )
+        return built["config"], {"config_cache": "uncacheable"}
+    config = built.get("config")
+    if config is None:
+        config = AutoConfig.from_pretrained(str(entry.path))
+        _restore_name(config, entry.meta.get("name_or_path"))
+    return config, {"config_cache": "hit" if hit else "built", "config_cache_key": key}

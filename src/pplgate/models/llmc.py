@@ -28,7 +28,6 @@ from pplgate.models.hashing import library_versions
 from pplgate.models.layers import (
     decoder_layers,
     group_size_problems,
-    load_config,
     strip_load_quantization,
     valid_group_sizes,
 )
@@ -138,7 +137,7 @@ class LlmcVariant(Variant):
         import_llmcompressor(self.kind)
         ctx.dtype(self.dtype_param)
         try:
-            config = load_config(ctx.source)
+            config = ctx.config()
         except Exception as exc:
             raise VariantError(f"{self.kind}: cannot read the config of {ctx.source.describe()}: {exc}") from exc
         for g in sorted(self.group_sizes()):

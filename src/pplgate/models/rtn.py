@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from pplgate.errors import VariantError
-from pplgate.models.layers import decoder_layers, group_size_problems, load_config
+from pplgate.models.layers import decoder_layers, group_size_problems
 from pplgate.models.variant import DTYPE_PARAM, ModelContext, Param, PreparedModel, Variant
 
 RTN_SPEC = (Param("w_bit", int, 4), Param("q_group_size", int, 128), Param("zero_point", bool, True), DTYPE_PARAM)
@@ -124,7 +124,7 @@ class RtnVariant(Variant):
     def check(self, ctx: ModelContext) -> None:
         ctx.dtype(self.dtype_param)
         try:
-            config = load_config(ctx.source)
+            config = ctx.config()
         except Exception:  # unreadable config: prepare() checks the real modules
             return
         problems = group_size_problems(config, self.group_size)

@@ -42,6 +42,7 @@ class ModelContext:
     cache_dir: str | None = None  # quantization cache root (None: the default under the user cache)
     cache_mode: str = "use"  # "use" (read+write), "refresh" (rebuild and write), "off" (no cache)
     device_map: str | None = None  # "auto": spread the model over the visible GPUs
+    config_loader: Callable[[], Any] | None = None  # the source's config (the Measurer's goes through a cache)
 
     @functools.cached_property
     def torch_device(self) -> torch.device:
@@ -51,6 +52,14 @@ class ModelContext:
     def dtype(self, param: str | None) -> str:
         """The compute dtype for a variant's ``dtype`` param on this context's device (``auto``: the default)."""
         return resolve_dtype(param, self.torch_device)
+
+    def config(self) -> Any:
+        """The source's ``PretrainedConfig``, read without weights (for checks before any model is loaded)."""
+        if self.config_loader is not None:
+            return self.config_loader()
+        from pplgate.models.layers import load_config
+
+        return load_config(self.source)
 
     def load(self, dtype: str, *, fresh: bool = False) -> torch.nn.Module:
         if self.loader is not None:

@@ -14,7 +14,7 @@ import torch
 from pplgate.errors import PerplexityOverflowError, ProtocolError
 from pplgate.protocol.compare_result import ComparisonResult
 from pplgate.protocol.dataset import CanonicalText
-from pplgate.protocol.divergence import WindowStats, compare_windows
+from pplgate.protocol.divergence import ForwardClock, WindowStats, compare_windows
 from pplgate.protocol.engine import DEFAULT_SEQLEN, _sync, model_device, scoring_windows
 from pplgate.protocol.kld_stats import PERCENTS, ln_ratio_and_err, mean, std_err
 from pplgate.protocol.progress import Progress
@@ -62,6 +62,7 @@ def evaluate_comparisons(
             bar.kld = mean(stats[0].klds)
             bar.update(b, running_perplexity(stats[0].nlls))
 
+    clock = ForwardClock(len(models) + 1, device)
     _sync(device)
     t0 = time.perf_counter()
     try:
@@ -74,6 +75,7 @@ def evaluate_comparisons(
             labels=labels,
             reference_label=reference_label,
             on_batch=on_batch,
+            clock=clock,
         )
         _sync(device)
     finally:
@@ -102,10 +104,11 @@ def evaluate_comparisons(
         wall_time_s=wall,
         tokens_per_s=n * seqlen / wall if wall > 0 else float("inf"),
         peak_memory_bytes=peak,
+        forward_time_s_reference=clock.seconds[0],
     )
     return [
-        _result(st, ref_nlls, ppl_ref, _ppl(st.nlls, f"the model ({label})"), _dtype(m), common, len(models))
-        for st, m, label in zip(stats, models, labels, strict=True)
+        _result(st, ref_nlls, ppl_ref, _ppl(st.nlls, f"the model ({label})"), _dtype(m), common, len(models), fwd_s)
+        for st, m, label, fwd_s in zip(stats, models, labels, clock.seconds[1:], strict=True)
     ]
 
 
@@ -127,7 +130,14 @@ def _dtype(model) -> str:
 
 
 def _result(
-    st: WindowStats, ref_nlls: list[float], ppl_ref: float, ppl: float, dtype: str, common: dict, n_models: int
+    st: WindowStats,
+    ref_nlls: list[float],
+    ppl_ref: float,
+    ppl: float,
+    dtype: str,
+    common: dict,
+    n_models: int,
+    forward_time_s: float,
 ) -> ComparisonResult:
     assert st.sketch is not None
     ln_ratio, ln_err = ln_ratio_and_err(st.nlls, ref_nlls)
@@ -156,5 +166,6 @@ def _result(
         window_nlls_model=list(st.nlls),
         dtype=dtype,
         extra={"models_in_pass": n_models} if n_models > 1 else {},
+        forward_time_s=forward_time_s,
         **common,
     )

@@ -84,8 +84,10 @@ class ComparisonResult:
     canonical: bool
     partial: bool
     wall_time_s: float  # the whole pass: both models' forwards and the comparison
-    tokens_per_s: float
+    tokens_per_s: float  # of the whole pass
     peak_memory_bytes: int | None
+    forward_time_s: float = 0.0  # the model's own forward passes (body and head) in the pass
+    forward_time_s_reference: float = 0.0  # the reference's
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,25 +107,37 @@ class ComparisonResult:
     def summary_stats(self) -> dict[str, Any]:
         """The scalars a gate rule reads (no per-window vectors)."""
         return {
-            k: v for k, v in self.to_dict().items() if not k.startswith("window_") and k not in _SHARED + ("extra",)
+            k: v
+            for k, v in self.to_dict().items()
+            if not k.startswith(("window_", "forward_time_s")) and k not in _SHARED + ("extra",)
         }
 
     def perplexity_results(self) -> tuple[PerplexityResult, PerplexityResult]:
         """``(reference, model)`` as :class:`PerplexityResult`\\ s, from this one shared pass (no other run):
-        what a session records as each model's own PPL measurement."""
-        shared = {k: getattr(self, k) for k in _SHARED}
+        what a session records as each model's own PPL measurement. Their ``wall_time_s``/``tokens_per_s``
+        are the model's own forward passes in the pass (``forward_time_s``), so that two models of one pass
+        compare; the whole pass's time is in ``extra['pass_wall_time_s']``."""
+        shared = {k: getattr(self, k) for k in _SHARED if k not in ("wall_time_s", "tokens_per_s")}
+        extra = {"from_comparison": True, "pass_wall_time_s": self.wall_time_s}
+        scored = self.n_windows * self.seqlen
+
+        def own(seconds: float) -> dict[str, float]:
+            return {"wall_time_s": seconds, "tokens_per_s": scored / seconds if seconds > 0 else float("inf")}
+
         ref = PerplexityResult(
             ppl=self.ppl_reference,
             window_nlls=list(self.window_nlls_reference),
             dtype=self.dtype_reference,
-            extra={"from_comparison": True},
+            extra=dict(extra),
+            **own(self.forward_time_s_reference),
             **shared,
         )
         model = PerplexityResult(
             ppl=self.ppl_model,
             window_nlls=list(self.window_nlls_model),
             dtype=self.dtype,
-            extra={"from_comparison": True},
+            extra=dict(extra),
+            **own(self.forward_time_s),
             **shared,
         )
         return ref, model

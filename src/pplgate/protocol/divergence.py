@@ -23,7 +23,9 @@ the PPL's chunked loss does; it does not grow with ``m``. A model whose logits a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +81,39 @@ class WindowStats:
         self.kld_max.extend(maxes)
 
 
+class ForwardClock:
+    """Seconds each model of a pass spends in its own forward passes (body and head), the shared
+    log-softmax/KLD math excluded: what makes one model's tokens/s comparable with another's in the pass.
+
+    On CUDA a pair of CUDA events per forward (no synchronisation added; the times are read once the
+    batch's results reached the host), elsewhere the wall clock."""
+
+    def __init__(self, n_models: int, device: torch.device) -> None:
+        self.seconds = [0.0] * n_models
+        self._cuda = device.type == "cuda"
+        self._pending: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextlib.contextmanager
+    def timing(self, i: int) -> Iterator[None]:
+        if not self._cuda:
+            t0 = time.perf_counter()
+            yield
+            self.seconds[i] += time.perf_counter() - t0
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self._pending.append((i, start, end))
+
+    def settle(self) -> None:
+        """Add the recorded CUDA intervals (waits for their end events)."""
+        for i, start, end in self._pending:
+            end.synchronize()
+            self.seconds[i] += start.elapsed_time(end) / 1000.0
+        self._pending.clear()
+
+
 def _vocab_problem(ref_dim: int | None, dim: int | None, label: str, ref_label: str) -> str | None:
     if ref_dim is None or dim is None or ref_dim == dim:
         return None
@@ -92,7 +127,12 @@ def _vocab_problem(ref_dim: int | None, dim: int | None, label: str, ref_label: 
 class _Forward:
     """One model's output for the current batch and a getter of its logits for rows ``[lo, hi)``."""
 
-    def __init__(self, model, batch: torch.Tensor) -> None:
+    def __init__(self, model, batch: torch.Tensor, clock: ForwardClock, index: int) -> None:
+        self.clock, self.index = clock, index
+        with clock.timing(index):
+            self._run(model, batch)
+
+    def _run(self, model, batch: torch.Tensor) -> None:
         split = split_head(model)
         self.length = batch.shape[1]
         if split is not None:
@@ -105,7 +145,8 @@ class _Forward:
 
     def rows(self, lo: int, hi: int) -> torch.Tensor:
         if self.head is not None:
-            return self.head(self.out[lo:hi])
+            with self.clock.timing(self.index):
+                return self.head(self.out[lo:hi])
         w, s = divmod(lo, self.length - 1)  # chunks never cross a window on this path
         return self.out[w, s : s + hi - lo]
 
@@ -147,11 +188,13 @@ def compare_windows(
     labels: Sequence[str] | None = None,
     reference_label: str = "reference",
     on_batch: Callable[[int, list[float], list[WindowStats]], None] | None = None,
+    clock: ForwardClock | None = None,
 ) -> tuple[list[float], list[WindowStats]]:
     """Score ``windows [n, L]`` with ``reference`` and every model of ``models`` on the same batches.
 
     Returns the reference's per-window mean NLLs and one :class:`WindowStats` per model.
-    ``on_batch(n_new, reference_nlls, stats)`` is called after each batch.
+    ``on_batch(n_new, reference_nlls, stats)`` is called after each batch; ``clock`` (one slot per model,
+    the reference first) receives each model's forward seconds.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -170,13 +213,17 @@ def compare_windows(
         raise ProtocolError("a window needs at least 2 tokens")
     chunk = chunk_tokens or compare_chunk_tokens(ref_dim or 1)
     per_window = any(split_head(m) is None for m in (reference, *models))
+    clock = clock or ForwardClock(len(models) + 1, device)
     ref_nlls: list[float] = []
     stats = [WindowStats(sketch=KldSketch(device=device)) for _ in models]
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start : start + batch_size]
         b = batch.shape[0]
         try:
-            fwds = [_Forward(m, batch.to(model_device(m), non_blocking=True)) for m in (reference, *models)]
+            fwds = [
+                _Forward(m, batch.to(model_device(m), non_blocking=True), clock, i)
+                for i, m in enumerate((reference, *models))
+            ]
             ref_sum, sums, kmax = _compare_batch(fwds, batch.to(device), chunk, per_window, stats, names)
         except (MemoryError, RuntimeError) as exc:
             if not _out_of_memory(exc):
@@ -189,6 +236,7 @@ def compare_windows(
         ref_vals = (ref_sum / rows).tolist()
         per_model = [(s / rows).tolist() for s in sums]
         maxes = [m.tolist() for m in kmax]
+        clock.settle()
         for w in range(b):
             finite = [ref_vals[w], *(v for pm in per_model for v in (pm[0][w], pm[5][w]))]
             if not all(map(_finite, finite)):
