@@ -6,6 +6,14 @@
 #   kld     : bench/bench_kld.py, every quantized variant vs fp16 over all 148 windows (uses the cache)
 #   speed   : bench/gate_speed.py, the three original GPU entries cold and warm, main's code (.device/old/src,
 #             carried) vs this checkout, interleaved on this machine
+#   kldrec    : cold cache, every GPU entry but fp16 re-recorded with its reference (--update-baselines
+#               --force-update): KLD / top-1 vs fp16 and the speed rule; the rewritten file is copied to $OUT
+#   kldwarm   : the same gate, warm (from the caches), no update: every rule must pass
+#   kldnocache: the same gate with the cache off (every quantization again, in memory): run-to-run spread
+#   speed3    : bench/gate_speed.py on the three original entries (bench/device/original_entries.py of the
+#               file as committed), the old code (.device/old/src, carried) vs this checkout, cold + 2 warm
+#   eager7b   : bench/bench_gpu.py, the 7B-shape fp16 model (random weights): pplgate vs AutoAWQ's loop
+#   profile   : cProfile of one warm gate run (top functions by cumulative time)
 # Results under $OUT; the baseline file the cold run rewrote is copied there.
 set -uo pipefail
 OUT=${OUT:?set OUT}
@@ -20,6 +28,9 @@ gate() {  # name, args...
   grep -E "^(\| |FAILED|PASSED|ERROR|=+ .* =+$)|^[a-z0-9-]+ +[a-z0-9-]+ +[0-9]" "$OUT/llmc/$name.log" | tail -14
 }
 CAL=$PPLGATE_CALIBRATION
+BASE=baselines/smollm2-135m-instruct.yaml
+PRISTINE=/root/pplgate/pristine.yaml  # the file as committed, kept across calls while the machine is warm
+[ -f $PRISTINE ] || cp $BASE $PRISTINE
 for s in "$@"; do
   echo "== $s ($(date +%T))"
   case $s in
@@ -46,6 +57,22 @@ open(p, "w").write(s if i < 0 else s[:i])
 PY
            python3 bench/gate_speed.py "$OUT/gate-speed-h100.json" --marker gpu --warm 2 --work-dir /tmp/gs \
              --src main=$PWD/.device/old/src --src new=$PWD/src 2>&1 | tail -30 ;;
+    kldrec) rm -rf "${PPLGATE_CACHE_DIR:?}"
+            gate kldrec --update-baselines --force-update -k "not gpu-fp16"
+            cp $BASE "$OUT/smollm2-135m-instruct.gpu-kldrec.yaml"; cp $BASE /root/pplgate/kldrec.yaml ;;
+    kldwarm) gate kldwarm ;;
+    kldnocache) gate kldnocache --pplgate-cache off ;;
+    speed3) [ -f /root/pplgate/kldrec.yaml ] || cp $BASE /root/pplgate/kldrec.yaml
+            python3 bench/device/original_entries.py $PRISTINE $BASE
+            python3 bench/gate_speed.py "$OUT/gate-speed3-h100.json" --marker gpu --warm 2 --work-dir /tmp/gs3 \
+              --src old=$PWD/.device/old/src --src new=$PWD/src 2>&1 | tail -30
+            cp /root/pplgate/kldrec.yaml $BASE ;;
+    eager7b) python3 bench/bench_gpu.py --dataset "$PPLGATE_WIKITEXT" --llama-tokenizer "$PPLGATE_SHARED_TOKENIZERS/llama2" \
+               --cases llama2-7b-shape-fp16 --batch-sizes-7b 4 --reps 2 --out "$OUT/eager7b" 2>&1 | tail -15 ;;
+    profile) python3 -m cProfile -o "$OUT/gate-warm.prof" -m pytest -m gpu baselines -p no:cacheprovider -q \
+               > "$OUT/profile-gate.log" 2>&1; tail -3 "$OUT/profile-gate.log"
+             python3 -c "import pstats,sys; pstats.Stats(sys.argv[1], stream=open(sys.argv[2],'w')).sort_stats('cumulative').print_stats(80)" \
+               "$OUT/gate-warm.prof" "$OUT/gate-warm-profile.txt"; head -c 3000 "$OUT/gate-warm-profile.txt" | tail -c 2000 ;;
   esac
 done
 echo "== done ($(date +%T))"
