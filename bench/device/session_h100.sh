@@ -6,12 +6,13 @@
 #   kld     : bench/bench_kld.py, every quantized variant vs fp16 over all 148 windows (uses the cache)
 #   speed   : bench/gate_speed.py, the three original GPU entries cold and warm, main's code (.device/old/src,
 #             carried) vs this checkout, interleaved on this machine
+#   pyc       : is the image's bytecode written and read (import times with and without PYTHONPYCACHEPREFIX)
 #   kldrec    : cold cache, every GPU entry but fp16 re-recorded with its reference (--update-baselines
 #               --force-update): KLD / top-1 vs fp16 and the speed rule; the rewritten file is copied to $OUT
 #   kldwarm   : the same gate, warm (from the caches), no update: every rule must pass
 #   kldnocache: the same gate with the cache off (every quantization again, in memory): run-to-run spread
 #   speed3    : bench/gate_speed.py on the three original entries (bench/device/original_entries.py of the
-#               file as committed), the old code (.device/old/src, carried) vs this checkout, cold + 2 warm
+#               file as committed), the previous version (.device/old/src, carried: git archive 7c6fdef src) vs this checkout, cold + 2 warm
 #   eager7b   : bench/bench_gpu.py, the 7B-shape fp16 model (random weights): pplgate vs AutoAWQ's loop
 #   profile   : cProfile of one warm gate run (top functions by cumulative time)
 # Results under $OUT; the baseline file the cold run rewrote is copied there.
@@ -57,6 +58,11 @@ open(p, "w").write(s if i < 0 else s[:i])
 PY
            python3 bench/gate_speed.py "$OUT/gate-speed-h100.json" --marker gpu --warm 2 --work-dir /tmp/gs \
              --src main=$PWD/.device/old/src --src new=$PWD/src 2>&1 | tail -30 ;;
+    pyc) python3 -c "import sys, os, transformers; d = os.path.dirname(transformers.__file__); print('dont_write_bytecode', sys.dont_write_bytecode, 'writable', os.access(d, os.W_OK), 'pycache present', os.path.isdir(os.path.join(d, '__pycache__')))"
+         for prefix in "" "$PYTHONPYCACHEPREFIX" "$PYTHONPYCACHEPREFIX"; do
+           t0=$(date +%s%N); env PYTHONPYCACHEPREFIX="$prefix" python3 -c "import torch, transformers, transformers.modeling_utils"
+           echo "import torch+transformers (PYTHONPYCACHEPREFIX='$prefix'): $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+         done ;;
     kldrec) rm -rf "${PPLGATE_CACHE_DIR:?}"
             gate kldrec --update-baselines --force-update -k "not gpu-fp16"
             cp $BASE "$OUT/smollm2-135m-instruct.gpu-kldrec.yaml"; cp $BASE /root/pplgate/kldrec.yaml ;;

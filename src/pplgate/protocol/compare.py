@@ -105,10 +105,11 @@ def evaluate_comparisons(
         tokens_per_s=n * seqlen / wall if wall > 0 else float("inf"),
         peak_memory_bytes=peak,
         forward_time_s_reference=clock.seconds[0],
+        forward_tokens_per_s_reference=clock.steady_tokens_per_s(0),
     )
     return [
-        _result(st, ref_nlls, ppl_ref, _ppl(st.nlls, f"the model ({label})"), _dtype(m), common, len(models), fwd_s)
-        for st, m, label, fwd_s in zip(stats, models, labels, clock.seconds[1:], strict=True)
+        _result(st, ref_nlls, ppl_ref, _ppl(st.nlls, f"the model ({label})"), _dtype(m), common, len(models), clock, i)
+        for i, (st, m, label) in enumerate(zip(stats, models, labels, strict=True), start=1)
     ]
 
 
@@ -137,7 +138,8 @@ def _result(
     dtype: str,
     common: dict,
     n_models: int,
-    forward_time_s: float,
+    clock: ForwardClock,
+    index: int,
 ) -> ComparisonResult:
     assert st.sketch is not None
     ln_ratio, ln_err = ln_ratio_and_err(st.nlls, ref_nlls)
@@ -166,6 +168,7 @@ def _result(
         window_nlls_model=list(st.nlls),
         dtype=dtype,
         extra={"models_in_pass": n_models} if n_models > 1 else {},
-        forward_time_s=forward_time_s,
+        forward_time_s=clock.seconds[index],
+        forward_tokens_per_s=clock.steady_tokens_per_s(index),
         **common,
     )

@@ -88,6 +88,8 @@ class ComparisonResult:
     peak_memory_bytes: int | None
     forward_time_s: float = 0.0  # the model's own forward passes (body and head) in the pass
     forward_time_s_reference: float = 0.0  # the reference's
+    forward_tokens_per_s: float = 0.0  # tokens / own forward seconds, the pass's first (warm-up) batch left out
+    forward_tokens_per_s_reference: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,27 +111,26 @@ class ComparisonResult:
         return {
             k: v
             for k, v in self.to_dict().items()
-            if not k.startswith(("window_", "forward_time_s")) and k not in _SHARED + ("extra",)
+            if not k.startswith(("window_", "forward_")) and k not in _SHARED + ("extra",)
         }
 
     def perplexity_results(self) -> tuple[PerplexityResult, PerplexityResult]:
         """``(reference, model)`` as :class:`PerplexityResult`\\ s, from this one shared pass (no other run):
-        what a session records as each model's own PPL measurement. Their ``wall_time_s``/``tokens_per_s``
-        are the model's own forward passes in the pass (``forward_time_s``), so that two models of one pass
-        compare; the whole pass's time is in ``extra['pass_wall_time_s']``."""
+        what a session records as each model's own PPL measurement. Their ``wall_time_s`` is the model's
+        own forward time in the pass and ``tokens_per_s`` its steady forward throughput (the warm-up batch
+        left out), so that two models of one pass compare; the pass's time is ``extra['pass_wall_time_s']``."""
         shared = {k: getattr(self, k) for k in _SHARED if k not in ("wall_time_s", "tokens_per_s")}
         extra = {"from_comparison": True, "pass_wall_time_s": self.wall_time_s}
-        scored = self.n_windows * self.seqlen
 
-        def own(seconds: float) -> dict[str, float]:
-            return {"wall_time_s": seconds, "tokens_per_s": scored / seconds if seconds > 0 else float("inf")}
+        def own(seconds: float, tokens_per_s: float) -> dict[str, float]:
+            return {"wall_time_s": seconds, "tokens_per_s": tokens_per_s}
 
         ref = PerplexityResult(
             ppl=self.ppl_reference,
             window_nlls=list(self.window_nlls_reference),
             dtype=self.dtype_reference,
             extra=dict(extra),
-            **own(self.forward_time_s_reference),
+            **own(self.forward_time_s_reference, self.forward_tokens_per_s_reference),
             **shared,
         )
         model = PerplexityResult(
@@ -137,7 +138,7 @@ class ComparisonResult:
             window_nlls=list(self.window_nlls_model),
             dtype=self.dtype,
             extra=dict(extra),
-            **own(self.forward_time_s),
+            **own(self.forward_time_s, self.forward_tokens_per_s),
             **shared,
         )
         return ref, model

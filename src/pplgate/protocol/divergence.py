@@ -86,19 +86,24 @@ class ForwardClock:
     log-softmax/KLD math excluded: what makes one model's tokens/s comparable with another's in the pass.
 
     On CUDA a pair of CUDA events per forward (no synchronisation added; the times are read once the
-    batch's results reached the host), elsewhere the wall clock."""
+    batch's results reached the host), elsewhere the wall clock. Kept per batch: the first batch of a
+    pass carries one-time costs (Triton compilation, cuBLAS autotuning, allocator growth), so
+    :meth:`steady_tokens_per_s` leaves it out when there are later ones.
+    """
 
     def __init__(self, n_models: int, device: torch.device) -> None:
         self.seconds = [0.0] * n_models
+        self.batches: list[tuple[int, list[float]]] = []  # (tokens, seconds per model) per batch
         self._cuda = device.type == "cuda"
         self._pending: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []
+        self._current = [0.0] * n_models
 
     @contextlib.contextmanager
     def timing(self, i: int) -> Iterator[None]:
         if not self._cuda:
             t0 = time.perf_counter()
             yield
-            self.seconds[i] += time.perf_counter() - t0
+            self._current[i] += time.perf_counter() - t0
             return
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -106,12 +111,21 @@ class ForwardClock:
         end.record()
         self._pending.append((i, start, end))
 
-    def settle(self) -> None:
-        """Add the recorded CUDA intervals (waits for their end events)."""
+    def settle(self, tokens: int) -> None:
+        """Close the batch of ``tokens`` tokens (waits for its CUDA end events)."""
         for i, start, end in self._pending:
             end.synchronize()
-            self.seconds[i] += start.elapsed_time(end) / 1000.0
+            self._current[i] += start.elapsed_time(end) / 1000.0
         self._pending.clear()
+        self.batches.append((tokens, self._current))
+        self.seconds = [a + b for a, b in zip(self.seconds, self._current, strict=True)]
+        self._current = [0.0] * len(self.seconds)
+
+    def steady_tokens_per_s(self, i: int) -> float:
+        """Model ``i``'s tokens per second of its own forwards, the first batch left out when others follow."""
+        steady = self.batches[1:] or self.batches
+        seconds = sum(s[i] for _, s in steady)
+        return sum(t for t, _ in steady) / seconds if seconds > 0 else float("inf")
 
 
 def _vocab_problem(ref_dim: int | None, dim: int | None, label: str, ref_label: str) -> str | None:
@@ -236,7 +250,7 @@ def compare_windows(
         ref_vals = (ref_sum / rows).tolist()
         per_model = [(s / rows).tolist() for s in sums]
         maxes = [m.tolist() for m in kmax]
-        clock.settle()
+        clock.settle(b * length)
         for w in range(b):
             finite = [ref_vals[w], *(v for pm in per_model for v in (pm[0][w], pm[5][w]))]
             if not all(map(_finite, finite)):
