@@ -11,4 +11,5 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # The image's site-packages are read-only and ship without bytecode: every process compiled ~5,000
 # modules from source (~10 s of each gate run on the H100, seen in a cProfile of the warm gate).
 # A writable prefix lets the first run write the bytecode and every later one read it.
+unset PYTHONDONTWRITEBYTECODE  # the image sets it: nothing was ever written
 export PYTHONPYCACHEPREFIX=$D/pycache
