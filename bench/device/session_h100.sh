@@ -6,6 +6,7 @@
 #   kld     : bench/bench_kld.py, every quantized variant vs fp16 over all 148 windows (uses the cache)
 #   speed   : bench/gate_speed.py, the three original GPU entries cold and warm, main's code (.device/old/src,
 #             carried) vs this checkout, interleaved on this machine
+#   cigpu     : ci/gpu.sh end to end on the three original entries (with their KLD rules), cold then warm twice
 #   pyc       : is the image's bytecode written and read (import times with and without PYTHONPYCACHEPREFIX)
 #   kldrec    : cold cache, every GPU entry but fp16 re-recorded with its reference (--update-baselines
 #               --force-update): KLD / top-1 vs fp16 and the speed rule; the rewritten file is copied to $OUT
@@ -58,6 +59,10 @@ open(p, "w").write(s if i < 0 else s[:i])
 PY
            python3 bench/gate_speed.py "$OUT/gate-speed-h100.json" --marker gpu --warm 2 --work-dir /tmp/gs \
              --src main=$PWD/.device/old/src --src new=$PWD/src 2>&1 | tail -30 ;;
+    cigpu) rm -rf "${PPLGATE_CACHE_DIR:?}"
+           for run in cold warm1 warm2; do
+             gate "cigpu-$run" -k "gpu-fp16 or gpu-rtn-w4g64 or gpu-awq-w4g64"
+           done ;;
     pyc) python3 -c "import sys, os, transformers; d = os.path.dirname(transformers.__file__); print('dont_write_bytecode', sys.dont_write_bytecode, 'writable', os.access(d, os.W_OK), 'pycache present', os.path.isdir(os.path.join(d, '__pycache__')))"
          for prefix in "" "$PYTHONPYCACHEPREFIX" "$PYTHONPYCACHEPREFIX"; do
            t0=$(date +%s%N); env PYTHONPYCACHEPREFIX="$prefix" python3 -c "import torch, transformers, transformers.modeling_utils"
