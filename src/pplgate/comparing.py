@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pplgate.errors import ProtocolError
-from pplgate.gate.store import plain
-from pplgate.measurement import Measurement, _params_key, fingerprint, scalar_info
+from pplgate.measurement import Measurement, _params_key, fingerprint, provenance
 from pplgate.models.registry import make_variant
 from pplgate.models.source import ModelSource
 from pplgate.protocol.compare import evaluate_comparisons
@@ -111,26 +110,8 @@ def _record(
 ) -> Measurement:
     """The :class:`Measurement` of ``request`` from a comparison pass, kept unless one exists already."""
     (src, kind, params), (variant, prep, loaded) = request, prepared
-    load_s = loaded.get("load_s", 0.0)
-    phases = {
-        "load_s": load_s,
-        "prepare_s": max(prep.prepare_time_s - load_s, 0.0),
-        "tokenize_s": tokenize_s,
-        "evaluate_s": result.wall_time_s,
-    }
-    extra: dict[str, Any] = {
-        "prepare_info": plain(scalar_info(prep.info)),
-        "phases": {k: round(v, 2) for k, v in phases.items()},
-    }
-    caches = {k: v for k, v in measurer._token_info.get((src, tokenizer), {}).items() if k.endswith("_cache")}
-    if "base_cache" in loaded:
-        caches["base_cache"] = loaded["base_cache"]
-    if caches:
-        extra["caches"] = caches
-    if layout is not None:
-        extra["device_layout"] = layout
-    if "pass_wall_time_s" in result.extra:  # evaluate_s is this model's own forwards; the pass took this long
-        extra["pass_wall_time_s"] = round(result.extra["pass_wall_time_s"], 2)
+    token_info = measurer._token_info.get((src, tokenizer), {})
+    phases, extra = provenance(result, prep, loaded, tokenize_s, token_info, layout)
     m = Measurement(
         result=result,
         fingerprint=fingerprint(result, tok_name, variant),

@@ -38,6 +38,7 @@ from pplgate.measurement import (  # noqa: E402 - re-exported: pplgate.measure.M
     Measurement,
     _params_key,
     fingerprint,
+    provenance,
     scalar_info,
     tokenizer_name,
 )
@@ -233,24 +234,11 @@ class Measurer:
                 progress=self.progress,
                 label=label or f"{source.short_name()} {kind}",
             )
-            load_s = loaded.get("load_s", 0.0)
-            phases = {
-                "load_s": load_s,
-                "prepare_s": max(prepared.prepare_time_s - load_s, 0.0),
-                "tokenize_s": tokenize_s,
-                "evaluate_s": result.wall_time_s,
-            }
-            extra: dict[str, Any] = {
-                "prepare_info": plain(scalar_info(prepared.info)),
-                "phases": {k: round(v, 2) for k, v in phases.items()},
-            }
-            caches = {k: v for k, v in self._token_info[(source, tokenizer)].items() if k.endswith("_cache")}
-            if "base_cache" in loaded:
-                caches["base_cache"] = loaded["base_cache"]
-            if caches:
-                extra["caches"] = caches
-            if str(device).startswith("cuda") or device_map:
-                extra["device_layout"] = device_layout(model)
+            on_gpu = str(device).startswith("cuda") or device_map
+            layout = device_layout(model) if on_gpu else None
+            phases, extra = provenance(
+                result, prepared, loaded, tokenize_s, self._token_info[(source, tokenizer)], layout
+            )
         finally:
             model = None  # the session model cache keeps shared float models alive, nothing else
             if handed is None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pplgate.gate.store import plain
 from pplgate.models.source import ModelSource
-from pplgate.models.variant import Variant
+from pplgate.models.variant import PreparedModel, Variant
 from pplgate.protocol.result import PerplexityResult
 
 # keys of PreparedModel.info that are paths or machine-specific, kept out of the provenance
@@ -83,3 +83,37 @@ def fingerprint(result: PerplexityResult, tok_name: str, variant: Variant) -> di
         "device_type": str(result.device).split(":")[0],
         "variant": plain(variant.fingerprint()),
     }
+
+
+def provenance(
+    result: PerplexityResult,
+    prepared: PreparedModel,
+    loaded: Mapping[str, Any],
+    tokenize_s: float,
+    token_info: Mapping[str, Any],
+    layout: Any = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """``(phases, extra)`` of one measurement: seconds per phase and what the provenance records beside
+    them (prepare_info, rounded phases, the caches that served it, the device layout on CUDA, the pass's
+    wall time when the result comes from a shared comparison pass)."""
+    load_s = loaded.get("load_s", 0.0)
+    phases = {
+        "load_s": load_s,
+        "prepare_s": max(prepared.prepare_time_s - load_s, 0.0),
+        "tokenize_s": tokenize_s,
+        "evaluate_s": result.wall_time_s,
+    }
+    extra: dict[str, Any] = {
+        "prepare_info": plain(scalar_info(prepared.info)),
+        "phases": {k: round(v, 2) for k, v in phases.items()},
+    }
+    caches = {k: v for k, v in token_info.items() if k.endswith("_cache")}
+    if "base_cache" in loaded:
+        caches["base_cache"] = loaded["base_cache"]
+    if caches:
+        extra["caches"] = caches
+    if layout is not None:
+        extra["device_layout"] = layout
+    if "pass_wall_time_s" in result.extra:  # evaluate_s is this model's own forwards; the pass took this long
+        extra["pass_wall_time_s"] = round(result.extra["pass_wall_time_s"], 2)
+    return phases, extra
