@@ -245,3 +245,44 @@ def wrong_token_lm(vocab: int, nats: float = 1000.0, by_first_token: dict[int, f
 def write_jsonl(path: Path, rows: list[str]) -> Path:
     path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Real pytest sessions of the gate (pytester)
+# ---------------------------------------------------------------------------------------------
+
+GATE_ARGS = ("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-rA")  # what every plugin session passes
+
+
+def wikitext_path() -> Path:
+    """``$PPLGATE_WIKITEXT`` or the shared WikiText-2 folder (skipped, or failed under CI, when absent)."""
+    env = os.environ.get("PPLGATE_WIKITEXT")
+    path = Path(env) if env else need_shared("data", "wikitext-2-raw-v1", allow_module_level=True)
+    if not path.exists():
+        skip_or_fail(f"PPLGATE_WIKITEXT={path} does not exist", allow_module_level=True)
+    return path
+
+
+def save_gate_model(d: Path) -> Path:
+    """The plugin tests' model directory: a 1-layer tied Llama (transformers' init range) over the real
+    GPT-2 tokenizer's vocabulary, saved with that tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(need_shared("tokenizers", "gpt2")))
+    tiny_llama(vocab=len(tok), max_pos=256, layers=1, heads=2, init_range=0.02, tie=True).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def gate_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of a plugin session: the WikiText-2 path, no GitHub step summary."""
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.setenv("PPLGATE_WIKITEXT", str(wikitext_path()))
+
+
+def gate_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, conftest: str) -> pytest.Pytester:
+    """A pytester project for the gate: :func:`gate_env`, an empty ini and ``conftest``."""
+    gate_env(monkeypatch)
+    pytester.makeini("[pytest]\n")
+    pytester.makeconftest(conftest)
+    return pytester

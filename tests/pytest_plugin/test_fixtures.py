@@ -9,17 +9,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import need_shared, skip_or_fail, tiny_llama
+from support import (
+    GATE_ARGS,
+    gate_project,
+    save_gate_model,
+)
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
 
 pytest_plugins = ["pytester"]
 
-GPT2 = need_shared("tokenizers", "gpt2", allow_module_level=True)
-WIKITEXT = Path(os.environ.get("PPLGATE_WIKITEXT") or need_shared("data", "wikitext-2-raw-v1", allow_module_level=True))
-if not WIKITEXT.exists():
-    skip_or_fail(f"PPLGATE_WIKITEXT={WIKITEXT} does not exist", allow_module_level=True)
 
 # a test-only kind: fp32 with a seeded weight perturbation of a given scale
 CONFTEST = textwrap.dedent(
@@ -68,22 +68,12 @@ def parse_baseline(path: Path):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    d = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(str(GPT2))
-    tiny_llama(vocab=len(tok), max_pos=256, layers=1, heads=2, init_range=0.02, tie=True).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture
 def proj(pytester: pytest.Pytester, monkeypatch, tiny_model):
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-    monkeypatch.setenv("PPLGATE_WIKITEXT", str(WIKITEXT))
-    pytester.makeini("[pytest]\n")
-    pytester.makeconftest(CONFTEST)
-    return pytester
+    return gate_project(pytester, monkeypatch, CONFTEST)
 
 
 def module(proj: pytest.Pytester, tiny_model: Path, *, scale: float = 0.02, k: int = 4, name="test_quant") -> Path:
@@ -91,7 +81,7 @@ def module(proj: pytest.Pytester, tiny_model: Path, *, scale: float = 0.02, k: i
 
 
 def run(proj: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return proj.runpytest("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-rA", *args)
+    return proj.runpytest(*GATE_ARGS, *args)
 
 
 def test_fixtures_are_listed(proj):

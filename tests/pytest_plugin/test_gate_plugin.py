@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import need_shared, skip_or_fail, tiny_llama
+from support import GATE_ARGS, gate_project, save_gate_model, wikitext_path
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
@@ -23,10 +23,7 @@ def parse_baseline(path):
     return _parse_baseline(path, known_kinds=[*_known_kinds(), "test-perturbed"])
 
 
-GPT2 = need_shared("tokenizers", "gpt2", allow_module_level=True)
-WIKITEXT = Path(os.environ.get("PPLGATE_WIKITEXT") or need_shared("data", "wikitext-2-raw-v1", allow_module_level=True))
-if not WIKITEXT.exists():
-    skip_or_fail(f"PPLGATE_WIKITEXT={WIKITEXT} does not exist", allow_module_level=True)
+WIKITEXT = wikitext_path()
 
 # A test-only second variant: fp32 with a seeded weight perturbation (exercises relational rules).
 CONFTEST = textwrap.dedent(
@@ -101,35 +98,18 @@ PERTURBED = """
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    d = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(str(GPT2))
-    model = tiny_llama(
-        vocab=len(tok),
-        max_pos=256,
-        layers=1,
-        heads=2,
-        init_range=0.02,  # the transformers default
-        tie=True,
-    )
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture
 def gate(pytester: pytest.Pytester, monkeypatch):
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-    monkeypatch.setenv("PPLGATE_WIKITEXT", str(WIKITEXT))
-    pytester.makeini("[pytest]\n")
-    pytester.makeconftest(CONFTEST)
+    gate_project(pytester, monkeypatch, CONFTEST)
     (pytester.path / "baselines").mkdir()
     return pytester
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-rA", *args)
+    return pytester.runpytest(*GATE_ARGS, *args)
 
 
 @pytest.fixture(scope="session")

@@ -7,23 +7,21 @@ test modules), as a CI matrix job would have its own checkout; the merge reads t
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
-from support import need_shared, skip_or_fail, tiny_llama
+from support import (
+    gate_env,
+    save_gate_model,
+)
 
 from pplgate.cli import main as pplgate_main
 
 pytest_plugins = ["pytester"]
 
-GPT2 = need_shared("tokenizers", "gpt2", allow_module_level=True)
-WIKITEXT = Path(os.environ.get("PPLGATE_WIKITEXT") or need_shared("data", "wikitext-2-raw-v1", allow_module_level=True))
-if not WIKITEXT.exists():
-    skip_or_fail(f"PPLGATE_WIKITEXT={WIKITEXT} does not exist", allow_module_level=True)
 
 # weights 2, 1, 2, 1 entries -> shards {alpha, beta} and {gamma, delta} (longest first, ties by name)
 MODELS = {"alpha": True, "beta": False, "gamma": True, "delta": False}  # name: has an rtn entry
@@ -68,13 +66,7 @@ def baseline(name: str, model_dir: Path, rtn: bool) -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    d = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(str(GPT2))
-    tiny_llama(vocab=len(tok), max_pos=256, layers=1, heads=2, init_range=0.02, tie=True).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def make_project(root: Path, model_dir: Path) -> Path:
@@ -106,8 +98,7 @@ def recorded(model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def env(monkeypatch):
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-    monkeypatch.setenv("PPLGATE_WIKITEXT", str(WIKITEXT))
+    gate_env(monkeypatch)
 
 
 def runner(pytester: pytest.Pytester, name: str, source: Path) -> Path:
