@@ -75,7 +75,8 @@ def tokenize_cached(tokenizer: Any, text: CanonicalText, cache: QuantCache) -> t
         save_file({"ids": tokens.ids.contiguous()}, str(tmp / TOKENS_FILE))
         return {"bos_added": tokens.bos_added, "n_tokens": tokens.n_tokens}
 
-    meta = {"kind": "tokens", "tokenizer": str(getattr(tokenizer, "name_or_path", "")), "key_parts": parts}
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    meta = {"kind": "tokens", "source": f"{text.source} tokenized by {name}", "key_parts": parts}
     entry, hit = cache.get_or_build(key, build, meta)
     tokens = built.get("tokens")
     if tokens is None:
