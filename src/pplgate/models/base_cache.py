@@ -34,7 +34,7 @@ import torch
 from pplgate.errors import CacheWarning, ModelLoadError
 from pplgate.models.hashing import library_versions, source_fingerprint
 from pplgate.models.layers import load_config
-from pplgate.models.quant_cache import QuantCache, cache_key
+from pplgate.models.quant_cache import CacheEntry, QuantCache, cache_key
 from pplgate.models.source import ModelSource, load_model, load_tokenizer, resolve_device, torch_dtype
 from pplgate.protocol.progress import library_bars_off
 from pplgate.protocol.tokens import tokenizer_fingerprint
@@ -113,17 +113,18 @@ def load_model_cached(
         return {"gguf_load_time_s": built["load_time_s"], "name_or_path": model.config._name_or_path}
 
     meta = {"source": source.describe(), "kind": "base-model", "dtype": dtype, "key_parts": parts}
-    try:
-        entry, hit = cache.get_or_build(key, build, meta)
-    except _NoRoundTrip as exc:
-        warnings.warn(
-            f"pplgate: the {dtype} model of {source.describe()} does not read back identically from safetensors "
-            f"({exc}); it is not cached and is de-quantized from the GGUF file in every session",
-            CacheWarning,
-            stacklevel=2,
-        )
+    got = _get_or_build(
+        cache,
+        key,
+        build,
+        meta,
+        f"the {dtype} model of {source.describe()} does not read back identically from safetensors",
+        "is de-quantized from the GGUF file in every session",
+    )
+    if got is None:
         info = {"base_cache": "uncacheable", "load_time_s": time.perf_counter() - t0}
         return built["model"].to(dev).eval(), info
+    entry, hit = got
     info: dict[str, Any] = {"base_cache": "hit" if hit else "built", "base_cache_key": key}
     model = built.get("model")
     if model is None:  # a hit, or another process built it while this one waited on the lock
@@ -170,6 +171,23 @@ class _NoRoundTrip(Exception):
     """What was read back from the files a build wrote is not what was saved (the reason is the message)."""
 
 
+def _get_or_build(
+    cache: QuantCache,
+    key: str,
+    build: Callable[[Path], dict[str, Any]],
+    meta: dict[str, Any],
+    what: str,
+    otherwise: str,
+) -> tuple[CacheEntry, bool] | None:
+    """``cache.get_or_build``; None, with a :class:`CacheWarning` ("pplgate: ``what`` (why); it is not cached
+    and ``otherwise``"), when what the build wrote does not read back as it was."""
+    try:
+        return cache.get_or_build(key, build, meta)
+    except _NoRoundTrip as exc:
+        warnings.warn(f"pplgate: {what} ({exc}); it is not cached and {otherwise}", CacheWarning, stacklevel=3)
+        return None
+
+
 def _same_tokenizer(a: Any, b: Any) -> str | None:
     """Why ``b`` (read back) differs from ``a`` (class, fingerprint, the probe's encoding), or None."""
     if type(a) is not type(b):
@@ -204,16 +222,11 @@ def load_tokenizer_cached(
         return {"name_or_path": tok.name_or_path, "tokenizer_sha256": tokenizer_fingerprint(tok)}
 
     meta = {"source": source.describe(), "kind": "tokenizer", "key_parts": parts}
-    try:
-        entry, hit = cache.get_or_build(key, build, meta)
-    except _NoRoundTrip as exc:
-        warnings.warn(
-            f"pplgate: the tokenizer of {source.describe()} does not survive save_pretrained ({exc}); it is not "
-            "cached and is read from the GGUF file in every session",
-            CacheWarning,
-            stacklevel=2,
-        )
+    what = f"the tokenizer of {source.describe()} does not survive save_pretrained"
+    got = _get_or_build(cache, key, build, meta, what, "is read from the GGUF file in every session")
+    if got is None:
         return built["tokenizer"], {"tokenizer_cache": "uncacheable", "tokenizer_load_s": time.perf_counter() - t0}
+    entry, hit = got
     tok = built.get("tokenizer")
     if tok is None:
         from transformers import AutoTokenizer
@@ -269,16 +282,11 @@ def load_config_cached(
         return {"name_or_path": config._name_or_path}
 
     meta = {"source": source.describe(), "kind": "config", "key_parts": parts}
-    try:
-        entry, hit = cache.get_or_build(key, build, meta)
-    except _NoRoundTrip as exc:
-        warnings.warn(
-            f"pplgate: the config of {source.describe()} does not survive save_pretrained ({exc}); it is not cached "
-            "and is parsed from the GGUF file in every session",
-            CacheWarning,
-            stacklevel=2,
-        )
+    what = f"the config of {source.describe()} does not survive save_pretrained"
+    got = _get_or_build(cache, key, build, meta, what, "is parsed from the GGUF file in every session")
+    if got is None:
         return built["config"], {"config_cache": "uncacheable"}
+    entry, hit = got
     config = built.get("config")
     if config is None:
         config = AutoConfig.from_pretrained(str(entry.path))
