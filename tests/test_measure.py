@@ -170,6 +170,21 @@ def test_a_second_session_reads_the_tokens_from_the_cache(source, text_file, tmp
     assert c.fingerprint == a.fingerprint and not (tmp_path / "x").exists()
 
 
+def test_the_config_is_read_once_per_session(measurer, source, monkeypatch) -> None:
+    """Every variant's check asks for the source's config: one read per session, not one per check."""
+    calls = []
+    real = measure_mod.load_config_cached
+
+    def counted(src, cache):
+        calls.append(src)
+        return real(src, cache)
+
+    monkeypatch.setattr(measure_mod, "load_config_cached", counted)
+    for group in (32, 16):
+        measurer.measure(source, kind="rtn", params={"q_group_size": group}, device="cpu", **SHORT)
+    assert calls == [source]
+
+
 def test_phases_say_where_the_time_went(measurer, source) -> None:
     fp32 = measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
     rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)

@@ -1,7 +1,8 @@
 """The one place where a measurement is wired: text -> source -> tokenizer -> tokens -> model/variant -> engine.
 
 :class:`Measurer` holds a session's caches — the canonical text (loaded once; an error is kept and
-raised again), tokenizers and their tokens per (source, tokenizer), loaded float models per (source,
+raised again), tokenizers and their tokens per (source, tokenizer), configs per source, loaded float
+models per (source,
 dtype, device, device_map), and finished measurements per request — and turns one request (a source, a
 variant kind with params, a device and the profile numbers) into a :class:`Measurement`: the
 :class:`~pplgate.protocol.result.PerplexityResult` plus the protocol fingerprint a baseline records.
@@ -82,6 +83,7 @@ class Measurer:
         self._prepared: dict[tuple, tuple[Variant, PreparedModel, dict[str, Any]]] = {}
         self._measurements: dict[tuple, Measurement] = {}
         self._token_info: dict[tuple[ModelSource, str | None], dict[str, Any]] = {}
+        self._configs: dict[ModelSource, Any] = {}
         self._clock: dict[str, Any] = {"load_s": 0.0, "tokenize_s": 0.0}  # what the running request spent
 
     # ---- inputs, loaded once per session
@@ -119,6 +121,12 @@ class Measurer:
             self._token_info[key] = {**info, **token_info, "tokenize_time_s": time.perf_counter() - t0}
             self._clock["tokenize_s"] += time.perf_counter() - t0
         return self._tokens[key]
+
+    def config(self, source: ModelSource) -> Any:
+        """``source``'s ``PretrainedConfig`` without weights, read once per session (a GGUF's through the cache)."""
+        if source not in self._configs:
+            self._configs[source] = load_config_cached(source, self._base_cache())[0]
+        return self._configs[source]
 
     def _base_cache(self) -> QuantCache:
         """The cache of de-quantized GGUF models and tokenizers (:mod:`pplgate.models.base_cache`)."""
@@ -164,7 +172,7 @@ class Measurer:
             cache_dir=self.cache_dir,
             cache_mode=self.cache_mode,
             device_map=device_map,
-            config_loader=lambda: load_config_cached(source, self._base_cache())[0],
+            config_loader=lambda: self.config(source),
         )
 
     def _prepare(
