@@ -66,6 +66,13 @@ def check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, Profil
                 stack.extend(entries[ref].refs)
 
 
+def _scored(passes: set[str]) -> str:
+    """How an entry in ``passes`` (the references whose comparison passes score it) is timed, in words."""
+    if not passes:
+        return "alone"
+    return f"the pass of reference {next(iter(passes))}" if len(passes) == 1 else "two passes"
+
+
 def _check_speed_rules(v: Validator, entries: Mapping[str, EntrySpec], kp: str) -> None:
     """A speed rule compares like with like: two entries of one shared comparison pass (their own forward
     passes, timed apart in the pass), or two entries measured alone (their whole evaluations), never one
@@ -84,18 +91,10 @@ def _check_speed_rules(v: Validator, entries: Mapping[str, EntrySpec], kp: str) 
                 theirs = passes.get(ref, set())
                 if mine == theirs and len(mine) <= 1:
                     continue
-                where = {
-                    name: f"the pass of reference {next(iter(p))}"
-                    if len(p) == 1
-                    else "alone"
-                    if not p
-                    else "two passes"
-                    for name, p in ((es.name, mine), (ref, theirs))
-                }
                 v.err(
                     f"{kp}.variants.{es.name}.tolerance[{i}]",
-                    f"a speed rule compares two entries timed the same way, but {es.name} is scored {where[es.name]} "
-                    f"and {ref} {where[ref]}: in a shared comparison pass an entry's tokens/s is its own forward "
+                    f"a speed rule compares two entries timed the same way, but {es.name} is scored {_scored(mine)} "
+                    f"and {ref} {_scored(theirs)}: in a shared comparison pass an entry's tokens/s is its own forward "
                     "passes, alone its whole evaluation. Compare entries of one pass (e.g. ref: the reference "
                     "itself), or two entries without a reference",
                     line=es.rule_lines[i] if i < len(es.rule_lines) else None,

@@ -122,15 +122,13 @@ class ComparisonResult:
         shared = {k: getattr(self, k) for k in _SHARED if k not in ("wall_time_s", "tokens_per_s")}
         extra = {"from_comparison": True, "pass_wall_time_s": self.wall_time_s}
 
-        def own(seconds: float, tokens_per_s: float) -> dict[str, float]:
-            return {"wall_time_s": seconds, "tokens_per_s": tokens_per_s}
-
         ref = PerplexityResult(
             ppl=self.ppl_reference,
             window_nlls=list(self.window_nlls_reference),
             dtype=self.dtype_reference,
             extra=dict(extra),
-            **own(self.forward_time_s_reference, self.forward_tokens_per_s_reference),
+            wall_time_s=self.forward_time_s_reference,
+            tokens_per_s=self.forward_tokens_per_s_reference,
             **shared,
         )
         model = PerplexityResult(
@@ -138,7 +136,8 @@ class ComparisonResult:
             window_nlls=list(self.window_nlls_model),
             dtype=self.dtype,
             extra=dict(extra),
-            **own(self.forward_time_s, self.forward_tokens_per_s),
+            wall_time_s=self.forward_time_s,
+            tokens_per_s=self.forward_tokens_per_s,
             **shared,
         )
         return ref, model
