@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -252,6 +253,32 @@ def write_jsonl(path: Path, rows: list[str]) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 GATE_ARGS = ("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-rA")  # what every plugin session passes
+
+# A conftest registering the test-only kind ``test-perturbed``: fp32 with a seeded weight perturbation of
+# scale ``scale`` (a second variant whose PPL and KLD against fp32 grow with the scale).
+PERTURBED_CONFTEST = textwrap.dedent(
+    """
+    import time, torch
+    from pplgate.models.registry import register
+    from pplgate.models.variant import PreparedModel, Variant
+
+    @register
+    class Perturbed(Variant):
+        kind = "test-perturbed"
+
+        def fingerprint(self):
+            return {"kind": self.kind, "scale": self.params.get("scale", 0.0)}
+
+        def prepare(self, ctx):
+            t0 = time.perf_counter()
+            model = ctx.load("fp32", fresh=True)
+            gen = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * self.params["scale"])
+            return PreparedModel(model, "quantized", time.perf_counter() - t0)
+    """
+)
 
 
 def wikitext_path() -> Path:

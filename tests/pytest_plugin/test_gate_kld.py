@@ -9,12 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import (
-    GATE_ARGS,
-    gate_project,
-    save_gate_model,
-    wikitext_path,
-)
+from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model, wikitext_path
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
@@ -23,13 +18,11 @@ pytest_plugins = ["pytester"]
 
 WIKITEXT = wikitext_path()
 
-# fp32 with a seeded weight perturbation: a "quantized" variant whose KLD against fp32 grows with scale
-CONFTEST = textwrap.dedent(
-    """
-    import time, torch
+# counts the comparison and PPL passes; plus the test-only kind test-perturbed (its KLD against fp32 grows with scale)
+CONFTEST = (
+    textwrap.dedent(
+        """
     import pplgate.comparing, pplgate.measure
-    from pplgate.models.registry import register
-    from pplgate.models.variant import PreparedModel, Variant
 
     CALLS = {"compare": [], "ppl": 0}
     _compare, _ppl = pplgate.comparing.evaluate_comparisons, pplgate.measure.evaluate_perplexity
@@ -47,23 +40,9 @@ CONFTEST = textwrap.dedent(
 
     def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"passes: compare={CALLS['compare']} ppl={CALLS['ppl']}")
-
-    @register
-    class Perturbed(Variant):
-        kind = "test-perturbed"
-
-        def fingerprint(self):
-            return {"kind": self.kind, "scale": self.params.get("scale", 0.0)}
-
-        def prepare(self, ctx):
-            t0 = time.perf_counter()
-            model = ctx.load("fp32", fresh=True)
-            gen = torch.Generator().manual_seed(1)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(torch.randn(p.shape, generator=gen) * self.params["scale"])
-            return PreparedModel(model, "quantized", time.perf_counter() - t0)
     """
+    )
+    + PERTURBED_CONFTEST
 )
 
 VARIANTS = """

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import GATE_ARGS, gate_project, save_gate_model, wikitext_path
+from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model, wikitext_path
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
@@ -25,30 +25,7 @@ def parse_baseline(path):
 
 WIKITEXT = wikitext_path()
 
-# A test-only second variant: fp32 with a seeded weight perturbation (exercises relational rules).
-CONFTEST = textwrap.dedent(
-    """
-    import time, torch
-    from pplgate.models.registry import register
-    from pplgate.models.variant import PreparedModel, Variant
-
-    @register
-    class Perturbed(Variant):
-        kind = "test-perturbed"
-
-        def fingerprint(self):
-            return {"kind": self.kind, "scale": self.params.get("scale", 0.0)}
-
-        def prepare(self, ctx):
-            t0 = time.perf_counter()
-            model = ctx.load("fp32", fresh=True)
-            gen = torch.Generator().manual_seed(1)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(torch.randn(p.shape, generator=gen) * self.params["scale"])
-            return PreparedModel(model, "quantized", time.perf_counter() - t0)
-    """
-)
+CONFTEST = PERTURBED_CONFTEST  # the test-only kind test-perturbed
 
 
 def baseline(model_dir: Path, variants: str = "", *, name="tiny", profile_extra: str = "") -> str:
