@@ -86,15 +86,14 @@ def tokenize_cached(tokenizer: Any, text: CanonicalText, cache: QuantCache) -> t
         why = _probe_mismatch(tokenizer, text.text, ids)
         if why is not None or ids.numel() != entry.meta.get("n_tokens"):
             warnings.warn(
-                f"pplgate cache entry {entry.path} does not match the tokenizer "
-                f"{getattr(tokenizer, 'name_or_path', '')!r} ({why or 'another token count'}); rebuilding it",
+                f"pplgate cache entry {entry.path} does not match the tokenizer {name!r} "
+                f"({why or 'another token count'}); rebuilding it",
                 CacheWarning,
                 stacklevel=2,
             )
             cache.discard(key)
             return tokenize_cached(tokenizer, text, cache)
-        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         tokens = TokenizedText(
-            ids=ids, bos_added=bool(entry.meta["bos_added"]), tokenizer_name=str(name), tokenizer_sha256=fingerprint
+            ids=ids, bos_added=bool(entry.meta["bos_added"]), tokenizer_name=name, tokenizer_sha256=fingerprint
         )
     return tokens, {"token_cache": "hit" if hit else "built", "token_cache_key": key}
