@@ -92,7 +92,6 @@ class ForwardClock:
     """
 
     def __init__(self, n_models: int, device: torch.device) -> None:
-        self.seconds = [0.0] * n_models
         self.batches: list[tuple[int, list[float]]] = []  # (tokens, seconds per model) per batch
         self._cuda = device.type == "cuda"
         self._pending: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []
@@ -118,8 +117,12 @@ class ForwardClock:
             self._current[i] += start.elapsed_time(end) / 1000.0
         self._pending.clear()
         self.batches.append((tokens, self._current))
-        self.seconds = [a + b for a, b in zip(self.seconds, self._current, strict=True)]
-        self._current = [0.0] * len(self.seconds)
+        self._current = [0.0] * len(self._current)
+
+    @property
+    def seconds(self) -> list[float]:
+        """Each model's forward seconds over the settled batches."""
+        return [sum(s[i] for _, s in self.batches) for i in range(len(self._current))]
 
     def steady_tokens_per_s(self, i: int) -> float:
         """Model ``i``'s tokens per second of its own forwards, the first batch left out when others follow."""
