@@ -72,3 +72,18 @@ def test_compare_many_shares_one_reference_pass(measurer, source, monkeypatch) -
     )
     assert alone.result.window_klds == many[1].result.window_klds
     assert many[1].result.mean_kld < many[0].result.mean_kld  # smaller groups, closer to fp32
+
+
+def test_pass_records_carry_phases_caches_and_the_pass_time(measurer, source) -> None:
+    """A measurement from a comparison pass records what a plain one does: the four phases (the
+    tokenization on the reference, which tokenized first), the caches, and the pass's own wall time."""
+    from pplgate.measure import PHASES
+
+    rtn = {"q_group_size": 32}
+    c = measurer.compare(source, source, kind="rtn", params=rtn, reference_kind="fp32", device="cpu", **SHORT)
+    for m in (c.reference, c.model):
+        assert list(m.phases) == list(PHASES) and m.phases["evaluate_s"] == m.result.wall_time_s
+        assert m.extra["caches"] == {"token_cache": "off"}
+        assert m.extra["pass_wall_time_s"] == round(c.result.wall_time_s, 2)
+        assert m.result.wall_time_s < c.result.wall_time_s  # its own forwards, not the whole pass
+    assert c.reference.phases["tokenize_s"] > 0 and c.model.phases["tokenize_s"] == 0
