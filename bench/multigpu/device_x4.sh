@@ -37,3 +37,5 @@ for s in "$@"; do
   esac
 done
 step done
+# the device tool brings back at most 8 files: everything in one archive
+( cd "$OUT" && tar czf /tmp/pplgate-results.tgz . && find . -mindepth 1 -delete && mv /tmp/pplgate-results.tgz "$OUT/results.tgz" )
