@@ -32,10 +32,10 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 
 
-def env_with_src(**extra: str) -> dict[str, str]:
-    """This process's environment with pplgate's src first on PYTHONPATH (children run elsewhere)."""
+def env_with_src(src: Path = SRC, **extra: str) -> dict[str, str]:
+    """This process's environment with pplgate's ``src`` (and this folder: phase_probe) first on PYTHONPATH."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(src), str(HERE), *filter(None, [env.get("PYTHONPATH")])])
     env.update(extra)
     return env
 
@@ -170,16 +170,30 @@ def per_worker(timelines: list[dict], records: dict[str, dict], launch: float) -
     return out
 
 
-def run_once(work: Path, out: Path, n: int) -> dict[str, Any]:
+def probe_marks(log: Path) -> dict[str, list[list[Any]]]:
+    """phase_probe's lines in a session's log: per process, ``[seconds since launch, phase]``."""
+    marks: dict[str, list[list[Any]]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        at = line.find("PROBE ")
+        if at < 0:
+            continue
+        parts = line[at:].split(" ", 3)
+        if len(parts) == 4:
+            marks.setdefault(parts[1], []).append([float(parts[2]), parts[3]])
+    return marks
+
+
+def run_once(work: Path, out: Path, n: int, src: Path = SRC, label: str = "") -> dict[str, Any]:
     """One timed gate session with ``-n n``; returns its wall time, outcome and per-worker breakdown."""
-    rep, tl_dir = out / f"gate-n{n}", out / f"timeline-n{n}"
+    name = f"n{n}{label}"
+    rep, tl_dir = out / f"gate-{name}", out / f"timeline-{name}"
     for d in (rep, tl_dir):
         shutil.rmtree(d, ignore_errors=True)
-    log = out / f"gate-n{n}.log"
-    cmd = pytest_cmd(work, "-n", str(n), "--dist", "loadgroup", "--pplgate-report", str(rep))
+    log = out / f"gate-{name}.log"
+    cmd = pytest_cmd(work, "-p", "phase_probe", "-n", str(n), "--dist", "loadgroup", "--pplgate-report", str(rep))
     launch = time.time()
     with log.open("w") as fh:
-        env = env_with_src(PPLGATE_TIMELINE_DIR=str(tl_dir))
+        env = env_with_src(src, PPLGATE_TIMELINE_DIR=str(tl_dir), PHASE_PROBE_T0=repr(launch))
         rc = subprocess.call(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     wall = time.time() - launch
     records = {}
@@ -194,6 +208,8 @@ def run_once(work: Path, out: Path, n: int) -> dict[str, Any]:
     busy = [w["busy_s"] for w in workers.values()] or [0.0]
     return {
         "workers": n,
+        "src": str(src),
+        "label": label,
         "wall_s": round(wall, 2),
         "rc": rc,
         "statuses": statuses,
@@ -202,6 +218,7 @@ def run_once(work: Path, out: Path, n: int) -> dict[str, Any]:
         "imbalance_s": round(max(busy) - sum(busy) / len(busy), 2),
         "teardown_s": round(wall - last_end, 2),
         "per_worker": workers,
+        "phases": probe_marks(log),
     }
 
 
@@ -212,11 +229,11 @@ def summary(runs: list[dict], prep: dict, gpus: list[str]) -> list[str]:
         f"{windows} windows, batch {prep['batch_size']}, device {prep['device']}, GPUs: {', '.join(gpus) or 'none'}",
         f"prepare (not timed): build {prep['build_s']}s, record {prep['record_s']}s",
     ]
-    base = next((r["wall_s"] for r in runs if r["workers"] == 1), None)
     for r in runs:
+        base = next((b["wall_s"] for b in runs if b["workers"] == 1 and b["label"] == r["label"]), None)
         speed = f"{base / r['wall_s']:.2f}x ({base / r['wall_s'] / r['workers']:.0%} of ideal)" if base else "-"
         lines.append(
-            f"-n {r['workers']}: wall {r['wall_s']:.1f}s  speed-up {speed}  rc {r['rc']}  {r['statuses']}  "
+            f"-n {r['workers']}{r['label']}: wall {r['wall_s']:.1f}s  speed-up {speed}  rc {r['rc']}  {r['statuses']}  "
             f"start-up (launch -> last worker's first test) {r['startup_max_s']}s  "
             f"imbalance (max - mean busy) {r['imbalance_s']}s  teardown {r['teardown_s']}s"
         )
@@ -266,9 +283,13 @@ def time_runs(args: argparse.Namespace) -> None:
     skipped = [f"-n {n}: not run, only {len(gpus)} GPU(s) visible" for n in wanted if n not in counts]
     payload: dict[str, Any] = {"prepare": prep, "gpus": names, "versions": versions(), "runs": []}
     lines: list[str] = []
+    src = Path(args.src).resolve() if args.src else SRC
+    label = f"-{args.label}" if args.label else ""
+    if (out / "scale.json").is_file():  # a second invocation into the same OUT (another --label) adds its runs
+        payload["runs"] = json.loads((out / "scale.json").read_text()).get("runs", [])
     for n in counts:
-        r = run_once(work, out, n)
-        print(f"-n {n}: wall {r['wall_s']}s rc {r['rc']} {r['statuses']}", flush=True)
+        r = run_once(work, out, n, src, label)
+        print(f"-n {n}{label}: wall {r['wall_s']}s rc {r['rc']} {r['statuses']}", flush=True)
         payload["runs"].append(r)
         lines = summary(payload["runs"], prep, names) + skipped
         payload["summary"] = lines
@@ -299,6 +320,8 @@ def main() -> None:
     tm.add_argument("--work", required=True)
     tm.add_argument("--out", required=True)
     tm.add_argument("--workers", default="1,2,4", help="worker counts, one timed session each")
+    tm.add_argument("--src", help="the pplgate src/ to time (default: this checkout's; e.g. an older commit's)")
+    tm.add_argument("--label", default="", help="a name for these runs (file names, summary), e.g. the commit")
     args = ap.parse_args()
     prepare(args) if args.cmd == "prepare" else time_runs(args)
 

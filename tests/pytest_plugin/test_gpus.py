@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from pplgate.errors import PlacementError
 from pplgate.provenance import device_layout
-from pplgate.pytest_plugin.gpus import assign_gpus, pin_worker, visible_gpu_ids, worker_index
+from pplgate.pytest_plugin.gpus import assign_gpus, nvml_gpu_count, pin_worker, visible_gpu_ids, worker_index
 
 
 def test_visible_ids_from_env_or_count():
@@ -17,6 +19,25 @@ def test_visible_ids_from_env_or_count():
     assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "-1"}) == []
     assert visible_gpu_ids({}, device_count=3) == ["0", "1", "2"]
+
+
+def test_no_nvml_library_means_no_answer():
+    assert nvml_gpu_count("libpplgate-no-such-nvml.so.1") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NVML's GPU count: needs an NVIDIA GPU")
+def test_nvml_lists_the_gpus_cuda_sees_without_importing_torch():
+    code = (
+        "import sys; from pplgate.pytest_plugin.gpus import nvml_gpu_count, visible_gpu_ids; "
+        "print(nvml_gpu_count(), ','.join(visible_gpu_ids()), 'torch' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    count = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert out.split() == [count, ",".join(str(i) for i in range(int(count))), "False"]
 
 
 def test_worker_index():

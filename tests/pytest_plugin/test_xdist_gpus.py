@@ -48,3 +48,33 @@ def test_too_many_workers_for_the_gpus_fails_with_the_fix(pytester, monkeypatch)
     assert result.ret != 0
     out = result.stdout.str() + result.stderr.str()
     assert "need 3 GPUs, but only 2 are visible" in out and "use -n 2" in out
+
+
+EXIT_RECORDER = """
+import atexit, gc, os, pathlib, sys
+
+def _who():
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+def _at_exit():  # registered before pplgate's configure: runs after pplgate's own exit handler
+    out = pathlib.Path(os.environ["PPLGATE_TEST_OUT"])
+    (out / f"{_who()}.exit").write_text(f"{gc.get_freeze_count()} {'torch' in sys.modules}")
+
+atexit.register(_at_exit)
+"""
+
+
+def test_workers_freeze_their_objects_at_exit_and_the_controller_imports_no_torch(pytester, monkeypatch):
+    """A worker's exit skips the full collections over its objects (the controller waits for it); the
+    controller lists GPUs from CUDA_VISIBLE_DEVICES without importing torch (it delayed every worker)."""
+    out = pytester.mkdir("out")
+    monkeypatch.setenv("PPLGATE_TEST_OUT", str(out))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
+    pytester.makeconftest(EXIT_RECORDER)
+    pytester.makepyfile(test_a="def test_a(): pass\n\ndef test_b(): pass\n")
+    result = pytester.runpytest_subprocess("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=2)
+    seen = {p.stem: p.read_text().split() for p in out.glob("*.exit")}
+    assert set(seen) == {"main", "gw0", "gw1"}
+    assert int(seen["gw0"][0]) > 0 and int(seen["gw1"][0]) > 0  # objects frozen in the workers
+    assert seen["main"] == ["0", "False"]  # the controller: nothing frozen, torch never imported

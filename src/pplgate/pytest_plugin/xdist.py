@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 from typing import Any
 
 import pytest
@@ -19,6 +21,19 @@ def pin_this_worker(config: pytest.Config) -> None:
             workerinput["pplgate_gpu_ids"].split(","),
             int(workerinput["pplgate_gpus_per_worker"]),
         )
+
+
+def quick_worker_exit(config: pytest.Config) -> None:
+    """In an xdist worker: freeze the garbage collector's objects when the process exits.
+
+    The controller waits for its workers to exit before it reports. At shutdown CPython runs full
+    collections over every object still alive (~400,000 in a worker that imported torch and
+    transformers: 0.8 s on a 2-core CPU); frozen objects are skipped. atexit handlers, reference-count
+    deallocation and finalizers still run; only objects kept alive by reference cycles are not
+    collected, as for anything alive when a process ends.
+    """
+    if getattr(config, "workerinput", None) is not None:
+        atexit.register(gc.freeze)
 
 
 def hand_out_gpus(node: Any) -> None:
