@@ -143,7 +143,10 @@ class GateSession:
 
     def free_after(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         """Free the models no later gate item needs (GPU memory): after a gate item, and after the last test
-        of an xdist group of tests using the ppl_* fixtures (a model's tests: its models are done)."""
+        of an xdist group of tests using the ppl_* fixtures (a model's tests: its models are done). Not after
+        this process's last test: nothing needs the memory, and a worker's last collection delayed its report."""
+        if nextitem is None:
+            return
         if not isinstance(item, GateItem):
             if self._measurer is None or (nextitem is not None and _group(nextitem) == _group(item)):
                 return
