@@ -7,9 +7,10 @@ import json
 import pytest
 from support import calibration_file, need_module, need_shared
 
-from pplgate.errors import CalibrationError
+from pplgate.errors import CalibrationError, VariantError
 from pplgate.models.calibration import (
     CalibrationSpec,
+    VariantCalibration,
     load_calibration,
     select_calibration,
     texts_sha256,
@@ -95,6 +96,24 @@ def test_select_follows_autoawq_rule():
     assert sel.sha256 != cal.sha256 and select_calibration(cal, tok, 16, 64).sha256 == sel.sha256
     with pytest.raises(CalibrationError, match="fewer than one block"):
         select_calibration(cal, tok, n_samples=1, seqlen=2048)
+
+
+def test_variant_calibration_reads_once_and_names_the_kind(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(need_shared("tokenizers", "gpt2")))
+    corpus = tmp_path / "cal.jsonl"
+    corpus.write_text(calibration_file().read_text())
+    texts = VariantCalibration(CalibrationSpec(source=str(corpus), n_samples=16, seqlen=64), "gptq")
+    first = texts.all()
+    corpus.unlink()  # read once: a second call does not read the file again
+    assert texts.all() is first and texts.selected(tok) == select_calibration(first, tok, 16, 64)
+    assert VariantCalibration(None, "user").all() is None and VariantCalibration(None, "user").selected(tok) is None
+    too_short = CalibrationSpec(source=str(calibration_file()), n_samples=1, seqlen=2048)
+    with pytest.raises(VariantError, match=r"^gptq calibration: .*fewer than one block"):
+        VariantCalibration(too_short, "gptq").selected(tok)
+    with pytest.raises(VariantError, match=r"^awq calibration: "):
+        VariantCalibration(CalibrationSpec(source=str(tmp_path / "missing.jsonl")), "awq").all()
 
 
 def test_source_expands_environment_variables(tmp_path, monkeypatch):

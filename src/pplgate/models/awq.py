@@ -30,7 +30,7 @@ from pplgate.models.autoawq_compat import (
     import_autoawq,
     load_awq_checkpoint,
 )
-from pplgate.models.calibration import CalibrationSpec, load_calibration, select_calibration
+from pplgate.models.calibration import CalibrationSpec, VariantCalibration
 from pplgate.models.hashing import library_versions, source_fingerprint
 from pplgate.models.layers import group_size_problems, load_config, strip_load_quantization, valid_group_sizes
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
@@ -83,7 +83,7 @@ class AwqVariant(Variant):
             self.calibration = CalibrationSpec.from_param(self.params.get("calibration"))
         except CalibrationError as exc:
             raise VariantError(f"awq: {exc}") from exc
-        self._cal_all = None
+        self.calibration_texts = VariantCalibration(self.calibration, self.kind)
 
     def quant_config(self) -> dict[str, Any]:
         return {
@@ -93,16 +93,9 @@ class AwqVariant(Variant):
             "version": self.version.upper(),
         }
 
-    def _calibration_all(self):
-        if self._cal_all is None:
-            try:
-                self._cal_all = load_calibration(self.calibration.source, text_column=self.calibration.text_column)
-            except CalibrationError as exc:
-                raise VariantError(f"awq calibration: {exc}") from exc
-        return self._cal_all
-
     def fingerprint(self) -> dict[str, Any]:
-        cal = self._calibration_all()
+        cal = self.calibration_texts.all()
+        assert cal is not None  # awq always calibrates (CalibrationSpec.from_param fills in the default)
         return {
             "kind": self.kind,
             **self.quant_config(),
@@ -140,7 +133,7 @@ class AwqVariant(Variant):
                 + "; ".join(problems)
                 + f". Sizes that fit: {valid_group_sizes(config) or 'none of 128/64/32'}"
             )
-        self._calibration_all()
+        self.calibration_texts.all()
 
     def cache_key_parts(self, ctx: ModelContext, calibration_sha256: str) -> dict[str, Any]:
         variant = {
@@ -180,12 +173,8 @@ class AwqVariant(Variant):
         t0 = time.perf_counter()
         dtype = ctx.dtype(self.dtype_param)
         tokenizer = ctx.tokenizer if ctx.tokenizer is not None else load_tokenizer(ctx.source)
-        try:
-            cal = select_calibration(
-                self._calibration_all(), tokenizer, self.calibration.n_samples, self.calibration.seqlen
-            )
-        except CalibrationError as exc:
-            raise VariantError(f"awq calibration: {exc}") from exc
+        cal = self.calibration_texts.selected(tokenizer)
+        assert cal is not None
         parts = self.cache_key_parts(ctx, cal.sha256)
         key = cache_key(parts)
         info: dict[str, Any] = {

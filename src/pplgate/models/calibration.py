@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pplgate.errors import CalibrationError
+from pplgate.errors import CalibrationError, VariantError
 from pplgate.locate import CALIBRATION_ENV, CALIBRATION_IN_SHARED, SHARED_ENV, find_calibration, hub_refusal
 from pplgate.models.variant import type_problem
 from pplgate.protocol.progress import library_bars_off
@@ -264,6 +264,36 @@ def select_calibration(cal: CalibrationSet, tokenizer, n_samples: int, seqlen: i
             f"than one block of seqlen {seqlen}; use more n_samples, a smaller seqlen or more text"
         )
     return CalibrationSet(texts=tuple(chosen), source=cal.source, sha256=texts_sha256(chosen))
+
+
+class VariantCalibration:
+    """A variant's calibration texts, read once: :meth:`all` the source's texts, :meth:`selected` AutoAWQ's
+    selection for a tokenizer. A problem is a :class:`~pplgate.errors.VariantError` naming the kind."""
+
+    def __init__(self, spec: CalibrationSpec | None, kind: str) -> None:
+        self.spec, self.kind = spec, kind
+        self._all: CalibrationSet | None = None
+
+    def all(self) -> CalibrationSet | None:
+        """Every text of the source (None: the variant has no calibration)."""
+        if self.spec is None:
+            return None
+        if self._all is None:
+            try:
+                self._all = load_calibration(self.spec.source, text_column=self.spec.text_column)
+            except CalibrationError as exc:
+                raise VariantError(f"{self.kind} calibration: {exc}") from exc
+        return self._all
+
+    def selected(self, tokenizer: Any) -> CalibrationSet | None:
+        """The texts the variant calibrates on (:func:`select_calibration`; None: no calibration)."""
+        cal = self.all()
+        if cal is None or self.spec is None:
+            return None
+        try:
+            return select_calibration(cal, tokenizer, self.spec.n_samples, self.spec.seqlen)
+        except CalibrationError as exc:
+            raise VariantError(f"{self.kind} calibration: {exc}") from exc
 
 
 def calibration_blocks(cal: CalibrationSet, tokenizer, seqlen: int) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pplgate.errors import CalibrationError, VariantError
-from pplgate.models.calibration import CalibrationSpec, load_calibration, select_calibration
+from pplgate.models.calibration import CalibrationSpec, VariantCalibration
 from pplgate.models.hashing import library_versions
 from pplgate.models.layers import (
     decoder_layers,
@@ -78,7 +78,7 @@ class LlmcVariant(Variant):
             self.calibration = None if cal is None and not self.needs_calibration() else CalibrationSpec.from_param(cal)
         except CalibrationError as exc:
             raise VariantError(f"{self.kind}: {exc}") from exc
-        self._cal_all = None
+        self.calibration_texts = VariantCalibration(self.calibration, self.kind)
 
     # -- what a kind says --------------------------------------------------------------------------------
     def needs_calibration(self) -> bool:
@@ -106,18 +106,8 @@ class LlmcVariant(Variant):
         return dtype if q in (None, "auto") else ctx.dtype(q)
 
     # -- shared ------------------------------------------------------------------------------------------
-    def _calibration_all(self):
-        if self.calibration is None:
-            return None
-        if self._cal_all is None:
-            try:
-                self._cal_all = load_calibration(self.calibration.source, text_column=self.calibration.text_column)
-            except CalibrationError as exc:
-                raise VariantError(f"{self.kind} calibration: {exc}") from exc
-        return self._cal_all
-
     def fingerprint(self) -> dict[str, Any]:
-        cal = self._calibration_all()
+        cal = self.calibration_texts.all()
         return {
             "kind": self.kind,
             **self.recipe_fingerprint(),
@@ -149,7 +139,7 @@ class LlmcVariant(Variant):
                     + f". Sizes that fit: {valid_group_sizes(config) or 'none of 128/64/32'} (llm-compressor would "
                     "fail or leave such layers unquantized; pplgate never skips a layer silently)"
                 )
-        self._calibration_all()
+        self.calibration_texts.all()
         self.recipe()  # a recipe that does not build fails here, before any work
 
     def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, dict]:
@@ -185,13 +175,8 @@ class LlmcVariant(Variant):
         texts: list[str] = []
         cal_sha = None
         info: dict[str, Any] = {"dtype": dtype}
-        if self.calibration is not None:
-            try:
-                sel = select_calibration(
-                    self._calibration_all(), tokenizer, self.calibration.n_samples, self.calibration.seqlen
-                )
-            except CalibrationError as exc:
-                raise VariantError(f"{self.kind} calibration: {exc}") from exc
+        sel = self.calibration_texts.selected(tokenizer)
+        if sel is not None:
             texts, cal_sha = list(sel.texts), sel.sha256
             info.update(calibration_source=sel.source, calibration_sha256=cal_sha, calibration_n_texts=len(texts))
         cache = QuantCache(ctx.cache_dir, ctx.cache_mode)

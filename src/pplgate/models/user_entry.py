@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import CalibrationError, VariantError
-from pplgate.models.calibration import CalibrationSpec, load_calibration, select_calibration
+from pplgate.models.calibration import CalibrationSpec, VariantCalibration
 from pplgate.models.hashing import library_versions, sha256_file
 from pplgate.models.layers import strip_load_quantization
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
@@ -97,7 +97,7 @@ class UserEntryVariant(Variant):
             self.calibration = CalibrationSpec.from_param(cal) if cal is not None else None
         except CalibrationError as exc:
             raise VariantError(f"user: {exc}") from exc
-        self._cal_all = None
+        self.calibration_texts = VariantCalibration(self.calibration, self.kind)
 
     def _config_path(self) -> Path | None:
         if self.config is None:
@@ -107,18 +107,8 @@ class UserEntryVariant(Variant):
             raise VariantError(f"user: config file {self.config} does not exist")
         return p
 
-    def _calibration_all(self):
-        if self.calibration is None:
-            return None
-        if self._cal_all is None:
-            try:
-                self._cal_all = load_calibration(self.calibration.source, text_column=self.calibration.text_column)
-            except CalibrationError as exc:
-                raise VariantError(f"user calibration: {exc}") from exc
-        return self._cal_all
-
     def fingerprint(self) -> dict[str, Any]:
-        cal = self._calibration_all()
+        cal = self.calibration_texts.all()
         config = self._config_path()
         return {
             "kind": self.kind,
@@ -138,18 +128,12 @@ class UserEntryVariant(Variant):
     def check(self, ctx: ModelContext) -> None:
         load_entry(self.entry)
         self._config_path()
-        self._calibration_all()
+        self.calibration_texts.all()
         ctx.dtype(self.dtype_param)
 
     def _texts(self, tokenizer: Any) -> tuple[list[str], str | None]:
-        cal = self._calibration_all()
-        if cal is None:
-            return [], None
-        try:
-            sel = select_calibration(cal, tokenizer, self.calibration.n_samples, self.calibration.seqlen)
-        except CalibrationError as exc:
-            raise VariantError(f"user calibration: {exc}") from exc
-        return list(sel.texts), sel.sha256
+        sel = self.calibration_texts.selected(tokenizer)
+        return ([], None) if sel is None else (list(sel.texts), sel.sha256)
 
     def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> Any:
         fn = load_entry(self.entry)
