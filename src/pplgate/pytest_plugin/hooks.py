@@ -20,8 +20,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    xdist.pin_this_worker(config)
-    xdist.quick_worker_exit(config)
+    xdist.configure_worker(config)
     options.add_markers(config)
     options.validate(config)
     shard.register(config)

@@ -11,6 +11,12 @@ import pytest
 from pplgate.pytest_plugin.gpus import assign_gpus, pin_worker, visible_gpu_ids
 
 
+def configure_worker(config: pytest.Config) -> None:
+    """In an xdist worker (else nothing): pin it to its GPUs, and make its exit quick."""
+    pin_this_worker(config)
+    quick_worker_exit(config)
+
+
 def pin_this_worker(config: pytest.Config) -> None:
     """In an xdist worker: keep only this worker's GPUs, before anything touches CUDA here."""
     workerinput = getattr(config, "workerinput", None)
