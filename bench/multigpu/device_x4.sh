@@ -6,7 +6,7 @@
 #   N2: the -n 2 gate alone (after A, on a 2-GPU machine);
 #   C: the 70B shape on 4 GPUs, the 7B identity check (1 GPU vs plain split vs pipelined);  D: that check on 2 GPUs
 #   T: prepare, then -n 1,2,4 with this checkout;  O: -n 1 and -n 4 with the older src in .device/old (same
-#   machine: run right after T), and the GPU test of NVML's GPU count;  G: the GPU tests of placement/exit/freeing
+#   machine: run right after T), then the GPU tests of placement/exit/freeing;  G: those tests alone
 # A later call re-prepares if the machine went cold in between (then its timings are still same-machine).
 set -uo pipefail
 OUT=${OUT:?set OUT}
@@ -26,6 +26,11 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee -a "$
 python3 -c "import torch, transformers, pytest, xdist; print('torch', torch.__version__, 'transformers', transformers.__version__, 'pytest', pytest.__version__, 'xdist', xdist.__version__)" | tee -a "$OUT/gpus.txt"
 prepare() { [ -f $W/prepare.json ] || { python3 bench/multigpu/scale.py prepare --work $W --tokenizer "$TOK" --size 7b --n-models 4 && cp $W/prepare.json "$OUT/"; }; }
 step() { echo "== $* ($(date +%T))"; }
+gpu_tests() {
+  step "GPU tests: NVML, xdist placement and exit, freeing"
+  python3 -m pytest -p no:cacheprovider -q tests/pytest_plugin/test_gpus.py tests/pytest_plugin/test_xdist_gpus.py \
+    tests/pytest_plugin/test_free_models.py 2>&1 | tee "$OUT/gpu-tests.txt"
+}
 for s in "$@"; do
   case $s in
     A) step prepare; prepare; step "time -n 1"; python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale-n1" --workers 1 ;;
@@ -35,9 +40,8 @@ for s in "$@"; do
     T) prepare; step "time -n 1,2,4"; python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale" --workers 1,2,4 ;;
     O) prepare; step "time -n 1,4 (old: $(cat .device/old/REV))"
        python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale-old" --workers 1,4 --src .device/old/src --label "$(cat .device/old/REV)"
-       step "GPU tests: NVML"; python3 -m pytest -p no:cacheprovider -q tests/pytest_plugin/test_gpus.py tests/pytest_plugin/test_xdist_gpus.py 2>&1 | tee "$OUT/gpu-tests.txt" ;;
-    G) step "GPU tests: NVML, xdist placement and exit, freeing"
-       python3 -m pytest -p no:cacheprovider -q tests/pytest_plugin/test_gpus.py tests/pytest_plugin/test_xdist_gpus.py tests/pytest_plugin/test_free_models.py 2>&1 | tee "$OUT/gpu-tests.txt" ;;
+       gpu_tests ;;
+    G) gpu_tests ;;
     N2) prepare; step "time -n 2"; python3 bench/multigpu/scale.py time --work $W --out "$OUT/scale-n2" --workers 2 ;;
     D) step "7b check on 2"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 7b --gpus 2 --windows 32 --pipeline --check-single --json "$OUT/check-7b-2gpu.json" ;;
     C) step "70b on 4"; python3 bench/multigpu/big_model.py --tokenizer "$TOK" --shape 70b --gpus 4 --windows 64 --pipeline --json "$OUT/big-70b-4gpu.json"

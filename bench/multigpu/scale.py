@@ -286,7 +286,8 @@ def time_runs(args: argparse.Namespace) -> None:
     src = Path(args.src).resolve() if args.src else SRC
     label = f"-{args.label}" if args.label else ""
     if (out / "scale.json").is_file():  # a second invocation into the same OUT (another --label) adds its runs
-        payload["runs"] = json.loads((out / "scale.json").read_text()).get("runs", [])
+        earlier = json.loads((out / "scale.json").read_text()).get("runs", [])
+        payload["runs"] = [r for r in earlier if r.get("label", "") != label]  # a rerun replaces its label's
     for n in counts:
         r = run_once(work, out, n, src, label)
         print(f"-n {n}{label}: wall {r['wall_s']}s rc {r['rc']} {r['statuses']}", flush=True)
