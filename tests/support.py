@@ -252,6 +252,43 @@ def write_jsonl(path: Path, rows: list[str]) -> Path:
 # Real pytest sessions of the gate (pytester)
 # ---------------------------------------------------------------------------------------------
 
+FP32_ENTRY = """
+fp32:
+  kind: fp32
+  tolerance:
+    - {type: absolute, max_delta: 0.001}   # fp32 on CPU is deterministic
+"""
+
+
+def tiny_baseline(
+    model_dir: Path,
+    variants: str = "",
+    *,
+    name: str = "tiny",
+    comment: str = "tiny test model",
+    max_windows: int = 4,
+) -> str:
+    """A baseline file for the plugin tests' tiny model: one ``cpu`` profile (smoke marker, seqlen 128,
+    batch 2) holding ``variants`` (YAML at any indentation; default: :data:`FP32_ENTRY`)."""
+    head = textwrap.dedent(
+        f"""\
+        # {comment}
+        schema_version: 1
+        model:
+          name: {name}
+          source: {model_dir}
+        profiles:
+          cpu:
+            marker: smoke
+            device: cpu
+            seqlen: 128
+            batch_size: 2
+            max_windows: {max_windows}
+            variants:"""
+    )
+    return head + textwrap.indent(textwrap.dedent(variants or FP32_ENTRY), "      ").rstrip() + "\n"
+
+
 GATE_ARGS = ("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-rA")  # what every plugin session passes
 
 # A conftest registering the test-only kind ``test-perturbed``: fp32 with a seeded weight perturbation of

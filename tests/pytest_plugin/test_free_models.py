@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from support import GATE_ARGS, gate_project, save_gate_model
+from support import GATE_ARGS, gate_project, save_gate_model, tiny_baseline
 
 pytest_plugins = ["pytester"]
 
@@ -24,24 +24,6 @@ def pytest_runtest_teardown(item, nextitem):  # after pplgate's teardown (trylas
         fh.write(json.dumps([item.name, loaded]) + "\\n")
 """
 
-BASELINE = """schema_version: 1
-model:
-  name: {name}
-  source: {path}
-profiles:
-  cpu:
-    marker: smoke
-    device: cpu
-    seqlen: 128
-    batch_size: 2
-    max_windows: 1
-    variants:
-      fp32:
-        kind: fp32
-        tolerance:
-          - {{type: absolute, max_delta: 0.001}}
-"""
-
 
 def test_models_are_freed_between_models_but_not_after_the_last_test(pytester, monkeypatch, tmp_path):
     gate_project(pytester, monkeypatch, CONFTEST)
@@ -49,7 +31,9 @@ def test_models_are_freed_between_models_but_not_after_the_last_test(pytester, m
     shutil.copytree(model, tmp_path / "m-b")
     (pytester.path / "baselines").mkdir()
     for name in ("m-a", "m-b"):
-        (pytester.path / "baselines" / f"{name}.yaml").write_text(BASELINE.format(name=name, path=tmp_path / name))
+        (pytester.path / "baselines" / f"{name}.yaml").write_text(
+            tiny_baseline(tmp_path / name, name=name, max_windows=1)
+        )
     out = tmp_path / "loaded.jsonl"
     monkeypatch.setenv("PPLGATE_TEST_OUT", str(out))
     result = pytester.runpytest_subprocess(*GATE_ARGS, "--update-baselines")

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model, wikitext_path
+from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model, tiny_baseline, wikitext_path
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
@@ -70,23 +70,7 @@ VARIANTS = """
 
 
 def baseline(model_dir: Path, variants: str = VARIANTS) -> str:
-    head = textwrap.dedent(
-        f"""\
-        # tiny test model
-        schema_version: 1
-        model:
-          name: tiny
-          source: {model_dir}
-        profiles:
-          cpu:
-            marker: smoke
-            device: cpu
-            seqlen: 128
-            batch_size: 2
-            max_windows: 4
-            variants:"""
-    )
-    return head + textwrap.indent(textwrap.dedent(variants), "      ").rstrip() + "\n"
+    return tiny_baseline(model_dir, variants)
 
 
 def parse_baseline(path):

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model, wikitext_path
+from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model, tiny_baseline, wikitext_path
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
@@ -28,36 +28,7 @@ WIKITEXT = wikitext_path()
 CONFTEST = PERTURBED_CONFTEST  # the test-only kind test-perturbed
 
 
-def baseline(model_dir: Path, variants: str = "", *, name="tiny", profile_extra: str = "") -> str:
-    variants = (
-        variants
-        or """
-      fp32:
-        kind: fp32
-        tolerance:
-          - {type: absolute, max_delta: 0.001}   # fp32 on CPU is deterministic
-    """
-    )
-    return (
-        textwrap.dedent(
-            f"""\
-            # tiny test model
-            schema_version: 1
-            model:
-              name: {name}
-              source: {model_dir}
-            profiles:
-              cpu:
-                marker: smoke
-                device: cpu
-                seqlen: 128
-                batch_size: 2
-                max_windows: 4{profile_extra}
-                variants:"""
-        )
-        + textwrap.indent(textwrap.dedent(variants), "      ").rstrip()
-        + "\n"
-    )
+baseline = tiny_baseline  # the tiny model with an fp32 entry unless variants are given
 
 
 PERTURBED = """

@@ -9,14 +9,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
-from support import (
-    gate_env,
-    save_gate_model,
-)
+from support import FP32_ENTRY, gate_env, save_gate_model, tiny_baseline
 
 from pplgate.cli import main as pplgate_main
 
@@ -32,36 +28,18 @@ ALL_ENTRIES = {
 }
 
 
+RTN_ENTRY = """rtn:
+  kind: rtn
+  params: {w_bit: 4, q_group_size: 32}
+  tolerance:
+    - {type: absolute, max_delta: 0.001}
+    - {type: relational, ref: fp32, max_rel: 1.0}
+"""
+
+
 def baseline(name: str, model_dir: Path, rtn: bool) -> str:
-    text = f"""\
-        # {name}: the tiny test model under another name
-        schema_version: 1
-        model:
-          name: {name}
-          source: {model_dir}
-        profiles:
-          cpu:
-            marker: smoke
-            device: cpu
-            seqlen: 128
-            batch_size: 2
-            max_windows: 4
-            variants:
-              fp32:
-                kind: fp32
-                tolerance:
-                  - {{type: absolute, max_delta: 0.001}}
-"""
-    if rtn:
-        text += """\
-              rtn:
-                kind: rtn
-                params: {w_bit: 4, q_group_size: 32}
-                tolerance:
-                  - {type: absolute, max_delta: 0.001}
-                  - {type: relational, ref: fp32, max_rel: 1.0}
-"""
-    return textwrap.dedent(text)
+    variants = FP32_ENTRY + (RTN_ENTRY if rtn else "")
+    return tiny_baseline(model_dir, variants, name=name, comment=f"{name}: the tiny test model under another name")
 
 
 @pytest.fixture(scope="module")
