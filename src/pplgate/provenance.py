@@ -60,6 +60,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def cpu_facts() -> dict[str, Any]:
+    """What decides CPU arithmetic beside the code: the instruction set torch's kernels dispatch to
+    (``cpu_isa``), the BLAS (``blas``) and the number of threads (``threads``)."""
+    import torch
+
+    blas = "mkl" if torch.backends.mkl.is_available() else "other"
+    return {"cpu_isa": torch.backends.cpu.get_cpu_capability(), "blas": blas, "threads": torch.get_num_threads()}
+
+
 def device_name(device: str) -> str:
     """Human-readable name of the device a measurement ran on."""
     if device.startswith("cuda"):
@@ -95,6 +104,7 @@ def collect(
         "python": platform.python_version(),
         "device": device,
         "device_name": device_name(device),
+        **({"host_cpu": cpu_model()} if device.startswith("cuda") else cpu_facts()),
         "command": shlex.join(["pytest", *(sys.argv[1:] if args is None else args)]),
         "wall_time_s": round(wall_time_s, 2),
         "prepare_time_s": round(prepare_time_s, 2),

@@ -99,7 +99,8 @@ def measured(nlls=NLLS, fingerprint=None, n_windows_total=32) -> Measured:
 
 
 def run(e=None, m=None, *, session=None, **flags) -> GateRecord:
-    rec = judge(TARGET, e or entry(), m or measured(), session_ppls=session or {}, provenance=PROV, **flags)
+    prov = flags.pop("provenance", PROV)
+    rec = judge(TARGET, e or entry(), m or measured(), session_ppls=session or {}, provenance=prov, **flags)
     again = GateRecord.from_dict(json.loads(json.dumps(rec.to_dict())))  # what the controller reads back
     assert again == rec and again.to_dict() == rec.to_dict() and again.message is None
     return rec
@@ -708,3 +709,32 @@ def test_huge_recorded_nlls_do_not_overflow_the_partial_reference_or_the_hand_ed
     six = replace(measured(), n_windows=6, window_nlls=huge[:4] + [1, 1], fingerprint={**FP, "n_windows": 6})
     full = judge(TARGET, e, six, session_ppls={})
     assert full.status is Status.IMPROVED and "exp overflows" in full.message
+
+
+INTEL = {**PROV, "device_name": "Intel(R) Xeon(R) Processor", "cpu_isa": "AVX512", "blas": "mkl", "threads": 2}
+
+
+def test_a_failure_on_another_machine_says_so():
+    """A reviewer must tell "another CPU" from "your change": the machine facts of both runs, side by side."""
+    amd = {**INTEL, "device_name": "AMD EPYC", "threads": 4}
+    rec = run(entry(rec=recorded(provenance=INTEL)), m=measured(shifted()), provenance=amd)
+    msg = rec.message
+    assert "ANOTHER MACHINE than the record's (the device, thread count differ):" in msg
+    assert "    recorded on Intel(R) Xeon(R) Processor (AVX512, mkl, 2 threads, torch 2.5.1)\n" in msg
+    assert "    measured on AMD EPYC (AVX512, mkl, 4 threads, torch 2.5.1)\n" in msg
+    assert msg.endswith(f"  if the change is intended, re-record with:\n    {RERUN}")
+
+
+def test_a_failure_on_the_recording_machine_says_so():
+    rec = run(entry(rec=recorded(provenance=INTEL)), m=measured(shifted()), provenance=dict(INTEL))
+    assert (
+        "machine: the recording one (Intel(R) Xeon(R) Processor (AVX512, mkl, 2 threads, torch 2.5.1))" in rec.message
+    )
+    assert "ANOTHER MACHINE" not in rec.message
+
+
+def test_machine_facts_missing_from_an_old_record_are_not_a_difference():
+    """A record from before the machine facts were kept compares on what it has (the device name)."""
+    old = {"device_name": "Intel(R) Xeon(R) Processor", "torch": "2.5.1"}
+    rec = run(entry(rec=recorded(provenance=old)), m=measured(shifted()), provenance=dict(INTEL))
+    assert "machine: the recording one" in rec.message

@@ -228,7 +228,7 @@ def judge(
     if update:
         return _queue(rec, target, entry, measured, session, provenance or {}, header)
     if not all(x.passed for x in results):
-        return _tolerance_failure(rec, target, recorded, measured, results, header)
+        return _tolerance_failure(rec, target, recorded, measured, results, header, provenance)
     if rec.inconsistent:
         return _inconsistent_failure(rec, target, measured, results, header)
     rec.status = Status.PASS
@@ -332,7 +332,13 @@ def _queue(
 
 
 def _tolerance_failure(
-    rec: GateRecord, target: Target, recorded: Recorded, m: Measured, results: list[RuleResult], header: str
+    rec: GateRecord,
+    target: Target,
+    recorded: Recorded,
+    m: Measured,
+    results: list[RuleResult],
+    header: str,
+    provenance: Mapping[str, Any] | None,
 ) -> GateRecord:
     """A worse number (or a failing relational rule) is a regression; a better one is flagged too."""
     base = rec.baseline
@@ -355,7 +361,7 @@ def _tolerance_failure(
         f"  {text.paired_text(rec)}{text.kld_text(rec)}{text.note(rec.inconsistent)}\n"
         f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
         f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
-        f"torch {prov.get('torch', '?')})\n"
+        f"torch {prov.get('torch', '?')}){text.machine_text(prov, provenance)}\n"
         f"  if the change is intended, re-record with:\n    {rec.rerun}",
     )
 

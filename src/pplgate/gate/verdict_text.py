@@ -4,7 +4,7 @@ the "edited by hand?" note. Pure: strings from records."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pplgate.gate import kld as kld_gate
@@ -29,6 +29,42 @@ def header(target: Target, entry: EntrySpec, m: Measured, partial: bool) -> str:
         f"pplgate: {target.name}\n  model {target.model} ({target.source}), profile {target.profile} "
         f"(device {target.device}, seqlen {target.seqlen}, {m.n_windows}/{m.n_windows_total} windows"
         f"{', PARTIAL' if partial else ''}), variant {entry.name} (kind {entry.kind}, origin {m.origin})"
+    )
+
+
+# provenance fields that describe the machine a number was measured on (pplgate.provenance.collect)
+MACHINE_FIELDS = {
+    "device_name": "device",
+    "host_cpu": "host CPU",
+    "cpu_isa": "instruction set",
+    "blas": "BLAS",
+    "threads": "thread count",
+    "torch": "torch",
+}
+
+
+def _machine(prov: Mapping[str, Any]) -> str:
+    threads, torch = prov.get("threads"), prov.get("torch")
+    facts = [prov.get("host_cpu"), prov.get("cpu_isa"), prov.get("blas")]
+    facts += [f"{threads} threads" if threads else None, f"torch {torch}" if torch else None]
+    shown = ", ".join(str(f) for f in facts if f)
+    return f"{prov.get('device_name', '?')}" + (f" ({shown})" if shown else "")
+
+
+def machine_text(recorded: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> str:
+    """Whether this run's machine is the recording one: a reviewer must tell "another CPU" from "your change".
+    Compares the fields both provenance blocks hold; empty when either is missing."""
+    if not recorded or not current:
+        return ""
+    differ = [k for k in MACHINE_FIELDS if recorded.get(k) is not None and current.get(k) not in (None, recorded[k])]
+    if not differ:
+        return f"\n  machine: the recording one ({_machine(current)}): the difference is not the machine's"
+    return (
+        f"\n  ANOTHER MACHINE than the record's (the {', '.join(MACHINE_FIELDS[k] for k in differ)} differ"
+        f"{'s' if len(differ) == 1 else ''}):"
+        f"\n    recorded on {_machine(recorded)}\n    measured on {_machine(current)}"
+        "\n    calibrated quantizers (GPTQ, AWQ) round differently when the arithmetic differs: re-run on the "
+        "recording machine to tell a machine difference from a change"
     )
 
 
