@@ -33,10 +33,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(only when every shard reported and no entry is missing or duplicated)",
     )
     mg.add_argument("--rootdir", default=".", help="the checkout the reports' file paths are relative to (default: .)")
+    mg.add_argument(
+        "--baselines-dir",
+        default=None,
+        help="the only directory --apply-updates may write into (default: <rootdir>/baselines)",
+    )
+
+
+def _check_out(out: str, dirs: list) -> None:
+    """``--out`` may not hold, or be inside, an input (the merge would replace a shard's own report)."""
+    o = os.path.realpath(out)
+    for d in dirs:
+        r = os.path.realpath(d)
+        if o == r or o.startswith(r + os.sep) or r.startswith(o + os.sep):
+            raise merge.MergeError(f"--out {out} overlaps the input {d}; write the merged report elsewhere")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    inputs = [merge.load(d) for d in merge.report_dirs(args.dirs)]
+    dirs = merge.report_dirs(args.dirs)
+    if args.out:
+        _check_out(args.out, dirs)
+    inputs = [merge.load(d) for d in dirs]
     merged = merge.merge(inputs)
     for s in merged.shards:
         print(f"input {s['dir']}: shard {s['shard'] or '-'}, {s['records']} record(s), pytest exit {s['exitstatus']}")
@@ -48,7 +65,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.apply_updates and merged.problems:
         print("pplgate merge: NOT applying the baseline updates: the coverage is incomplete (above); nothing written")
     elif args.apply_updates:
-        rows = merge.apply_updates(merged, args.rootdir)
+        rows = merge.apply_updates(merged, args.rootdir, args.baselines_dir)
         merged.update_rows = rows
         for line in reports.update_table(rows):
             print(f"pplgate merge: wrote {line}")

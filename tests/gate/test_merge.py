@@ -6,6 +6,7 @@ The end-to-end cases (real shards, real updates) are in ``tests/pytest_plugin/te
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,144 @@ def test_unreadable_inputs_are_errors(tmp_path):
         merge.load(tmp_path / "bad")
     with pytest.raises(merge.MergeError, match="not a directory"):
         merge.report_dirs([tmp_path / "missing"])
+
+
+# --------------------------------------------------------------------------- untrusted reports
+
+UPDATE = {
+    "profile": "cpu",
+    "variant": "fp32",
+    "fingerprint": {"n_windows": 1},
+    "ppl": 10.0,
+    "window_nlls": [2.302585],
+    "provenance": {"date": "2026-01-01"},
+}
+
+
+def _report(d: Path, *, file="baselines/a.yaml", update=UPDATE, records=None) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    rec = {"nodeid": "baselines/a.yaml::a[cpu-fp32]", "file": file, "status": "updated", "update": update}
+    (d / "pplgate-results.json").write_text(json.dumps({"records": [rec] if records is None else records}))
+    return d
+
+
+def _checkout(tmp_path: Path) -> Path:
+    root = tmp_path / "checkout"
+    (root / "baselines").mkdir(parents=True)
+    (root / "baselines" / "a.yaml").write_text("schema_version: 1\n")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "ci.yaml").write_text("keep: me\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "file, why",
+    [
+        ("../outside/ci.yaml", "is absolute or climbs with '..'"),
+        ("baselines/../../outside/ci.yaml", "is absolute or climbs with '..'"),
+        ("ABS", "is absolute or climbs with '..'"),
+        ("baselines/link.yaml", "outside the baselines directory"),
+        ("src/a.yaml", "outside the baselines directory"),
+        ("baselines/sub", "is not a baseline file"),
+        (None, "names no file"),
+    ],
+)
+def test_an_update_for_a_file_outside_the_baselines_is_refused_before_any_write(tmp_path, file, why):
+    root = _checkout(tmp_path)
+    outside = tmp_path / "outside" / "ci.yaml"
+    (root / "baselines" / "link.yaml").symlink_to(outside)
+    (root / "baselines" / "sub").mkdir()
+    file = str(outside) if file == "ABS" else file
+    m = _merge(_report(tmp_path / "r", file=file))
+    with pytest.raises(merge.MergeError, match=why) as exc:
+        merge.apply_updates(m, root)
+    assert "nothing was written" in str(exc.value) and "a[cpu-fp32]" in str(exc.value)
+    assert outside.read_text() == "keep: me\n" and (root / "baselines" / "a.yaml").read_text() == "schema_version: 1\n"
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"variant": "x y/../z"}, "variant 'x y/../z' is not an entry name"),
+        ({"profile": "../p"}, "profile '../p' is not an entry name"),
+        ({"section": "../../x"}, "section '../../x' is not"),
+        ({"ppl": "10"}, "ppl/window_nlls are not numbers"),
+        ({"extra": 1}, "unknown field(s) ['extra']"),
+    ],
+)
+def test_an_update_with_a_bad_field_is_refused(tmp_path, change, why):
+    root = _checkout(tmp_path)
+    m = _merge(_report(tmp_path / "r", update={**UPDATE, **change}))
+    with pytest.raises(merge.MergeError, match=re.escape(why)):
+        merge.apply_updates(m, root)
+    assert (root / "baselines" / "a.yaml").read_text() == "schema_version: 1\n"
+
+
+@pytest.mark.parametrize(
+    "records, field",
+    [
+        ([1], "records[0] is not an object"),
+        ([{"nodeid": 3, "status": "pass"}], "records[0].nodeid is not a non-empty string"),
+        ([{"nodeid": "n", "status": "great"}], "records[0].status is 'great'"),
+        ([{"nodeid": "n", "status": "pass", "file": ["x"]}], "records[0].file is not a string"),
+        ([{"nodeid": "n", "status": "updated", "update": "x"}], "records[0].update is not an object"),
+    ],
+)
+def test_malformed_records_name_the_report_and_the_field(tmp_path, records, field):
+    d = _report(tmp_path / "r", records=records)
+    with pytest.raises(merge.MergeError, match=re.escape(f"{d / 'pplgate-results.json'}: {field}")):
+        merge.load(d)
+
+
+def test_a_malformed_manifest_is_named(tmp_path):
+    d = _shard(tmp_path / "s1", 1)
+    (d / "pplgate-shard.json").write_text(json.dumps({"shard": "1/2", "index": "1", "count": 2, "entries": []}))
+    with pytest.raises(merge.MergeError, match="index is not a positive integer"):
+        merge.load(d)
+
+
+def test_a_results_file_that_is_a_link_to_a_device_is_refused(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "pplgate-results.json").symlink_to("/dev/zero")
+    with pytest.raises(merge.MergeError, match="not a regular file"):
+        merge.load(d)
+
+
+def test_zero_records_fail_the_merge(tmp_path):
+    m = _merge(_report(tmp_path / "r", records=[]))
+    assert not m.passed and "no gate record" in m.problems[0]
+
+
+def test_out_may_not_overlap_an_input(tmp_path, capsys):
+    from pplgate import report_cmd
+
+    d = _report(tmp_path / "r")
+    before = (d / "pplgate-results.json").read_text()
+    for out in (d, d / "sub", tmp_path):
+        assert report_cmd.main(["report", "merge", str(d), "--out", str(out)]) == 2
+        assert "overlaps the input" in capsys.readouterr().err
+    assert (d / "pplgate-results.json").read_text() == before
+
+
+def test_a_write_that_fails_midway_leaves_every_file_as_it_was(tmp_path, monkeypatch):
+    from pplgate.gate import store
+
+    root = _checkout(tmp_path)
+    (root / "baselines" / "b.yaml").write_text("schema_version: 1\n")
+    real = store.atomic_write_text
+    calls = []
+
+    def second_fails(path, text):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(store, "apply_updates", lambda path, text, updates: (text + "# new\n", []))
+    monkeypatch.setattr(store, "atomic_write_text", second_fails)
+    upd = merge.EntryUpdate.from_dict(UPDATE)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_all({root / "baselines" / "a.yaml": [upd], root / "baselines" / "b.yaml": [upd]})
+    assert (root / "baselines" / "a.yaml").read_text() == "schema_version: 1\n"  # restored
+    assert (root / "baselines" / "b.yaml").read_text() == "schema_version: 1\n"

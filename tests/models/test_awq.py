@@ -224,3 +224,20 @@ def test_gc_shim_refuses_an_unexpected_autoawq(monkeypatch):
     monkeypatch.setattr(awq_base, "gc", object())
     with pytest.raises(VariantError, match="autoawq==0.2.9"), one_gc_per_load():
         pass
+
+
+def test_cpu_gemm_is_autoawqs_naive_path_in_fp32(tiny, tmp_path):
+    """On CPU the AWQ modules multiply in fp32 (fp16 CPU matmul is ~30x slower): the same operands, equal to
+    AutoAWQ's own fp16 forward up to the last fp16 bit; the state_dict is untouched."""
+    p = make_variant("awq", _params()).prepare(_ctx(tiny, tmp_path, mode="off"))
+    assert p.info["kernel"].startswith("naive on CPU: dequantize_gemm once per module")
+    layer = p.model.model.layers[0].mlp.down_proj
+    assert "forward" in vars(layer) and "pplgate_weight_fp32" not in p.model.state_dict().keys()
+    x = torch.randn(2, 16, layer.in_features)
+    fast = layer(x)
+    del layer.forward  # AutoAWQ's own forward again
+    own = layer(x)
+    assert fast.dtype == own.dtype and fast.shape == own.shape
+    ulp = own.abs().to(torch.float16).float() * 2.0**-10 + 2.0**-24
+    assert ((fast - own).abs() <= ulp).all()
+    assert (fast == own).float().mean() > 0.9

@@ -193,3 +193,36 @@ def test_missing_llm_compressor_names_the_install_command(tiny_dir, monkeypatch)
         VariantError, match=r"gptq: llm-compressor is not installed .*pip install 'pplgate\[llmcompressor\]'"
     ):
         make_variant("gptq", {"q_group_size": 64, "calibration": cal(4)}).check(ctx(tiny_dir, mode="off"))
+
+
+def test_gptq_in_fp64_is_the_same_model_on_any_thread_count(tiny_dir, monkeypatch):
+    """``quant_dtype: fp64``: the calibration forwards and GPTQ's Hessians and solves in float64 (the lever that
+    made the CPU tier's GPTQ the same on an Intel Xeon and an AMD EPYC); the library's float32 is restored."""
+    from llmcompressor.modifiers.gptq import base, helpers
+
+    seen = []
+    original = base.quantize_weight
+
+    def spy(weights, hessians, *args, **kwargs):
+        seen.append((weights.dtype, helpers.GPTQ_PRECISION))
+        return original(weights, hessians, *args, **kwargs)
+
+    monkeypatch.setattr(base, "quantize_weight", spy)
+    params = {"w_bit": 4, "q_group_size": 64, "sym": False, "quant_dtype": "fp64", "calibration": cal()}
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            prepared = make_variant("gptq", params).prepare(ctx(tiny_dir, mode="off"))
+            assert prepared.info["quant_dtype"] == "fp64"
+            assert prepared.model.model.layers[0].mlp.down_proj.weight.dtype == torch.float32  # measured in fp32
+            out.append(logits(prepared.model))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[0], out[1])
+    assert seen and set(seen) == {(torch.float64, torch.float64)}
+    assert helpers.GPTQ_PRECISION is torch.float32  # restored after the call
+    assert make_variant("gptq", params).fingerprint()["quant_dtype"] == "fp64"
+    with pytest.raises(VariantError, match="param quant_dtype must be"):
+        make_variant("gptq", {**params, "quant_dtype": "fp128"})

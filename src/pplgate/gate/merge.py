@@ -7,13 +7,20 @@ entries, and every entry has exactly one record. An entry without a record, or w
 an ``error`` record, so it shows in the table and fails the verdict like any other failure.
 
 Queued baseline updates travel in the records (``--update-baselines`` on the shards):
-:func:`apply_updates` writes them into the baseline files through :func:`pplgate.gate.store.write_updates`
-(locked, atomic, comments kept), and only when the coverage is complete.
+:func:`apply_updates` writes them into the baseline files through :func:`pplgate.gate.store.write_all`
+(locked, atomic, comments kept, all files or none), and only when the coverage is complete.
+
+**Reports are untrusted input** (a fork's pull request can produce one): every field is checked before it
+is used; an update may only name a baseline file that exists inside the baselines directory of
+``--rootdir`` (no ``..``, no absolute path, no link leading out) and an entry name the collector accepts.
+A report that asks for anything else is refused as a whole, naming the report and the field, before any
+file is written. Run the merge job with write access to the checkout alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +30,11 @@ from pplgate.errors import PplgateError
 from pplgate.gate import reports
 from pplgate.gate.record import FAILING, Status
 from pplgate.gate.shard import MANIFEST_NAME
-from pplgate.gate.store import EntryUpdate, write_updates
+from pplgate.gate.store import TESTS, EntryUpdate, write_all
+from pplgate.gate.validator import MAX_NAME_LEN, NAME_RE
 
+MAX_REPORT_BYTES = 256 * 2**20  # a report larger than this is not one pplgate wrote
+STATUSES = {s.value for s in Status}
 RESULTS_NAME = "pplgate-results.json"
 SUMMARY_NAME = "pplgate-summary.md"
 MERGE_KEY = "merge"
@@ -71,10 +81,54 @@ class Merged:
 
 
 def _read_json(path: Path) -> Any:
+    if not path.is_file() or path.stat().st_size > MAX_REPORT_BYTES:
+        raise MergeError(f"{path}: not a regular file of at most {MAX_REPORT_BYTES >> 20} MiB (not a pplgate report)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MergeError(f"{path}: cannot read it as JSON ({exc})") from exc
+
+
+def _present(path: Path) -> bool:
+    """A report file is there (a link or a special file counts: :func:`_read_json` refuses it by name)."""
+    return path.exists() or path.is_symlink()
+
+
+def _bad(path: Path, field: str, why: str) -> MergeError:
+    return MergeError(f"{path}: {field} {why}; refusing the whole report (was it written by pplgate?)")
+
+
+def _check_record(path: Path, i: int, rec: Any) -> None:
+    """A record's shape, checked before the merge reads any field of it."""
+    where = f"records[{i}]"
+    if not isinstance(rec, dict):
+        raise _bad(path, where, "is not an object")
+    if not isinstance(rec.get("nodeid"), str) or not rec["nodeid"]:
+        raise _bad(path, f"{where}.nodeid", "is not a non-empty string")
+    if rec.get("status") not in STATUSES:
+        raise _bad(path, f"{where}.status", f"is {rec.get('status')!r}, not one of {', '.join(sorted(STATUSES))}")
+    for key in ("file", "model", "profile", "variant", "error"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise _bad(path, f"{where}.{key}", "is not a string")
+    if rec.get("update") is not None and not isinstance(rec["update"], dict):
+        raise _bad(path, f"{where}.update", "is not an object")
+
+
+def _check_manifest(path: Path, m: Any) -> None:
+    if not isinstance(m, dict) or not isinstance(m.get("entries"), list) or "index" not in m:
+        raise MergeError(f"{path}: not a pplgate shard manifest")
+    for key in ("index", "count"):
+        if isinstance(m.get(key), bool) or not isinstance(m.get(key), int) or m[key] < 1:
+            raise _bad(path, key, "is not a positive integer")
+    if m["index"] > m["count"] or not isinstance(m.get("shard"), str):
+        raise _bad(path, "index/count/shard", "do not describe a shard K/N")
+    for i, e in enumerate(m["entries"]):
+        if not isinstance(e, dict) or not isinstance(e.get("nodeid"), str) or not e["nodeid"]:
+            raise _bad(path, f"entries[{i}].nodeid", "is not a non-empty string")
+        if isinstance(e.get("shard"), bool) or not isinstance(e.get("shard"), int):
+            raise _bad(path, f"entries[{i}].shard", "is not an integer")
+    if m.get("exitstatus") is not None and not isinstance(m["exitstatus"], int):
+        raise _bad(path, "exitstatus", "is not an integer")
 
 
 def report_dirs(paths: list[str | Path]) -> list[Path]:
@@ -95,17 +149,22 @@ def report_dirs(paths: list[str | Path]) -> list[Path]:
 
 def load(d: Path) -> ShardReport:
     rep = ShardReport(dir=d)
-    if (d / RESULTS_NAME).is_file():
-        data = _read_json(d / RESULTS_NAME)
+    if _present(d / RESULTS_NAME):
+        path = d / RESULTS_NAME
+        data = _read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-            raise MergeError(f"{d / RESULTS_NAME}: not a pplgate report (no 'records' list)")
-        rep.records = data["records"]
-        rep.update_rows = list(data.get("updates") or [])
-        rep.blocked = data.get("updates_blocked")
-    if (d / MANIFEST_NAME).is_file():
+            raise MergeError(f"{path}: not a pplgate report (no 'records' list)")
+        for i, rec in enumerate(data["records"]):
+            _check_record(path, i, rec)
+        rows = data.get("updates") or []
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise _bad(path, "updates", "is not a list of objects")
+        if data.get("updates_blocked") is not None and not isinstance(data["updates_blocked"], str):
+            raise _bad(path, "updates_blocked", "is not a string")
+        rep.records, rep.update_rows, rep.blocked = data["records"], list(rows), data.get("updates_blocked")
+    if _present(d / MANIFEST_NAME):
         m = _read_json(d / MANIFEST_NAME)
-        if not isinstance(m, dict) or not isinstance(m.get("entries"), list) or "index" not in m:
-            raise MergeError(f"{d / MANIFEST_NAME}: not a pplgate shard manifest")
+        _check_manifest(d / MANIFEST_NAME, m)
         rep.manifest = m
     return rep
 
@@ -198,34 +257,87 @@ def merge(inputs: list[ShardReport]) -> Merged:
         }
         for r in inputs
     ]
+    if not records:
+        problems.append("the reports hold no gate record: nothing was judged (did the shards select no entry?)")
     rows = [row for r in inputs for row in r.update_rows]
     return Merged(records=records, update_rows=rows, blocked=blocked, problems=problems, shards=shards)
 
 
-def queued_updates(merged: Merged) -> dict[str, list[EntryUpdate]]:
-    """The updates the shards queued (created/updated records), by baseline file as the reports name it."""
-    out: dict[str, list[EntryUpdate]] = defaultdict(list)
+def _name_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not NAME_RE.match(value) or len(value) > MAX_NAME_LEN:
+        return f"{value!r} is not an entry name (letters, digits, '_', '.', '+', '-'; at most {MAX_NAME_LEN})"
+    return None
+
+
+def _update_of(rec: dict[str, Any]) -> EntryUpdate:
+    """The record's queued update, every field checked (a report is untrusted)."""
+    where = f"the record of {rec['nodeid']!r}"
+    u = rec["update"]
+    fields = {"profile", "variant", "fingerprint", "ppl", "window_nlls", "provenance", "section", "kld"}
+    problems = [f"unknown field(s) {sorted(set(u) - fields)}"] if set(u) - fields else []
+    if u.get("section", "profiles") not in ("profiles", TESTS):
+        problems.append(f"section {u.get('section')!r} is not 'profiles' or '{TESTS}'")
+    problems += [f"{k} {p}" for k in ("variant", "profile") for p in [_name_problem(u.get(k))] if p]
+    if not isinstance(u.get("fingerprint"), dict) or not isinstance(u.get("provenance"), dict):
+        problems.append("fingerprint/provenance are not objects")
+    nlls = u.get("window_nlls")
+    if not isinstance(nlls, list) or not nlls or not all(isinstance(x, (int, float)) for x in [u.get("ppl"), *nlls]):
+        problems.append("ppl/window_nlls are not numbers")
+    if u.get("kld") is not None and not isinstance(u["kld"], dict):
+        problems.append("kld is not an object")
+    if problems:
+        raise MergeError(f"{where}: its update is refused: {'; '.join(problems)}; nothing was written")
+    return EntryUpdate.from_dict(u)
+
+
+def _target(root: Path, baselines: Path, file: Any, nodeid: str) -> Path:
+    """``rootdir/<file>``, only where it is a baseline file inside the baselines directory."""
+    why = None
+    if not isinstance(file, str) or not file:
+        why = "names no file"
+    elif Path(file).is_absolute() or ".." in Path(file).parts:
+        why = "is absolute or climbs with '..'"
+    else:
+        real = Path(os.path.realpath(root / file))
+        if not real.is_relative_to(Path(os.path.realpath(baselines))):
+            why = f"resolves to {real}, outside the baselines directory {baselines}"
+        elif real.suffix not in (".yaml", ".yml") or (real.exists() and not real.is_file()):
+            why = "is not a baseline file (.yaml)"
+    if why:
+        raise MergeError(f"the record of {nodeid!r}: its file {file!r} {why}; nothing was written")
+    return root / file
+
+
+def queued_updates(merged: Merged, rootdir: str | Path = ".", baselines_dir: str | Path | None = None):
+    """The updates the shards queued (created/updated records) by target path, every one validated first."""
+    root = Path(rootdir)
+    baselines = Path(baselines_dir) if baselines_dir is not None else root / "baselines"
+    out: dict[Path, list[EntryUpdate]] = defaultdict(list)
     for rec in merged.records:
         if rec.get("status") in (Status.CREATED, Status.UPDATED) and rec.get("update"):
-            out[rec["file"]].append(EntryUpdate.from_dict(rec["update"]))
+            upd = _update_of(rec)
+            path = _target(root, baselines, rec.get("file"), rec["nodeid"])
+            if not path.is_file() and upd.section != TESTS:
+                raise MergeError(f"{path}: baseline file not found; pass --rootdir, the checkout the shards ran in")
+            out[path].append(upd)
     return dict(out)
 
 
-def apply_updates(merged: Merged, rootdir: str | Path) -> list[dict[str, Any]]:
-    """Write every queued update into ``rootdir/<file>``; refused unless every entry was reported once."""
+def apply_updates(merged: Merged, rootdir: str | Path, baselines_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Write every queued update into its baseline file, all or nothing; refused unless every entry was
+    reported once and every update is valid (:func:`queued_updates`)."""
     if merged.problems:
         raise MergeError(
             "not applying the baseline updates: the shards' coverage is incomplete (see the problems above); "
             "re-run the missing shards, then merge again"
         )
-    rows: list[dict[str, Any]] = []
-    for file, updates in sorted(queued_updates(merged).items()):
-        path = Path(rootdir) / file
-        if not path.is_file():
-            raise MergeError(f"{path}: baseline file not found; pass --rootdir, the checkout the shards ran in")
-        for row in write_updates(path, updates):
-            rows.append({**row, "file": file})
-    return rows
+    queued = queued_updates(merged, rootdir, baselines_dir)
+    try:
+        rows = write_all(queued)
+    except (OSError, PplgateError) as exc:
+        raise MergeError(f"writing the baseline updates failed ({exc}); every baseline file is as it was") from exc
+    root = os.path.realpath(rootdir)
+    return [{**r, "file": os.path.relpath(r["file"], root)} for r in rows]
 
 
 def markdown(merged: Merged) -> str:

@@ -345,3 +345,39 @@ def write_updates(path: str | Path, updates: Sequence[EntryUpdate], *, lock_time
         text, rows = apply_updates(target, text, updates)
         atomic_write_text(target, text)
     return rows
+
+
+def write_all(files: Mapping[Path, Sequence[EntryUpdate]], *, lock_timeout: float = 300) -> list[dict]:
+    """:func:`write_updates` for several files, all or nothing: every file is locked, read and rewritten in
+    memory first (any error leaves every file as it was), then written; a write that fails restores the
+    files already written. Rows carry their ``file``."""
+    from contextlib import ExitStack
+
+    from filelock import FileLock
+
+    targets = {Path(os.path.realpath(p)): list(u) for p, u in files.items()}
+    rows: list[dict] = []
+    with ExitStack() as stack:
+        for target in sorted(targets):
+            stack.enter_context(FileLock(str(target) + ".lock", timeout=lock_timeout))
+        planned: list[tuple[Path, str | None, str]] = []
+        for target, updates in sorted(targets.items()):
+            creates = any(u.section == TESTS for u in updates) and not target.exists()
+            old = None if creates else read_text(target)
+            new, file_rows = apply_updates(target, old or "", updates)
+            planned.append((target, old, new))
+            rows += [{**r, "file": str(target)} for r in file_rows]
+        done: list[tuple[Path, str | None]] = []
+        try:
+            for target, old, new in planned:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(target, new)
+                done.append((target, old))
+        except BaseException:
+            for target, old in done:
+                if old is None:
+                    target.unlink(missing_ok=True)
+                else:
+                    atomic_write_text(target, old)
+            raise
+    return rows

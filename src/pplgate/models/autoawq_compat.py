@@ -242,7 +242,41 @@ def load_awq_checkpoint(
     return model, how
 
 
+CPU_GEMM = "naive on CPU: dequantize_gemm once per module, fp32 matmul rounded to fp16 (pplgate)"
+
+
+def _cpu_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """``WQLinear_GEMM.forward``'s naive path with the product in fp32: AutoAWQ casts the input to fp16 and
+    multiplies it with the fp16 de-quantized weights in fp16, which a CPU without fp16 arithmetic runs ~30x
+    slower than fp32 (2.8 s vs 0.085 s for 4096x576x1536 on an AMD EPYC). Same operands, the product
+    accumulated in fp32 and rounded to fp16 once: equal up to the last fp16 bit of a few outputs."""
+    out_shape = x.shape[:-1] + (self.out_features,)
+    out = torch.matmul(x.to(torch.float16).float(), self.pplgate_weight_fp32).to(torch.float16)
+    if self.bias is not None:
+        out = out + self.bias
+    return out.to(x.dtype).reshape(out_shape)
+
+
+def cpu_gemm(model: torch.nn.Module) -> int:
+    """On CPU (AutoAWQ's naive path), each ``WQLinear_GEMM`` de-quantizes its weights once (AutoAWQ's own
+    ``dequantize_gemm``) and runs :func:`_cpu_forward`; returns the number of modules switched."""
+    if not gemm_kernel_path().startswith("naive"):
+        return 0
+    from awq.modules.linear.gemm import WQLinear_GEMM
+    from awq.utils.packing_utils import dequantize_gemm
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, WQLinear_GEMM) and m.qweight.device.type == "cpu":
+            w = dequantize_gemm(m.qweight, m.qzeros, m.scales, m.w_bit, m.group_size)
+            m.pplgate_weight_fp32 = w.to(torch.float16).float()  # an attribute, not a buffer: state_dict unchanged
+            m.forward = _cpu_forward.__get__(m)
+            n += 1
+    return n
+
+
 def awq_kernel_info(model: torch.nn.Module) -> dict[str, Any]:
+    """Which kernel the model's AWQ modules run (switching them to :func:`cpu_gemm` on CPU)."""
     names = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("WQLinear")})
     n = sum(1 for m in model.modules() if type(m).__name__.startswith("WQLinear"))
-    return {"quant_modules": names, "n_quant_linears": n, "kernel": gemm_kernel_path()}
+    return {"quant_modules": names, "n_quant_linears": n, "kernel": CPU_GEMM if cpu_gemm(model) else gemm_kernel_path()}

@@ -20,7 +20,8 @@ STRUCTURED_PARAMS = {
     "params": "mapping of keyword arguments for the function",
     "config": "path of a file passed as config_path=",
     "dtype": "auto, fp16, bf16 or fp32 (auto)",
-    "quant_dtype": "fp16, bf16 or fp32: the dtype while llm-compressor calibrates (default: dtype)",
+    "quant_dtype": "fp16, bf16, fp32 or fp64: the dtype while llm-compressor calibrates (default: dtype; "
+    "fp64 also runs GPTQ's solves in float64: the same weights on any CPU type and thread count)",
 }
 
 

@@ -40,9 +40,12 @@ from pplgate.models.llmc_compat import (
     undispatch,
 )
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
-from pplgate.models.source import load_tokenizer, torch_dtype
-from pplgate.models.variant import DTYPE_PARAM, ModelContext, PreparedModel, Variant
+from pplgate.models.source import DTYPE_CHOICES, load_tokenizer, torch_dtype
+from pplgate.models.variant import ModelContext, Param, PreparedModel, Variant
 from pplgate.protocol.progress import library_bars_off
+
+# ``quant_dtype``: a compute dtype, or fp64 (calibration only)
+QUANT_DTYPE_PARAM = Param("quant_dtype", str, "auto", (*DTYPE_CHOICES, "fp64"))
 
 # Version of pplgate's own use of llm-compressor (loader, shims); part of the cache key.
 LLMC_IMPL_VERSION = 1
@@ -72,7 +75,7 @@ class LlmcVariant(Variant):
         super().__init__(params)
         self.dtype_param: str = self.dtype_from_params()
         if self.params.get("quant_dtype") is not None:
-            DTYPE_PARAM.read({"dtype": self.params["quant_dtype"]}, f"{self.kind} quant_dtype")
+            QUANT_DTYPE_PARAM.read(self.params, self.kind)
         cal = self.params.get("calibration")
         try:
             self.calibration = None if cal is None and not self.needs_calibration() else CalibrationSpec.from_param(cal)
@@ -101,9 +104,11 @@ class LlmcVariant(Variant):
         return True
 
     def quant_dtype(self, ctx: ModelContext, dtype: str) -> str:
-        """The dtype the model is in while llm-compressor calibrates (``quant_dtype``; default the compute dtype)."""
+        """The dtype the model is in while llm-compressor calibrates (``quant_dtype``; default the compute dtype).
+        ``fp64``: the compute-dtype model upcast, with GPTQ's own arithmetic in float64 too (reproducible across
+        CPU types and thread counts: :mod:`pplgate.models.llmc_compat`)."""
         q = self.params.get("quant_dtype")
-        return dtype if q in (None, "auto") else ctx.dtype(q)
+        return dtype if q in (None, "auto") else "fp64" if q == "fp64" else ctx.dtype(q)
 
     # -- shared ------------------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -143,7 +148,11 @@ class LlmcVariant(Variant):
         self.recipe()  # a recipe that does not build fails here, before any work
 
     def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, dict]:
-        model = ctx.load(self.quant_dtype(ctx, dtype), fresh=True)
+        quant_dtype = self.quant_dtype(ctx, dtype)
+        if quant_dtype == "fp64":  # the measured model's weights, exactly, in float64
+            model = ctx.load(dtype, fresh=True).to(torch.float64)
+        else:
+            model = ctx.load(quant_dtype, fresh=True)
         strip_load_quantization(model)
         loader, n_blocks = (None, 0)
         if self.calibration is not None:
@@ -161,7 +170,7 @@ class LlmcVariant(Variant):
         if done == 0:
             raise VariantError(f"{self.kind}: the recipe quantized no decoder Linear (check its targets)")
         info["n_quantized_linears"] = done
-        info["quant_dtype"] = self.quant_dtype(ctx, dtype)
+        info["quant_dtype"] = quant_dtype
         model.to(torch_dtype(dtype))  # quantized in quant_dtype, measured in the compute dtype
         if logs:
             info["llmcompressor_warnings"] = [f"{r['level']}: {r['message'][:300]}" for r in logs]

@@ -10,6 +10,11 @@
 * **CPU pin_memory**: AWQ's smoothing calls ``IntermediatesCache.pin_memory``, which raises "Cannot
   access accelerator device when none is available" on a CPU-only torch. Pinning only speeds host to
   device copies, so without an accelerator it is a no-op for the call.
+* **GPTQ in float64** (only for a model calibrated in float64, ``quant_dtype: fp64``): GPTQ accumulates its
+  Hessians and solves in ``GPTQ_PRECISION`` (float32). Its column-by-column error feedback turns the last-bit
+  differences of another BLAS code path (another CPU type, another thread count) into other rounding
+  decisions: the CPU tier's GPTQ moved 1.5% between an Intel Xeon and an AMD EPYC and between 1 and 2
+  threads. In float64 (forward passes and GPTQ math) the same weights came out bitwise on both.
 * **No leaks**: the sequential pipeline registers each traced forward's globals (the model with them)
   in ``torch.fx._symbolic_trace._wrapped_fns_to_patch`` forever, and the global session keeps the
   model; both are dropped after the call.
@@ -128,6 +133,23 @@ def cpu_pin_memory_noop() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def gptq_precision(dtype: torch.dtype) -> Iterator[None]:
+    """llm-compressor's ``GPTQ_PRECISION`` (Hessian accumulation and solves) set to ``dtype`` for the call."""
+    from llmcompressor.modifiers.gptq import gptq_quantize, helpers
+
+    if not (helpers.GPTQ_PRECISION is gptq_quantize.GPTQ_PRECISION is torch.float32):
+        raise VariantError(
+            "llm-compressor's GPTQ_PRECISION is no longer float32 in both of its modules: pplgate's float64 "
+            f"calibration shim does not know this version ({INSTALL})"
+        )
+    helpers.GPTQ_PRECISION = gptq_quantize.GPTQ_PRECISION = dtype
+    try:
+        yield
+    finally:
+        helpers.GPTQ_PRECISION = gptq_quantize.GPTQ_PRECISION = torch.float32
+
+
+@contextlib.contextmanager
 def fx_registry_cleanup() -> Iterator[None]:
     """Drop the ``torch.fx`` wrap-registry entries the call added (each holds a traced model alive)."""
     from torch.fx import _symbolic_trace as st
@@ -173,6 +195,8 @@ def run_oneshot(model: torch.nn.Module, tokenizer: Any, recipe: Any, loader: Any
     from pplgate.protocol.progress import library_bars_off
 
     with contextlib.ExitStack() as stack:
+        if next(model.parameters()).dtype == torch.float64:
+            stack.enter_context(gptq_precision(torch.float64))
         stack.enter_context(fx_registry_cleanup())
         stack.enter_context(in_memory_model_check())
         stack.enter_context(cpu_pin_memory_noop())
