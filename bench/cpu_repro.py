@@ -5,7 +5,7 @@ under a *lever*, then prints one JSON line: the sha256 of the quantized decoder 
 tensors that differ from another run (``--against``), the PPL of the first windows and the time taken.
 
 Levers: ``none`` (the library as it is), ``f64`` (GPTQ's Hessian accumulation and solve in float64),
-``f64cal`` (f64, and the calibration forward passes in float64 too).
+``f64cal`` (``quant_dtype: fp64``: the calibration forward passes in float64 too).
 
     python bench/cpu_repro.py --kind gptq --lever f64 --threads 2 --digests /tmp/d.json
 """
@@ -72,17 +72,18 @@ def main() -> None:
             ]
         }
     params["calibration"] = cal
-    if args.lever in ("f64", "f64cal"):
+    if args.lever == "f64":  # GPTQ's math alone (the calibration forwards stay in float32)
         from llmcompressor.modifiers.gptq import gptq_quantize, helpers
 
         helpers.GPTQ_PRECISION = gptq_quantize.GPTQ_PRECISION = torch.float64
-    cal_dtype = torch.float64 if args.lever == "f64cal" else None
+    if args.lever == "f64cal":  # the product's lever: both
+        params["quant_dtype"] = "fp64"
     measurer = Measurer(cache_mode="off")
     src = resolve_source(None)
     tok, tokens, _ = measurer.tokens(src, None)
 
     def loader(dtype: str, fresh: bool = False) -> torch.nn.Module:
-        return load_model(src, dtype=dtype, device="cpu").to(cal_dtype or torch.float32)
+        return load_model(src, dtype=dtype, device="cpu")
 
     ctx = ModelContext(source=src, device="cpu", tokenizer=tok, cache_mode="off", loader=loader)
     variant = make_variant(kind, params)

@@ -24,7 +24,9 @@ def main(src: str, out: str) -> None:
         entry.pop("reference", None)
         entry["tolerance"] = [r for r in entry["tolerance"] if r.get("type") not in NEW_RULES]
         if "reference" in entry.get("fingerprint", {}):
-            raise SystemExit(f"{src}: recorded with a reference; give the file as committed (before --update-baselines)")
+            raise SystemExit(
+                f"{src}: recorded with a reference; give the file as committed (before --update-baselines)"
+            )
     with open(out, "w", encoding="utf-8") as fh:
         yaml.dump(doc, fh)
 
