@@ -158,6 +158,24 @@ def test_hf_checkpoint_loads_a_compressed_tensors_dir_as_deployed(tiny_dir, tmp_
     assert torch.equal(logits(out.model), logits(q))
 
 
+def test_a_checkpoint_whose_tensors_do_not_map_onto_the_model_is_refused(tiny_dir, tmp_path):
+    """transformers initialises MISSING tensors at random and drops UNEXPECTED ones (an MoE's packed experts
+    on transformers 5's fused expert parameters): such a load is an error naming the keys, never a number."""
+    from safetensors.torch import load_file, save_file
+
+    q = make_variant("llmc-recipe", {"recipe": RTN_RECIPE}).prepare(ctx(tiny_dir, mode="off")).model
+    q.save_pretrained(str(tmp_path / "ckpt"), save_compressed=True)
+    load_tokenizer(ModelSource(str(tiny_dir))).save_pretrained(str(tmp_path / "ckpt"))
+    file = next((tmp_path / "ckpt").glob("*.safetensors"))
+    tensors = load_file(str(file))
+    old = next(k for k in tensors if k.startswith("model.layers.1.mlp.down_proj."))
+    tensors[old.replace("down_proj", "down_proj_packed_elsewhere")] = tensors.pop(old)
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    with pytest.raises(VariantError, match=r"1 MISSING \(model.layers.1.mlp.down_proj.*1 UNEXPECTED") as exc:
+        make_variant("hf-checkpoint", {"checkpoint": str(tmp_path / "ckpt")}).prepare(ctx(tiny_dir, mode="off"))
+    assert "does not load as the model it was saved from" in str(exc.value)
+
+
 def test_hf_checkpoint_without_quantization_config_is_refused(tiny_dir):
     with pytest.raises(VariantError, match=r"has no quantization_config .* not a quantized checkpoint"):
         make_variant("hf-checkpoint", {"checkpoint": str(tiny_dir)}).check(ctx(tiny_dir, mode="off"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -99,3 +100,71 @@ def strip_load_quantization(model: torch.nn.Module) -> None:
                 model.is_quantized = False
             except AttributeError:  # a read-only property in some versions
                 pass
+
+
+# MoE routers (a Linear or a 2-D weight named so inside a decoder layer): kept in full precision, as
+# llm-compressor's and AutoAWQ's recipes keep them
+ROUTER_NAMES = ("gate", "router", "shared_expert_gate")
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One quantizable weight of a decoder layer: a Linear's ``[out, in]`` weight, or a fused expert tensor
+    (transformers 5 stores MoE experts as one 3-D parameter: ``[experts, out, in]``, or ``[experts, in, out]``
+    where ``transposed``)."""
+
+    name: str
+    param: torch.nn.Parameter
+    transposed: bool = False
+
+    @property
+    def experts(self) -> int:
+        return self.param.shape[0] if self.param.dim() == 3 else 0
+
+    def matrices(self) -> list[torch.Tensor]:
+        """The ``[out, in]`` matrices (views): the weight itself, or one per expert."""
+        if self.param.dim() == 2:
+            return [self.param.data]
+        return [m.T if self.transposed else m for m in self.param.data.unbind(0)]
+
+
+def _transposed(mod: torch.nn.Module, pname: str, p: torch.Tensor, hidden: int | None, where: str) -> bool:
+    """Is a fused expert tensor stored ``[experts, in, out]``? transformers' own flag where the class has one,
+    else the hidden size: the input of gate/up projections, the output of the down projection."""
+    flag = getattr(mod, "is_transposed", None)
+    if isinstance(flag, bool):
+        return flag
+    a, b = p.shape[1], p.shape[2]
+    down = "down" in pname  # the down projection's output, the others' input, is the hidden size
+    out_in = (a if down else b) == hidden  # [experts, out, in]
+    in_out = (b if down else a) == hidden  # [experts, in, out]
+    if out_in != in_out:
+        return in_out
+    raise VariantError(
+        f"{where}: cannot tell whether the fused expert tensor {tuple(p.shape)} is [experts, out, in] or "
+        "[experts, in, out]; pplgate never quantizes a tensor along the wrong axis (report the architecture)"
+    )
+
+
+def decoder_weights(model: torch.nn.Module) -> tuple[list[Weight], list[str]]:
+    """``(weights to quantize, routers kept)`` of the decoder layers: every Linear's weight and every fused
+    3-D expert tensor, counted alike; routers (:data:`ROUTER_NAMES`) are kept in full precision."""
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    hidden = getattr(cfg, "hidden_size", None)
+    weights: list[Weight] = []
+    kept: list[str] = []
+    for i, layer in enumerate(decoder_layers(model)):
+        for mname, mod in layer.named_modules():
+            where = f"layers.{i}.{mname}" if mname else f"layers.{i}"
+            if mname.rsplit(".", 1)[-1] in ROUTER_NAMES:
+                kept += [f"{where}.{n}" for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
+                continue
+            if isinstance(mod, torch.nn.Linear):
+                weights.append(Weight(f"{where}.weight", mod.weight))
+                continue
+            for pname, p in mod.named_parameters(recurse=False):
+                if p.dim() == 3 and "bias" not in pname:
+                    name = f"{where}.{pname}"
+                    weights.append(Weight(name, p, _transposed(mod, pname, p, hidden, name)))
+    return weights, kept

@@ -230,6 +230,23 @@ class LlmcVariant(Variant):
         return PreparedModel(model, "cache", time.perf_counter() - t0, info)
 
 
+def check_load_report(report: Mapping[str, Any], path: Path | str) -> None:
+    """A checkpoint whose tensors do not map onto the model is never measured: transformers initialises what
+    is MISSING at random and drops what is UNEXPECTED (an MoE's packed experts on a fused-expert model)."""
+    problems = []
+    kinds = (("missing_keys", "MISSING"), ("unexpected_keys", "UNEXPECTED"), ("mismatched_keys", "MISMATCHED"))
+    for key, what in kinds:
+        keys = sorted(str(k if isinstance(k, str) else k[0]) for k in report.get(key) or ())
+        if keys:
+            problems.append(f"{len(keys)} {what} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+    if problems:
+        raise VariantError(
+            f"the checkpoint {path} does not load as the model it was saved from: {'; '.join(problems)}; "
+            "transformers would initialise the missing tensors at random, so nothing is measured (this "
+            "transformers version cannot map the checkpoint's layout onto its modules)"
+        )
+
+
 def load_compressed(
     path: Path | str, ctx: ModelContext, dtype: str, revision: str | None = None, *, compressed_tensors: bool = True
 ) -> torch.nn.Module:
@@ -251,7 +268,8 @@ def load_compressed(
     with library_bars_off(), warnings.catch_warnings():
         # "You passed `quantization_config` ... the model already has one": run_compressed is the point
         warnings.filterwarnings("ignore", "You passed `quantization_config`")
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+        model, report = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kw)
+    check_load_report(report, path)
     if compressed_tensors:
         undispatch(model)  # compressed-tensors' load-time offload wrapping ran every forward on the CPU
     model = model.to(ctx.torch_device).eval()

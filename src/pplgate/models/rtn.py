@@ -1,7 +1,10 @@
 """``rtn``: round-to-nearest group-wise weight quantization (fake-quantized, pure torch).
 
 Every ``nn.Linear`` inside the decoder layers is quantized (not ``lm_head``, not the embeddings —
-the same set AutoAWQ quantizes). The math is AutoAWQ's ``pseudo_quantize_tensor``:
+the same set AutoAWQ quantizes), and so is every fused 3-D expert tensor of a mixture-of-experts layer
+(transformers 5 stores experts that way, not as Linears): each expert's ``[out, in]`` matrix gets the
+same numbers as if it were a Linear. MoE routers stay in full precision.
+The math is AutoAWQ's ``pseudo_quantize_tensor``:
 
 * per group of ``q_group_size`` consecutive input channels of one output row (``-1``: whole row);
 * ``zero_point=True`` (asymmetric): ``scale = max(max-min, 1e-5) / (2^b-1)``,
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 
 from pplgate.errors import VariantError
-from pplgate.models.layers import decoder_layers, group_size_problems
+from pplgate.models.layers import decoder_layers, decoder_weights, group_size_problems
 from pplgate.models.variant import DTYPE_PARAM, ModelContext, Param, PreparedModel, Variant
 
 RTN_SPEC = (Param("w_bit", int, 4), Param("q_group_size", int, 128), Param("zero_point", bool, True), DTYPE_PARAM)
@@ -70,25 +73,56 @@ def pseudo_quantize_tensor(
 
 @torch.no_grad()
 def rtn_quantize_model(model: torch.nn.Module, w_bit: int, group_size: int, zero_point: bool) -> dict[str, Any]:
-    """Replace, in place, the weights of every Linear in the decoder layers by their RTN fake-quant."""
+    """Replace, in place, every quantizable decoder weight (:func:`pplgate.models.layers.decoder_weights`:
+    Linears and fused 3-D expert tensors, each expert's ``[out, in]`` matrix exactly as if it were a Linear)
+    by its RTN fake-quant. Routers stay in full precision. Returns the counts and the coverage; a model
+    with nothing to quantize, or whose weights this leaves unchanged, is a :class:`VariantError`."""
+    weights, kept = decoder_weights(model)
+    if not weights:
+        raise VariantError(f"no nn.Linear or fused expert tensor found in the decoder layers of {type(model).__name__}")
+    n_params = changed = 0
+    for w in weights:
+        for m in w.matrices():
+            in_f = m.shape[1]
+            if group_size != -1 and in_f % group_size:
+                raise VariantError(
+                    f"{w.name.removesuffix('.weight')}: in_features {in_f} is not a multiple of q_group_size "
+                    f"{group_size}"
+                )
+            wq, _, _ = pseudo_quantize_tensor(m, w_bit, group_size, zero_point)
+            changed += int((wq != m).sum())
+            m.copy_(wq)
+        n_params += w.param.numel()
+    if changed == 0:
+        raise VariantError(
+            f"rtn changed no weight of {type(model).__name__}: its weights already sit on the {w_bit}-bit grid "
+            "(a model quantized before?); the measurement would be the float model's"
+        )
+    experts = [w for w in weights if w.experts]
+    kept_params = sum(p.numel() for n, p in _named(model, kept))
+    return {
+        "n_linears": len(weights) - len(experts),
+        "n_expert_tensors": len(experts),
+        "n_quantized_params": n_params,
+        "n_layers": len(decoder_layers(model)),
+        "coverage": coverage_text(n_params, kept_params, len(kept)),
+    }
+
+
+def _named(model: torch.nn.Module, names: list[str]) -> list[tuple[str, torch.Tensor]]:
     layers = decoder_layers(model)
-    n = 0
-    n_params = 0
-    for li, layer in enumerate(layers):
-        for name, mod in layer.named_modules():
-            if isinstance(mod, torch.nn.Linear):
-                in_f = mod.weight.shape[1]
-                if group_size != -1 and in_f % group_size:
-                    raise VariantError(
-                        f"layer {li} {name}: in_features {in_f} is not a multiple of q_group_size {group_size}"
-                    )
-                wq, _, _ = pseudo_quantize_tensor(mod.weight.data, w_bit, group_size, zero_point)
-                mod.weight.data.copy_(wq)
-                n += 1
-                n_params += mod.weight.numel()
-    if n == 0:
-        raise VariantError(f"no nn.Linear found in the decoder layers of {type(model).__name__}")
-    return {"n_linears": n, "n_quantized_params": n_params, "n_layers": len(layers)}
+    out = []
+    for name in names:
+        _, i, rest = name.split(".", 2)
+        out.append((name, layers[int(i)].get_parameter(rest)))
+    return out
+
+
+def coverage_text(quantized: int, kept: int, n_kept: int) -> str:
+    """``quantized 100.0% of decoder weights (2 router weights kept, 0.1%)``: what a reviewer reads."""
+    total = quantized + kept
+    text = f"quantized {quantized / total:.1%} of {total:,} decoder weight parameters"
+    return text + (f" ({n_kept} router weights kept in full precision, {kept / total:.1%})" if n_kept else "")
 
 
 class RtnVariant(Variant):
