@@ -241,3 +241,24 @@ def test_cpu_gemm_is_autoawqs_naive_path_in_fp32(tiny, tmp_path):
     ulp = own.abs().to(torch.float16).float() * 2.0**-10 + 2.0**-24
     assert ((fast - own).abs() <= ulp).all()
     assert (fast == own).float().mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "config, layout",
+    [
+        ("MixtralConfig", "mixture-of-experts layers"),
+        ("Qwen3MoeConfig", "mixture-of-experts layers"),
+        ("DeepseekV3Config", "mixture-of-experts layers"),
+        ("FalconConfig", "Falcon's new decoder layout"),
+    ],
+)
+def test_architectures_autoawq_lists_but_cannot_quantize_are_refused_before_any_work(tmp_path, config, layout):
+    """AutoAWQ 0.2.9 lists these model types, but its classes expect one Linear per expert (transformers 5 fuses
+    them) or Falcon's old layer: a clear refusal naming the kinds that can, never a traceback mid-way."""
+    import transformers
+
+    extra = {"new_decoder_architecture": True} if config == "FalconConfig" else {}
+    transformers.AutoConfig.for_model(getattr(transformers, config)().model_type, **extra).save_pretrained(tmp_path)
+    ctx = ModelContext(source=ModelSource(str(tmp_path)), device="cpu")
+    with pytest.raises(VariantError, match=f"lists .* but cannot quantize it as transformers 5 builds it \\({layout}"):
+        make_variant("awq", _params()).check(ctx)

@@ -16,6 +16,8 @@ from pplgate.gate.validator import Validator
 
 DIRECTIONS = ("both", "worse")
 
+MAX_REL = 10.0  # a relative bound above 1000% checks nothing: refused as a typo (1e308 was shown as ±inf%)
+
 
 @dataclass(frozen=True)
 class RuleResult:
@@ -71,7 +73,16 @@ class Rule(ABC):
     # ---- helpers shared by the subclasses' parse()
     @classmethod
     def _bounds(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> tuple[float | None, float | None]:
-        return v.number(node, "max_delta", keypath), v.number(node, "max_rel", keypath)
+        max_rel = v.number(node, "max_rel", keypath)
+        if max_rel is not None and max_rel > MAX_REL:
+            v.err(
+                f"{keypath}.max_rel",
+                f"{max_rel:g} is no tolerance (a relative bound above {MAX_REL:g} = {MAX_REL:.0%} passes any "
+                "number); write the change you accept as a fraction, e.g. 0.01 for 1%",
+                node,
+                "max_rel",
+            )
+        return v.number(node, "max_delta", keypath), max_rel
 
     @classmethod
     def _no_ref(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> None:

@@ -54,6 +54,19 @@ VERSIONS_KEYED = ("autoawq", "transformers", "torch", "accelerate")
 AWQ_IMPL_VERSION = 2
 
 
+def autoawq_layout_problem(config: Any) -> str | None:
+    """Why AutoAWQ 0.2.9's model classes cannot handle this transformers-5 layout (None: they can). Its MoE
+    classes walk one Linear per expert, transformers 5 fuses the experts into 3-D tensors (a raw traceback
+    mid-quantization, or experts left unquantized); its Falcon class expects the old single-norm layer."""
+    cfg = getattr(config, "text_config", None) or config
+    experts = [getattr(cfg, k, None) for k in ("num_local_experts", "num_experts", "n_routed_experts")]
+    if any(isinstance(n, int) and n > 0 for n in experts):
+        return "mixture-of-experts layers with fused 3-D expert tensors"
+    if getattr(cfg, "model_type", None) == "falcon" and getattr(cfg, "new_decoder_architecture", False):
+        return "Falcon's new decoder layout (ln_attn / ln_mlp)"
+    return None
+
+
 class AwqVariant(Variant):
     """Real AutoAWQ quantization of the source model.
 
@@ -125,6 +138,12 @@ class AwqVariant(Variant):
             raise VariantError(
                 f"awq: AutoAWQ 0.2.9 does not support architecture {mt!r} ({ctx.source.describe()}); "
                 f"supported model_types: {', '.join(sorted(model_map))}"
+            )
+        layout = autoawq_layout_problem(config)
+        if layout:
+            raise VariantError(
+                f"awq: AutoAWQ 0.2.9 lists {mt!r} but cannot quantize it as transformers 5 builds it ({layout}); "
+                "measure this model with the kinds rtn, gptq or llmc-recipe"
             )
         problems = group_size_problems(config, self.group_size)
         if problems:
