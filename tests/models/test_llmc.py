@@ -168,10 +168,12 @@ def test_a_checkpoint_whose_tensors_do_not_map_onto_the_model_is_refused(tiny_di
     load_tokenizer(ModelSource(str(tiny_dir))).save_pretrained(str(tmp_path / "ckpt"))
     file = next((tmp_path / "ckpt").glob("*.safetensors"))
     tensors = load_file(str(file))
-    old = next(k for k in tensors if k.startswith("model.layers.1.mlp.down_proj."))
-    tensors[old.replace("down_proj", "down_proj_packed_elsewhere")] = tensors.pop(old)
+    norm = "model.layers.1.post_attention_layernorm.weight"
+    tensors[norm.replace("layernorm", "layernorm_elsewhere")] = tensors.pop(norm)
     save_file(tensors, str(file), metadata={"format": "pt"})
-    with pytest.raises(VariantError, match=r"1 MISSING \(model.layers.1.mlp.down_proj.*1 UNEXPECTED") as exc:
+    with pytest.raises(
+        VariantError, match=r"1 MISSING \(model.layers.1.post_attention_layernorm.weight\); 1 UNEXPECTED"
+    ) as exc:
         make_variant("hf-checkpoint", {"checkpoint": str(tmp_path / "ckpt")}).prepare(ctx(tiny_dir, mode="off"))
     assert "does not load as the model it was saved from" in str(exc.value)
 
@@ -244,3 +246,28 @@ def test_gptq_in_fp64_is_the_same_model_on_any_thread_count(tiny_dir, monkeypatc
     assert make_variant("gptq", params).fingerprint()["quant_dtype"] == "fp64"
     with pytest.raises(VariantError, match="param quant_dtype must be"):
         make_variant("gptq", {**params, "quant_dtype": "fp128"})
+
+
+def test_a_save_reload_that_changes_the_model_fails_the_build_and_leaves_no_cache_entry(
+    tiny_dir, tmp_path, monkeypatch
+):
+    """Before a quantized model is cached, its reload is compared with the in-memory model on a probe batch."""
+    from pplgate.models import llmc
+
+    real = llmc.load_compressed
+
+    def lossy(*args, **kwargs):  # a save/load round trip that loses one module's weights
+        model = real(*args, **kwargs)
+        model.model.layers[1].mlp.down_proj.weight.data.mul_(0.5)
+        return model
+
+    monkeypatch.setattr(llmc, "load_compressed", lossy)
+    params = {"w_bit": 4, "q_group_size": 64, "sym": False, "calibration": cal()}
+    with pytest.raises(
+        VariantError, match="gptq: the saved checkpoint does not reload as the model that was quantized"
+    ):
+        make_variant("gptq", params).prepare(ctx(tiny_dir, tmp_path / "c"))
+    assert not [p for p in (tmp_path / "c").glob("*") if p.is_dir()]  # no cache entry
+    monkeypatch.setattr(llmc, "load_compressed", real)
+    built = make_variant("gptq", params).prepare(ctx(tiny_dir, tmp_path / "c"))  # a faithful round trip caches
+    assert built.origin == "quantized" and [p for p in (tmp_path / "c").glob("*") if p.is_dir()]

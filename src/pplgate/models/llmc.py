@@ -206,6 +206,7 @@ class LlmcVariant(Variant):
 
         def build(tmp: Path) -> dict[str, Any]:
             model, qinfo = self._quantize(ctx, dtype, tokenizer, texts)
+            before = probe_logits(model)
             t1 = time.perf_counter()
             with library_bars_off(), warnings.catch_warnings():
                 # llm-compressor's save wrapper maps the model as "offloaded" to cpu: transformers warns
@@ -216,18 +217,44 @@ class LlmcVariant(Variant):
             # measured afterwards (a SmolLM2 Linear had lost its weight); the saved directory is, as on a hit
             built["info"] = {**qinfo, "save_time_s": round(time.perf_counter() - t1, 3)}
             del model
+            t2 = time.perf_counter()
+            built["model"] = reloaded = load_compressed(tmp / "model", ctx, dtype)
+            built["info"]["load_time_s"] = round(time.perf_counter() - t2, 3)
+            check_reload(before, probe_logits(reloaded), dtype, self.kind)  # raising: no cache entry is left
             return {"quantize_time_s": qinfo["quantize_time_s"], "format": "compressed-tensors"}
 
         entry, _hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
         info["cache_entry"] = str(entry.path)
         info.update(built.get("info", {}))
+        if "model" in built:  # built now: quantized, saved, loaded back and checked against the in-memory model
+            return PreparedModel(built.pop("model"), "quantized", time.perf_counter() - t0, info)
         t1 = time.perf_counter()
         model = load_compressed(entry.path / "model", ctx, dtype)
         info["load_time_s"] = round(time.perf_counter() - t1, 3)
-        if "info" in built:  # built now: quantized, saved, loaded back
-            return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
         info["quantize_time_s_when_built"] = entry.meta.get("quantize_time_s")
         return PreparedModel(model, "cache", time.perf_counter() - t0, info)
+
+
+@torch.no_grad()
+def probe_logits(model: torch.nn.Module, n_tokens: int = 32) -> torch.Tensor:
+    """The model's fp32 logits on a fixed short batch of token ids (seeded), on the CPU."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    ids = torch.randint(0, cfg.vocab_size, (1, n_tokens), generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    return model(ids.to(device)).logits.float().cpu()
+
+
+def check_reload(before: torch.Tensor, after: torch.Tensor, dtype: str, kind: str) -> None:
+    """A saved quantized model must reload as the model that was quantized: logits equal within the compute
+    dtype's rounding (fp32 1e-4, fp16/bf16 2e-2 of the largest logit), else a :class:`VariantError`."""
+    rel = 1e-4 if dtype == "fp32" else 2e-2
+    diff, scale = (after - before).abs().max().item(), before.abs().max().item()
+    if not diff <= rel * max(scale, 1.0):
+        raise VariantError(
+            f"{kind}: the saved checkpoint does not reload as the model that was quantized: its logits on a probe "
+            f"batch differ by {diff:.3g} (largest logit {scale:.3g}, allowed {rel:g} of it); nothing is cached "
+            "or measured (a save/load bug of this llm-compressor / transformers pair for this architecture)"
+        )
 
 
 def check_load_report(report: Mapping[str, Any], path: Path | str) -> None:
