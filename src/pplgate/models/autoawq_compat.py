@@ -258,10 +258,11 @@ def _cpu_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def cpu_gemm(model: torch.nn.Module) -> int:
-    """On CPU (AutoAWQ's naive path), each ``WQLinear_GEMM`` de-quantizes its weights once (AutoAWQ's own
-    ``dequantize_gemm``) and runs :func:`_cpu_forward`; returns the number of modules switched."""
-    if not gemm_kernel_path().startswith("naive"):
-        return 0
+    """Each ``WQLinear_GEMM`` on the CPU de-quantizes its weights once (AutoAWQ's own ``dequantize_gemm``) and
+    runs :func:`_cpu_forward`, AutoAWQ's naive path; returns the number of modules switched. Also where
+    Triton or AutoAWQ's CUDA extension is installed (a GPU runner's CPU tier): their kernels need CUDA
+    tensors, and AutoAWQ would hand them CPU ones."""
+    import_autoawq()
     from awq.modules.linear.gemm import WQLinear_GEMM
     from awq.utils.packing_utils import dequantize_gemm
 
