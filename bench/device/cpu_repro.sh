@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call 2 (after stage1.sh, via stage2.sh): bench/cpu_repro.py on the GPU machine's host CPU, GPU hidden,
+# bench/cpu_repro.py on a GPU runner's host CPU, GPU hidden (run via stage2.sh after stage1.sh),
 # each configuration on its own pair of cores (2 threads, as the 2-core CPU tier); JSON lines to $OUT.
 set -uo pipefail
 export CUDA_VISIBLE_DEVICES=
@@ -20,5 +20,5 @@ run 7 gptq-none-t1 --lever none --threads 1 &
 run 8,9 llmc-awq-none --kind llmc-awq --lever none &
 run 10,11 llmc-awq-f64cal --kind llmc-awq --lever f64cal &
 wait
-tar -czf "$OUT/cpu_repro.tgz" -C $R .  # the tool returns at most 8 files
+tar -czf "$OUT/cpu_repro.tgz" -C $R .  # one archive for the per-run logs and digests
 cat "$OUT/repro.jsonl"
