@@ -250,3 +250,35 @@ def test_bad_reference_is_a_collection_error(gate, tiny_model, reference, messag
     out = res.stdout.str()
     assert "invalid baseline file" in out and message in out
     assert "variants.noisy.reference" in out
+
+
+BROKEN_CONFTEST = """
+from pplgate.errors import VariantError
+from pplgate.models.registry import register
+from pplgate.models.variant import Variant
+
+@register
+class Broken(Variant):
+    kind = "test-broken"
+
+    def fingerprint(self):
+        return {"kind": self.kind}
+
+    def prepare(self, ctx):
+        raise VariantError("test-broken: this quantizer cannot build its model")
+"""
+
+
+def test_one_entry_that_fails_in_the_shared_pass_fails_alone(gate, tiny_model):
+    """An entry whose quantizer fails is that entry's error; the other entries of its pass are measured."""
+    (gate.path / "conftest.py").write_text(CONFTEST + BROKEN_CONFTEST)
+    broken = "\n  broken:\n    kind: test-broken\n    reference: fp32\n    tolerance:\n      - {type: kld, max_delta: 1}\n"
+    (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model, VARIANTS + broken))
+    res = run(gate, "--update-baselines")
+    out = res.stdout.str()
+    assert res.ret == 1, out
+    res.assert_outcomes(passed=3, errors=0, failed=1)
+    assert "tiny[cpu-broken]" in out and "test-broken: this quantizer cannot build its model" in out
+    assert out.count("test-broken: this quantizer cannot build its model") <= 3  # not blamed on the others
+    for name in ("fp32", "noisy", "noisier"):
+        assert f"cpu/{name}:" in out  # created

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pplgate.errors import PplgateError
 from pplgate.gate.kld import KldMeasured, reference_identity
 from pplgate.gate.kld_rules import COMPARISON_METRICS
 from pplgate.gate.spec import EntrySpec
@@ -77,19 +78,35 @@ def _compare_group(gate: _Gate, item: GateItem, reference: str) -> None:
 
 
 def _compare(gate: _Gate, item: GateItem, ref: EntrySpec, group: list[EntrySpec]) -> None:
+    """One pass for the group. When it fails, each entry is compared alone, so that one entry's error (a
+    quantizer that cannot build its model) is that entry's, and the others are still measured."""
     profile = item.profile
-    comparisons = gate.measurer.compare_many(
-        item.source,
-        [(item.source, e.kind, e.params) for e in group],
-        reference_kind=ref.kind,
-        reference_params=ref.params,
-        device=item.device,
-        tokenizer=item.tokenizer_ref,
-        seqlen=profile.seqlen,
-        batch_size=profile.batch_size,
-        max_windows=gate.max_windows(profile),
-    )
-    for entry, comparison in zip(group, comparisons, strict=True):
+
+    def compare(entries: list[EntrySpec]) -> list[Any]:
+        return gate.measurer.compare_many(
+            item.source,
+            [(item.source, e.kind, e.params) for e in entries],
+            reference_kind=ref.kind,
+            reference_params=ref.params,
+            device=item.device,
+            tokenizer=item.tokenizer_ref,
+            seqlen=profile.seqlen,
+            batch_size=profile.batch_size,
+            max_windows=gate.max_windows(profile),
+        )
+
+    try:
+        results: list[Any] = compare(group)
+    except PplgateError:
+        if len(group) == 1:
+            raise
+        results = []
+        for entry in group:
+            try:
+                results += compare([entry])
+            except PplgateError as exc:
+                results.append(exc)
+    for entry, comparison in zip(group, results, strict=True):
         gate.comparisons[_key(item, entry.name)] = comparison
 
 
@@ -102,12 +119,14 @@ def run(gate: _Gate, item: GateItem, entry: EntrySpec) -> ReferenceRun | None:
     if entry.reference is None:
         return None
     _compare_group(gate, item, entry.reference)
-    c: Comparison = gate.comparisons[_key(item, entry.name)]
+    c: Comparison | PplgateError = gate.comparisons[_key(item, entry.name)]
+    if isinstance(c, PplgateError):
+        raise c  # this entry's own failure, kept from the shared pass
     r = c.result
     values: dict[str, dict[str, float]] = {"kld": {}, "top1": {}}
     for rule in entry.rules:
         other = gate.comparisons.get(_key(item, rule.ref)) if rule.metric in COMPARISON_METRICS and rule.refs else None
-        if other is not None:
+        if other is not None and not isinstance(other, PplgateError):
             values["kld"][rule.ref] = other.result.mean_kld
             values["top1"][rule.ref] = other.result.top1_agreement
     return ReferenceRun(
