@@ -272,7 +272,7 @@ class Broken(Variant):
 def test_one_entry_that_fails_in_the_shared_pass_fails_alone(gate, tiny_model):
     """An entry whose quantizer fails is that entry's error; the other entries of its pass are measured."""
     (gate.path / "conftest.py").write_text(CONFTEST + BROKEN_CONFTEST)
-    broken = "\n  broken:\n    kind: test-broken\n    reference: fp32\n    tolerance:\n      - {type: kld, max_delta: 1}\n"
+    broken = "\n  broken:\n    kind: test-broken\n    reference: fp32\n    tolerance: [{type: kld, max_delta: 1}]"
     (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model, VARIANTS + broken))
     res = run(gate, "--update-baselines")
     out = res.stdout.str()
