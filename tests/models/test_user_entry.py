@@ -186,3 +186,15 @@ def test_load_entry_resolves_nested_attributes(team_pkg):
         """)
     )
     assert load_entry("teamq.quant:Methods.rtn").__name__ == "rtn"
+
+
+def test_the_code_hash_covers_every_file_of_the_package_but_not_bytecode(team_pkg):
+    """A changed data file inside the quantizer's package (scales.json) re-quantizes; bytecode does not."""
+    before, n = code_sha256("teamq.quant")
+    (team_pkg / "scales.json").write_text('{"down_proj": 0.5}')
+    after, n_after = code_sha256("teamq.quant")
+    assert after != before and n_after == n + 1
+    (team_pkg / "__pycache__").mkdir(exist_ok=True)
+    (team_pkg / "__pycache__" / "quant.cpython-311.pyc").write_bytes(b"\0bytecode")
+    (team_pkg / "stray.pyc").write_bytes(b"\0bytecode")
+    assert code_sha256("teamq.quant") == (after, n_after)

@@ -34,7 +34,7 @@ def _sha256_file_memo(p: Path) -> str:
     return _FILE_HASHES[k]
 
 
-_SKIP_DIRS = {".git", "__pycache__", ".cache"}
+SKIP_DIRS = {".git", "__pycache__", ".cache"}
 
 
 def source_fingerprint(src: ModelSource) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def source_fingerprint(src: ModelSource) -> dict[str, Any]:
             return {"type": "file", "file": p.name, "sha256": _sha256_file_memo(p)}
         h = hashlib.sha256()
         n = 0
-        for f in sorted(x for x in p.rglob("*") if x.is_file() and not (_SKIP_DIRS & set(x.relative_to(p).parts))):
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and not (SKIP_DIRS & set(x.relative_to(p).parts))):
             h.update(str(f.relative_to(p)).encode() + b"\0" + _sha256_file_memo(f).encode() + b"\n")
             n += 1
         return {"type": "dir", "n_files": n, "sha256": h.hexdigest()}

@@ -6,8 +6,9 @@ or config the function reads) is passed as ``config_path=`` too.
 
 What decides the number goes into the fingerprint: the entry's name, its params, the calibration
 content hash, the config file's content hash, the dtype. The *code* does not: the gate judges a code
-change by the tolerance (a measured move, not drift). The code's hash (every ``.py`` file of the
-entry's top-level package) keys the quantization cache and is recorded in the provenance, so a
+change by the tolerance (a measured move, not drift). The code's hash (every file of the entry's
+top-level package, data files included; bytecode and ``__pycache__`` left out; code outside that package,
+e.g. a helper package it imports, is *not* covered) keys the quantization cache and is recorded in the provenance, so a
 changed file re-quantizes and an unchanged tree is a cache hit.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 from pplgate.errors import CalibrationError, VariantError
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
-from pplgate.models.hashing import library_versions, sha256_file
+from pplgate.models.hashing import SKIP_DIRS, library_versions, sha256_file
 from pplgate.models.layers import strip_load_quantization
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import load_tokenizer, torch_dtype
@@ -34,14 +35,24 @@ USER_PARAMS = ("entry", "params", "calibration", "config", "dtype")
 VERSIONS_KEYED = ("transformers", "torch", "accelerate")
 
 
+def _package_files(root: Path) -> list[Path]:
+    """Every file of a package directory (code and data: a changed ``scales.json`` re-quantizes too), without
+    bytecode and build leftovers."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix not in (".pyc", ".pyo") and not (SKIP_DIRS & set(p.relative_to(root).parts))
+    )
+
+
 def code_sha256(module_name: str) -> tuple[str, int]:
-    """``(sha256, n_files)`` of the ``.py`` files of ``module_name``'s top-level package (or the module)."""
+    """``(sha256, n_files)`` of every file of ``module_name``'s top-level package (or the module's file)."""
     top = module_name.split(".")[0]
     spec = importlib.util.find_spec(top)
     if spec is None or spec.origin is None:
         raise VariantError(f"user: cannot locate the code of {top!r} to hash it")
     roots = list(spec.submodule_search_locations or [])
-    files = sorted(p for r in roots for p in Path(r).rglob("*.py")) if roots else [Path(spec.origin)]
+    files = sorted(p for r in roots for p in _package_files(Path(r))) if roots else [Path(spec.origin)]
     h = hashlib.sha256()
     for f in files:
         rel = f.relative_to(roots[0]) if roots else Path(f.name)
