@@ -149,6 +149,18 @@ def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
     assert not stale.exists() and other.exists()
 
 
+def test_no_lock_file_lands_beside_the_baselines(tmp_path):
+    """``git add -A`` would commit it: the lock lives in the temp directory, one per resolved file."""
+    from pplgate.gate.store import lock_path
+
+    p = tmp_path / "tiny.yaml"
+    p.write_text(DOC)
+    write_updates(p, [_upd("a")])
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["tiny.yaml"]
+    (tmp_path / "link.yaml").symlink_to(p)
+    assert lock_path(tmp_path / "link.yaml") == lock_path(p) and not lock_path(p).startswith(str(tmp_path))
+
+
 def test_write_keeps_crlf_bytes_on_disk(tmp_path):
     p = tmp_path / "tiny.yaml"
     p.write_bytes(DOC.replace("\n", "\r\n").encode())

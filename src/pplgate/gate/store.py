@@ -325,6 +325,18 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def lock_path(target: Path) -> str:
+    """The lock file of a baseline file: in the temp directory (per user), never beside the baselines, where
+    ``git add -A`` would commit it. One per resolved path, so every writer on this machine shares it."""
+    import hashlib
+
+    user = getattr(os, "getuid", lambda: "")()
+    d = Path(tempfile.gettempdir()) / f"pplgate-locks{f'-{user}' if user != '' else ''}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    digest = hashlib.sha256(str(Path(os.path.realpath(target))).encode()).hexdigest()[:32]
+    return str(d / f"{digest}.lock")
+
+
 def write_updates(path: str | Path, updates: Sequence[EntryUpdate], *, lock_timeout: float = 300) -> list[dict]:
     """Merge ``updates`` into the baseline file under a per-file lock.
 
@@ -339,7 +351,7 @@ def write_updates(path: str | Path, updates: Sequence[EntryUpdate], *, lock_time
     creates = any(u.section == TESTS for u in updates)
     if creates:
         target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock", timeout=lock_timeout):
+    with FileLock(lock_path(target), timeout=lock_timeout):
         _remove_stale_temps(target)
         text = "" if creates and not target.exists() else read_text(target)
         text, rows = apply_updates(target, text, updates)
@@ -359,7 +371,7 @@ def write_all(files: Mapping[Path, Sequence[EntryUpdate]], *, lock_timeout: floa
     rows: list[dict] = []
     with ExitStack() as stack:
         for target in sorted(targets):
-            stack.enter_context(FileLock(str(target) + ".lock", timeout=lock_timeout))
+            stack.enter_context(FileLock(lock_path(target), timeout=lock_timeout))
         planned: list[tuple[Path, str | None, str]] = []
         for target, updates in sorted(targets.items()):
             creates = any(u.section == TESTS for u in updates) and not target.exists()
