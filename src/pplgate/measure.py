@@ -47,6 +47,19 @@ from pplgate.measurement import (  # noqa: E402 - re-exported: pplgate.measure.M
 __all__ = ["PHASES", "Measurement", "Measurer", "fingerprint", "plain", "scalar_info", "tokenizer_name"]
 
 
+def weights_digest(model: Any) -> tuple[float, float]:
+    """A cheap fingerprint of a model's weights (float64 sum and sum of squares of every parameter): any in-place
+    change of a weight moves it (a permutation of equal values would not; no test does that by accident)."""
+    import torch
+
+    with torch.no_grad():
+        total = squares = 0.0
+        for p in model.parameters():  # accumulated in float64 without a float64 copy of the weights
+            total += float(torch.sum(p.detach(), dtype=torch.float64))
+            squares += float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) ** 2
+    return total, squares
+
+
 class Measurer:
     """Session caches (text, tokens, loaded models, measurements) and ``measure(...) -> Measurement``.
 
@@ -80,6 +93,7 @@ class Measurer:
         self._text_error: PplgateError | None = None
         self._tokens: dict[tuple[ModelSource, str | None], tuple[Any, TokenizedText, str]] = {}
         self._models: dict[tuple[ModelSource, str, str, str | None], Any] = {}
+        self._digests: dict[tuple[ModelSource, str, str, str | None], tuple[float, float]] = {}
         self._prepared: dict[tuple, tuple[Variant, PreparedModel, dict[str, Any]]] = {}
         self._measurements: dict[tuple, Measurement] = {}
         self._token_info: dict[tuple[ModelSource, str | None], dict[str, Any]] = {}
@@ -158,9 +172,22 @@ class Measurer:
                 return self._load(source, dtype, device, device_map)
             if key not in self._models:
                 self._models[key] = self._load(source, dtype, device, device_map)
+                self._digests[key] = weights_digest(self._models[key])
             return self._models[key]
         finally:
             self._clock["load_s"] += time.perf_counter() - t0
+
+    def changed_models(self) -> list[str]:
+        """The session's float models whose weights changed since they were loaded (a test that modified one
+        in place): dropped, with what was prepared from them, so that the next use loads them again."""
+        out = []
+        for key, model in list(self._models.items()):
+            if key in self._digests and weights_digest(model) != self._digests[key]:
+                del self._models[key], self._digests[key]
+                for k in [k for k, v in self._prepared.items() if v[1].model is model]:
+                    del self._prepared[k]
+                out.append(f"{key[0].describe()} ({key[1]} on {key[2]})")
+        return out
 
     # ---- the chain
     def _context(self, source: ModelSource, tok: Any, device: str, device_map: str | None) -> ModelContext:

@@ -275,3 +275,31 @@ def test_one_name_checked_by_tests_on_two_workers_is_never_written(proj, tiny_mo
         or "was checked by test_b.py::test_b and by test_a.py::test_a" in out
     )
     assert not (proj.path / "baselines" / "shared.yaml").exists()
+
+
+def test_a_test_that_changes_the_shared_model_in_place_fails_by_name(proj, tiny_model):
+    """The session shares one float model; a test that changes it in place fails at teardown (named), and a
+    later test measures a freshly loaded copy: it still matches the record (on the changed model it would not)."""
+    measure = f"""
+def test_b_measures(ppl_model, ppl_regression):
+    base = ppl_model({str(tiny_model)!r}, "fp32")
+    ppl_regression.check(base, name="tiny-fp32", tolerance=0.001, seqlen=128, batch_size=2, max_windows=2)
+"""
+    proj.makepyfile(test_corrupt=measure)
+    run(proj, "--update-baselines").assert_outcomes(passed=1)
+    proj.makepyfile(
+        test_corrupt=f"""
+import torch
+
+def test_a_corrupts(ppl_model):
+    model = ppl_model({str(tiny_model)!r}, "fp32").model
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+"""
+        + measure
+    )
+    res = run(proj)
+    out = res.stdout.str()
+    res.assert_outcomes(passed=2, errors=1)  # test_a passes its call and errors at teardown; test_b passes
+    assert "test_corrupt.py::test_a_corrupts changed the session's shared model" in out
+    assert "copy.deepcopy(ppl_model(...).model)" in out

@@ -101,6 +101,21 @@ def ppl_regression(request: pytest.FixtureRequest) -> PplRegression:
     return PplRegression(request.node)
 
 
+def check_models_intact(item: pytest.Item) -> None:
+    """After a test using the fixtures: the session's shared models must be as loaded. A test that changed one in
+    place fails (at teardown, by name), and later tests and updates measure a freshly loaded copy."""
+    if not set(FIXTURES) & set(getattr(item, "fixturenames", ())):
+        return
+    changed = gate_of(item.config).measurer.changed_models()  # the tests using the fixtures made the Measurer
+    if changed:
+        pytest.fail(
+            f"pplgate: {item.nodeid} changed the session's shared model {', '.join(changed)} in place; every later "
+            "variant and measurement would be built from the changed weights. Change a copy "
+            "(copy.deepcopy(ppl_model(...).model)) or make a variant (ppl_variant); later tests get a fresh load",
+            pytrace=False,
+        )
+
+
 def group_items(items: list[pytest.Item]) -> None:
     """Tests using the fixtures get an ``xdist_group`` (unless they have one): the ``pplgate_model(name)``
     marker's name, else their module, so that ``--dist loadgroup`` keeps a model's tests on one worker."""

@@ -38,7 +38,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    gate_session.gate_of(item.config).free_after(item, nextitem)
+    try:
+        fixtures.check_models_intact(item)
+    finally:
+        gate_session.gate_of(item.config).free_after(item, nextitem)
 
 
 @pytest.hookimpl(wrapper=True)
