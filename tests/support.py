@@ -318,6 +318,25 @@ PERTURBED_CONFTEST = textwrap.dedent(
 )
 
 
+# A conftest registering the test-only kind ``test-broken``, whose prepare raises as a team's code might.
+BROKEN_CONFTEST = textwrap.dedent(
+    """
+    from pplgate.models.registry import register
+    from pplgate.models.variant import Variant
+
+    @register
+    class Broken(Variant):
+        kind = "test-broken"
+
+        def fingerprint(self):
+            return {"kind": self.kind}
+
+        def prepare(self, ctx):
+            raise RuntimeError("synthetic prepare failure")
+    """
+)
+
+
 def wikitext_path() -> Path:
     """``$PPLGATE_WIKITEXT`` or the shared WikiText-2 folder (skipped, or failed under CI, when absent)."""
     env = os.environ.get("PPLGATE_WIKITEXT")

@@ -10,7 +10,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model, tiny_baseline, wikitext_path
+from support import (
+    BROKEN_CONFTEST,
+    GATE_ARGS,
+    PERTURBED_CONFTEST,
+    gate_project,
+    save_gate_model,
+    tiny_baseline,
+    wikitext_path,
+)
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
@@ -459,19 +467,9 @@ def test_xdist_update_does_not_corrupt(gate, tiny_model, monkeypatch):
 
 # --------------------------------------------------------------------------- reports a reviewer can act on
 
-FAILING_VARIANTS = textwrap.dedent(
+FAILING_VARIANTS = BROKEN_CONFTEST + textwrap.dedent(
     """
     import pytest
-
-    @register
-    class Broken(Variant):
-        kind = "test-broken"
-
-        def fingerprint(self):
-            return {"kind": self.kind}
-
-        def prepare(self, ctx):
-            raise RuntimeError("synthetic prepare failure")
 
     @register
     class Skipper(Variant):

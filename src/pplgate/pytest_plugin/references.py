@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pplgate.errors import PplgateError
 from pplgate.gate.kld import KldMeasured, reference_identity
 from pplgate.gate.kld_rules import COMPARISON_METRICS
 from pplgate.gate.spec import EntrySpec
@@ -79,7 +78,8 @@ def _compare_group(gate: _Gate, item: GateItem, reference: str) -> None:
 
 def _compare(gate: _Gate, item: GateItem, ref: EntrySpec, group: list[EntrySpec]) -> None:
     """One pass for the group. When it fails, each entry is compared alone, so that one entry's error (a
-    quantizer that cannot build its model) is that entry's, and the others are still measured."""
+    quantizer that cannot build its model, a team's code that raises) is that entry's, and the others are
+    still measured."""
     profile = item.profile
 
     def compare(entries: list[EntrySpec]) -> list[Any]:
@@ -97,14 +97,14 @@ def _compare(gate: _Gate, item: GateItem, ref: EntrySpec, group: list[EntrySpec]
 
     try:
         results: list[Any] = compare(group)
-    except PplgateError:
+    except Exception:
         if len(group) == 1:
             raise
         results = []
         for entry in group:
             try:
                 results += compare([entry])
-            except PplgateError as exc:
+            except Exception as exc:  # raised again by the entry's own item (run)
                 results.append(exc)
     for entry, comparison in zip(group, results, strict=True):
         gate.comparisons[_key(item, entry.name)] = comparison
@@ -119,14 +119,14 @@ def run(gate: _Gate, item: GateItem, entry: EntrySpec) -> ReferenceRun | None:
     if entry.reference is None:
         return None
     _compare_group(gate, item, entry.reference)
-    c: Comparison | PplgateError = gate.comparisons[_key(item, entry.name)]
-    if isinstance(c, PplgateError):
+    c: Comparison | Exception = gate.comparisons[_key(item, entry.name)]
+    if isinstance(c, Exception):
         raise c  # this entry's own failure, kept from the shared pass
     r = c.result
     values: dict[str, dict[str, float]] = {"kld": {}, "top1": {}}
     for rule in entry.rules:
         other = gate.comparisons.get(_key(item, rule.ref)) if rule.metric in COMPARISON_METRICS and rule.refs else None
-        if other is not None and not isinstance(other, PplgateError):
+        if other is not None and not isinstance(other, Exception):
             values["kld"][rule.ref] = other.result.mean_kld
             values["top1"][rule.ref] = other.result.top1_agreement
     return ReferenceRun(
