@@ -146,19 +146,19 @@ def _transposed(mod: torch.nn.Module, pname: str, p: torch.Tensor, hidden: int |
     )
 
 
-def decoder_weights(model: torch.nn.Module) -> tuple[list[Weight], list[str]]:
-    """``(weights to quantize, routers kept)`` of the decoder layers: every Linear's weight and every fused
-    3-D expert tensor, counted alike; routers (:data:`ROUTER_NAMES`) are kept in full precision."""
+def decoder_weights(model: torch.nn.Module) -> tuple[list[Weight], list[Weight]]:
+    """``(weights to quantize, router weights kept)`` of the decoder layers: every Linear's weight and every
+    fused 3-D expert tensor, counted alike; routers (:data:`ROUTER_NAMES`) are kept in full precision."""
     cfg = getattr(model, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
     hidden = getattr(cfg, "hidden_size", None)
     weights: list[Weight] = []
-    kept: list[str] = []
+    kept: list[Weight] = []
     for i, layer in enumerate(decoder_layers(model)):
         for mname, mod in layer.named_modules():
             where = f"layers.{i}.{mname}" if mname else f"layers.{i}"
             if mname.rsplit(".", 1)[-1] in ROUTER_NAMES:
-                kept += [f"{where}.{n}" for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
+                kept += [Weight(f"{where}.{n}", p) for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
                 continue
             if isinstance(mod, torch.nn.Linear):
                 weights.append(Weight(f"{where}.weight", mod.weight))

@@ -99,7 +99,7 @@ def rtn_quantize_model(model: torch.nn.Module, w_bit: int, group_size: int, zero
             "(a model quantized before?); the measurement would be the float model's"
         )
     experts = [w for w in weights if w.experts]
-    kept_params = sum(p.numel() for n, p in _named(model, kept))
+    kept_params = sum(w.param.numel() for w in kept)
     return {
         "n_linears": len(weights) - len(experts),
         "n_expert_tensors": len(experts),
@@ -107,15 +107,6 @@ def rtn_quantize_model(model: torch.nn.Module, w_bit: int, group_size: int, zero
         "n_layers": len(decoder_layers(model)),
         "coverage": coverage_text(n_params, kept_params, len(kept)),
     }
-
-
-def _named(model: torch.nn.Module, names: list[str]) -> list[tuple[str, torch.Tensor]]:
-    layers = decoder_layers(model)
-    out = []
-    for name in names:
-        _, i, rest = name.split(".", 2)
-        out.append((name, layers[int(i)].get_parameter(rest)))
-    return out
 
 
 def coverage_text(quantized: int, kept: int, n_kept: int) -> str:
