@@ -5,7 +5,7 @@ Llama-2-7B-shaped model built from its config with random fp16 weights (PPL mean
 For each: tokens/s, wall time and peak GPU memory of both loops, both PPLs and their relative
 difference; for the 7B shape also model FLOP utilisation against the matmul rate measured here.
 
-Usage (bench/device/stage.sh stages the inputs for a GPU runner without network):
+Usage (on a GPU runner without network, copy the inputs beside the checkout first: docs/OFFLINE.md):
   python bench/bench_gpu.py --dataset DIR --smollm2 FILE.gguf --llama-tokenizer DIR --out DIR
 """
 

@@ -102,7 +102,7 @@ def score_windows(
     """Per-window mean NLLs of ``windows [n, L]``, ``batch_size`` windows per forward, no KV cache.
 
     ``compile_model`` runs the transformer body through ``torch.compile`` (opt-in: fused kernels
-    round differently, so the number moves within fp16 rounding; see the README's tolerance).
+    round differently, so the number moves within fp16 rounding; see docs/GATE.md on tolerances).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
