@@ -6,10 +6,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from support import SHARED_ENV, shared_root, skip_or_fail, tiny_gpt2, tiny_llama
+
+from pplgate.locate import DATA_DIR_ENV
+
+# The user data folder (`pplgate data fetch`) is a step of every lookup: the suite never sees the developer's
+# own (tests that use the folder set their own). A path that does not exist; fetched files never land there.
+os.environ[DATA_DIR_ENV] = os.path.join(tempfile.gettempdir(), f"pplgate-tests-{os.getpid()}-no-data-folder")
 
 
 def pytest_configure(config: pytest.Config) -> None:

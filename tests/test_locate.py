@@ -13,15 +13,19 @@ import pplgate
 from pplgate.errors import CalibrationError
 from pplgate.locate import (
     CALIBRATION_ENV,
+    DATA_DIR_ENV,
+    DATA_STEP,
     REQUIRE_ENV,
     SHARED_ENV,
     WIKITEXT_ENV,
     cwd_checkout,
+    data_dir,
     find_calibration,
     find_shared,
     find_wikitext,
     hub_unreachable,
     inputs_required,
+    lookup_steps,
     package_checkout,
     shared_candidates,
 )
@@ -93,7 +97,33 @@ def test_pplgate_shared_replaces_the_checkout_lookup(tmp_path: Path, monkeypatch
     monkeypatch.setenv(SHARED_ENV, str(tmp_path / "missing"))
     found = find_wikitext(option="--pplgate-dataset")
     assert found.path is None and found.tried[0] == "--pplgate-dataset: not given"
-    assert found.tried[-1] == f"${SHARED_ENV}: {tmp_path / 'missing' / 'data' / 'wikitext-2-raw-v1'} does not exist"
+    assert found.tried[-2] == f"${SHARED_ENV}: {tmp_path / 'missing' / 'data' / 'wikitext-2-raw-v1'} does not exist"
+    assert found.tried[-1] == f"{DATA_STEP}: {data_dir() / 'wikitext-2-raw-v1'} does not exist"
+
+
+def test_the_data_folder_comes_after_the_shared_folder(tmp_path: Path, monkeypatch) -> None:
+    shared = make_shared(tmp_path)
+    data = tmp_path / "data"
+    (data / "wikitext-2-raw-v1").mkdir(parents=True)
+    (data / "calibration").mkdir()
+    write_jsonl(data / "calibration" / "python-3.11-docs-prose.jsonl", ["prose " * 20])
+    monkeypatch.setenv(DATA_DIR_ENV, str(data))
+    monkeypatch.setenv(SHARED_ENV, str(shared))
+    assert find_wikitext().step == f"${SHARED_ENV}"  # the shared folder, when present, first
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path / "missing"))
+    for found, path in ((find_wikitext(), data / "wikitext-2-raw-v1"), (find_calibration(), data / "calibration")):
+        assert found.step == DATA_STEP and found.path is not None and found.path.is_relative_to(path)
+    names = [s.name for s in lookup_steps(WIKITEXT_ENV, ("data", "x"))]
+    assert names == [f"${WIKITEXT_ENV}", f"${SHARED_ENV}", DATA_STEP]
+
+
+def test_the_data_folder_defaults_to_the_user_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_dir() == tmp_path / "xdg" / "pplgate" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_dir() == tmp_path / "home" / ".cache" / "pplgate" / "data"
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,11 @@ Each input is looked for in this order; the first step that names or finds it wi
    that the imported pplgate package lives in (``src/pplgate`` of an editable or ``src`` install:
    ``Path(pplgate.__file__).resolve().parents[2]``, used when it holds a ``pyproject.toml``).
    Inside the folder: ``data/wikitext-2-raw-v1/`` (WikiText-2) and
-   ``data/calibration/python-3.11-docs-prose.jsonl`` (the AWQ calibration corpus);
-4. the Hugging Face hub (WikiText-2 only): first :func:`hub_refusal` says, in seconds, whether the hub
+   ``data/calibration/python-3.11-docs-prose.jsonl`` (the AWQ calibration corpus). A development
+   convenience of a checkout: an installed pplgate never needs it;
+4. the user data folder (:func:`data_dir`, laid out like ``<shared>/data``): ``wikitext-2-raw-v1/``, where
+   ``pplgate data fetch`` puts the test split, and ``calibration/python-3.11-docs-prose.jsonl``;
+5. the Hugging Face hub (WikiText-2 only): first :func:`hub_refusal` says, in seconds, whether the hub
    can be used at all, so that an offline machine fails at once instead of after ~28 s of retries.
 
 An explicit option or environment variable is final: a path there that does not exist is an error,
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHARED_ENV = "PPLGATE_SHARED"
+DATA_DIR_ENV = "PPLGATE_DATA_DIR"
+DATA_STEP = "the pplgate data folder"
 WIKITEXT_ENV = "PPLGATE_WIKITEXT"
 CALIBRATION_ENV = "PPLGATE_CALIBRATION"
 REQUIRE_ENV = "PPLGATE_REQUIRE_SHARED"
@@ -102,39 +107,73 @@ def find_shared() -> Path | None:
     return None
 
 
+def data_dir() -> Path:
+    """The user data folder that ``pplgate data fetch`` fills (laid out like ``<shared>/data``):
+    ``$PPLGATE_DATA_DIR``, else ``$XDG_CACHE_HOME/pplgate/data``, else ``~/.cache/pplgate/data``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pplgate" / "data"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One place an input is looked for: ``path`` None when the step names nothing (``note``: the line saying
+    why); ``final`` when a path named there is used even if it does not exist (an environment variable)."""
+
+    name: str
+    path: Path | None
+    final: bool = False
+    note: str = ""
+
+
+def lookup_steps(env: str, rel: tuple[str, ...]) -> list[Step]:
+    """The places after the option, in lookup order: ``$env``, the shared folder(s) (``<shared>/<rel>``), the
+    user data folder (``<data_dir>/<rel without its leading "data">``)."""
+    value = os.environ.get(env)
+    steps = [Step(f"${env}", Path(value).expanduser() if value else None, True, f"${env}: not set")]
+    candidates = shared_candidates()
+    if not candidates:
+        why = (
+            f"${SHARED_ENV} not set and no checkout found (no pyproject.toml or .git above {Path.cwd()}, "
+            "pplgate not imported from a checkout)"
+        )
+        steps.append(Step(f"${SHARED_ENV}", None, note=why))
+    steps += [Step(step, folder.joinpath(*rel)) for step, folder in candidates]
+    steps.append(Step(DATA_STEP, data_dir().joinpath(*rel[1:])))
+    return steps
+
+
 def _find(option: str | None, value: str | os.PathLike[str] | None, env: str, rel: tuple[str, ...]) -> Lookup:
     tried: list[str] = []
     if value is not None:
         return Lookup(Path(value).expanduser(), option or "path", (f"{option or 'path'} {value}",))
     if option:
         tried.append(f"{option}: not given")
-    if os.environ.get(env):
-        p = Path(os.environ[env]).expanduser()
-        return Lookup(p, f"${env}", (*tried, f"${env}={p}"))
-    tried.append(f"${env}: not set")
-    candidates = shared_candidates()
-    if not candidates:
-        tried.append(
-            f"${SHARED_ENV} not set and no checkout found (no pyproject.toml or .git above {Path.cwd()}, "
-            "pplgate not imported from a checkout)"
-        )
-    for step, folder in candidates:
-        p = folder.joinpath(*rel)
-        if p.exists():
-            return Lookup(p, step, (*tried, f"{step}: {p}"))
-        tried.append(f"{step}: {p} does not exist")
+    for step in lookup_steps(env, rel):
+        if step.path is None:
+            tried.append(step.note)
+        elif step.final:
+            return Lookup(step.path, step.name, (*tried, f"{step.name}={step.path}"))
+        elif step.path.exists():
+            return Lookup(step.path, step.name, (*tried, f"{step.name}: {step.path}"))
+        else:
+            tried.append(f"{step.name}: {step.path} does not exist")
     return Lookup(None, "", tuple(tried))
 
 
 def find_wikitext(path: str | os.PathLike[str] | None = None, *, option: str = "--dataset") -> Lookup:
     """Where the WikiText-2 test split is: ``path`` (the value of ``option``), ``$PPLGATE_WIKITEXT``,
-    the shared folder's ``data/wikitext-2-raw-v1``; ``Lookup.path`` is None when the hub comes next."""
+    the shared folder's ``data/wikitext-2-raw-v1``, the data folder's ``wikitext-2-raw-v1``; ``Lookup.path`` is
+    None when the hub comes next."""
     return _find(option, path, WIKITEXT_ENV, WIKITEXT_IN_SHARED)
 
 
 def find_calibration(path: str | os.PathLike[str] | None = None, *, option: str | None = None) -> Lookup:
     """Where the offline AWQ calibration corpus is: ``path``, ``$PPLGATE_CALIBRATION``, the shared
-    folder's ``data/calibration/python-3.11-docs-prose.jsonl``; ``Lookup.path`` None: not found."""
+    folder's ``data/calibration/python-3.11-docs-prose.jsonl``, the data folder's
+    ``calibration/python-3.11-docs-prose.jsonl``; ``Lookup.path`` None: not found."""
     return _find(option, path, CALIBRATION_ENV, CALIBRATION_IN_SHARED)
 
 

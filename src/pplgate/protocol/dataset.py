@@ -139,9 +139,10 @@ def _rows_from_path(path: Path, option: str = "--dataset") -> list[str]:
     raise DatasetError(f"unsupported dataset file {path}: expected .parquet or .jsonl")
 
 
-HUB_FILE_URL = (
-    "https://huggingface.co/datasets/Salesforce/wikitext/resolve/main/wikitext-2-raw-v1/test-00000-of-00001.parquet"
-)
+HUB_FILE = "test-00000-of-00001.parquet"
+# the test split's one file on the hub, below the endpoint ($HF_ENDPOINT or https://huggingface.co)
+HUB_FILE_PATH = f"datasets/Salesforce/wikitext/resolve/main/wikitext-2-raw-v1/{HUB_FILE}"
+HUB_FILE_URL = f"https://huggingface.co/{HUB_FILE_PATH}"
 
 
 def missing_dataset_message(lookup: Lookup, reason: str, option: str = "--dataset") -> str:
@@ -152,13 +153,15 @@ def missing_dataset_message(lookup: Lookup, reason: str, option: str = "--datase
         f"pplgate looked, in this order:\n{looked}\n"
         "It needs the Hugging Face wikitext/wikitext-2-raw-v1 test split: the file test-00000-of-00001.parquet "
         f'(column "text", {CANONICAL_ROWS} rows), or a .jsonl file with one {{"text": ...}} object per line. '
-        "On a machine with hub access, get it with\n"
+        "With hub access, `pplgate data fetch` downloads and checks it into the data folder, where pplgate "
+        "finds it from then on. Elsewhere, get it on a machine with hub access with\n"
         f"  curl -LO {HUB_FILE_URL}\n"
         "or\n"
         '  python -c \'import datasets; datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")'
         '.to_parquet("test-00000-of-00001.parquet")\'\n'
-        f"then pass {option} PATH, set ${WIKITEXT_ENV}=PATH, or put it in "
-        f"<shared>/{'/'.join(WIKITEXT_IN_SHARED)}/ (shared = ${SHARED_ENV} or ../shared beside the checkout)."
+        f"then run `pplgate data fetch --from FILE` (copies and checks it into the data folder), pass {option} "
+        f"PATH, set ${WIKITEXT_ENV}=PATH, or put it in <shared>/{'/'.join(WIKITEXT_IN_SHARED)}/ (shared = "
+        f"${SHARED_ENV} or ../shared beside the checkout). `pplgate data` shows every place looked at."
     )
 
 
