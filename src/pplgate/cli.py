@@ -1,4 +1,5 @@
-"""Command line: ``pplgate eval``, ``compare``, ``tokens``, ``cache``, ``variants``, ``report merge`` and ``data``."""
+"""Command line: ``pplgate eval``, ``compare``, ``tokens``, ``cache``, ``variants``, ``report merge``, ``init`` and
+``data``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pplgate import data_cmd
+from pplgate import data_cmd, init_cmd
 from pplgate.errors import CacheError, ModelLoadError, OutputError, PplgateError, ProtocolError, VariantError
 from pplgate.measure import Measurer
 from pplgate.models.registry import make_variant
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--gguf-file", help="GGUF file name inside --tokenizer")
     _add_data_args(tk)
     add_report_parser(sub)
+    init_cmd.add_parser(sub)
     data_cmd.add_parser(sub)
     return parser
 
@@ -366,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             "cache": cmd_cache,
             "variants": cmd_variants,
             "report": cmd_report,
+            "init": init_cmd.cmd_init,
             "data": data_cmd.cmd_data,
         }
         return commands[args.command](args)
