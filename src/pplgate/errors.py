@@ -85,6 +85,11 @@ class VariantError(PplgateError):
     """A variant is unknown, misconfigured or unsupported in this environment."""
 
 
+class LibraryError(VariantError):
+    """A quantization or loading library (AutoAWQ, llm-compressor, transformers) failed on this model: one line
+    naming the architecture, the kind, the library's own message and the fix."""
+
+
 class CalibrationError(PplgateError):
     """Calibration data is missing, empty, unreadable or unreachable."""
 

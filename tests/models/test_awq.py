@@ -46,13 +46,14 @@ def test_quantize_measure_cache_hit_and_corruption(tiny, tmp_path):
     p1 = v.prepare(ctx)
     assert p1.origin == "quantized" and p1.info["quant_modules"] == ["WQLinear_GEMM"]
     assert p1.info["n_quant_linears"] == 14 and "naive" in p1.info["kernel"]
+    assert p1.info["coverage"] == "quantized 294,912 of 294,912 decoder weight parameters (100.0%)"  # WQLinear_GEMM
     assert type(p1.model).__name__ == "LlamaForCausalLM"  # the plain HF model, not the AWQ wrapper
     ppl1 = _ppl(tiny, p1.model)
     assert 1 < ppl1 < 1e6
 
     p2 = make_variant("awq", _params()).prepare(ctx)
     assert p2.origin == "cache" and p2.info["cache_key"] == p1.info["cache_key"]
-    assert p2.info["quant_modules"] == ["WQLinear_GEMM"]
+    assert p2.info["quant_modules"] == ["WQLinear_GEMM"] and p2.info["coverage"] == p1.info["coverage"]
     assert _ppl(tiny, p2.model) == pytest.approx(ppl1, rel=1e-6)
 
     fp = _ppl(tiny, make_variant("fp32").prepare(ctx).model)
@@ -69,6 +70,7 @@ def test_quantize_measure_cache_hit_and_corruption(tiny, tmp_path):
     ck.check(ctx)
     p4 = ck.prepare(ctx)
     assert p4.origin == "loaded" and _ppl(tiny, p4.model) == pytest.approx(ppl1, rel=1e-6)
+    assert p4.info["coverage"] == p1.info["coverage"]
 
 
 def test_cache_off_and_key_inputs(tiny, tmp_path):

@@ -54,12 +54,14 @@ def test_gptq_quantizes_every_linear_deterministically_and_the_cache_round_trip_
     first = make_variant("gptq", params).prepare(ctx(tiny_dir, tmp_path / "c"))
     assert first.origin == "quantized" and first.info["n_quantized_linears"] == 14  # 7 per layer, 2 layers
     assert first.info["calibration_blocks"] >= 1
+    assert first.info["coverage"] == "quantized 294,912 of 294,912 decoder weight parameters (100.0%)"  # as reloaded
     again = make_variant("gptq", params).prepare(ctx(tiny_dir, mode="off"))
     a, b = logits(first.model), logits(again.model)
     assert torch.equal(a, b)  # run to run: bitwise
     assert not torch.equal(a, base)  # it did quantize
     hit = make_variant("gptq", params).prepare(ctx(tiny_dir, tmp_path / "c"))
     assert hit.origin == "cache" and (Path(hit.info["cache_entry"]) / "model" / "config.json").is_file()
+    assert hit.info["coverage"] == first.info["coverage"]  # what the loaded compressed-tensors modules hold
     saved = json.loads((Path(hit.info["cache_entry"]) / "model" / "config.json").read_text())
     assert saved["quantization_config"]["format"] == "pack-quantized"  # compressed-tensors on disk
     assert torch.equal(logits(hit.model), a)  # save -> load: the in-memory model's logits exactly
@@ -80,6 +82,24 @@ def test_llmc_recipe_rtn_without_data_and_awq_with_data(tiny_dir):
     awq = make_variant("llmc-recipe", {"recipe": AWQ_RECIPE, "calibration": cal()}).prepare(ctx(tiny_dir, mode="off"))
     assert awq.info["calibration_blocks"] >= 1  # AWQ ran on a CPU-only torch (the pin_memory shim)
     assert not torch.equal(logits(rtn.model), logits(awq.model))
+
+
+def test_what_a_recipe_ignores_is_named_what_it_misses_is_an_error(tiny_dir):
+    """A module the recipe's ignore: lists stays in full precision on purpose (named in the coverage); one its
+    targets miss is an error naming it, unless require_all_linears is false."""
+    quant = RTN_RECIPE[0]["QuantizationModifier"]
+    ignored = [{"QuantizationModifier": {**quant, "ignore": ["lm_head", "re:.*down_proj$"]}}]
+    out = make_variant("llmc-recipe", {"recipe": ignored}).prepare(ctx(tiny_dir, mode="off"))
+    assert out.info["coverage"] == (
+        "quantized 229,376 of 229,376 decoder weight parameters (100.0%), ignored by the recipe's ignore "
+        "(2 weights, 65,536 parameters)"
+    )
+    narrow = [{"QuantizationModifier": {**quant, "targets": ["re:.*self_attn.*"], "config_groups": {
+        "group_0": {**quant["config_groups"]["group_0"], "targets": ["re:.*self_attn.*"]}}}}]  # fmt: skip
+    with pytest.raises(VariantError, match=r"llmc-recipe: 6 eligible decoder weights of this llama model were left "):
+        make_variant("llmc-recipe", {"recipe": narrow}).prepare(ctx(tiny_dir, mode="off"))
+    partial = make_variant("llmc-recipe", {"recipe": narrow, "require_all_linears": False})
+    assert "left unquantized: 6 weights" in partial.prepare(ctx(tiny_dir, mode="off")).info["coverage"]
 
 
 def test_recipe_file_is_fingerprinted_by_content(tmp_path, tiny_dir):
@@ -154,6 +174,7 @@ def test_hf_checkpoint_loads_a_compressed_tensors_dir_as_deployed(tiny_dir, tmp_
     assert v.fingerprint()["checkpoint"]["type"] == "dir" and str(tmp_path) not in repr(v.fingerprint())
     out = v.prepare(ctx(tiny_dir, mode="off"))
     assert out.info["quant_method"] == "compressed-tensors"
+    assert out.info["coverage"] == "quantized 294,912 of 294,912 decoder weight parameters (100.0%)"
     assert out.model.model.layers[1].mlp.down_proj.weight.shape == (128, 256)  # de-compressed at load
     assert torch.equal(logits(out.model), logits(q))
 

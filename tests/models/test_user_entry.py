@@ -31,6 +31,18 @@ def halve(model, tokenizer, calibration_texts, *, factor=0.5):
     return model
 
 
+@torch.no_grad()
+def halve_but_down(model, tokenizer, calibration_texts):
+    for name, p in model.named_parameters():
+        if ".layers." in name and name.endswith("proj.weight") and "down_proj" not in name:
+            p.mul_(0.5)
+    return model
+
+
+def unchanged(model, tokenizer, calibration_texts):
+    return model
+
+
 def returns_none(model, tokenizer, calibration_texts):
     return None
 
@@ -101,6 +113,11 @@ def test_quantize_then_cache_hit_then_code_change_requantizes(team_pkg, tiny_dir
     assert first.origin == "quantized" and len(first.info["code_sha256"]) == 64
     second = make_variant("user", params).prepare(_ctx(tiny_dir, tmp_path / "cache"))
     assert second.origin == "cache" and second.info["code_sha256"] == first.info["code_sha256"]
+    assert (
+        second.info["coverage"]
+        == first.info["coverage"]
+        == "quantized 294,912 of 294,912 decoder weight parameters (100.0%)"
+    )
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     (team_pkg / "quant.py").write_text(QUANTIZER + "\n# a comment is a code change too\n")
@@ -111,7 +128,7 @@ def test_quantize_then_cache_hit_then_code_change_requantizes(team_pkg, tiny_dir
 def test_calibration_texts_and_config_file_reach_the_function(team_pkg, tiny_dir, tmp_path):
     (team_pkg / "quant.py").write_text(
         QUANTIZER + "\n\ndef with_config(model, tokenizer, texts, *, config_path):\n"
-        "    CALLS.append(open(config_path).read())\n    CALLS.append(len(texts))\n    return model\n"
+        "    CALLS.append(open(config_path).read())\n    return halve(model, tokenizer, texts)\n"  # records len(texts)
     )
     cfg = tmp_path / "recipe.yaml"
     cfg.write_text("scheme: w4\n")
@@ -145,6 +162,7 @@ def test_calibration_texts_and_config_file_reach_the_function(team_pkg, tiny_dir
             r"config file /no/such/recipe.yaml does not",
         ),
         ({"entry": "teamq.quant:halve", "bits": 4}, r"unknown params \['bits'\]"),
+        ({"entry": "teamq.quant:halve", "ignore": [3]}, r"ignore must be a list of module names or 're:' patterns"),
     ],
 )
 def test_bad_entries_fail_before_any_work(team_pkg, tiny_dir, tmp_path, params, match):
@@ -198,3 +216,18 @@ def test_the_code_hash_covers_every_file_of_the_package_but_not_bytecode(team_pk
     (team_pkg / "__pycache__" / "quant.cpython-311.pyc").write_bytes(b"\0bytecode")
     (team_pkg / "stray.pyc").write_bytes(b"\0bytecode")
     assert code_sha256("teamq.quant") == (after, n_after)
+
+
+def test_what_the_quantizer_left_unquantized_is_an_error_unless_ignored(team_pkg, tiny_dir, tmp_path):
+    """A weight the function did not change is named (first few + count); ignore: keeps it on purpose; a function
+    that changes nothing is 'nothing was quantized'. The ignore list decides a check, not the number."""
+    ctx = _ctx(tiny_dir, tmp_path, "off")
+    left = r"user: 2 eligible decoder weights of this llama model were left unquantized \(layers.0.mlp.down_proj.weight"
+    with pytest.raises(VariantError, match=left + r".*list their modules in the entry's ignore:"):
+        make_variant("user", {"entry": "teamq.quant:halve_but_down"}).prepare(ctx)
+    params = {"entry": "teamq.quant:halve_but_down", "ignore": ["re:.*down_proj$"]}
+    ok = make_variant("user", params).prepare(ctx)
+    assert "(100.0%), ignored by the entry's ignore list (2 weights, 65,536 parameters)" in ok.info["coverage"]
+    assert "ignore" not in make_variant("user", params).fingerprint()
+    with pytest.raises(VariantError, match=r"user: nothing was quantized in this llama model"):
+        make_variant("user", {"entry": "teamq.quant:unchanged"}).prepare(ctx)

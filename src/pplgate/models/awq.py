@@ -31,8 +31,16 @@ from pplgate.models.autoawq_compat import (
     load_awq_checkpoint,
 )
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
+from pplgate.models.coverage import Coverage, check_changed, checkpoint_ignore, model_coverage, probe_logits
+from pplgate.models.failures import DOCS, library_boundary
 from pplgate.models.hashing import library_versions, source_fingerprint
-from pplgate.models.layers import group_size_problems, load_config, strip_load_quantization, valid_group_sizes
+from pplgate.models.layers import (
+    architecture,
+    group_size_problems,
+    load_config,
+    strip_load_quantization,
+    valid_group_sizes,
+)
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import ModelSource, load_tokenizer
 from pplgate.models.variant import DTYPE_PARAM, ModelContext, Param, PreparedModel, Variant
@@ -57,14 +65,48 @@ AWQ_IMPL_VERSION = 2
 def autoawq_layout_problem(config: Any) -> str | None:
     """Why AutoAWQ 0.2.9's model classes cannot handle this transformers-5 layout (None: they can). Its MoE
     classes walk one Linear per expert, transformers 5 fuses the experts into 3-D tensors (a raw traceback
-    mid-quantization, or experts left unquantized); its Falcon class expects the old single-norm layer."""
+    mid-quantization, or experts left unquantized); its Falcon class fails on the new layout's attention, and
+    takes any old-layout Falcon whose head count is not Falcon-7B's 71 for the new layout."""
     cfg = getattr(config, "text_config", None) or config
     experts = [getattr(cfg, k, None) for k in ("num_local_experts", "num_experts", "n_routed_experts")]
     if any(isinstance(n, int) and n > 0 for n in experts):
         return "mixture-of-experts layers with fused 3-D expert tensors"
     if getattr(cfg, "model_type", None) == "falcon" and getattr(cfg, "new_decoder_architecture", False):
         return "Falcon's new decoder layout (ln_attn / ln_mlp)"
+    if getattr(cfg, "model_type", None) == "falcon" and getattr(cfg, "num_attention_heads", 71) != 71:
+        return (
+            f"Falcon's old decoder layout with {cfg.num_attention_heads} attention heads: AutoAWQ's Falcon class "
+            "reads the layout from the head count (71, Falcon-7B's, is the old layout; any other count the new one)"
+        )
     return None
+
+
+def autoawq_fix(arch: str) -> str:
+    """What to do when AutoAWQ fails on ``arch``."""
+    return f"measure this {arch} model with the kinds rtn, gptq or llmc-recipe (AWQModifier); {DOCS} lists what works"
+
+
+def checked_coverage(model: Any, kind: str, base: Any = None) -> Coverage:
+    """What the AutoAWQ model's decoder layers hold (``WQLinear`` modules), checked; with the float model's probe
+    logits ``base``, the quantized model's must differ. A checkpoint's ``modules_to_not_convert`` are not eligible."""
+    arch = architecture(model.config)
+    ignore, _ = checkpoint_ignore(model.config)
+    coverage = model_coverage(model, ignore=ignore, ignore_by_substring=True, ignored_by="modules_to_not_convert")
+    coverage.check(kind, arch, fix="AutoAWQ left them as float Linears; " + autoawq_fix(arch))
+    if base is not None:
+        check_changed(base, probe_logits(model), kind, arch)
+    return coverage
+
+
+def load_checkpoint(kind: str, path: str, device: Any, dtype: str, revision: str | None = None) -> tuple[Any, str]:
+    """:func:`load_awq_checkpoint`, a failure inside AutoAWQ or accelerate as one line naming the architecture."""
+    try:
+        arch = architecture(load_config(ModelSource(path, revision=revision)))
+    except Exception:  # unreadable config: AutoAWQ's own error below says why
+        arch = "unknown architecture"
+    fix = f"the checkpoint does not load with AutoAWQ 0.2.9 on this stack; {DOCS} lists what works"
+    with library_boundary(kind, arch, "autoawq", fix, "cannot load the AWQ checkpoint"):
+        return load_awq_checkpoint(path, device, dtype, revision)
 
 
 class AwqVariant(Variant):
@@ -137,13 +179,13 @@ class AwqVariant(Variant):
         if mt not in model_map:
             raise VariantError(
                 f"awq: AutoAWQ 0.2.9 does not support architecture {mt!r} ({ctx.source.describe()}); "
-                f"supported model_types: {', '.join(sorted(model_map))}"
+                f"{autoawq_fix(architecture(config))} (AutoAWQ's model_types: {', '.join(sorted(model_map))})"
             )
         layout = autoawq_layout_problem(config)
         if layout:
             raise VariantError(
                 f"awq: AutoAWQ 0.2.9 lists {mt!r} but cannot quantize it as transformers 5 builds it ({layout}); "
-                "measure this model with the kinds rtn, gptq or llmc-recipe"
+                + autoawq_fix(architecture(config))
             )
         problems = group_size_problems(config, self.group_size)
         if problems:
@@ -166,26 +208,30 @@ class AwqVariant(Variant):
         }
         return cache_key_parts(ctx.source, variant, calibration_sha256, library_versions(*VERSIONS_KEYED))
 
-    def _quantize(self, ctx: ModelContext, dtype: str, texts: list[str], tokenizer):
+    def _quantize(self, ctx: ModelContext, dtype: str, texts: list[str], tokenizer) -> tuple[Any, Any]:
+        """``(AutoAWQ wrapper, the float model's probe logits)``."""
         model = ctx.load(dtype, fresh=True)
         strip_load_quantization(model)
+        base = probe_logits(model)
         mt = model.config.model_type
         cls = awq_model_map()[mt]
         from awq.models._config import AwqConfig
 
-        wrapper = cls(model, mt, is_quantized=False, config=model.config, quant_config=AwqConfig(), processor=None)
-        with best_scale_snapshot_shim(), library_bars_off():  # AutoAWQ's "AWQ"/"Packing" bars: tty only
-            wrapper.quantize(
-                tokenizer,
-                quant_config=self.quant_config(),
-                calib_data=texts,
-                max_calib_samples=len(texts),
-                max_calib_seq_len=self.calibration.seqlen,
-                apply_clip=self.apply_clip,
-                duo_scaling=self.duo_scaling,
-            )
+        arch = architecture(model.config)
+        with library_boundary(self.kind, arch, "autoawq", autoawq_fix(arch)):
+            wrapper = cls(model, mt, is_quantized=False, config=model.config, quant_config=AwqConfig(), processor=None)
+            with best_scale_snapshot_shim(), library_bars_off():  # AutoAWQ's "AWQ"/"Packing" bars: tty only
+                wrapper.quantize(
+                    tokenizer,
+                    quant_config=self.quant_config(),
+                    calib_data=texts,
+                    max_calib_samples=len(texts),
+                    max_calib_seq_len=self.calibration.seqlen,
+                    apply_clip=self.apply_clip,
+                    duo_scaling=self.duo_scaling,
+                )
         wrapper.model.to(ctx.torch_device)
-        return wrapper
+        return wrapper, base
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)
@@ -206,16 +252,19 @@ class AwqVariant(Variant):
         cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
         if not cache.enabled:
             t1 = time.perf_counter()
-            wrapper = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
+            wrapper, base = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
             info.update(quantize_time_s=time.perf_counter() - t1, cache="off", **awq_kernel_info(wrapper.model))
+            info["coverage"] = checked_coverage(wrapper.model, self.kind, base).text()
             return PreparedModel(wrapper.model, "quantized", time.perf_counter() - t0, info)
 
         built: dict[str, Any] = {}
 
         def build(tmp: Path) -> dict[str, Any]:
             t1 = time.perf_counter()
-            wrapper = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
+            wrapper, base = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
             built["quantize_time_s"] = time.perf_counter() - t1
+            built["kernel"] = awq_kernel_info(wrapper.model)
+            built["coverage"] = checked_coverage(wrapper.model, self.kind, base).text()  # raising: no cache entry
             t2 = time.perf_counter()
             wrapper.save_quantized(str(tmp / "model"))
             tokenizer.save_pretrained(str(tmp / "model"))
@@ -227,23 +276,26 @@ class AwqVariant(Variant):
         info["cache_entry"] = str(entry.path)
         if hit:
             t1 = time.perf_counter()
-            model, how = load_awq_checkpoint(str(entry.path / "model"), ctx.torch_device, dtype)
+            model, how = load_checkpoint(self.kind, str(entry.path / "model"), ctx.torch_device, dtype)
             info.update(
                 load_time_s=time.perf_counter() - t1,
                 load_path=how,
                 quantize_time_s_when_built=entry.meta.get("quantize_time_s"),
                 **awq_kernel_info(model),
             )
+            info["coverage"] = checked_coverage(model, self.kind).text()
             return PreparedModel(model, "cache", time.perf_counter() - t0, info)
         wrapper = built.get("wrapper")
         if wrapper is None:  # another worker built it while we waited on the lock's rename race
-            model, how = load_awq_checkpoint(str(entry.path / "model"), ctx.torch_device, dtype)
+            model, how = load_checkpoint(self.kind, str(entry.path / "model"), ctx.torch_device, dtype)
             info.update(load_path=how, **awq_kernel_info(model))
+            info["coverage"] = checked_coverage(model, self.kind).text()
             return PreparedModel(model, "cache", time.perf_counter() - t0, info)
         info.update(
             quantize_time_s=built["quantize_time_s"],
             save_time_s=built["save_time_s"],
-            **awq_kernel_info(wrapper.model),
+            **built["kernel"],
+            coverage=built["coverage"],
         )
         return PreparedModel(wrapper.model, "quantized", time.perf_counter() - t0, info)
 
@@ -303,6 +355,7 @@ class AwqCheckpointVariant(Variant):
         dtype = ctx.dtype(self.dtype_param)
         path, revision = self._target(ctx)
         t0 = time.perf_counter()
-        model, how = load_awq_checkpoint(path, ctx.torch_device, dtype, revision)
+        model, how = load_checkpoint(self.kind, path, ctx.torch_device, dtype, revision)
         info = {"dtype": dtype, "load_path": how, "checkpoint": path, **awq_kernel_info(model)}
+        info["coverage"] = checked_coverage(model, self.kind).text()
         return PreparedModel(model, "loaded", time.perf_counter() - t0, info)

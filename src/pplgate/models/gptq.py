@@ -1,6 +1,6 @@
 """``gptq``: GPTQ through llm-compressor's ``GPTQModifier``, weight-only integer groups.
 
-The recipe: ``GPTQModifier(targets="Linear", ignore=["lm_head"], config_groups={group_0: int
+The recipe: ``GPTQModifier(targets="Linear", ignore=["lm_head", MoE routers], config_groups={group_0: int
 w_bit, strategy group, q_group_size, symmetric sym, actorder}, block_size, dampening_frac)``. Presets
 such as ``W4A16`` are fixed at group 128; ``config_groups`` lets a model whose widths 128 does not divide
 (SmolLM2: 576) use 64. ``actorder``: ``static`` (llm-compressor's default), ``weight`` or ``none``;
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pplgate.errors import VariantError
-from pplgate.models.llmc import LlmcVariant
+from pplgate.models.llmc import ROUTER_IGNORE, LlmcVariant
 from pplgate.models.variant import DTYPE_PARAM, Param
 
 GPTQ_SPEC = (
@@ -83,7 +83,7 @@ class GptqVariant(LlmcVariant):
         return [
             GPTQModifier(
                 targets="Linear",
-                ignore=["lm_head"],
+                ignore=list(ROUTER_IGNORE),  # lm_head and MoE routers stay in full precision
                 config_groups=groups,
                 block_size=self.block_size,
                 dampening_frac=self.dampening_frac,

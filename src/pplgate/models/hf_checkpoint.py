@@ -2,9 +2,10 @@
 
 compressed-tensors first (llm-compressor's output: pack-quantized, int-quantized, ...); other formats
 (AWQ, GPTQ, bitsandbytes, ...) where the installed libraries load them: transformers' own error is
-passed on with the format named. AutoAWQ checkpoints through AutoAWQ's kernels stay kind
-``awq-checkpoint``. The fingerprint holds the checkpoint's content hash (a local directory) or its hub id
-and revision, never a local path.
+passed on in one line with the format named. What the loaded modules hold quantized is the ``coverage``
+(:mod:`pplgate.models.coverage`): a checkpoint whose decoder weights hold nothing quantized is an error.
+AutoAWQ checkpoints through AutoAWQ's kernels stay kind ``awq-checkpoint``. The fingerprint holds the
+checkpoint's content hash (a local directory) or its hub id and revision, never a local path.
 """
 
 from __future__ import annotations
@@ -89,20 +90,19 @@ class HfCheckpointVariant(Variant):
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)
-        from pplgate.models.llmc import load_compressed
+        from pplgate.models.llmc import load_compressed, loaded_coverage
 
         dtype = ctx.dtype(self.dtype_param)
         src = self._source(ctx)
         method = quant_method(load_config(src))
         t0 = time.perf_counter()
-        try:
-            model = load_compressed(
-                src.path_or_id, ctx, dtype, src.revision, compressed_tensors=method == "compressed-tensors"
-            )
-        except Exception as exc:
-            raise VariantError(
-                f"hf-checkpoint: transformers could not load the {method} checkpoint "
-                f"{src.describe()}: {type(exc).__name__}: {exc}"
-            ) from exc
-        info = {"dtype": dtype, "checkpoint": src.describe(), "quant_method": method}
+        fix = (
+            f"the {method} checkpoint {src.describe()} does not load with this transformers: load it with the "
+            "library versions it was made with, or re-export it with these"
+        )
+        model = load_compressed(
+            src.path_or_id, ctx, dtype, src.revision, compressed_tensors=method == "compressed-tensors", fix=fix
+        )
+        coverage = loaded_coverage(model, self.kind, src)  # what the loaded modules hold quantized; nothing: an error
+        info = {"dtype": dtype, "checkpoint": src.describe(), "quant_method": method, "coverage": coverage.text()}
         return PreparedModel(model, "loaded", time.perf_counter() - t0, info)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,15 @@ def _load_config(path_or_id: str, gguf_file: str | None, revision: str | None):
 def load_config(src: ModelSource):
     """The model's ``PretrainedConfig`` (cheap: no weights are read; a GGUF's metadata is parsed once)."""
     return _load_config(src.path_or_id, src.gguf_file, src.revision)
+
+
+def architecture(config: Any) -> str:
+    """The architecture as errors name it: ``config.model_type`` (a text config's own), plus Falcon's layout."""
+    cfg = getattr(config, "text_config", None) or config
+    name = str(getattr(cfg, "model_type", None) or getattr(config, "model_type", None) or type(config).__name__)
+    if name == "falcon":
+        name += " (new decoder layout)" if getattr(cfg, "new_decoder_architecture", False) else " (old decoder layout)"
+    return name
 
 
 def linear_in_features(config) -> dict[str, int]:
@@ -116,6 +125,7 @@ class Weight:
     name: str
     param: torch.nn.Parameter
     transposed: bool = False
+    module: torch.nn.Module | None = field(default=None, compare=False, repr=False)  # the module holding it
 
     @property
     def experts(self) -> int:
@@ -158,13 +168,14 @@ def decoder_weights(model: torch.nn.Module) -> tuple[list[Weight], list[Weight]]
         for mname, mod in layer.named_modules():
             where = f"layers.{i}.{mname}" if mname else f"layers.{i}"
             if mname.rsplit(".", 1)[-1] in ROUTER_NAMES:
-                kept += [Weight(f"{where}.{n}", p) for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
+                params = mod.named_parameters(recurse=False)
+                kept += [Weight(f"{where}.{n}", p, module=mod) for n, p in params if p.dim() >= 2]
                 continue
             if isinstance(mod, torch.nn.Linear):
-                weights.append(Weight(f"{where}.weight", mod.weight))
+                weights.append(Weight(f"{where}.weight", mod.weight, module=mod))
                 continue
             for pname, p in mod.named_parameters(recurse=False):
                 if p.dim() == 3 and "bias" not in pname:
                     name = f"{where}.{pname}"
-                    weights.append(Weight(name, p, _transposed(mod, pname, p, hidden, name)))
+                    weights.append(Weight(name, p, _transposed(mod, pname, p, hidden, name), mod))
     return weights, kept

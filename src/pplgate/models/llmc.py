@@ -3,8 +3,10 @@
 A kind says which recipe it runs (:meth:`LlmcVariant.recipe`), which weight group sizes it asks for and
 how it is fingerprinted; this base does the rest. ``prepare`` loads a fresh copy of the source model in
 the compute dtype, cuts the calibration texts into ``seqlen`` blocks (AutoAWQ's rule, fixed order), runs
-``oneshot`` in memory (:mod:`pplgate.models.llmc_compat`) and checks that every decoder Linear the recipe
-targets was quantized. With the cache on, the model is saved in llm-compressor's native format, a
+``oneshot`` in memory (:mod:`pplgate.models.llmc_compat`) and checks what it quantized
+(:mod:`pplgate.models.coverage`: every eligible decoder weight, experts included, unless the recipe ignores it;
+the probe logits moved). A failure inside llm-compressor or transformers is one line naming the architecture and
+the fix (:mod:`pplgate.models.failures`). With the cache on, the model is saved in llm-compressor's native format, a
 compressed-tensors directory (``save_pretrained(save_compressed=True)``), and what is measured, then and
 on every later hit, is that directory loaded with transformers, as it is deployed (saving compresses the
 in-memory modules in place). With the cache off, the in-memory model is measured: cache on vs off is the
@@ -13,10 +15,11 @@ save -> load round trip.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,27 @@ import torch
 
 from pplgate.errors import CalibrationError, VariantError
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
+from pplgate.models.coverage import (
+    Coverage,
+    check_changed,
+    checkpoint_grid,
+    checkpoint_ignore,
+    model_coverage,
+    probe_logits,
+)
+from pplgate.models.failures import DOCS, library_boundary, raised_in
 from pplgate.models.hashing import library_versions
 from pplgate.models.layers import (
-    decoder_layers,
+    ROUTER_NAMES,
+    architecture,
     group_size_problems,
+    load_config,
     strip_load_quantization,
     valid_group_sizes,
 )
 from pplgate.models.llmc_compat import (
     LLMC_VERSIONS_KEYED,
+    awq_resolved_mappings,
     calibration_loader,
     freeze_fake_quant,
     import_llmcompressor,
@@ -40,30 +55,36 @@ from pplgate.models.llmc_compat import (
     undispatch,
 )
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
-from pplgate.models.source import DTYPE_CHOICES, load_tokenizer, torch_dtype
+from pplgate.models.source import DTYPE_CHOICES, ModelSource, load_tokenizer, torch_dtype
 from pplgate.models.variant import ModelContext, Param, PreparedModel, Variant
 from pplgate.protocol.progress import library_bars_off
 
 # ``quant_dtype``: a compute dtype, or fp64 (calibration only)
 QUANT_DTYPE_PARAM = Param("quant_dtype", str, "auto", (*DTYPE_CHOICES, "fp64"))
 
-# Version of pplgate's own use of llm-compressor (loader, shims); part of the cache key.
-LLMC_IMPL_VERSION = 1
+# Version of pplgate's own use of llm-compressor (loader, shims, the gptq recipe); part of the cache key.
+# 2: gptq keeps MoE routers (ROUTER_NAMES) in full precision, as llm-compressor's MoE examples do.
+LLMC_IMPL_VERSION = 2
+# what the kinds keep in full precision whatever the recipe: lm_head (outside the decoder layers) and MoE routers
+ROUTER_IGNORE = ["lm_head", f"re:.*\\.({'|'.join(ROUTER_NAMES)})$"]
+RELOAD_FIX = (
+    "the gate's --pplgate-cache off measures the in-memory quantized model instead (no checkpoint round trip; a "
+    "deployment that loads this checkpoint with this transformers fails the same way)"
+)
 
 
-def quantized_linears(model: torch.nn.Module) -> tuple[int, list[str]]:
-    """``(n_quantized, names of decoder Linears left unquantized)``: llm-compressor marks each quantized
-    module with a ``quantization_scheme`` (in memory) or replaces it (a reloaded checkpoint)."""
-    layers = decoder_layers(model)
-    done, missing = 0, []
-    for i, layer in enumerate(layers):
-        for name, mod in layer.named_modules():
-            if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "CompressedLinear":
-                if getattr(mod, "quantization_scheme", None) is not None:
-                    done += 1
-                else:
-                    missing.append(f"layers.{i}.{name}")
-    return done, missing
+def oneshot_fix(arch: str) -> Callable[[BaseException], str]:
+    """The fix for a failure inside ``oneshot``: AWQ's default mappings do not fit ``arch``, or another failure."""
+
+    def fix(exc: BaseException) -> str:
+        if raised_in(exc, "llmcompressor/modifiers/transform/awq") or raised_in(exc, "llmcompressor/modifiers/awq"):
+            return (
+                f"AWQModifier's default mappings do not fit {arch}: give it `mappings:` for this architecture (each "
+                f"smooth_layer with the balance_layers it feeds; examples in {DOCS})"
+            )
+        return f"this recipe does not run on {arch} with this llm-compressor; {DOCS} lists the kinds that do"
+
+    return fix
 
 
 class LlmcVariant(Variant):
@@ -102,6 +123,14 @@ class LlmcVariant(Variant):
     def requires_every_linear(self) -> bool:
         """Whether every decoder Linear must come out quantized (a recipe may target fewer on purpose)."""
         return True
+
+    def ignore_patterns(self) -> list[str]:
+        """Module names / ``re:`` patterns kept in full precision on purpose (not counted as left unquantized)."""
+        return list(ROUTER_IGNORE)
+
+    def missing_fix(self) -> str:
+        """What to do when an eligible decoder weight came out unquantized."""
+        return "llm-compressor did not quantize them: report the architecture"
 
     def quant_dtype(self, ctx: ModelContext, dtype: str) -> str:
         """The dtype the model is in while llm-compressor calibrates (``quant_dtype``; default the compute dtype).
@@ -149,29 +178,30 @@ class LlmcVariant(Variant):
 
     def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, dict]:
         quant_dtype = self.quant_dtype(ctx, dtype)
-        if quant_dtype == "fp64":  # the measured model's weights, exactly, in float64
-            model = ctx.load(dtype, fresh=True).to(torch.float64)
-        else:
-            model = ctx.load(quant_dtype, fresh=True)
+        model = ctx.load(dtype if quant_dtype == "fp64" else quant_dtype, fresh=True)
         strip_load_quantization(model)
+        arch = architecture(model.config)
+        base = probe_logits(model)
+        if quant_dtype == "fp64":  # the measured model's weights, exactly, in float64
+            model.to(torch.float64)
         loader, n_blocks = (None, 0)
         if self.calibration is not None:
             loader, n_blocks = calibration_loader(tokenizer, texts, self.calibration.seqlen)
         t0 = time.perf_counter()
-        logs = run_oneshot(model, tokenizer, self.recipe(), loader)
+        with library_boundary(self.kind, arch, "llmcompressor", oneshot_fix(arch)), awq_resolved_mappings() as awq:
+            logs = run_oneshot(model, tokenizer, self.recipe(), loader)
+        if awq and not all(awq):
+            raise VariantError(
+                f"{self.kind}: AWQModifier matched none of its mappings on this {arch} model and smoothed nothing (the "
+                f"number would be the quantization step's alone): give it `mappings:` for this architecture ({DOCS})"
+            )
         model.to(ctx.torch_device)
         info: dict[str, Any] = {"quantize_time_s": round(time.perf_counter() - t0, 3), "calibration_blocks": n_blocks}
-        done, missing = quantized_linears(model)
-        if self.requires_every_linear() and missing:
-            raise VariantError(
-                f"{self.kind}: llm-compressor left {len(missing)} decoder Linears unquantized "
-                f"({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
-            )
-        if done == 0:
-            raise VariantError(f"{self.kind}: the recipe quantized no decoder Linear (check its targets)")
-        info["n_quantized_linears"] = done
-        info["quant_dtype"] = quant_dtype
+        coverage = model_coverage(model, ignore=self.ignore_patterns(), ignored_by="the recipe's ignore")
+        coverage.check(self.kind, arch, allow_missing=not self.requires_every_linear(), fix=self.missing_fix())
+        info.update(coverage=coverage.text(), n_quantized_linears=len(coverage.quantized), quant_dtype=quant_dtype)
         model.to(torch_dtype(dtype))  # quantized in quant_dtype, measured in the compute dtype
+        check_changed(base, probe_logits(model), self.kind, arch)
         if logs:
             info["llmcompressor_warnings"] = [f"{r['level']}: {r['message'][:300]}" for r in logs]
         return model, info
@@ -218,8 +248,12 @@ class LlmcVariant(Variant):
             built["info"] = {**qinfo, "save_time_s": round(time.perf_counter() - t1, 3)}
             del model
             t2 = time.perf_counter()
-            built["model"] = reloaded = load_compressed(tmp / "model", ctx, dtype)
+            built["model"] = reloaded = load_compressed(tmp / "model", ctx, dtype, kind=self.kind, fix=RELOAD_FIX)
             built["info"]["load_time_s"] = round(time.perf_counter() - t2, 3)
+            coverage = loaded_coverage(
+                reloaded, self.kind, ModelSource(str(tmp / "model")), self.requires_every_linear()
+            )
+            built["info"]["coverage"] = coverage.text()
             check_reload(before, probe_logits(reloaded), dtype, self.kind)  # raising: no cache entry is left
             return {"quantize_time_s": qinfo["quantize_time_s"], "format": "compressed-tensors"}
 
@@ -229,19 +263,31 @@ class LlmcVariant(Variant):
         if "model" in built:  # built now: quantized, saved, loaded back and checked against the in-memory model
             return PreparedModel(built.pop("model"), "quantized", time.perf_counter() - t0, info)
         t1 = time.perf_counter()
-        model = load_compressed(entry.path / "model", ctx, dtype)
+        model = load_compressed(entry.path / "model", ctx, dtype, kind=self.kind, fix=RELOAD_FIX)
         info["load_time_s"] = round(time.perf_counter() - t1, 3)
+        coverage = loaded_coverage(
+            model, self.kind, ModelSource(str(entry.path / "model")), self.requires_every_linear()
+        )
+        info["coverage"] = coverage.text()
         info["quantize_time_s_when_built"] = entry.meta.get("quantize_time_s")
         return PreparedModel(model, "cache", time.perf_counter() - t0, info)
 
 
-@torch.no_grad()
-def probe_logits(model: torch.nn.Module, n_tokens: int = 32) -> torch.Tensor:
-    """The model's fp32 logits on a fixed short batch of token ids (seeded), on the CPU."""
-    cfg = getattr(model.config, "text_config", None) or model.config
-    ids = torch.randint(0, cfg.vocab_size, (1, n_tokens), generator=torch.Generator().manual_seed(0))
-    device = next(model.parameters()).device
-    return model(ids.to(device)).logits.float().cpu()
+def loaded_coverage(model: torch.nn.Module, kind: str, checkpoint: ModelSource, require_all: bool = True) -> Coverage:
+    """The coverage of a loaded quantized checkpoint, checked: what its modules hold (compressed-tensors' marks,
+    packed modules, the de-compressed fused experts on the checkpoint's grid); its own ignore list is not eligible.
+    The grid and the ignore list come from the checkpoint's config.json (a de-compressed model has dropped them)."""
+    config = load_config(checkpoint)
+    ignore, by_substring = checkpoint_ignore(config)
+    coverage = model_coverage(
+        model,
+        grid=checkpoint_grid(config),
+        ignore=ignore,
+        ignore_by_substring=by_substring,
+        ignored_by="the checkpoint's ignore list",
+    )
+    coverage.check(kind, architecture(model.config), allow_missing=not require_all)
+    return coverage
 
 
 def check_reload(before: torch.Tensor, after: torch.Tensor, dtype: str, kind: str) -> None:
@@ -257,7 +303,9 @@ def check_reload(before: torch.Tensor, after: torch.Tensor, dtype: str, kind: st
         )
 
 
-def check_load_report(report: Mapping[str, Any], path: Path | str) -> None:
+def check_load_report(
+    report: Mapping[str, Any], path: Path | str, kind: str = "hf-checkpoint", arch: str = "", fix: str = ""
+) -> None:
     """A checkpoint whose tensors do not map onto the model is never measured: transformers initialises what
     is MISSING at random and drops what is UNEXPECTED (an MoE's packed experts on a fused-expert model)."""
     problems = []
@@ -268,16 +316,39 @@ def check_load_report(report: Mapping[str, Any], path: Path | str) -> None:
             problems.append(f"{len(keys)} {what} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
     if problems:
         raise VariantError(
-            f"the checkpoint {path} does not load as the model it was saved from: {'; '.join(problems)}; "
-            "transformers would initialise the missing tensors at random, so nothing is measured (this "
-            "transformers version cannot map the checkpoint's layout onto its modules)"
+            f"{kind}: the checkpoint {path} of this {arch or 'unknown'} model does not load as the model it was saved "
+            f"from: {'; '.join(problems)}; transformers {library_versions('transformers')['transformers']} would "
+            "initialise the missing tensors at random, so nothing is measured (it cannot map the checkpoint's layout "
+            f"onto its modules){'; ' + fix if fix else ''}"
         )
 
 
+def conversion_error(exc: BaseException) -> str:
+    """transformers' first weight-conversion error behind ``exc`` ("look at the CONVERSION entries of the above
+    report": the report is a log record, its errors live in the raising frame's ``loading_info``), else ``""``."""
+    tb = exc.__traceback__
+    while tb is not None:
+        errors = getattr(tb.tb_frame.f_locals.get("loading_info"), "conversion_errors", None)
+        if errors:
+            key, text = next(iter(errors.items()))
+            lines = [line.strip() for line in str(text).splitlines() if re.match(r"\s*\w*Error: ", line)]
+            return f"converting {key}: {' / '.join(lines[:2]) or ' '.join(str(text).split())[:200]}; "
+        tb = tb.tb_next
+    return ""
+
+
 def load_compressed(
-    path: Path | str, ctx: ModelContext, dtype: str, revision: str | None = None, *, compressed_tensors: bool = True
+    path: Path | str,
+    ctx: ModelContext,
+    dtype: str,
+    revision: str | None = None,
+    *,
+    compressed_tensors: bool = True,
+    kind: str = "hf-checkpoint",
+    fix: str = "",
 ) -> torch.nn.Module:
-    """A compressed-tensors (or other transformers-loadable quantized) checkpoint, loaded with transformers.
+    """A compressed-tensors (or other transformers-loadable quantized) checkpoint, loaded with transformers; a
+    failure inside transformers is one :class:`~pplgate.errors.LibraryError` line (``fix`` appended).
 
     compressed-tensors checkpoints load with ``run_compressed=False``: the weights are de-compressed at load
     (by default transformers does it in a hook on the first forward of the *top-level* model, which the
@@ -292,11 +363,14 @@ def load_compressed(
         from transformers import CompressedTensorsConfig
 
         kw["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
-    with library_bars_off(), warnings.catch_warnings():
+    arch = architecture(load_config(ModelSource(str(path), revision=revision)))
+    fix = fix or "this transformers cannot load the checkpoint's layout: load it with the versions it was made with"
+    boundary = library_boundary(kind, arch, "transformers", lambda e: conversion_error(e) + fix, "cannot load it")
+    with boundary, library_bars_off(), warnings.catch_warnings():
         # "You passed `quantization_config` ... the model already has one": run_compressed is the point
         warnings.filterwarnings("ignore", "You passed `quantization_config`")
         model, report = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kw)
-    check_load_report(report, path)
+    check_load_report(report, path, kind, arch, fix)
     if compressed_tensors:
         undispatch(model)  # compressed-tensors' load-time offload wrapping ran every forward on the CPU
     model = model.to(ctx.torch_device).eval()

@@ -15,6 +15,8 @@
   differences of another BLAS code path (another CPU type, another thread count) into other rounding
   decisions: the CPU tier's GPTQ moved 1.5% between an Intel Xeon and an AMD EPYC and between 1 and 2
   threads. In float64 (forward passes and GPTQ math) the same weights came out bitwise on both.
+* **AWQ that smoothed nothing**: :func:`awq_resolved_mappings` counts what each ``AWQModifier`` resolved (mappings
+  that match no module pass silently).
 * **No leaks**: the sequential pipeline registers each traced forward's globals (the model with them)
   in ``torch.fx._symbolic_trace._wrapped_fns_to_patch`` forever, and the global session keeps the
   model; both are dropped after the call.
@@ -164,6 +166,27 @@ def fx_registry_cleanup() -> Iterator[None]:
         fx_log.setLevel(level)
         for key in set(st._wrapped_fns_to_patch) - before:
             del st._wrapped_fns_to_patch[key]
+
+
+@contextlib.contextmanager
+def awq_resolved_mappings() -> Iterator[list[int]]:
+    """How many mappings each ``AWQModifier`` resolved on the model, one count per modifier run. A count of 0 is
+    an AWQ step that smoothed nothing: mappings matching no module raise nothing and log nothing (Falcon's new
+    layout under the default mappings), so the recipe's number would be its QuantizationModifier's alone."""
+    from llmcompressor.modifiers.transform.awq.base import AWQModifier
+
+    counts: list[int] = []
+    original = AWQModifier._set_resolved_mappings
+
+    def counted(self: Any, model: torch.nn.Module) -> None:
+        original(self, model)
+        counts.append(len(self._resolved_mappings))
+
+    AWQModifier._set_resolved_mappings = counted
+    try:
+        yield counts
+    finally:
+        AWQModifier._set_resolved_mappings = original
 
 
 def calibration_loader(tokenizer: Any, texts: Sequence[str], seqlen: int) -> tuple[Any, int]:

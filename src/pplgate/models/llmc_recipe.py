@@ -104,6 +104,30 @@ class LlmcRecipeVariant(LlmcVariant):
     def needs_calibration(self) -> bool:
         return bool(self._modifier_names() & DATA_MODIFIERS)
 
+    def ignore_patterns(self) -> list[str]:
+        """Every ``ignore:`` entry of the recipe's modifiers (names or ``re:`` patterns), besides the routers."""
+        found: list[str] = []
+
+        def walk(v: Any) -> None:
+            if isinstance(v, Mapping):
+                for k, sub in v.items():
+                    if k == "ignore":
+                        found.extend([sub] if isinstance(sub, str) else [x for x in sub or () if isinstance(x, str)])
+                    else:
+                        walk(sub)
+            elif isinstance(v, list):
+                for sub in v:
+                    walk(sub)
+
+        walk(self.inline if self.inline is not None else self._file_data)
+        return [*super().ignore_patterns(), *found]
+
+    def missing_fix(self) -> str:
+        return (
+            "widen the recipe's targets, list those modules in its ignore: to keep them in full precision on purpose, "
+            "or set require_all_linears: false"
+        )
+
     def requires_every_linear(self) -> bool:
         return self.all_linears
 

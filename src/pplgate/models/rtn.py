@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from pplgate.errors import VariantError
-from pplgate.models.layers import decoder_layers, decoder_weights, group_size_problems
+from pplgate.models.coverage import Coverage, check_changed, probe_logits
+from pplgate.models.layers import architecture, decoder_layers, decoder_weights, group_size_problems
 from pplgate.models.variant import DTYPE_PARAM, ModelContext, Param, PreparedModel, Variant
 
 RTN_SPEC = (Param("w_bit", int, 4), Param("q_group_size", int, 128), Param("zero_point", bool, True), DTYPE_PARAM)
@@ -95,25 +96,21 @@ def rtn_quantize_model(model: torch.nn.Module, w_bit: int, group_size: int, zero
         n_params += w.param.numel()
     if changed == 0:
         raise VariantError(
-            f"rtn changed no weight of {type(model).__name__}: its weights already sit on the {w_bit}-bit grid "
-            "(a model quantized before?); the measurement would be the float model's"
+            f"rtn changed no weight of {type(model).__name__} ({architecture(model.config)}): its weights already sit "
+            f"on the {w_bit}-bit grid (a model quantized before?); nothing was quantized, the measurement would be "
+            "the float model's"
         )
     experts = [w for w in weights if w.experts]
-    kept_params = sum(w.param.numel() for w in kept)
+    coverage = Coverage(
+        quantized=[(w.name, w.param.numel()) for w in weights], routers_kept=[(w.name, w.param.numel()) for w in kept]
+    )
     return {
         "n_linears": len(weights) - len(experts),
         "n_expert_tensors": len(experts),
         "n_quantized_params": n_params,
         "n_layers": len(decoder_layers(model)),
-        "coverage": coverage_text(n_params, kept_params, len(kept)),
+        "coverage": coverage.text(),
     }
-
-
-def coverage_text(quantized: int, kept: int, n_kept: int) -> str:
-    """``quantized 100.0% of decoder weights (2 router weights kept, 0.1%)``: what a reviewer reads."""
-    total = quantized + kept
-    text = f"quantized {quantized / total:.1%} of {total:,} decoder weight parameters"
-    return text + (f" ({n_kept} router weights kept in full precision, {kept / total:.1%})" if n_kept else "")
 
 
 class RtnVariant(Variant):
@@ -165,7 +162,9 @@ class RtnVariant(Variant):
         model = ctx.load(dtype, fresh=True)
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
+        base = probe_logits(model)
         stats = rtn_quantize_model(model, self.w_bit, self.group_size, self.zero_point)
+        check_changed(base, probe_logits(model), self.kind, architecture(model.config))
         t_quant = time.perf_counter() - t1
         info = {"dtype": dtype, "load_time_s": t_load, "quantize_time_s": t_quant, **stats}
         return PreparedModel(model=model, origin="quantized", prepare_time_s=time.perf_counter() - t0, info=info)

@@ -4,6 +4,12 @@ The function is called as ``function(model, tokenizer, calibration_texts, **para
 model to measure (it may change ``model`` in place and return it). With ``config:`` a file (a recipe
 or config the function reads) is passed as ``config_path=`` too.
 
+What the function quantized is checked (:mod:`pplgate.models.coverage`): a decoder weight counts as quantized when
+its values changed from the float model's (or its module is a packed / compressed-tensors one); an eligible weight
+left unchanged is an error naming it unless ``ignore:`` lists it (module names or ``re:`` patterns, kept in full
+precision on purpose; not part of the fingerprint: it decides a check, not the number), and so is a model whose
+probe logits equal the float model's.
+
 What decides the number goes into the fingerprint: the entry's name, its params, the calibration
 content hash, the config file's content hash, the dtype. The *code* does not: the gate judges a code
 change by the tolerance (a measured move, not drift). The code's hash (every file of the entry's
@@ -24,14 +30,19 @@ from typing import Any
 
 from pplgate.errors import CalibrationError, VariantError
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
+from pplgate.models.coverage import Coverage, check_changed, model_coverage, probe_logits, weight_digests
 from pplgate.models.hashing import SKIP_DIRS, library_versions, sha256_file
-from pplgate.models.layers import strip_load_quantization
+from pplgate.models.layers import architecture, strip_load_quantization
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import load_tokenizer, torch_dtype
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
 from pplgate.protocol.progress import library_bars_off
 
-USER_PARAMS = ("entry", "params", "calibration", "config", "dtype")
+USER_PARAMS = ("entry", "params", "calibration", "config", "dtype", "ignore")
+IGNORE_FIX = (
+    "quantize them, or list their modules in the entry's ignore: (names or re: patterns) to keep them in full "
+    "precision on purpose"
+)
 VERSIONS_KEYED = ("transformers", "torch", "accelerate")
 
 
@@ -102,6 +113,12 @@ class UserEntryVariant(Variant):
         if config is not None and (not isinstance(config, str) or not config):
             raise VariantError(f"user: config must be a file path, got {config!r}")
         self.config = config
+        ignore = self.params.get("ignore", [])
+        if isinstance(ignore, str):
+            ignore = [ignore]
+        if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
+            raise VariantError(f"user: ignore must be a list of module names or 're:' patterns, got {ignore!r}")
+        self.ignore: list[str] = ignore
         self.dtype_param = self.dtype_from_params()
         cal = self.params.get("calibration")
         try:
@@ -146,10 +163,17 @@ class UserEntryVariant(Variant):
         sel = self.calibration_texts.selected(tokenizer)
         return ([], None) if sel is None else (list(sel.texts), sel.sha256)
 
-    def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> Any:
+    def coverage(self, model: Any, base: dict[str, Any]) -> Coverage:
+        """What ``model`` holds quantized against the float model's weight digests ``base``, checked."""
+        coverage = model_coverage(model, base=base, ignore=self.ignore)
+        coverage.check(self.kind, architecture(model.config), fix=IGNORE_FIX)
+        return coverage
+
+    def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, Coverage]:
         fn = load_entry(self.entry)
         model = ctx.load(dtype, fresh=True)
         strip_load_quantization(model)
+        base, base_logits = weight_digests(model), probe_logits(model)
         arch = type(model).__name__
         kwargs = dict(self.kwargs)
         config = self._config_path()
@@ -162,7 +186,9 @@ class UserEntryVariant(Variant):
             raise VariantError(
                 f"user: {self.entry} returned a {type(out).__name__}, not a model of the source's architecture ({arch})"
             )
-        return out
+        coverage = self.coverage(out, base)
+        check_changed(base_logits, probe_logits(out), self.kind, architecture(out.config))
+        return out, coverage
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)
@@ -174,8 +200,8 @@ class UserEntryVariant(Variant):
         info: dict[str, Any] = {"dtype": dtype, "code_sha256": code, "code_files": n_files}
         cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
         if not cache.enabled:
-            model = self._quantize(ctx, dtype, tokenizer, texts)
-            info.update(quantize_time_s=time.perf_counter() - t0, cache="off")
+            model, coverage = self._quantize(ctx, dtype, tokenizer, texts)
+            info.update(quantize_time_s=time.perf_counter() - t0, cache="off", coverage=coverage.text())
             return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
         variant = {**self.fingerprint(), "code_sha256": code, "quant_dtype": dtype}
         key = cache_key(cache_key_parts(ctx.source, variant, cal_sha, library_versions(*VERSIONS_KEYED)))
@@ -184,7 +210,7 @@ class UserEntryVariant(Variant):
 
         def build(tmp: Path) -> dict[str, Any]:
             t1 = time.perf_counter()
-            built["model"] = self._quantize(ctx, dtype, tokenizer, texts)
+            built["model"], built["coverage"] = self._quantize(ctx, dtype, tokenizer, texts)
             built["quantize_time_s"] = time.perf_counter() - t1
             with library_bars_off():  # transformers' "Writing model shards" bar: terminals only
                 built["model"].save_pretrained(str(tmp / "model"), safe_serialization=True)
@@ -193,12 +219,13 @@ class UserEntryVariant(Variant):
         entry, hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
         info["cache_entry"] = str(entry.path)
         if "model" in built:
-            info["quantize_time_s"] = built["quantize_time_s"]
+            info.update(quantize_time_s=built["quantize_time_s"], coverage=built["coverage"].text())
             return PreparedModel(built["model"], "quantized", time.perf_counter() - t0, info)
         from transformers import AutoModelForCausalLM
 
         with library_bars_off():
             model = AutoModelForCausalLM.from_pretrained(str(entry.path / "model"), dtype=torch_dtype(dtype))
         model.to(ctx.torch_device).eval()
+        info["coverage"] = self.coverage(model, weight_digests(ctx.load(dtype))).text()  # the session's float model
         info["quantize_time_s_when_built"] = entry.meta.get("quantize_time_s")
         return PreparedModel(model, "cache", time.perf_counter() - t0, info)
