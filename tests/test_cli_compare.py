@@ -77,10 +77,12 @@ def test_a_variant_of_the_same_model_against_its_float_reference(capsys, model_d
     a, _ = model_dirs
     out_json = tmp_path / "rtn.json"
     argv = ["compare", "--model", str(a), "--variant", "rtn:w_bit=4,q_group_size=64", "--dataset", str(wikitext_dir)]
-    rc, _, err = _run(argv + [*COMMON, "--no-progress", "--json", str(out_json)], capsys)
+    rc, out, err = _run(argv + [*COMMON, "--no-progress", "--json", str(out_json)], capsys)
     assert rc == 0, err
     data = json.loads(out_json.read_text())
     assert data["extra"]["variant"] == {"kind": "rtn", "w_bit": 4, "q_group_size": 64}
+    coverage = data["extra"]["prepare_info"]["coverage"]  # what was quantized, in the JSON and on screen
+    assert coverage.startswith("quantized ") and "(100.0%)" in coverage and f"coverage: {coverage}" in out
     assert data["extra"]["reference_variant"] == {"kind": "fp32"}
     assert 0 < data["mean_kld"] < 1 and data["top1_agreement"] > 0.5
 

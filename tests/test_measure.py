@@ -130,9 +130,10 @@ def test_two_variants_share_one_tokenization(measurer, source, counts) -> None:
     rtn = measurer.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
     assert counts == {"load_tokenizer": 1, "tokenize_canonical": 1, "load_model": 1}  # rtn: a copy, no 2nd load
     assert rtn.origin == "quantized" and rtn.result.ppl != fp32.result.ppl
-    assert {k: v for k, v in rtn.fingerprint.items() if k != "variant"} == {
+    assert {k: v for k, v in rtn.fingerprint.items() if k not in ("variant", "coverage")} == {
         k: v for k, v in fp32.fingerprint.items() if k != "variant"
     }
+    assert "coverage" not in fp32.fingerprint and rtn.fingerprint["coverage"].endswith("(100.0%)")
     tok, tokens, name = measurer.tokens(source, None)
     assert measurer.tokens(source, None)[1] is tokens and counts["tokenize_canonical"] == 1
 

@@ -213,8 +213,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         reference=ref.describe(),
         reference_variant={"kind": ref_kind, **ref_params},
         dataset_found_by=measurer.text().found_by,
+        prepare_info=c.model.extra.get("prepare_info", {}),  # the variant's coverage, times, cache
     )
     print(result.summary())
+    if result.extra["prepare_info"].get("coverage"):
+        print(f"coverage: {result.extra['prepare_info']['coverage']}")
     if args.json_out:
         try:
             result.to_json(args.json_out)

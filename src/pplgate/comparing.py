@@ -113,7 +113,7 @@ def _record(
     phases, extra = provenance(result, prep, loaded, tokenize_s, token_info, layout)
     m = Measurement(
         result=result,
-        fingerprint=fingerprint(result, tok_name, variant),
+        fingerprint=fingerprint(result, tok_name, variant, prep.info),
         origin=prep.origin,
         prepare_time_s=prep.prepare_time_s,
         extra=extra,

@@ -280,7 +280,7 @@ class Measurer:
                 prepared.model = None
         m = Measurement(
             result=result,
-            fingerprint=fingerprint(result, tok_name, variant),
+            fingerprint=fingerprint(result, tok_name, variant, prepared.info),
             origin=prepared.origin,
             prepare_time_s=prepared.prepare_time_s,
             extra=extra,

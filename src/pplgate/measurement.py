@@ -68,9 +68,12 @@ def tokenizer_name(tok: Any, source: ModelSource, tokenizer: str | None) -> str:
     return f"{type(tok).__name__}({ref})"
 
 
-def fingerprint(result: PerplexityResult, tok_name: str, variant: Variant) -> dict[str, Any]:
-    """The protocol fingerprint a baseline records for ``result`` of ``variant``."""
-    return {
+def fingerprint(
+    result: PerplexityResult, tok_name: str, variant: Variant, info: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The protocol fingerprint a baseline records for ``result`` of ``variant``; with the variant's
+    ``coverage`` (what it quantized, from its prepare ``info``) when the kind reports one."""
+    fp = {
         "dataset_sha256": result.dataset_sha256,
         "n_tokens": result.n_tokens,
         "n_windows": result.n_windows,
@@ -83,6 +86,9 @@ def fingerprint(result: PerplexityResult, tok_name: str, variant: Variant) -> di
         "device_type": str(result.device).split(":")[0],
         "variant": plain(variant.fingerprint()),
     }
+    if info and isinstance(info.get("coverage"), str):
+        fp["coverage"] = info["coverage"]
+    return fp
 
 
 def provenance(

@@ -33,7 +33,16 @@ def test_fields_are_compared_in_their_order_and_others_ignored():
     old = {k: 1 for k in FINGERPRINT_FIELDS} | {"not_a_field": 1}
     new = {k: 2 for k in reversed(FINGERPRINT_FIELDS)} | {"not_a_field": 2}
     assert [k for k, _, _ in compare_fingerprints(old, new)] == list(FINGERPRINT_FIELDS)
-    assert FINGERPRINT_FIELDS[0] == "dataset_sha256" and FINGERPRINT_FIELDS[-1] == "variant"
+    assert FINGERPRINT_FIELDS[0] == "dataset_sha256" and FINGERPRINT_FIELDS[-2:] == ("variant", "coverage")
+
+
+def test_coverage_is_compared_once_a_record_holds_it():
+    """A record from before coverage was fingerprinted is not drift; once recorded, a change is."""
+    now = {"seqlen": 8, "coverage": "quantized 90 of 100 decoder weight parameters (90.0%)"}
+    assert compare_fingerprints({"seqlen": 8}, now) == []
+    was = {"seqlen": 8, "coverage": "quantized 100 of 100 decoder weight parameters (100.0%)"}
+    assert compare_fingerprints(was, now) == [("coverage", was["coverage"], now["coverage"])]
+    assert compare_fingerprints(was, {"seqlen": 8}) == [("coverage", was["coverage"], ABSENT)]
 
 
 def test_nothing_recorded_is_no_drift():

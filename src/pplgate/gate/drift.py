@@ -24,7 +24,10 @@ FINGERPRINT_FIELDS = (
     "device_type",
     "reference",  # an entry with a reference: that entry's name, variant and dtype (pplgate.gate.kld)
     "variant",
+    "coverage",  # what the variant quantized (counts in parameters): compared once a record holds it
 )
+# Fields added after baselines were recorded: a record without one is not drift (a re-record adds it).
+OPTIONAL_FIELDS = ("coverage",)
 
 ABSENT = "ABSENT"  # plain string: drift records travel between xdist workers and into JSON
 _MISSING = object()
@@ -45,8 +48,9 @@ def compare_fingerprints(
         return []
     out: list[Change] = []
     for key in FINGERPRINT_FIELDS:
-        if key not in ignore:
-            _diff(key, recorded.get(key, _MISSING), current.get(key, _MISSING), out)
+        if key in ignore or (key in OPTIONAL_FIELDS and key not in recorded):
+            continue
+        _diff(key, recorded.get(key, _MISSING), current.get(key, _MISSING), out)
     return out
 
 
