@@ -74,6 +74,8 @@ def test_workers_freeze_their_objects_at_exit_and_the_controller_imports_no_torc
     out = pytester.mkdir("out")
     monkeypatch.setenv("PPLGATE_TEST_OUT", str(out))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)  # this test itself may run on an xdist worker
     pytester.makeconftest(EXIT_RECORDER)
     pytester.makepyfile(test_a="def test_a(): pass\n\ndef test_b(): pass\n")
     result = pytester.runpytest_subprocess("-p", "pplgate.plugin", "-p", "no:cacheprovider", "-n", "2")
