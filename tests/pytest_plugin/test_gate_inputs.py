@@ -60,13 +60,16 @@ def no_data_gate(pytester: pytest.Pytester, monkeypatch, tmp_path: Path) -> pyte
     return pytester
 
 
-def test_entries_skip_without_data_outside_ci(no_data_gate: pytest.Pytester) -> None:
+def test_entries_skip_without_data_outside_ci_and_the_session_is_not_green(no_data_gate: pytest.Pytester) -> None:
     result = no_data_gate.runpytest("baselines", "-rs")
     result.assert_outcomes(skipped=2)
     out = result.stdout.str()
     assert "the WikiText-2 test split is not available here" in out
     assert "pass --pplgate-dataset PATH" in out and "test-00000-of-00001.parquet" in out
     assert "cannot load model" not in out
+    # nothing was measured for want of data: a failed session with the fix, CI or not
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "every gate entry was skipped for want of the dataset (`pplgate data`)" in out
 
 
 @pytest.mark.parametrize("ci_var", [("CI", "true"), ("PPLGATE_REQUIRE_SHARED", "1")], ids=["CI", "REQUIRE_SHARED"])

@@ -145,11 +145,14 @@ HUB_FILE_PATH = f"datasets/Salesforce/wikitext/resolve/main/wikitext-2-raw-v1/{H
 HUB_FILE_URL = f"https://huggingface.co/{HUB_FILE_PATH}"
 
 
+NOT_AVAILABLE = "the WikiText-2 test split is not available here"  # how a missing-dataset message begins
+
+
 def missing_dataset_message(lookup: Lookup, reason: str, option: str = "--dataset") -> str:
     """What to do when no copy of the test split can be found: the file, where to get it, where pplgate looked."""
     looked = "\n".join(f"  {i}. {t}" for i, t in enumerate((*lookup.tried, f"the Hugging Face hub: {reason}"), 1))
     return (
-        f"the WikiText-2 test split is not available here: {reason}.\n"
+        f"{NOT_AVAILABLE}: {reason}.\n"
         f"pplgate looked, in this order:\n{looked}\n"
         "It needs the Hugging Face wikitext/wikitext-2-raw-v1 test split: the file test-00000-of-00001.parquet "
         f'(column "text", {CANONICAL_ROWS} rows), or a .jsonl file with one {{"text": ...}} object per line. '

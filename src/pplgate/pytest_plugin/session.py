@@ -57,7 +57,7 @@ class GateSession:
     report_paths: list[str] = field(default_factory=list)
     collected_files: dict[str, Path] = field(default_factory=dict)  # realpath -> the path it was collected under
     report_notes: list[str] = field(default_factory=list)
-    all_skipped_under_ci: bool = False
+    all_skipped_under_ci: str = ""  # why every entry skipped, when that fails the session
     # ppl_regression.check on this worker: (file, entry) -> the test that checked it, and its ppl
     checked: dict[tuple[str, str], str] = field(default_factory=dict)
     checked_ppls: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -314,14 +314,15 @@ class GateSession:
                 self.report_paths, self.report_notes = written.paths, written.notes
 
     def _fail_if_everything_skipped_under_ci(self, session: pytest.Session) -> None:
-        """Under CI a gate whose every collected entry was skipped has measured nothing: that is not green."""
+        """A gate whose every entry skipped has measured nothing: not green under CI, nor anywhere for want of data."""
         from pplgate.locate import inputs_required
+        from pplgate.protocol.dataset import NOT_AVAILABLE
 
-        if not self.records or not inputs_required():
-            return
-        if all(rec.status == Status.SKIPPED for rec in self.records):
-            self.all_skipped_under_ci = True
-            _fail(session)
+        if self.records and all(rec.status == Status.SKIPPED for rec in self.records):
+            no_data = any((rec.skip_reason or "").startswith(NOT_AVAILABLE) for rec in self.records)
+            if inputs_required() or no_data:
+                self.all_skipped_under_ci = "for want of the dataset (`pplgate data`)" if no_data else "under CI"
+                _fail(session)
 
     def _write_updates(self, session: pytest.Session) -> None:
         """Write the queued updates file by file; a file that cannot be written fails the session."""
@@ -357,8 +358,8 @@ class GateSession:
             tr.write_line(line)
         if self.all_skipped_under_ci:
             tr.write_line(
-                "pplgate: every gate entry was skipped under CI, so nothing was measured: failing the session "
-                "(see the SKIP reasons above)",
+                f"pplgate: every gate entry was skipped {self.all_skipped_under_ci}, so nothing was measured: failing "
+                "the session (see the SKIP reasons above)",
                 red=True,
                 bold=True,
             )
