@@ -50,7 +50,7 @@ def test_terminal_and_markdown_tables():
     md = reports.markdown([_rec()], [{"file": "m.yaml", "profile": "cpu", "variant": "fp32", "old": 1.0, "new": 2.0}])
     assert "| model | variant | ppl |" in md and "❌ FAIL" in md
     assert "| +0.5000 (+5.0000%) |" in md
-    assert "95% CI [-0.074217, +0.174217] (consistent with noise); 2/3 windows worse" in md
+    assert "95% CI [-0.074217, +0.174217] (too few windows to tell a shift from noise: score more" in md
     assert "m.yaml :: cpu/fp32: 1.000000 -> 2.000000  (+1.000000)" in md
 
 
@@ -102,7 +102,7 @@ def test_markdown_tells_a_reviewer_what_to_do():
     )
     assert f"#### ❌ `{NODE}`: regression" in md
     assert "- measured **10.500000** vs recorded 10.000000: Δ +0.500000 (+5.0000%)" in md
-    assert "(consistent with noise); 2/3 windows worse" in md
+    assert "(too few windows to tell a shift from noise: score more (max_windows >= 8)); 2/3 windows worse" in md
     assert "does not match its own recorded window NLLs (exp(mean) = 9.500000): was the baseline file edited" in md
     assert md.count("edited by hand") == 1
     assert "#### ❗ `m[cpu-better]`: improvement outside tolerance" in md and "(-10.0000%)" in md

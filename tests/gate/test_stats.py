@@ -47,9 +47,18 @@ def test_describe_says_shift_or_noise():
     shift = paired_stats([2.1, 2.2, 2.3], [2.0, 2.1, 2.2])
     assert shift.describe().startswith("paired per-window dNLL over 3 windows: mean +0.100000 nats, 95% CI [")
     assert "(systematic shift); 3/3 windows worse, 0 better, max |dNLL| 0.100000" in shift.describe()
-    noise = paired_stats([2.4, 2.3, 2.35], [2.3, 2.3, 2.3])
-    assert "95% CI [-0.074217, +0.174217] (consistent with noise); 2/3 windows worse" in noise.describe()
+    few = paired_stats([2.4, 2.3, 2.35], [2.3, 2.3, 2.3])  # 3 windows: the interval cannot call it noise
+    assert "95% CI [-0.074217, +0.174217] (too few windows to tell a shift from noise: score more" in few.describe()
     assert "1 window" in paired_stats([1.0], [1.0]).describe()
+    noise = paired_stats([2.4, 2.3, 2.35, 2.3, 2.25, 2.3, 2.3, 2.32], [2.3] * 8)
+    assert "(consistent with noise); 3/8 windows worse, 1 better" in noise.describe()
+
+
+def test_a_large_regression_over_two_windows_never_reads_as_noise():
+    """+147% in PPL over 2 windows once read "consistent with noise"; the interval is too wide to say either."""
+    s = paired_stats([3.9, 3.0], [2.8, 2.3])
+    assert not s.significant and "consistent with noise" not in s.describe()
+    assert "too few windows to tell a shift from noise" in s.describe()
 
 
 def test_rounding_step_counts_neither_way():

@@ -73,6 +73,11 @@ def t_quantile_975(df: int) -> float:
     return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
 
 
+# Below this many windows a non-significant paired interval is too wide to call "noise" (t_0.975 is 12.7 at
+# 2 windows, 2.4 at 8): the message says so instead.
+MIN_WINDOWS_TO_JUDGE = 8
+
+
 @dataclass(frozen=True)
 class PairedStats:
     """Mean paired difference of per-window NLLs (current - recorded) with a 95% CI."""
@@ -91,12 +96,21 @@ class PairedStats:
         """True when the 95% interval excludes zero (a systematic shift, not noise)."""
         return self.ci_low is not None and (self.ci_low > 0 or self.ci_high < 0)
 
+    @property
+    def verdict(self) -> str:
+        """What the interval says: a shift, noise, or (few windows, an interval too wide) nothing either way."""
+        if self.significant:
+            return "systematic shift"
+        if self.n < MIN_WINDOWS_TO_JUDGE:
+            return f"too few windows to tell a shift from noise: score more (max_windows >= {MIN_WINDOWS_TO_JUDGE})"
+        return "consistent with noise"
+
     def describe(self) -> str:
         if self.ci_low is None:
             ci = "95% CI n/a (1 window)"
         else:
             ci = f"95% CI [{self.ci_low:+.6f}, {self.ci_high:+.6f}]"
-        verdict = "systematic shift" if self.significant else "consistent with noise"
+        verdict = self.verdict
         return (
             f"paired per-window dNLL over {self.n} windows: mean {self.mean:+.6f} nats, {ci} ({verdict}); "
             f"{self.n_worse}/{self.n} windows worse, {self.n_better} better, max |dNLL| {self.max_abs:.6f}"
