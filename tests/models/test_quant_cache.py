@@ -302,14 +302,49 @@ def test_a_cache_root_that_is_a_file_is_an_error_naming_the_fix(tmp_path, monkey
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
-def test_an_unwritable_cache_root_is_an_error_naming_the_fix(tmp_path):
+def test_an_unwritable_cache_root_is_skipped_with_one_warning(tmp_path):
+    """Issue #24: a read-only root (or one that cannot be created) is no failed entry: None, one CacheWarning, the
+    build is not run (the caller builds in memory); an entry already there is still read."""
     root = tmp_path / "ro"
     root.mkdir()
+    QuantCache(root).get_or_build("old", _builder([]))
     root.chmod(0o500)
     try:
-        with pytest.raises(CacheError, match="is not writable"):
-            QuantCache(root).get_or_build("k", _builder([]))
-        with pytest.raises(CacheError, match="cannot be created"):
-            QuantCache(root / "sub").get_or_build("k", _builder([]))
+        calls: list = []
+        for cache in (QuantCache(root), QuantCache(root / "sub")):
+            with pytest.warns(CacheWarning, match="cannot be written .*unwritable root") as rec:
+                assert cache.get_or_build("k", _builder(calls)) is None
+            assert len(rec) == 1 and calls == []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert QuantCache(root).get_or_build("old", _builder(calls))[1] is True
     finally:
         root.chmod(0o700)
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EDQUOT", "EROFS"])
+def test_a_full_disk_while_writing_skips_the_entry(tmp_path, errno_name):
+    """The build's write fails with a disk error: one CacheWarning naming it, None, no entry and no temp folder."""
+    import errno
+
+    code = getattr(errno, errno_name)
+    made: list = []
+
+    def build(d: Path):
+        made.append("model in memory")
+        (d / "part").write_bytes(b"x" * 10)
+        raise OSError(code, os.strerror(code), str(d / "model.safetensors"))
+
+    with pytest.warns(CacheWarning, match=rf"cannot be written \({os.strerror(code)} \({errno_name}\)\)") as rec:
+        assert QuantCache(tmp_path).get_or_build("k", build) is None
+    assert len(rec) == 1 and made == ["model in memory"]
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def test_an_error_that_is_not_a_write_failure_still_raises(tmp_path):
+    def build(d: Path):
+        raise FileNotFoundError(2, "No such file or directory", "/nowhere/config.json")
+
+    with pytest.raises(FileNotFoundError), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        QuantCache(tmp_path).get_or_build("k", build)

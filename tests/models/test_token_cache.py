@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -101,3 +102,77 @@ def test_entry_that_disagrees_with_the_tokenizer_is_rebuilt(gpt2_tokenizer, wiki
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert tokenize_cached(gpt2_tokenizer, wiki_start, cache)[1]["token_cache"] == "hit"
+
+
+def _rewrite_ids(d: Path, change) -> None:
+    """Rewrite the entry's ids with ``change`` and its manifest record, so that the file checks pass."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pplgate.models.quant_cache import MANIFEST, sha256_file
+
+    ids = load_file(str(d / TOKENS_FILE))["ids"]
+    save_file({"ids": change(ids)}, str(d / TOKENS_FILE))
+    manifest = json.loads((d / MANIFEST).read_text())
+    manifest["files"][TOKENS_FILE] = {"size": (d / TOKENS_FILE).stat().st_size, "sha256": sha256_file(d / TOKENS_FILE)}
+    (d / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_difference_past_the_probe_is_caught_by_the_decoded_text(gpt2_tokenizer, wiki_start, tmp_path) -> None:
+    """One id near the end changed (far past the 2,000-character probe): the decoded text's sha256 catches it."""
+    cache = QuantCache(tmp_path / "c")
+    fresh, _ = tokenize_cached(gpt2_tokenizer, wiki_start, cache)
+    d = _entry_dir(gpt2_tokenizer, wiki_start, tmp_path / "c")
+
+    def change(ids):
+        ids[-10] = (ids[-10] + 1) % 50257
+        return ids
+
+    _rewrite_ids(d, change)
+    with pytest.warns(CacheWarning, match=r"decodes the entry's ids to another text\); rebuilding it"):
+        tokens, info = tokenize_cached(gpt2_tokenizer, wiki_start, cache)
+    assert info["token_cache"] == "built" and torch.equal(tokens.ids, fresh.ids)
+    _rewrite_ids(d, lambda ids: ids[:-1])  # one id fewer
+    with pytest.warns(CacheWarning, match="another token count"):
+        assert torch.equal(tokenize_cached(gpt2_tokenizer, wiki_start, cache)[0].ids, fresh.ids)
+
+
+def test_a_full_disk_skips_the_entry_with_one_warning(gpt2_tokenizer, wiki_start, tmp_path, monkeypatch) -> None:
+    """safetensors' own error for a full disk (what a full runner raised): the ids are used, nothing is cached."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    cache = QuantCache(tmp_path / "c")
+    with pytest.warns(CacheWarning, match=r"cannot be written \(safetensors: .*No space left") as rec:
+        tokens, info = tokenize_cached(gpt2_tokenizer, wiki_start, cache)
+    assert len([w for w in rec if issubclass(w.category, CacheWarning)]) == 1
+    assert info["token_cache"] == "not written"
+    assert torch.equal(tokens.ids, tokenize_canonical(gpt2_tokenizer, wiki_start.text).ids)
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.is_dir()] == []  # no entry, no temp folder left
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_root_is_read_and_skipped_for_writes(gpt2_tokenizer, wiki_start, tmp_path) -> None:
+    root = tmp_path / "c"
+    cache = QuantCache(root)
+    fresh, _ = tokenize_cached(gpt2_tokenizer, wiki_start, cache)
+    other = synthetic_dataset(wiki_start.text[:50_000])
+    root.chmod(0o500)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tokens, info = tokenize_cached(gpt2_tokenizer, wiki_start, cache)  # a hit needs no write
+        assert info["token_cache"] == "hit" and torch.equal(tokens.ids, fresh.ids)
+        with pytest.warns(CacheWarning, match="cannot be written .*unwritable root: Permission denied"):
+            tokens, info = tokenize_cached(gpt2_tokenizer, other, cache)
+        assert info["token_cache"] == "not written"
+        assert torch.equal(tokens.ids, tokenize_canonical(gpt2_tokenizer, other.text).ids)
+    finally:
+        root.chmod(0o700)

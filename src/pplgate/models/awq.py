@@ -233,6 +233,13 @@ class AwqVariant(Variant):
         wrapper.model.to(ctx.torch_device)
         return wrapper, base
 
+    def _in_memory(self, ctx: ModelContext, dtype: str, texts: list[str], tokenizer, info: dict, t0: float):
+        t1 = time.perf_counter()
+        wrapper, base = self._quantize(ctx, dtype, texts, tokenizer)
+        info.update(quantize_time_s=time.perf_counter() - t1, **awq_kernel_info(wrapper.model))
+        info["coverage"] = checked_coverage(wrapper.model, self.kind, base).text()
+        return PreparedModel(wrapper.model, "quantized", time.perf_counter() - t0, info)
+
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)
         t0 = time.perf_counter()
@@ -251,11 +258,7 @@ class AwqVariant(Variant):
         }
         cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
         if not cache.enabled:
-            t1 = time.perf_counter()
-            wrapper, base = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
-            info.update(quantize_time_s=time.perf_counter() - t1, cache="off", **awq_kernel_info(wrapper.model))
-            info["coverage"] = checked_coverage(wrapper.model, self.kind, base).text()
-            return PreparedModel(wrapper.model, "quantized", time.perf_counter() - t0, info)
+            return self._in_memory(ctx, dtype, list(cal.texts), tokenizer, {**info, "cache": "off"}, t0)
 
         built: dict[str, Any] = {}
 
@@ -265,15 +268,21 @@ class AwqVariant(Variant):
             built["quantize_time_s"] = time.perf_counter() - t1
             built["kernel"] = awq_kernel_info(wrapper.model)
             built["coverage"] = checked_coverage(wrapper.model, self.kind, base).text()  # raising: no cache entry
+            built["wrapper"], built["save_time_s"] = wrapper, None
             t2 = time.perf_counter()
             wrapper.save_quantized(str(tmp / "model"))
             tokenizer.save_pretrained(str(tmp / "model"))
             built["save_time_s"] = time.perf_counter() - t2
-            built["wrapper"] = wrapper
             return {"quantize_time_s": built["quantize_time_s"], "key_parts": parts}
 
-        entry, hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": self.fingerprint()})
-        info["cache_entry"] = str(entry.path)
+        got = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": self.fingerprint()})
+        if got is None:  # not written (warned): the model quantized in memory, else one quantized without the cache
+            info["cache"] = "not written"
+            if "wrapper" not in built:
+                return self._in_memory(ctx, dtype, list(cal.texts), tokenizer, info, t0)
+        entry, hit = got if got is not None else (None, False)
+        if entry is not None:
+            info["cache_entry"] = str(entry.path)
         if hit:
             t1 = time.perf_counter()
             model, how = load_checkpoint(self.kind, str(entry.path / "model"), ctx.torch_device, dtype)
@@ -286,7 +295,7 @@ class AwqVariant(Variant):
             info["coverage"] = checked_coverage(model, self.kind).text()
             return PreparedModel(model, "cache", time.perf_counter() - t0, info)
         wrapper = built.get("wrapper")
-        if wrapper is None:  # another worker built it while we waited on the lock's rename race
+        if wrapper is None and entry is not None:  # another worker built it while we waited on the lock's rename race
             model, how = load_checkpoint(self.kind, str(entry.path / "model"), ctx.torch_device, dtype)
             info.update(load_path=how, **awq_kernel_info(model))
             info["coverage"] = checked_coverage(model, self.kind).text()

@@ -121,9 +121,9 @@ def load_model_cached(
         f"the {dtype} model of {source.describe()} does not read back identically from safetensors",
         "is de-quantized from the GGUF file in every session",
     )
-    if got is None:
-        info = {"base_cache": "uncacheable", "load_time_s": time.perf_counter() - t0}
-        return built["model"].to(dev).eval(), info
+    if got is None:  # not round-tripping, or not written (warned; the build may not have run)
+        model = built["model"].to(dev) if "model" in built else load(source, dtype=dtype, device=device)
+        return model.eval(), {"base_cache": "uncacheable", "load_time_s": time.perf_counter() - t0}
     entry, hit = got
     info: dict[str, Any] = {"base_cache": "hit" if hit else "built", "base_cache_key": key}
     model = built.get("model")
@@ -225,7 +225,8 @@ def load_tokenizer_cached(
     what = f"the tokenizer of {source.describe()} does not survive save_pretrained"
     got = _get_or_build(cache, key, build, meta, what, "is read from the GGUF file in every session")
     if got is None:
-        return built["tokenizer"], {"tokenizer_cache": "uncacheable", "tokenizer_load_s": time.perf_counter() - t0}
+        tok = built["tokenizer"] if "tokenizer" in built else load(source)
+        return tok, {"tokenizer_cache": "uncacheable", "tokenizer_load_s": time.perf_counter() - t0}
     entry, hit = got
     tok = built.get("tokenizer")
     if tok is None:
@@ -285,7 +286,7 @@ def load_config_cached(
     what = f"the config of {source.describe()} does not survive save_pretrained"
     got = _get_or_build(cache, key, build, meta, what, "is parsed from the GGUF file in every session")
     if got is None:
-        return built["config"], {"config_cache": "uncacheable"}
+        return built["config"] if "config" in built else load(source), {"config_cache": "uncacheable"}
     entry, hit = got
     config = built.get("config")
     if config is None:

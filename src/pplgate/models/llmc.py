@@ -206,6 +206,12 @@ class LlmcVariant(Variant):
             info["llmcompressor_warnings"] = [f"{r['level']}: {r['message'][:300]}" for r in logs]
         return model, info
 
+    def _in_memory(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str], info: dict, t0: float):
+        model, qinfo = self._quantize(ctx, dtype, tokenizer, texts)
+        freeze_fake_quant(model)
+        info.update(qinfo)
+        return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
+
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)
         t0 = time.perf_counter()
@@ -220,10 +226,7 @@ class LlmcVariant(Variant):
             info.update(calibration_source=sel.source, calibration_sha256=cal_sha, calibration_n_texts=len(texts))
         cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
         if not cache.enabled:
-            model, qinfo = self._quantize(ctx, dtype, tokenizer, texts)
-            freeze_fake_quant(model)
-            info.update(qinfo, cache="off")
-            return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
+            return self._in_memory(ctx, dtype, tokenizer, texts, {**info, "cache": "off"}, t0)
         variant = {
             **self.fingerprint(),
             "compute_dtype": dtype,
@@ -257,11 +260,13 @@ class LlmcVariant(Variant):
             check_reload(before, probe_logits(reloaded), dtype, self.kind)  # raising: no cache entry is left
             return {"quantize_time_s": qinfo["quantize_time_s"], "format": "compressed-tensors"}
 
-        entry, _hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
-        info["cache_entry"] = str(entry.path)
-        info.update(built.get("info", {}))
+        got = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
+        if got is None and "model" not in built:  # not written (warned); saving compresses the in-memory model
+            return self._in_memory(ctx, dtype, tokenizer, texts, {**info, "cache": "not written"}, t0)
+        info.update(built.get("info", {}), **({"cache_entry": str(got[0].path)} if got else {"cache": "not written"}))
         if "model" in built:  # built now: quantized, saved, loaded back and checked against the in-memory model
             return PreparedModel(built.pop("model"), "quantized", time.perf_counter() - t0, info)
+        entry = got[0]
         t1 = time.perf_counter()
         model = load_compressed(entry.path / "model", ctx, dtype, kind=self.kind, fix=RELOAD_FIX)
         info["load_time_s"] = round(time.perf_counter() - t1, 3)

@@ -2,9 +2,8 @@
 
 Layout: ``<root>/<key>/`` holds the artefacts (e.g. ``model/`` from AutoAWQ ``save_quantized``) and
 ``manifest.json``, written last, listing every file with its size and sha256. ``<key>`` is the
-sha256 of :func:`cache_key_parts` (source model content as :mod:`pplgate.models.hashing` identifies it,
-variant config, calibration hash, library versions). Root: ``ModelContext.cache_dir``, else ``$PPLGATE_CACHE_DIR``, else
-``~/.cache/pplgate/quant``.
+sha256 of :func:`cache_key_parts` (source content as :mod:`pplgate.models.hashing` identifies it, variant config,
+calibration, library versions). Root: ``ModelContext.cache_dir``, ``$PPLGATE_CACHE_DIR``, ``~/.cache/pplgate/quant``.
 
 * Writes build in ``<root>/.tmp-<key>-<random>/`` (same filesystem) and ``os.rename`` into place:
   a killed run leaves only a ``.tmp-*`` folder that is never read (and is swept later).
@@ -13,12 +12,15 @@ variant config, calibration hash, library versions). Root: ``ModelContext.cache_
 * Concurrent writers (pytest-xdist workers) serialize on ``<root>/<key>.lock`` (``filelock``): the
   second waits and then finds a valid entry instead of quantizing again. Even without the lock the
   rename is rename-wins: a writer that finds a valid entry in place discards its own build.
-* Modes: ``use`` (read and write), ``refresh`` (ignore existing entries, rebuild and replace),
-  ``off`` (no reads, no writes).
+* An entry that cannot be written (read-only or unwritable root, full disk: ``OSError`` with ENOSPC, EROFS,
+  EACCES..., or a safetensors I/O error) is skipped with one :class:`CacheWarning`: :meth:`QuantCache.get_or_build`
+  returns None and the caller measures what it built in memory (or builds it again without the cache).
+* Modes: ``use`` (read, write), ``refresh`` (rebuild and replace), ``off`` (no reads, no writes).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -45,6 +47,22 @@ MANIFEST = "manifest.json"
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 MODES = ("use", "refresh", "off")
 LOCK_TIMEOUT_S = 6 * 3600  # an AWQ build of a large model on a slow machine can take hours
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+class _WriteFailed(Exception):
+    """The entry could not be written (the message says why)."""
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why ``exc`` is a failure to write to disk (full, read-only, no permission), else None (a real error)."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        return f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+    if type(exc).__name__ == "SafetensorError" and re.search(r"IoError|No space|Permission denied|Read-only", str(exc)):
+        return f"safetensors: {str(exc)[:200]}"
+    return None
 
 
 def default_cache_root() -> Path:
@@ -231,10 +249,16 @@ class QuantCache:
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=self.root))
         except OSError as exc:
-            raise self._root_error(f"is not writable ({exc.strerror or exc})") from exc
+            raise _WriteFailed(f"the root is not writable: {exc.strerror or exc}") from exc
         try:
             t0 = time.perf_counter()
-            extra = build(tmp) or {}
+            try:
+                extra = build(tmp) or {}
+            except Exception as exc:
+                why = write_failure(exc)
+                if why is None:
+                    raise
+                raise _WriteFailed(why) from exc
             files = {
                 str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in _list_files(tmp)
             }
@@ -249,11 +273,14 @@ class QuantCache:
                 "files": files,
             }
             mf = tmp / (MANIFEST + ".part")
-            with open(mf, "w", encoding="utf-8") as fh:
-                json.dump(manifest, fh, indent=1, sort_keys=True, default=str)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(mf, tmp / MANIFEST)  # the manifest appears last, complete
+            try:
+                with open(mf, "w", encoding="utf-8") as fh:
+                    json.dump(manifest, fh, indent=1, sort_keys=True, default=str)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(mf, tmp / MANIFEST)  # the manifest appears last, complete
+            except OSError as exc:
+                raise _WriteFailed(write_failure(exc) or str(exc)) from exc
             final = self.entry_path(key)
             if final.exists():
                 existing, _ = self.verify(key)
@@ -275,28 +302,34 @@ class QuantCache:
 
     def get_or_build(
         self, key: str, build: Callable[[Path], Mapping[str, Any] | None], meta: Mapping[str, Any] | None = None
-    ) -> tuple[CacheEntry, bool]:
-        """``(entry, hit)``: a valid entry for ``key``, building it with ``build(dir)`` when needed.
-
-        ``build`` writes the artefacts into the directory it is given and may return extra manifest
-        metadata. Not for mode ``off`` (the caller keeps the model in memory instead).
-        """
+    ) -> tuple[CacheEntry, bool] | None:
+        """``(entry, hit)``: a valid entry for ``key``, built with ``build(dir)`` (artefacts into ``dir``, returns
+        extra manifest metadata) when needed. None, with one :class:`CacheWarning`, when it cannot be written: what
+        ``build`` made in memory is the caller's (an unwritable root: not called). Not for mode ``off``."""
         if not self.enabled:
             raise CacheError("the cache is off")
-        lock = self._lock(key)
         try:
+            lock = self._lock(key)
             lock.acquire()
-        except TimeoutError:  # filelock.Timeout: another process holds the lock that long
-            raise
-        except OSError as exc:
-            raise self._root_error(f"is not writable ({exc.strerror or exc})") from exc
+        except (OSError, CacheError) as exc:
+            if isinstance(exc, TimeoutError) or (isinstance(exc, CacheError) and self.root.exists()):
+                raise  # filelock.Timeout: another process holds the lock that long; a root that is a file
+            entry = self.lookup(key) if self.root.is_dir() else None  # a read-only cache can still be read
+            return (entry, True) if entry else self._skip(key, f"unwritable root: {getattr(exc, 'strerror', 0) or exc}")
         try:
             entry = self.lookup(key)
             if entry is not None:
                 return entry, True
-            return self._write(key, build, meta or {}), False
+            try:
+                return self._write(key, build, meta or {}), False
+            except _WriteFailed as exc:
+                return self._skip(key, str(exc))
         finally:
             lock.release()
+
+    def _skip(self, key: str, why: str) -> None:
+        msg = f"pplgate cache entry {self.entry_path(key)} cannot be written ({why}); skipped: what is built in memory"
+        warnings.warn(f"{msg} is measured (free space or point ${CACHE_ENV} at a writable directory)", CacheWarning, 3)
 
     # -- maintenance -------------------------------------------------------------------------
     def entries(self) -> list[CacheEntry | tuple[str, str]]:

@@ -216,11 +216,19 @@ class UserEntryVariant(Variant):
                 built["model"].save_pretrained(str(tmp / "model"), safe_serialization=True)
             return {"quantize_time_s": built["quantize_time_s"], "code_sha256": code}
 
-        entry, hit = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
-        info["cache_entry"] = str(entry.path)
+        got = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
+        if got is None:  # not written (warned): what the build made in memory, else a build without the cache
+            info["cache"] = "not written"
+            if "model" not in built:
+                built["model"], built["coverage"] = self._quantize(ctx, dtype, tokenizer, texts)
+                built["quantize_time_s"] = time.perf_counter() - t0
+        else:
+            info["cache_entry"] = str(got[0].path)
         if "model" in built:
             info.update(quantize_time_s=built["quantize_time_s"], coverage=built["coverage"].text())
             return PreparedModel(built["model"], "quantized", time.perf_counter() - t0, info)
+        assert got is not None
+        entry = got[0]
         from transformers import AutoModelForCausalLM
 
         with library_bars_off():
