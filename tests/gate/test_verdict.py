@@ -65,6 +65,12 @@ MEASURED_KEYS |= {"prepare_time_s"}
 COMPARED_KEYS = {"baseline", "delta", "rel_delta", "baseline_window_nlls", "baseline_own_ppl", "hand_edited", "drift"}
 
 
+IMPROVED_TEXT = (
+    "PERPLEXITY IMPROVEMENT outside tolerance (still a failure: re-record it, or let the rule bound only a worse "
+    "number with `direction: worse`): measured"
+)
+
+
 def recorded(nlls=NLLS, ppl=None, provenance=PROV) -> Recorded:
     nlls = list(nlls)
     return Recorded(
@@ -356,7 +362,7 @@ def test_improvement_outside_tolerance_is_not_a_regression():
     rec = run(entry(rec=worse_record))
     assert rec.status is Status.IMPROVED and rec.status.failing
     msg = rec.message
-    assert "PERPLEXITY IMPROVEMENT outside tolerance (still a failure): measured" in msg and "delta -" in msg
+    assert IMPROVED_TEXT in msg and "delta -" in msg
     assert "REGRESSION" not in msg and "edited by hand" not in msg
     assert "(systematic shift); 0/4 windows worse, 4 better" in msg
     assert RERUN in msg and rec.rerun == RERUN and rec.hand_edited is False
@@ -738,3 +744,13 @@ def test_machine_facts_missing_from_an_old_record_are_not_a_difference():
     old = {"device_name": "Intel(R) Xeon(R) Processor", "torch": "2.5.1"}
     rec = run(entry(rec=recorded(provenance=old)), m=measured(shifted()), provenance=dict(INTEL))
     assert "machine: the recording one" in rec.message
+
+
+def test_a_failure_names_the_measured_commit_and_what_changed_since_the_record():
+    old = {**INTEL, "git_commit": "aaa111", "transformers": "5.15.0", "prepare_info": {"code_sha256": "c0de" * 16}}
+    now = {**INTEL, "git_commit": "bbb222", "transformers": "5.17.0", "prepare_info": {"code_sha256": "beef" * 16}}
+    msg = run(entry(rec=recorded(provenance=old)), m=measured(shifted()), provenance=now).message
+    assert "commit aaa111" in msg and "\n  measured at commit bbb222; changed since the record: " in msg
+    assert "transformers 5.15.0 -> 5.17.0, quantizer code c0dec0dec0de -> beefbeefbeef" in msg
+    same = run(entry(rec=recorded(provenance=INTEL)), m=measured(shifted()), provenance=dict(INTEL)).message
+    assert "; same versions as the record" in same

@@ -327,6 +327,7 @@ def _queue(
         provenance=dict(provenance),
         section=target.section,
         kld=kld_gate.recorded_block(m.kld) if m.kld is not None else None,
+        replaces=entry.recorded.raw if entry.recorded is not None else None,
     )
     return rec
 
@@ -349,7 +350,14 @@ def _tolerance_failure(
     rec.rerun = rerun_command(target.nodeid)
     prov = recorded.provenance or {}
     what = "PERPLEXITY" if ppl_failed else "KL DIVERGENCE / TOP-1"
-    what += " REGRESSION" if regression else " IMPROVEMENT outside tolerance (still a failure)"
+    what += (
+        " REGRESSION"
+        if regression
+        else (
+            " IMPROVEMENT outside tolerance (still a failure: re-record it, or let the rule bound only a worse "
+            "number with `direction: worse`)"
+        )
+    )
     if all(x.rule.metric == "tokens_per_s" for x in results if not x.passed):
         what = "SPEED REGRESSION (every perplexity rule passes)"
     return _fail(
@@ -361,7 +369,7 @@ def _tolerance_failure(
         f"  {text.paired_text(rec)}{text.kld_text(rec)}{text.note(rec.inconsistent)}\n"
         f"  recorded {prov.get('date', '?')} on {prov.get('device_name', '?')} "
         f"(pplgate {prov.get('pplgate', '?')}, commit {prov.get('git_commit', '?')}, "
-        f"torch {prov.get('torch', '?')}){text.machine_text(prov, provenance)}\n"
+        f"torch {prov.get('torch', '?')}){text.changes_text(prov, provenance)}{text.machine_text(prov, provenance)}\n"
         f"  if the change is intended, re-record with:\n    {rec.rerun}",
     )
 

@@ -97,3 +97,24 @@ def kld_text(rec: GateRecord) -> str:
     return f"\n  {kld_gate.summary_line(rec.kld)}" + (
         f"\n  {kld_gate.describe_paired(paired)}" if paired else "\n  no per-window KLD comparison recorded"
     )
+
+
+# provenance fields whose change between the record and now a reviewer needs beside a failure
+CHANGE_FIELDS = ("pplgate", "torch", "transformers", "autoawq", "llmcompressor", "compressed_tensors")
+
+
+def changes_text(recorded: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> str:
+    """The measured commit, and what differs from the record: library versions and the quantizer's code hash."""
+    if not recorded or not current:
+        return ""
+    out = f"\n  measured at commit {current.get('git_commit', '?')}"
+    changed = [
+        f"{k} {recorded[k]} -> {current.get(k, 'absent')}"
+        for k in CHANGE_FIELDS
+        if k in recorded and recorded[k] != current.get(k)
+    ]
+    old_code = (recorded.get("prepare_info") or {}).get("code_sha256")
+    new_code = (current.get("prepare_info") or {}).get("code_sha256")
+    if old_code and new_code and old_code != new_code:
+        changed.append(f"quantizer code {str(old_code)[:12]} -> {str(new_code)[:12]}")
+    return out + (f"; changed since the record: {', '.join(changed)}" if changed else "; same versions as the record")
