@@ -32,7 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="write the baseline updates the shards queued (--update-baselines) into the baseline files "
         "(only when every shard reported and no entry is missing or duplicated)",
     )
-    mg.add_argument("--rootdir", default=".", help="the checkout the reports' file paths are relative to (default: .)")
+    mg.add_argument(
+        "--rootdir",
+        default=".",
+        help="the checkout the reports' file paths are relative to (default: .); every passing record is "
+        "judged again against the rules of its baseline file there",
+    )
     mg.add_argument(
         "--baselines-dir",
         default=None,
@@ -54,12 +59,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.out:
         _check_out(args.out, dirs)
     inputs = [merge.load(d) for d in dirs]
-    merged = merge.merge(inputs)
+    merged = merge.merge(inputs, args.rootdir, args.baselines_dir)  # re-judges against the checkout's files
     for s in merged.shards:
         print(f"input {s['dir']}: shard {s['shard'] or '-'}, {s['records']} record(s), pytest exit {s['exitstatus']}")
     for line in reports.terminal_table(merged.records):
         print(line)
-    for p in merged.problems:
+    for p in merged.notes + merged.problems:
         print(f"pplgate merge: {p}")
     failed_writes = 0
     if args.apply_updates and merged.problems:

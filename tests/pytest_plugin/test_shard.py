@@ -7,6 +7,7 @@ test modules), as a CI matrix job would have its own checkout; the merge reads t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -119,7 +120,8 @@ def test_shards_cover_every_entry_once_and_keep_a_model_together(pytester, env, 
     units = {k: {i.split("::")[0].split("/")[-1] for i in ids if "test_unit" in i} for k, ids in ran.items()}
     assert units[1] | units[2] == set(UNIT_TESTS) and not units[1] & units[2]  # by module, each once
     assert sum(len([i for i in ids if "test_unit" in i]) for ids in ran.values()) == sum(UNIT_TESTS.values())
-    assert merge(pytester.path / "r1" / "rep", pytester.path / "r2" / "rep", "--out", pytester.path / "merged") == 0
+    reps = (pytester.path / "r1" / "rep", pytester.path / "r2" / "rep")
+    assert merge(*reps, "--out", pytester.path / "merged", "--rootdir", pytester.path / "r1") == 0
     out = capsys.readouterr().out
     assert "pplgate: PASSED — 6 passed" in out
     data = json.loads((pytester.path / "merged" / "pplgate-results.json").read_text())
@@ -190,26 +192,26 @@ def test_a_failing_shard_fails_the_merge_and_a_missing_or_doubled_shard_too(pyte
     res2 = run(pytester, r2, "--pplgate-shard", "2/2", "--pplgate-report", str(r2 / "rep"))
     assert res2.ret == 1
     capsys.readouterr()
-    assert merge(r1 / "rep", r2 / "rep", "--out", pytester.path / "merged") == 1
+    assert merge(r1 / "rep", r2 / "rep", "--out", pytester.path / "merged", "--rootdir", r1) == 1
     out = capsys.readouterr().out
     assert "pplgate: FAILED — 1 regression, 5 passed" in out
     md = (pytester.path / "merged" / "pplgate-summary.md").read_text()
     assert md.startswith("**pplgate: FAILED**") and "baselines/gamma.yaml::gamma[cpu-fp32]`: regression" in md
     # one shard's report only: the other shard's entries are errors, and the merge names the shard
-    assert merge(r1 / "rep") == 1
+    assert merge(r1 / "rep", "--rootdir", r1) == 1
     out = capsys.readouterr().out
     assert "shard 2/2: no report" in out and "no result: shard 2/2 did not report" in out
     assert "3 errors, 3 passed" in out
     # the same shard twice: every one of its entries is doubled
     shutil.copytree(r1 / "rep", pytester.path / "copy")
-    assert merge(r1 / "rep", pytester.path / "copy", r2 / "rep") == 1
+    assert merge(r1 / "rep", pytester.path / "copy", r2 / "rep", "--rootdir", r1) == 1
     out = capsys.readouterr().out
     assert "shard 1 was reported 2 times" in out and "reported 2 times (by shard 1/2" in out
     # a parent directory stands for the report dirs below it (as artifact downloads lay them out)
     arts = pytester.path / "artifacts"
     for k, r in ((1, r1), (2, r2)):
         shutil.copytree(r / "rep", arts / f"pplgate-shard-{k}")
-    assert merge(arts) == 1 and "1 regression, 5 passed" in capsys.readouterr().out
+    assert merge(arts, "--rootdir", r1) == 1 and "1 regression, 5 passed" in capsys.readouterr().out
 
 
 def test_merge_of_nothing_is_an_error(pytester, capsys):
@@ -316,3 +318,152 @@ def test_gate_group_of_a_node_id(nodeid, group):
     from pplgate.pytest_plugin.xdist import gate_group
 
     assert gate_group(nodeid) == group
+
+
+# --------------------------------------------------------------------------- optimistic concurrency (issue #24)
+
+
+def _git_commit(root: Path) -> str:
+    import subprocess
+
+    def git(*args: str) -> str:
+        env = {
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        }
+        return subprocess.run(
+            ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env={**os.environ, **env}
+        ).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "baselines")
+    return git("rev-parse", "HEAD")
+
+
+def test_the_manifest_records_commit_version_and_the_baseline_files_read(pytester, env, recorded):
+    import hashlib
+
+    import pplgate
+
+    root = runner(pytester, "r", recorded)
+    head = _git_commit(root)
+    assert (
+        run(pytester, root, "--collect-only", "-q", "--pplgate-shard", "1/2", "--pplgate-report", str(root / "rep")).ret
+        == 0
+    )
+    m = manifest(root / "rep")
+    assert m["commit"] == head and m["pplgate_version"] == pplgate.__version__
+    assert m["baselines"] == {
+        f"baselines/{name}.yaml": hashlib.sha256((root / "baselines" / f"{name}.yaml").read_bytes()).hexdigest()
+        for name in MODELS
+    }
+    outside = runner(pytester, "r0", recorded)  # no git repository around it
+    assert (
+        run(pytester, outside, "--collect-only", "--pplgate-shard", "1/2", "--pplgate-report", str(outside / "rep")).ret
+        == 0
+    )
+    assert manifest(outside / "rep")["commit"] is None
+
+
+def test_a_value_re_recorded_after_the_shards_ran_is_never_overwritten(pytester, env, recorded, capsys):
+    runners = {k: runner(pytester, f"r{k}", recorded) for k in (1, 2)}
+    for k, root in runners.items():
+        res = run(
+            pytester, root, "--pplgate-shard", f"{k}/2", "--update-baselines", "--pplgate-report", str(root / "rep")
+        )
+        assert res.ret == 0
+    rec = json.loads((runners[1] / "rep" / "pplgate-results.json").read_text())["records"]
+    alpha = next(r for r in rec if r["nodeid"].endswith("alpha[cpu-fp32]"))
+    assert alpha["status"] == "updated" and alpha["update"]["replaces"]["ppl"] == alpha["baseline"]
+    main = runner(pytester, "main", recorded)
+    with (main / "baselines" / "gamma.yaml").open("a") as fh:
+        fh.write("# a comment added after the shards ran: the file changed, its entries did not\n")
+    _regress(main / "baselines" / "alpha.yaml")  # alpha fp32 re-recorded (by hand, or another merge) meanwhile
+    before = {p.name: p.read_text() for p in (main / "baselines").glob("*.yaml")}
+    capsys.readouterr()
+    assert merge(*(r / "rep" for r in runners.values()), "--apply-updates", "--rootdir", main) == 2
+    err = capsys.readouterr().err
+    assert "baselines/alpha.yaml: entry profiles.cpu.variants.fp32 was re-recorded after shard 1/2" in err
+    assert "re-run the shards on the current tree, or merge on the commit they ran on" in err
+    assert {p.name: p.read_text() for p in (main / "baselines").glob("*.yaml")} == before  # nothing written
+    shutil.copy(recorded / "baselines" / "alpha.yaml", main / "baselines" / "alpha.yaml")  # as the shards saw it
+    assert merge(*(r / "rep" for r in runners.values()), "--apply-updates", "--rootdir", main) == 0
+    assert (main / "baselines" / "gamma.yaml").read_text().endswith("the file changed, its entries did not\n")
+
+
+def test_shards_on_other_commits_or_versions_are_refused(pytester, env, recorded, capsys):
+    r1, r2 = runner(pytester, "r1", recorded), runner(pytester, "r2", recorded)
+    for k, r in ((1, r1), (2, r2)):
+        assert (
+            run(pytester, r, "--pplgate-shard", f"{k}/2", "--update-baselines", "--pplgate-report", str(r / "rep")).ret
+            == 0
+        )
+    m = manifest(r2 / "rep")
+    (r2 / "rep" / "pplgate-shard.json").write_text(json.dumps({**m, "commit": "f" * 40, "pplgate_version": "9.9"}))
+    main = runner(pytester, "main", recorded)
+    capsys.readouterr()
+    assert merge(r1 / "rep", r2 / "rep", "--apply-updates", "--rootdir", main) == 1
+    out = capsys.readouterr().out
+    assert f"the shards ran on different commits (shard 1/2 ({r1 / 'rep'}): none recorded, shard 2/2" in out
+    assert "the shards ran on different pplgate versions" in out and "NOT applying the baseline updates" in out
+    assert all(
+        (main / "baselines" / f"{n}.yaml").read_text() == (recorded / "baselines" / f"{n}.yaml").read_text()
+        for n in MODELS
+    )
+
+
+def test_a_pass_is_judged_again_against_the_current_rules(pytester, env, recorded, capsys):
+    r1, r2 = runner(pytester, "r1", recorded), runner(pytester, "r2", recorded)
+    for k, r in ((1, r1), (2, r2)):
+        assert run(pytester, r, "--pplgate-shard", f"{k}/2", "--pplgate-report", str(r / "rep")).ret == 0
+    main = runner(pytester, "main", recorded)
+    _regress(main / "baselines" / "gamma.yaml")  # the recorded gamma fp32 moved since the shards ran
+    capsys.readouterr()
+    assert merge(r1 / "rep", r2 / "rep", "--rootdir", main, "--out", pytester.path / "m") == 1
+    out = capsys.readouterr().out
+    assert "baselines/gamma.yaml::gamma[cpu-fp32]: marked pass by its shard, but its numbers fail the rules of" in out
+    assert "pplgate: FAILED — 1 regression, 5 passed" in out
+    # a hostile report: a pass whose numbers do not pass
+    path = r1 / "rep" / "pplgate-results.json"
+    data = json.loads(path.read_text())
+    rec = next(r for r in data["records"] if r["nodeid"].endswith("alpha[cpu-fp32]"))
+    rec["ppl"], rec["window_nlls"] = rec["ppl"] * 2, [x + 0.7 for x in rec["window_nlls"]]
+    path.write_text(json.dumps(data))
+    assert merge(r1 / "rep", r2 / "rep", "--rootdir", recorded) == 1
+    out = capsys.readouterr().out
+    assert "alpha[cpu-fp32]: marked pass by its shard, but its numbers fail the rules of the current " in out
+    assert "1 regression, 5 passed" in out
+
+
+FIXTURE_TEST = """
+def test_fix(ppl_model, ppl_regression):
+    m = ppl_model({model!r}, "fp32")
+    ppl_regression.check(m, name="fix-a", tolerance=0.001, seqlen=128, batch_size=2, max_windows=1)
+    ppl_regression.check(m, name="fix-b", tolerance=0.001, seqlen=128, batch_size=2, max_windows=1)
+"""
+
+
+def test_fixture_records_merge_like_collected_ones(pytester, env, recorded, model_dir, capsys):
+    base = runner(pytester, "base", recorded)
+    (base / "test_fix.py").write_text(FIXTURE_TEST.format(model=str(model_dir)))
+    assert pytest.main([*PLUGIN, "-q", "--rootdir", str(base), str(base / "test_fix.py"), "--update-baselines"]) == 0
+    runners = {k: runner(pytester, f"r{k}", base) for k in (1, 2)}
+    for k, root in runners.items():
+        res = run(pytester, root, "--pplgate-shard", f"{k}/2", "--pplgate-report", str(root / "rep"))
+        assert res.ret == 0
+    fixture = {k: manifest(r / "rep")["fixture_tests"] for k, r in runners.items()}
+    assert fixture[1] == fixture[2] and list(fixture[1]) == ["test_fix.py::test_fix"]
+    capsys.readouterr()
+    assert merge(*(r / "rep" for r in runners.values()), "--rootdir", base) == 0
+    assert "pplgate: PASSED — 8 passed" in capsys.readouterr().out
+    for k, root in runners.items():  # re-recorded by the shards, written by the merge
+        res = run(
+            pytester, root, "--pplgate-shard", f"{k}/2", "--update-baselines", "--pplgate-report", str(root / "up")
+        )
+        assert res.ret == 0
+    main = runner(pytester, "main", base)
+    assert merge(*(r / "up" for r in runners.values()), "--apply-updates", "--rootdir", main) == 0
+    assert capsys.readouterr().out.count("pplgate merge: wrote baselines/test_fix.yaml") == 2

@@ -27,21 +27,25 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import PplgateError
-from pplgate.gate import reports
+from pplgate.gate import merge_checks, reports
+from pplgate.gate.merge_input import (  # noqa: F401  (MergeError, MAX_REPORT_BYTES: re-exported)
+    MAX_REPORT_BYTES,
+    MergeError,
+    _bad,
+    _check_manifest,
+    _check_record,
+    _present,
+    _read_json,
+    _target,
+    _update_of,
+)
 from pplgate.gate.record import FAILING, Status
 from pplgate.gate.shard import MANIFEST_NAME
 from pplgate.gate.store import TESTS, EntryUpdate, write_all
-from pplgate.gate.validator import MAX_NAME_LEN, NAME_RE
 
-MAX_REPORT_BYTES = 256 * 2**20  # a report larger than this is not one pplgate wrote
-STATUSES = {s.value for s in Status}
 RESULTS_NAME = "pplgate-results.json"
 SUMMARY_NAME = "pplgate-summary.md"
 MERGE_KEY = "merge"
-
-
-class MergeError(PplgateError):
-    """The inputs of a merge cannot be read (no report there, malformed JSON)."""
 
 
 @dataclass
@@ -68,6 +72,8 @@ class Merged:
     blocked: str | None
     problems: list[str]
     shards: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)  # records re-judged as failures (merge_checks.rejudge)
+    sources: dict[str, ShardReport] = field(default_factory=dict)  # node id -> the input that reported it
 
     @property
     def passed(self) -> bool:
@@ -78,57 +84,6 @@ class Merged:
         if self.problems:
             line = line.replace("PASSED", "FAILED") + f", {len(self.problems)} coverage problem(s)"
         return line
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file() or path.stat().st_size > MAX_REPORT_BYTES:
-        raise MergeError(f"{path}: not a regular file of at most {MAX_REPORT_BYTES >> 20} MiB (not a pplgate report)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MergeError(f"{path}: cannot read it as JSON ({exc})") from exc
-
-
-def _present(path: Path) -> bool:
-    """A report file is there (a link or a special file counts: :func:`_read_json` refuses it by name)."""
-    return path.exists() or path.is_symlink()
-
-
-def _bad(path: Path, field: str, why: str) -> MergeError:
-    return MergeError(f"{path}: {field} {why}; refusing the whole report (was it written by pplgate?)")
-
-
-def _check_record(path: Path, i: int, rec: Any) -> None:
-    """A record's shape, checked before the merge reads any field of it."""
-    where = f"records[{i}]"
-    if not isinstance(rec, dict):
-        raise _bad(path, where, "is not an object")
-    if not isinstance(rec.get("nodeid"), str) or not rec["nodeid"]:
-        raise _bad(path, f"{where}.nodeid", "is not a non-empty string")
-    if rec.get("status") not in STATUSES:
-        raise _bad(path, f"{where}.status", f"is {rec.get('status')!r}, not one of {', '.join(sorted(STATUSES))}")
-    for key in ("file", "model", "profile", "variant", "error"):
-        if rec.get(key) is not None and not isinstance(rec[key], str):
-            raise _bad(path, f"{where}.{key}", "is not a string")
-    if rec.get("update") is not None and not isinstance(rec["update"], dict):
-        raise _bad(path, f"{where}.update", "is not an object")
-
-
-def _check_manifest(path: Path, m: Any) -> None:
-    if not isinstance(m, dict) or not isinstance(m.get("entries"), list) or "index" not in m:
-        raise MergeError(f"{path}: not a pplgate shard manifest")
-    for key in ("index", "count"):
-        if isinstance(m.get(key), bool) or not isinstance(m.get(key), int) or m[key] < 1:
-            raise _bad(path, key, "is not a positive integer")
-    if m["index"] > m["count"] or not isinstance(m.get("shard"), str):
-        raise _bad(path, "index/count/shard", "do not describe a shard K/N")
-    for i, e in enumerate(m["entries"]):
-        if not isinstance(e, dict) or not isinstance(e.get("nodeid"), str) or not e["nodeid"]:
-            raise _bad(path, f"entries[{i}].nodeid", "is not a non-empty string")
-        if isinstance(e.get("shard"), bool) or not isinstance(e.get("shard"), int):
-            raise _bad(path, f"entries[{i}].shard", "is not an integer")
-    if m.get("exitstatus") is not None and not isinstance(m["exitstatus"], int):
-        raise _bad(path, "exitstatus", "is not an integer")
 
 
 def report_dirs(paths: list[str | Path]) -> list[Path]:
@@ -201,6 +156,7 @@ def _check_manifests(inputs: list[ShardReport], problems: list[str]) -> dict[str
     for k in range(1, max(counts) + 1):
         if k not in by_index:
             problems.append(f"shard {k}/{max(counts)}: no report (did its job run and upload its report directory?)")
+    problems += merge_checks.provenance_problems([(r.label, r.manifest) for r in with_m])
     expected: dict[str, dict[str, Any]] = {}
     ref = {e["nodeid"]: e["shard"] for e in with_m[0].manifest["entries"]}
     for r in with_m:
@@ -218,27 +174,53 @@ def _check_manifests(inputs: list[ShardReport], problems: list[str]) -> dict[str
     return expected
 
 
-def merge(inputs: list[ShardReport]) -> Merged:
-    """Concatenate the records in input order; check coverage against the manifests."""
+def _key(rec: dict[str, Any]) -> tuple[str, Any, Any]:
+    """A record's identity: its node id, and for a ``ppl_regression`` check (a test may check several entries)
+    its file and entry."""
+    if rec.get("profile") == TESTS:
+        return rec["nodeid"], rec.get("file"), rec.get("variant")
+    return rec["nodeid"], None, None
+
+
+def _fixture_tests(inputs: list[ShardReport]) -> dict[str, int]:
+    """The tests using the ``ppl_regression`` fixture, by node id, with their shard (from the manifests)."""
+    out: dict[str, int] = {}
+    for r in inputs:
+        out.update((r.manifest or {}).get("fixture_tests") or {})
+    return out
+
+
+def merge(
+    inputs: list[ShardReport], rootdir: str | Path | None = None, baselines_dir: str | Path | None = None
+) -> Merged:
+    """Concatenate the records in input order; check coverage against the manifests. With ``rootdir`` (the
+    checkout), every ``pass`` record is judged again against the rules of its current baseline file."""
     problems: list[str] = []
     expected = _check_manifests(inputs, problems)
-    seen: dict[str, list[ShardReport]] = defaultdict(list)
+    fixtures = _fixture_tests(inputs)
+    seen: dict[tuple[str, Any, Any], list[ShardReport]] = defaultdict(list)
     records: list[dict[str, Any]] = []
+    sources: dict[str, ShardReport] = {}
     for r in inputs:
         for rec in r.records:
-            seen[rec.get("nodeid", "")].append(r)
+            seen[_key(rec)].append(r)
+            sources.setdefault(rec["nodeid"], r)
             records.append(rec)
-    for nodeid, rs in seen.items():
+    for (nodeid, _file, variant), rs in seen.items():
+        name = nodeid if variant is None else f"{nodeid} (check {variant!r})"
         if len(rs) > 1:
             why = f"reported {len(rs)} times (by {', '.join(x.label for x in rs)}): the shards overlap"
             records.append(_missing(expected.get(nodeid, {"nodeid": nodeid}), why))
-            problems.append(f"{nodeid}: {why}")
-        elif expected and nodeid not in expected:
+            problems.append(f"{name}: {why}")
+        elif nodeid in fixtures and rs[0].manifest and fixtures[nodeid] != rs[0].manifest["index"]:
+            problems.append(f"{name}: reported by {rs[0].label}, but the manifests put it in shard {fixtures[nodeid]}")
+        elif expected and nodeid not in expected and nodeid not in fixtures:
             problems.append(f"{nodeid}: reported by {rs[0].label} but in no shard's manifest")
     present = {int(r.manifest["index"]) for r in inputs if r.manifest}
     count = max((int(r.manifest["count"]) for r in inputs if r.manifest), default=0)
+    reported = {k[0] for k in seen}
     for nodeid, e in expected.items():
-        if nodeid in seen:
+        if nodeid in reported:
             continue
         shard = f"shard {e['shard']}/{count}"
         if e["shard"] not in present:
@@ -260,52 +242,12 @@ def merge(inputs: list[ShardReport]) -> Merged:
     if not records:
         problems.append("the reports hold no gate record: nothing was judged (did the shards select no entry?)")
     rows = [row for r in inputs for row in r.update_rows]
-    return Merged(records=records, update_rows=rows, blocked=blocked, problems=problems, shards=shards)
-
-
-def _name_problem(value: Any) -> str | None:
-    if not isinstance(value, str) or not NAME_RE.match(value) or len(value) > MAX_NAME_LEN:
-        return f"{value!r} is not an entry name (letters, digits, '_', '.', '+', '-'; at most {MAX_NAME_LEN})"
-    return None
-
-
-def _update_of(rec: dict[str, Any]) -> EntryUpdate:
-    """The record's queued update, every field checked (a report is untrusted)."""
-    where = f"the record of {rec['nodeid']!r}"
-    u = rec["update"]
-    fields = {"profile", "variant", "fingerprint", "ppl", "window_nlls", "provenance", "section", "kld"}
-    problems = [f"unknown field(s) {sorted(set(u) - fields)}"] if set(u) - fields else []
-    if u.get("section", "profiles") not in ("profiles", TESTS):
-        problems.append(f"section {u.get('section')!r} is not 'profiles' or '{TESTS}'")
-    problems += [f"{k} {p}" for k in ("variant", "profile") for p in [_name_problem(u.get(k))] if p]
-    if not isinstance(u.get("fingerprint"), dict) or not isinstance(u.get("provenance"), dict):
-        problems.append("fingerprint/provenance are not objects")
-    nlls = u.get("window_nlls")
-    if not isinstance(nlls, list) or not nlls or not all(isinstance(x, (int, float)) for x in [u.get("ppl"), *nlls]):
-        problems.append("ppl/window_nlls are not numbers")
-    if u.get("kld") is not None and not isinstance(u["kld"], dict):
-        problems.append("kld is not an object")
-    if problems:
-        raise MergeError(f"{where}: its update is refused: {'; '.join(problems)}; nothing was written")
-    return EntryUpdate.from_dict(u)
-
-
-def _target(root: Path, baselines: Path, file: Any, nodeid: str) -> Path:
-    """``rootdir/<file>``, only where it is a baseline file inside the baselines directory."""
-    why = None
-    if not isinstance(file, str) or not file:
-        why = "names no file"
-    elif Path(file).is_absolute() or ".." in Path(file).parts:
-        why = "is absolute or climbs with '..'"
-    else:
-        real = Path(os.path.realpath(root / file))
-        if not real.is_relative_to(Path(os.path.realpath(baselines))):
-            why = f"resolves to {real}, outside the baselines directory {baselines}"
-        elif real.suffix not in (".yaml", ".yml") or (real.exists() and not real.is_file()):
-            why = "is not a baseline file (.yaml)"
-    if why:
-        raise MergeError(f"the record of {nodeid!r}: its file {file!r} {why}; nothing was written")
-    return root / file
+    notes: list[str] = []
+    if rootdir is not None:
+        root = Path(rootdir)
+        baselines = Path(baselines_dir) if baselines_dir is not None else root / "baselines"
+        notes = merge_checks.rejudge(records, lambda file, nodeid: _target(root, baselines, file, nodeid))
+    return Merged(records, rows, blocked, problems, shards, notes=notes, sources=sources)
 
 
 def queued_updates(merged: Merged, rootdir: str | Path = ".", baselines_dir: str | Path | None = None):
@@ -313,6 +255,7 @@ def queued_updates(merged: Merged, rootdir: str | Path = ".", baselines_dir: str
     root = Path(rootdir)
     baselines = Path(baselines_dir) if baselines_dir is not None else root / "baselines"
     out: dict[Path, list[EntryUpdate]] = defaultdict(list)
+    checks = []
     for rec in merged.records:
         if rec.get("status") in (Status.CREATED, Status.UPDATED) and rec.get("update"):
             upd = _update_of(rec)
@@ -320,6 +263,13 @@ def queued_updates(merged: Merged, rootdir: str | Path = ".", baselines_dir: str
             if not path.is_file() and upd.section != TESTS:
                 raise MergeError(f"{path}: baseline file not found; pass --rootdir, the checkout the shards ran in")
             out[path].append(upd)
+            src = merged.sources.get(rec["nodeid"])
+            m = (src.manifest if src else None) or {}
+            read = (m.get("baselines") or {}).get(rec["file"])
+            checks.append((path, rec["file"], upd, src.label if src else "its shard", read, m.get("commit")))
+    refusal = merge_checks.stale_update(checks)
+    if refusal:
+        raise MergeError(refusal)
     return dict(out)
 
 
@@ -349,6 +299,8 @@ def markdown(merged: Merged) -> str:
         lines.append(f"| `{s['dir']}` | {s['shard'] or '-'} | {s['records']} | {exitstatus} |")
     if merged.problems:
         lines += ["", "**Coverage problems**", ""] + [f"- {p}" for p in merged.problems]
+    if merged.notes:
+        lines += ["", "**Re-judged against the current baseline files**", ""] + [f"- {n}" for n in merged.notes]
     body = reports.markdown(merged.records, merged.update_rows, merged.blocked).split("\n", 1)[1]
     return "\n".join(lines) + "\n" + body
 
@@ -366,6 +318,7 @@ def write(merged: Merged, out: str | Path) -> list[Path]:
             "passed": merged.passed,
             "verdict": merged.verdict(),
             "problems": merged.problems,
+            "rejudged": merged.notes,
             "shards": merged.shards,
         },
     }

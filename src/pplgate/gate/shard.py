@@ -16,9 +16,11 @@ and their weights, and writes the manifest that ``pplgate report merge`` checks.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "pplgate-shard.json"
@@ -99,8 +101,16 @@ def manifest(
     other_tests: int,
     other_tests_here: int,
     groups: Mapping[str, int],
+    fixture_tests: Mapping[str, int] | None = None,
+    commit: str | None = None,
+    version: str | None = None,
+    baselines: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """What one shard writes beside its report: every selected gate entry and the shard that runs it."""
+    """What one shard writes beside its report: every selected gate entry and the shard that runs it, the
+    tests that use the ``ppl_regression`` fixture (node id -> shard), and what the shard ran on: the
+    ``commit`` (git HEAD, None outside git), the pplgate ``version`` and the sha256 of every baseline file
+    it read (path relative to the rootdir -> hex digest), which ``pplgate report merge --apply-updates``
+    compares with the files it writes into."""
     loads = [0] * spec.count
     for e in entries:
         loads[e.shard - 1] += 1
@@ -114,5 +124,18 @@ def manifest(
         "other_tests": other_tests,
         "other_tests_here": other_tests_here,
         "groups": dict(sorted(groups.items())),
+        "fixture_tests": dict(sorted((fixture_tests or {}).items())),
+        "commit": commit,
+        "pplgate_version": version,
+        "baselines": dict(sorted((baselines or {}).items())),
         "exitstatus": None,  # filled in at the end of the session
     }
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -109,6 +109,7 @@ class Recorded:
     window_nlls: list[float]
     provenance: dict[str, Any] = field(default_factory=dict)
     kld: RecordedKld | None = None  # with a reference: the recorded KLD / top-1 (pplgate.gate.kld)
+    raw: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the block as in the file
 
 
 @dataclass
@@ -360,6 +361,7 @@ def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any, referenc
         window_nlls=values,
         provenance=plain(prov) if prov is not None else {},
         kld=parse_recorded_kld(v, node, keypath, RERECORD),
+        raw=plain(node),
     )
 
 

@@ -58,6 +58,9 @@ class EntryUpdate:
     provenance: dict[str, Any]
     section: str = "profiles"
     kld: dict[str, Any] | None = None  # with a reference: the recorded KLD keys (pplgate.gate.kld.recorded_block)
+    # the entry's ``recorded:`` block as the session read it (None: a new entry); the merge refuses an
+    # update whose file holds another block by then (re-recorded after the shard ran)
+    replaces: dict[str, Any] | None = None
 
     def keys(self) -> tuple[str, ...]:
         """The entry's key path in the file."""
@@ -74,6 +77,8 @@ class EntryUpdate:
             del d["section"]  # the default: records of collected entries keep their shape
         if d["kld"] is None:
             del d["kld"]  # an entry without a reference
+        if d["replaces"] is None:
+            del d["replaces"]  # a new entry (a created record): it replaces nothing
         return d
 
     @classmethod

@@ -11,13 +11,14 @@ split; the manifest travels to the controller in ``workeroutput``.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pplgate.gate import reports
-from pplgate.gate.shard import MANIFEST_NAME, GateEntry, ShardSpec, assign, manifest, module_of
+from pplgate.gate.shard import MANIFEST_NAME, GateEntry, ShardSpec, assign, manifest, module_of, sha256_file
 from pplgate.pytest_plugin.items import GateItem
 
 OPTION = "--pplgate-shard"
@@ -57,8 +58,33 @@ def _group_of(item: pytest.Item) -> str:
     return module_of(item.nodeid)
 
 
+def git_head(rootdir: Path) -> str | None:
+    """The commit checked out at ``rootdir`` (None outside git, or without git)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(rootdir), "rev-parse", "--verify", "-q", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    head = out.stdout.strip()
+    return head if out.returncode == 0 and head else None
+
+
+def baseline_hashes(items: list[pytest.Item], baselines_dir: Path | None, rootdir: Path) -> dict[str, str]:
+    """sha256 of every baseline file the session reads: the collected entries' files and the ``.yaml`` files
+    of the baselines dir (the ``ppl_regression`` fixture's), read at collection, before any update is written."""
+    paths = {Path(it.spec.path) for it in items if isinstance(it, GateItem)}
+    if baselines_dir is not None and baselines_dir.is_dir():
+        paths |= {p for ext in ("*.yaml", "*.yml") for p in baselines_dir.rglob(ext)}
+    return {reports.relpath(str(p), rootdir): sha256_file(p) for p in sorted(paths) if p.is_file()}
+
+
 def split(
-    items: list[pytest.Item], spec: ShardSpec, rootdir: Path
+    items: list[pytest.Item], spec: ShardSpec, rootdir: Path, baselines_dir: Path | None = None
 ) -> tuple[list[pytest.Item], list[pytest.Item], dict]:
     """``(kept, dropped, manifest)`` for this shard; ``items`` keeps its order."""
     gate_w: dict[str, float] = {}
@@ -83,12 +109,23 @@ def split(
         if isinstance(it, GateItem)
     ]
     n_other = sum(not isinstance(it, GateItem) for it in items)
+    fixture_tests = {
+        it.nodeid: where[_group_of(it)]
+        for it in items
+        if not isinstance(it, GateItem) and "ppl_regression" in getattr(it, "fixturenames", ())
+    }
+    from pplgate import __version__
+
     m = manifest(
         spec,
         entries,
         other_tests=n_other,
         other_tests_here=sum(not isinstance(it, GateItem) for it in kept),
         groups=where,
+        fixture_tests=fixture_tests,
+        commit=git_head(rootdir),
+        version=__version__,
+        baselines=baseline_hashes(items, baselines_dir, rootdir),
     )
     return kept, dropped, m
 
@@ -105,11 +142,11 @@ class ShardPlugin:
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config, items: list) -> None:
         from pplgate.pytest_plugin.session import gate_of
 
-        kept, dropped, self.manifest = split(items, self.spec, config.rootpath)
+        gate = gate_of(config)
+        kept, dropped, self.manifest = split(items, self.spec, config.rootpath, gate.baselines_dir())
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = kept
-        gate = gate_of(config)
         keep = set(kept)
         gate.order = [it for it in gate.order if it in keep]  # free models after the last test *of this shard*
         workeroutput = getattr(config, "workeroutput", None)
