@@ -53,6 +53,7 @@ from typing import Any
 from pplgate.errors import BaselineError
 from pplgate.gate.kld import RECORDED_KLD_KEYS, RecordedKld, parse_recorded_kld
 from pplgate.gate.kld_rules import COMPARISON_METRICS
+from pplgate.gate.param_paths import resolve_param_paths
 from pplgate.gate.rules import Rule, parse_rule
 from pplgate.gate.spec_refs import check_refs
 from pplgate.gate.store import line_of, plain, read_raw
@@ -315,7 +316,7 @@ def _parse_entry(
     return EntrySpec(
         name=name,
         kind=kind,
-        params=plain(params),
+        params=resolve_param_paths(plain(params), v.path.parent),
         rules=rules,
         fingerprint=plain(fp) if fp is not None else None,
         recorded=_parse_recorded(v, enode.get("recorded"), f"{ekp}.recorded", enode, "reference" in enode),

@@ -230,7 +230,7 @@ def load_calibration(source: str | None = None, *, text_column: str = "text") ->
         texts = _from_hub(name, config, split, column, shuffle_seed=None)
         label = src
     else:
-        p = Path(src).expanduser()
+        p = Path(os.path.abspath(Path(src).expanduser()))  # errors name the absolute path
         texts = _from_file(p, text_column)
         label = str(p.resolve())
     if not any(t.strip() for t in texts):

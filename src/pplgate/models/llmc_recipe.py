@@ -19,6 +19,7 @@ is used when a modifier calibrates on data (AWQ, GPTQ, ...); a recipe without su
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ class LlmcRecipeVariant(LlmcVariant):
                 f"llmc-recipe: recipe must be a non-empty list of {{ModifierName: {{args}}}} mappings, got {inline!r}"
             )
         self.inline: list[Any] | None = inline
-        self.recipe_path: Path | None = None if path is None else Path(path).expanduser()
+        self.recipe_path: Path | None = None if path is None else Path(os.path.abspath(Path(path).expanduser()))
         all_linears = raw.get("require_all_linears", True)
         if not isinstance(all_linears, bool):
             raise VariantError(f"llmc-recipe: require_all_linears must be true or false, got {all_linears!r}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -130,9 +131,9 @@ class UserEntryVariant(Variant):
     def _config_path(self) -> Path | None:
         if self.config is None:
             return None
-        p = Path(self.config).expanduser()
+        p = Path(os.path.abspath(Path(self.config).expanduser()))
         if not p.is_file():
-            raise VariantError(f"user: config file {self.config} does not exist")
+            raise VariantError(f"user: config file {p} does not exist")
         return p
 
     def fingerprint(self) -> dict[str, Any]:
