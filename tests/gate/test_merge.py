@@ -240,3 +240,152 @@ def test_a_write_that_fails_midway_leaves_every_file_as_it_was(tmp_path, monkeyp
         store.write_all({root / "baselines" / "a.yaml": [upd], root / "baselines" / "b.yaml": [upd]})
     assert (root / "baselines" / "a.yaml").read_text() == "schema_version: 1\n"  # restored
     assert (root / "baselines" / "b.yaml").read_text() == "schema_version: 1\n"
+
+
+# --------------------------------------------------------------------------- optimistic concurrency (issue #24)
+
+RECORDED = {"ppl": 9.0, "window_nlls": [2.197225], "provenance": {"date": "2026-01-01"}}
+A_FILE = (
+    "schema_version: 1\nprofiles:\n  cpu:\n    variants:\n      fp32:\n        kind: fp32\n"
+    "        fingerprint: {n_windows: 1}\n"
+    "        recorded: {ppl: 9.0, window_nlls: [2.197225], provenance: {date: '2026-01-01'}}\n"
+)
+
+
+def _updating_shard(d: Path, *, read_sha: str | None, replaces, commit=None, version="0.1.0") -> Path:
+    """Shard 1/1 that re-recorded ``a``'s fp32 entry, having read ``baselines/a.yaml`` with ``read_sha``."""
+    entry = _entry("a", 1)
+    update = {**UPDATE, **({"replaces": replaces} if replaces is not ... else {})}
+    _report(d, records=[{**{k: v for k, v in entry.items() if k != "shard"}, "status": "updated", "update": update}])
+    manifest = {
+        "shard": "1/1", "index": 1, "count": 1, "entries": [entry], "exitstatus": 0, "commit": commit,
+        "pplgate_version": version, "baselines": {"baselines/a.yaml": read_sha} if read_sha else {},
+    }  # fmt: skip
+    (d / "pplgate-shard.json").write_text(json.dumps(manifest))
+    return d
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_entry_re_recorded_after_the_shard_read_the_file_is_never_overwritten(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "baselines").mkdir(parents=True)
+    a = root / "baselines" / "a.yaml"
+    a.write_text(A_FILE.replace("9.0", "9.5"))  # the shard read ppl 9.5; 9.0 was recorded since
+    read = _sha(a)
+    a.write_text(A_FILE)
+    m = _merge(_updating_shard(tmp_path / "s", read_sha=read, replaces={**RECORDED, "ppl": 9.5}, commit="c0ffee"))
+    with pytest.raises(merge.MergeError) as exc:
+        merge.apply_updates(m, root)
+    text = str(exc.value)
+    assert text.startswith("baselines/a.yaml: entry profiles.cpu.variants.fp32 was re-recorded after shard 1/1")
+    assert "its sha256 differs from the one in the manifest" in text and "nothing was written" in text
+    assert text.endswith("re-run the shards on the current tree, or merge on c0ffee") and "\n" not in text
+    assert a.read_text() == A_FILE
+
+
+@pytest.mark.parametrize(
+    "read, replaces, ok",
+    [
+        ("same", {"ppl": 1.0}, True),  # the file is what the shard read: nothing changed since
+        ("other", RECORDED, True),  # another part of the file changed; this entry's block did not
+        (None, RECORDED, True),  # no hash (an unsharded report): the block decides
+        ("other", ..., False),  # an update that does not say what it replaces, into a changed file
+        ("other", None, False),  # "a new entry", but the file holds one now
+    ],
+)
+def test_the_replaced_block_decides_where_the_file_changed(tmp_path, read, replaces, ok):
+    root = tmp_path / "checkout"
+    (root / "baselines").mkdir(parents=True)
+    a = root / "baselines" / "a.yaml"
+    a.write_text(A_FILE)
+    sha = {"same": _sha(a), "other": "0" * 64, None: None}[read]
+    m = _merge(_updating_shard(tmp_path / "s", read_sha=sha, replaces=replaces))
+    if ok:
+        assert merge.queued_updates(m, root)[a][0].replaces == (None if replaces is ... else replaces)
+    else:
+        with pytest.raises(merge.MergeError, match=r"was re-recorded after shard 1/1 \(.*\) read the file"):
+            merge.queued_updates(m, root)
+
+
+def test_shards_that_disagree_on_commit_or_version_fail_the_merge(tmp_path):
+    one = _updating_shard(tmp_path / "s1", read_sha=None, replaces=RECORDED, commit="a" * 40)
+    two = _shard(tmp_path / "s2", 2, n=2, entries=[{**_entry("a", 1)}])
+    m2 = json.loads((two / "pplgate-shard.json").read_text())
+    (two / "pplgate-shard.json").write_text(json.dumps({**m2, "commit": "b" * 40, "pplgate_version": "0.0.9"}))
+    text = "\n".join(merge.merge([merge.load(one), merge.load(two)]).problems)
+    assert f"the shards ran on different commits (shard 1/1 ({one}): {'a' * 40}, shard 2/2 ({two}): {'b' * 40})" in text
+    assert "the shards ran on different pplgate versions" in text and "re-run every shard on one commit" in text
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"commit": 7}, "commit is not a string"),
+        ({"baselines": {"baselines/a.yaml": 1}}, "baselines is not an object of str values"),
+        ({"fixture_tests": ["t"]}, "fixture_tests is not an object of int values"),
+    ],
+)
+def test_a_manifest_with_a_bad_provenance_field_is_refused(tmp_path, change, field):
+    d = _shard(tmp_path / "s1", 1)
+    m = json.loads((d / "pplgate-shard.json").read_text())
+    (d / "pplgate-shard.json").write_text(json.dumps({**m, **change}))
+    with pytest.raises(merge.MergeError, match=re.escape(f"{d / 'pplgate-shard.json'}: {field}")):
+        merge.load(d)
+
+
+def test_an_update_whose_replaced_block_is_not_an_object_is_refused(tmp_path):
+    root = _checkout(tmp_path)
+    m = _merge(_report(tmp_path / "r", update={**UPDATE, "replaces": [1]}))
+    with pytest.raises(merge.MergeError, match=re.escape("replaces is not an object")):
+        merge.apply_updates(m, root)
+
+
+def test_a_pass_that_cannot_be_judged_against_the_checkout_fails(tmp_path):
+    m = merge.merge([merge.load(_shard(tmp_path / "s1", 1)), merge.load(_shard(tmp_path / "s2", 2))], tmp_path)
+    assert not m.passed and {r["status"] for r in m.records} == {"fail"}
+    assert m.notes[0].startswith("baselines/a.yaml::a[cpu-fp32]: marked pass by its shard, but baselines/a.yaml is ")
+    assert "pass --rootdir, the checkout the shards ran on" in m.notes[0]
+
+
+def _fixture_record(variant: str) -> dict:
+    return {
+        "nodeid": "tests/test_q.py::test_q",
+        "file": "baselines/test_q.yaml",
+        "profile": "tests",
+        "variant": variant,
+    }
+
+
+def test_fixture_records_merge_like_collected_ones(tmp_path):
+    fixture = {"tests/test_q.py::test_q": 2}
+    dirs = []
+    for k in (1, 2):
+        mine = [{**e, "status": "pass"} for e in ENTRIES if e["shard"] == k]
+        extra = [{**_fixture_record(v), "status": "pass"} for v in ("q-a", "q-b")] if k == 2 else []
+        d = _shard(tmp_path / f"s{k}", k, records=mine + extra)
+        m = json.loads((d / "pplgate-shard.json").read_text())
+        (d / "pplgate-shard.json").write_text(json.dumps({**m, "fixture_tests": fixture}))
+        dirs.append(d)
+    m = _merge(*dirs)
+    assert m.passed and m.problems == [] and len(m.records) == 5  # one test, two checks: two records
+    # in the manifests but reported by the other shard, or twice
+    data = json.loads((dirs[0] / "pplgate-results.json").read_text())
+    data["records"].append({**_fixture_record("q-a"), "status": "pass"})
+    (dirs[0] / "pplgate-results.json").write_text(json.dumps(data))
+    text = "\n".join(_merge(*dirs).problems)
+    assert "tests/test_q.py::test_q (check 'q-a'): reported 2 times" in text
+
+
+def test_a_fixture_record_outside_every_manifest_is_named(tmp_path):
+    d = _shard(tmp_path / "s1", 1, n=1, entries=[_entry("a", 1)], records=[{**_entry("a", 1), "status": "pass"}])
+    data = json.loads((d / "pplgate-results.json").read_text())
+    data["records"].append({**_fixture_record("q-a"), "status": "pass"})
+    (d / "pplgate-results.json").write_text(json.dumps(data))
+    assert _merge(d).problems == [
+        "tests/test_q.py::test_q: reported by shard 1/1 (" + str(d) + ") but in no shard's manifest"
+    ]
