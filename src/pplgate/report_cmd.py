@@ -1,8 +1,10 @@
 """``pplgate report merge DIR... [--out DIR] [--apply-updates [--rootdir DIR]]``: one verdict for many shards.
 
 Exit status: 0 when every entry passed and every shard reported exactly once, 1 when the merged gate
-failed (a failing entry, a missing or duplicated entry, a missing shard, updates not written), 2 for
-unusable inputs (no report found, malformed JSON, a baseline file not found).
+failed (a failing entry, a missing or duplicated entry, a missing shard, shards on other commits or
+pplgate versions, a pass that fails the rules of its baseline file under --rootdir, updates not written),
+2 for unusable inputs (no report found, malformed JSON, a baseline file not found, an update whose entry
+was re-recorded after the shards ran).
 """
 
 from __future__ import annotations

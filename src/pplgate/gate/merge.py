@@ -15,6 +15,10 @@ is used; an update may only name a baseline file that exists inside the baseline
 ``--rootdir`` (no ``..``, no absolute path, no link leading out) and an entry name the collector accepts.
 A report that asks for anything else is refused as a whole, naming the report and the field, before any
 file is written. Run the merge job with write access to the checkout alone.
+
+What the reports say is checked against the checkout (:mod:`pplgate.gate.merge_checks`): every ``pass``
+record is judged again against its current baseline file, shards on other commits or pplgate versions
+fail the merge, and an update whose entry was re-recorded after its shard read the file is refused.
 """
 
 from __future__ import annotations
