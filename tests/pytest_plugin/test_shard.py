@@ -456,6 +456,7 @@ def test_fixture_records_merge_like_collected_ones(pytester, env, recorded, mode
         assert res.ret == 0
     fixture = {k: manifest(r / "rep")["fixture_tests"] for k, r in runners.items()}
     assert fixture[1] == fixture[2] and list(fixture[1]) == ["test_fix.py::test_fix"]
+    assert "baselines/test_fix.yaml" in manifest(runners[1] / "rep")["baselines"]  # hashed at collection
     capsys.readouterr()
     assert merge(*(r / "rep" for r in runners.values()), "--rootdir", base) == 0
     assert "pplgate: PASSED — 8 passed" in capsys.readouterr().out

@@ -74,12 +74,18 @@ def git_head(rootdir: Path) -> str | None:
     return head if out.returncode == 0 and head else None
 
 
+def uses_fixture(item: pytest.Item) -> bool:
+    """A test that checks entries with the ``ppl_regression`` fixture."""
+    return not isinstance(item, GateItem) and "ppl_regression" in getattr(item, "fixturenames", ())
+
+
 def baseline_hashes(items: list[pytest.Item], baselines_dir: Path | None, rootdir: Path) -> dict[str, str]:
-    """sha256 of every baseline file the session reads: the collected entries' files and the ``.yaml`` files
-    of the baselines dir (the ``ppl_regression`` fixture's), read at collection, before any update is written."""
+    """sha256 of every baseline file the session reads, hashed at collection (before any update is written):
+    the collected entries' files and the ``ppl_regression`` tests' ``<baselines dir>/<module stem>.yaml``
+    (a file named by ``baseline=`` is not known here: the merge checks its entries by their recorded block)."""
     paths = {Path(it.spec.path) for it in items if isinstance(it, GateItem)}
-    if baselines_dir is not None and baselines_dir.is_dir():
-        paths |= {p for ext in ("*.yaml", "*.yml") for p in baselines_dir.rglob(ext)}
+    if baselines_dir is not None:
+        paths |= {baselines_dir / f"{it.path.stem}.yaml" for it in items if uses_fixture(it)}
     return {reports.relpath(str(p), rootdir): sha256_file(p) for p in sorted(paths) if p.is_file()}
 
 
@@ -109,11 +115,7 @@ def split(
         if isinstance(it, GateItem)
     ]
     n_other = sum(not isinstance(it, GateItem) for it in items)
-    fixture_tests = {
-        it.nodeid: where[_group_of(it)]
-        for it in items
-        if not isinstance(it, GateItem) and "ppl_regression" in getattr(it, "fixturenames", ())
-    }
+    fixture_tests = {it.nodeid: where[_group_of(it)] for it in items if uses_fixture(it)}
     from pplgate import __version__
 
     m = manifest(
