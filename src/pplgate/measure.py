@@ -200,6 +200,7 @@ class Measurer:
             cache_mode=self.cache_mode,
             device_map=device_map,
             config_loader=lambda: self.config(source),
+            holder=lambda dtype: self._models.get((source, dtype, device, device_map)),
         )
 
     def _prepare(

@@ -30,6 +30,7 @@ from pplgate.models.autoawq_compat import (
     import_autoawq,
     load_awq_checkpoint,
 )
+from pplgate.models.base_check import base_record, finish_record, hit_problem, rebuild_on_mismatch
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
 from pplgate.models.coverage import Coverage, check_changed, checkpoint_ignore, model_coverage, probe_logits
 from pplgate.models.failures import DOCS, library_boundary
@@ -209,10 +210,10 @@ class AwqVariant(Variant):
         return cache_key_parts(ctx.source, variant, calibration_sha256, library_versions(*VERSIONS_KEYED))
 
     def _quantize(self, ctx: ModelContext, dtype: str, texts: list[str], tokenizer) -> tuple[Any, Any]:
-        """``(AutoAWQ wrapper, the float model's probe logits)``."""
+        """``(AutoAWQ wrapper, the float model's probe logits, its base_check record)``."""
         model = ctx.load(dtype, fresh=True)
         strip_load_quantization(model)
-        base = probe_logits(model)
+        base, record = probe_logits(model), base_record(model)
         mt = model.config.model_type
         cls = awq_model_map()[mt]
         from awq.models._config import AwqConfig
@@ -231,11 +232,11 @@ class AwqVariant(Variant):
                     duo_scaling=self.duo_scaling,
                 )
         wrapper.model.to(ctx.torch_device)
-        return wrapper, base
+        return wrapper, base, finish_record(record, wrapper.model)
 
     def _in_memory(self, ctx: ModelContext, dtype: str, texts: list[str], tokenizer, info: dict, t0: float):
         t1 = time.perf_counter()
-        wrapper, base = self._quantize(ctx, dtype, texts, tokenizer)
+        wrapper, base, _ = self._quantize(ctx, dtype, texts, tokenizer)
         info.update(quantize_time_s=time.perf_counter() - t1, **awq_kernel_info(wrapper.model))
         info["coverage"] = checked_coverage(wrapper.model, self.kind, base).text()
         return PreparedModel(wrapper.model, "quantized", time.perf_counter() - t0, info)
@@ -264,7 +265,7 @@ class AwqVariant(Variant):
 
         def build(tmp: Path) -> dict[str, Any]:
             t1 = time.perf_counter()
-            wrapper, base = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
+            wrapper, base, record = self._quantize(ctx, dtype, list(cal.texts), tokenizer)
             built["quantize_time_s"] = time.perf_counter() - t1
             built["kernel"] = awq_kernel_info(wrapper.model)
             built["coverage"] = checked_coverage(wrapper.model, self.kind, base).text()  # raising: no cache entry
@@ -273,7 +274,7 @@ class AwqVariant(Variant):
             wrapper.save_quantized(str(tmp / "model"))
             tokenizer.save_pretrained(str(tmp / "model"))
             built["save_time_s"] = time.perf_counter() - t2
-            return {"quantize_time_s": built["quantize_time_s"], "key_parts": parts}
+            return {"quantize_time_s": built["quantize_time_s"], "key_parts": parts, "base": record}
 
         got = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": self.fingerprint()})
         if got is None:  # not written (warned): the model quantized in memory, else one quantized without the cache
@@ -286,6 +287,10 @@ class AwqVariant(Variant):
         if hit:
             t1 = time.perf_counter()
             model, how = load_checkpoint(self.kind, str(entry.path / "model"), ctx.torch_device, dtype)
+            if rebuild_on_mismatch(
+                cache, entry, hit_problem(model, entry.meta.get("base"), ctx.config(), ctx.held(dtype))
+            ):
+                return self.prepare(ctx)
             info.update(
                 load_time_s=time.perf_counter() - t1,
                 load_path=how,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from pplgate.errors import CalibrationError, VariantError
+from pplgate.models.base_check import base_record, finish_record, hit_problem, rebuild_on_mismatch
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
 from pplgate.models.coverage import (
     Coverage,
@@ -176,12 +177,12 @@ class LlmcVariant(Variant):
         self.calibration_texts.all()
         self.recipe()  # a recipe that does not build fails here, before any work
 
-    def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, dict]:
+    def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, dict, dict]:
         quant_dtype = self.quant_dtype(ctx, dtype)
         model = ctx.load(dtype if quant_dtype == "fp64" else quant_dtype, fresh=True)
         strip_load_quantization(model)
         arch = architecture(model.config)
-        base = probe_logits(model)
+        base, record = probe_logits(model), base_record(model)
         if quant_dtype == "fp64":  # the measured model's weights, exactly, in float64
             model.to(torch.float64)
         loader, n_blocks = (None, 0)
@@ -204,10 +205,10 @@ class LlmcVariant(Variant):
         check_changed(base, probe_logits(model), self.kind, arch)
         if logs:
             info["llmcompressor_warnings"] = [f"{r['level']}: {r['message'][:300]}" for r in logs]
-        return model, info
+        return model, info, finish_record(record, model)
 
     def _in_memory(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str], info: dict, t0: float):
-        model, qinfo = self._quantize(ctx, dtype, tokenizer, texts)
+        model, qinfo, _ = self._quantize(ctx, dtype, tokenizer, texts)
         freeze_fake_quant(model)
         info.update(qinfo)
         return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
@@ -238,7 +239,7 @@ class LlmcVariant(Variant):
         built: dict[str, Any] = {}
 
         def build(tmp: Path) -> dict[str, Any]:
-            model, qinfo = self._quantize(ctx, dtype, tokenizer, texts)
+            model, qinfo, record = self._quantize(ctx, dtype, tokenizer, texts)
             before = probe_logits(model)
             t1 = time.perf_counter()
             with library_bars_off(), warnings.catch_warnings():
@@ -258,7 +259,7 @@ class LlmcVariant(Variant):
             )
             built["info"]["coverage"] = coverage.text()
             check_reload(before, probe_logits(reloaded), dtype, self.kind)  # raising: no cache entry is left
-            return {"quantize_time_s": qinfo["quantize_time_s"], "format": "compressed-tensors"}
+            return {"quantize_time_s": qinfo["quantize_time_s"], "format": "compressed-tensors", "base": record}
 
         got = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
         if got is None and "model" not in built:  # not written (warned); saving compresses the in-memory model
@@ -270,6 +271,8 @@ class LlmcVariant(Variant):
         t1 = time.perf_counter()
         model = load_compressed(entry.path / "model", ctx, dtype, kind=self.kind, fix=RELOAD_FIX)
         info["load_time_s"] = round(time.perf_counter() - t1, 3)
+        if rebuild_on_mismatch(cache, entry, hit_problem(model, entry.meta.get("base"), ctx.config(), ctx.held(dtype))):
+            return self.prepare(ctx)
         coverage = loaded_coverage(
             model, self.kind, ModelSource(str(entry.path / "model")), self.requires_every_linear()
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import CalibrationError, VariantError
+from pplgate.models.base_check import base_record, finish_record, hit_problem, rebuild_on_mismatch
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
 from pplgate.models.coverage import Coverage, check_changed, model_coverage, probe_logits, weight_digests
 from pplgate.models.hashing import SKIP_DIRS, library_versions, sha256_file
@@ -170,11 +171,11 @@ class UserEntryVariant(Variant):
         coverage.check(self.kind, architecture(model.config), fix=IGNORE_FIX)
         return coverage
 
-    def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, Coverage]:
+    def _quantize(self, ctx: ModelContext, dtype: str, tokenizer: Any, texts: list[str]) -> tuple[Any, Coverage, dict]:
         fn = load_entry(self.entry)
         model = ctx.load(dtype, fresh=True)
         strip_load_quantization(model)
-        base, base_logits = weight_digests(model), probe_logits(model)
+        base, base_logits, record = weight_digests(model), probe_logits(model), base_record(model)
         arch = type(model).__name__
         kwargs = dict(self.kwargs)
         config = self._config_path()
@@ -189,7 +190,7 @@ class UserEntryVariant(Variant):
             )
         coverage = self.coverage(out, base)
         check_changed(base_logits, probe_logits(out), self.kind, architecture(out.config))
-        return out, coverage
+        return out, coverage, finish_record(record, out)
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)
@@ -201,7 +202,7 @@ class UserEntryVariant(Variant):
         info: dict[str, Any] = {"dtype": dtype, "code_sha256": code, "code_files": n_files}
         cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
         if not cache.enabled:
-            model, coverage = self._quantize(ctx, dtype, tokenizer, texts)
+            model, coverage, _ = self._quantize(ctx, dtype, tokenizer, texts)
             info.update(quantize_time_s=time.perf_counter() - t0, cache="off", coverage=coverage.text())
             return PreparedModel(model, "quantized", time.perf_counter() - t0, info)
         variant = {**self.fingerprint(), "code_sha256": code, "quant_dtype": dtype}
@@ -211,17 +212,17 @@ class UserEntryVariant(Variant):
 
         def build(tmp: Path) -> dict[str, Any]:
             t1 = time.perf_counter()
-            built["model"], built["coverage"] = self._quantize(ctx, dtype, tokenizer, texts)
+            built["model"], built["coverage"], record = self._quantize(ctx, dtype, tokenizer, texts)
             built["quantize_time_s"] = time.perf_counter() - t1
             with library_bars_off():  # transformers' "Writing model shards" bar: terminals only
                 built["model"].save_pretrained(str(tmp / "model"), safe_serialization=True)
-            return {"quantize_time_s": built["quantize_time_s"], "code_sha256": code}
+            return {"quantize_time_s": built["quantize_time_s"], "code_sha256": code, "base": record}
 
         got = cache.get_or_build(key, build, {"source": ctx.source.describe(), "variant": variant})
         if got is None:  # not written (warned): what the build made in memory, else a build without the cache
             info["cache"] = "not written"
             if "model" not in built:
-                built["model"], built["coverage"] = self._quantize(ctx, dtype, tokenizer, texts)
+                built["model"], built["coverage"], _ = self._quantize(ctx, dtype, tokenizer, texts)
                 built["quantize_time_s"] = time.perf_counter() - t0
         else:
             info["cache_entry"] = str(got[0].path)
@@ -235,6 +236,9 @@ class UserEntryVariant(Variant):
         with library_bars_off():
             model = AutoModelForCausalLM.from_pretrained(str(entry.path / "model"), dtype=torch_dtype(dtype))
         model.to(ctx.torch_device).eval()
-        info["coverage"] = self.coverage(model, weight_digests(ctx.load(dtype))).text()  # the session's float model
+        float_model = ctx.load(dtype)  # the session's float model (the coverage needs it)
+        if rebuild_on_mismatch(cache, entry, hit_problem(model, entry.meta.get("base"), ctx.config(), float_model)):
+            return self.prepare(ctx)
+        info["coverage"] = self.coverage(model, weight_digests(float_model)).text()
         info["quantize_time_s_when_built"] = entry.meta.get("quantize_time_s")
         return PreparedModel(model, "cache", time.perf_counter() - t0, info)

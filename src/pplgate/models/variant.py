@@ -43,6 +43,7 @@ class ModelContext:
     cache_mode: str = "use"  # "use" (read+write), "refresh" (rebuild and write), "off" (no cache)
     device_map: str | None = None  # "auto": spread the model over the visible GPUs
     config_loader: Callable[[], Any] | None = None  # the source's config (the Measurer's goes through a cache)
+    holder: Callable[[str], torch.nn.Module | None] | None = None  # the float model in dtype if already loaded
 
     @functools.cached_property
     def torch_device(self) -> torch.device:
@@ -60,6 +61,10 @@ class ModelContext:
         from pplgate.models.layers import load_config
 
         return load_config(self.source)
+
+    def held(self, dtype: str) -> torch.nn.Module | None:
+        """The session's float model in ``dtype`` when it is already loaded (never a load), else None."""
+        return self.holder(dtype) if self.holder is not None else None
 
     def load(self, dtype: str, *, fresh: bool = False) -> torch.nn.Module:
         if self.loader is not None:
