@@ -70,7 +70,9 @@ def _one_key(monkeypatch) -> None:
 
 
 def _fresh(model_dir: Path, tmp_path: Path):
-    return make_variant("user", PARAMS).prepare(_ctx(model_dir, tmp_path / "nocache"))
+    ctx = _ctx(model_dir, tmp_path / "nocache")
+    ctx.cache_mode = "off"
+    return make_variant("user", PARAMS).prepare(ctx)
 
 
 def test_a_hit_on_the_same_base_is_silent_and_records_the_untouched_tensors(team_pkg, models, tmp_path):
@@ -170,3 +172,25 @@ def test_llmc_recipe_hit_checks_its_base_against_the_held_float_model(models, tm
     ctx.holder = lambda dtype: moved if dtype == "fp32" else None
     with pytest.warns(CacheWarning, match="the base model's model.embed_tokens.weight differs"):
         assert make_variant("llmc-recipe", RTN).prepare(ctx).origin == "quantized"
+
+
+def test_a_full_disk_while_saving_the_quantized_model_measures_it_in_memory(team_pkg, models, tmp_path, monkeypatch):
+    """Issue #24: ENOSPC from save_pretrained (what a full tmpfs gave, through safetensors) is one CacheWarning;
+    the model quantized in memory is measured, no entry is left, the next run builds again."""
+    import errno
+    import os
+
+    from transformers import PreTrainedModel
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    with pytest.warns(CacheWarning, match=r"cannot be written \(No space left on device \(ENOSPC\)\)") as rec:
+        got = make_variant("user", PARAMS).prepare(_ctx(models["a"], tmp_path / "c"))
+    assert len([w for w in rec if issubclass(w.category, CacheWarning)]) == 1
+    assert (got.origin, got.info["cache"]) == ("quantized", "not written") and "cache_entry" not in got.info
+    fresh = _fresh(models["a"], tmp_path)
+    for (name, a), (_, b) in zip(got.model.state_dict().items(), fresh.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.is_dir()] == []

@@ -60,7 +60,7 @@ def write_failure(exc: BaseException) -> str | None:
     """Why ``exc`` is a failure to write to disk (full, read-only, no permission), else None (a real error)."""
     if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
         return f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
-    if type(exc).__name__ == "SafetensorError" and re.search(r"IoError|No space|Permission denied|Read-only", str(exc)):
+    if type(exc).__name__ == "SafetensorError" and re.search(r"IoError|I/O error|No space|Read-only", str(exc)):
         return f"safetensors: {str(exc)[:200]}"
     return None
 
