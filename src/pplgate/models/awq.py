@@ -209,7 +209,7 @@ class AwqVariant(Variant):
         }
         return cache_key_parts(ctx.source, variant, calibration_sha256, library_versions(*VERSIONS_KEYED))
 
-    def _quantize(self, ctx: ModelContext, dtype: str, texts: list[str], tokenizer) -> tuple[Any, Any]:
+    def _quantize(self, ctx: ModelContext, dtype: str, texts: list[str], tokenizer) -> tuple[Any, Any, dict]:
         """``(AutoAWQ wrapper, the float model's probe logits, its base_check record)``."""
         model = ctx.load(dtype, fresh=True)
         strip_load_quantization(model)
