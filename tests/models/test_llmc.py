@@ -292,3 +292,18 @@ def test_a_save_reload_that_changes_the_model_fails_the_build_and_leaves_no_cach
     monkeypatch.setattr(llmc, "load_compressed", real)
     built = make_variant("gptq", params).prepare(ctx(tiny_dir, tmp_path / "c"))  # a faithful round trip caches
     assert built.origin == "quantized" and [p for p in (tmp_path / "c").glob("*") if p.is_dir()]
+
+
+def test_the_reload_check_allows_half_precision_rounding_and_nothing_more():
+    """fp16/bf16 kernels round a reloaded model's bytes differently; a lost module or random experts do not pass."""
+    from pplgate.models.llmc import check_reload
+
+    g = torch.Generator().manual_seed(0)
+    before = torch.randn(1, 32, 500, generator=g) * 5
+    rounding = before + torch.randn(1, 32, 500, generator=g) * 0.05  # ~1% RMS, a few logits off by ~0.2
+    assert "relative RMS 0.00992, top-1 100%" in check_reload(before, rounding, "fp16", "llmc-recipe")
+    with pytest.raises(VariantError, match=r"allowed in fp32: max \|dlogit\| <= 1e-4"):
+        check_reload(before, rounding, "fp32", "gptq")
+    other = torch.randn(1, 32, 500, generator=g) * 5  # another model altogether
+    with pytest.raises(VariantError, match=r"relative RMS 1\.4.*top-1 .*allowed in bf16"):
+        check_reload(before, other, "bf16", "gptq")
