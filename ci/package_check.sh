@@ -32,6 +32,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/pplgate-package-check.XXXXXX")"
 BUILD_S=0 INSTALL_S=0 GATE_S=0
 finish() {
     local rc=$?
+    echo "package_check: [+$((SECONDS - T0))s] $STEP: exit $rc"
     if [[ "${PPLGATE_KEEP:-0}" == "1" ]]; then echo "package_check: kept $WORK"; else rm -rf "$WORK"; fi
     if [[ $rc -eq 0 ]]; then
         echo "package_check: OK: ${WHEEL_NAME:-?} + ${SDIST_NAME:-no sdist}; build ${BUILD_S}s, install ${INSTALL_S}s," \
@@ -41,7 +42,7 @@ finish() {
     fi
 }
 trap finish EXIT
-step() { STEP="$1"; echo "package_check: == $1"; }
+step() { STEP="$1"; echo "package_check: == [+$((SECONDS - T0))s] $1"; }
 fail() { echo "package_check: $*" >&2; exit 1; }
 
 # ---- the test split to copy in (the data the gate needs; found as ci/setup.sh finds it)
