@@ -305,5 +305,5 @@ def test_the_reload_check_allows_half_precision_rounding_and_nothing_more():
     with pytest.raises(VariantError, match=r"allowed in fp32: max \|dlogit\| <= 1e-4"):
         check_reload(before, rounding, "fp32", "gptq")
     other = torch.randn(1, 32, 500, generator=g) * 5  # another model altogether
-    with pytest.raises(VariantError, match=r"relative RMS 1\.4.*top-1 .*allowed in bf16"):
+    with pytest.raises(VariantError, match=r"relative RMS 1\.4.*top-1 .*allowed in bf16: relative RMS <= 5e-2"):
         check_reload(before, other, "bf16", "gptq")
