@@ -186,10 +186,16 @@ def test_bad_return_values_are_named(team_pkg, tiny_dir, tmp_path, entry, match)
         make_variant("user", {"entry": entry}).prepare(_ctx(tiny_dir, tmp_path / "cache"))
 
 
-def test_a_quantizer_that_raises_leaves_no_cache_entry(team_pkg, tiny_dir, tmp_path):
+def test_a_quantizer_that_raises_is_one_line_with_its_frame_and_leaves_no_cache_entry(team_pkg, tiny_dir, tmp_path):
     cache = tmp_path / "cache"
-    with pytest.raises(RuntimeError, match="broke half-way"):
+    where = r"\(at teamq/quant\.py:\d+ in raises\); fix the quantizer"
+    with pytest.raises(
+        VariantError, match=r"user: teamq\.quant:raises raised RuntimeError: the quantizer broke half-way "
+    ):
         make_variant("user", {"entry": "teamq.quant:raises"}).prepare(_ctx(tiny_dir, cache))
+    with pytest.raises(VariantError, match=where) as info:
+        make_variant("user", {"entry": "teamq.quant:raises"}).prepare(_ctx(tiny_dir, cache))
+    assert isinstance(info.value.__cause__, RuntimeError)  # the original stays attached
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
 
 

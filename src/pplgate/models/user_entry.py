@@ -25,14 +25,16 @@ import importlib
 import importlib.util
 import os
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pplgate.errors import CalibrationError, VariantError
+from pplgate.errors import CalibrationError, PplgateError, VariantError
 from pplgate.models.base_check import base_record, finish_record, hit_problem, rebuild_on_mismatch
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
 from pplgate.models.coverage import Coverage, check_changed, model_coverage, probe_logits, weight_digests
+from pplgate.models.failures import one_line
 from pplgate.models.hashing import SKIP_DIRS, library_versions, sha256_file
 from pplgate.models.layers import architecture, strip_load_quantization
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
@@ -56,6 +58,21 @@ def _package_files(root: Path) -> list[Path]:
         for p in root.rglob("*")
         if p.is_file() and p.suffix not in (".pyc", ".pyo") and not (SKIP_DIRS & set(p.relative_to(root).parts))
     )
+
+
+def user_frame(exc: BaseException, entry: str) -> str:
+    """`` (at pkg/mod.py:12 in quantize)``: the last frame of ``exc``'s traceback inside the entry's package."""
+    spec = importlib.util.find_spec(entry.split(":")[0].split(".")[0])
+    if spec is None or spec.origin is None:
+        return ""
+    roots = [Path(r) for r in (spec.submodule_search_locations or [])] or [Path(spec.origin)]
+    inside = [
+        f for f in traceback.extract_tb(exc.__traceback__) if any(Path(f.filename).is_relative_to(r) for r in roots)
+    ]
+    if not inside:
+        return ""
+    f = inside[-1]
+    return f" (at {Path(f.filename).relative_to(roots[0].parent)}:{f.lineno} in {f.name})"
 
 
 def code_sha256(module_name: str) -> tuple[str, int]:
@@ -181,7 +198,15 @@ class UserEntryVariant(Variant):
         config = self._config_path()
         if config is not None:
             kwargs["config_path"] = str(config)
-        out = fn(model, tokenizer, texts, **kwargs)
+        try:
+            out = fn(model, tokenizer, texts, **kwargs)
+        except PplgateError:
+            raise
+        except Exception as exc:  # the team's code failed: one line with its own frame, not pytest's traceback
+            raise VariantError(
+                f"user: {self.entry} raised {one_line(exc)}{user_frame(exc, self.entry)}; fix the quantizer (or its "
+                "params) and run again"
+            ) from exc
         if out is None:
             raise VariantError(f"user: {self.entry} returned None; it must return the model to measure")
         if type(out).__name__ != arch or not hasattr(out, "config"):
