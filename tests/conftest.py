@@ -28,6 +28,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "shared: needs the ../shared reference data")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first (the CPU gate tier, then the ``slow`` real-model tests and the examples), each
+    group in its collected order: under xdist they start at once instead of ending the run on one worker."""
+
+    def rank(item: pytest.Item) -> int:
+        return 0 if item.nodeid.startswith("baselines/") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     p = shared_root()
