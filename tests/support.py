@@ -369,3 +369,10 @@ def gate_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, con
     pytester.makeini("[pytest]\n")
     pytester.makeconftest(conftest)
     return pytester
+
+
+# how the gate words a better number outside its tolerance (pplgate.gate.verdict)
+IMPROVED_TEXT = (
+    "PERPLEXITY IMPROVEMENT outside tolerance (still a failure: re-record it, or let the rule bound only a worse "
+    "number with `direction: worse`): measured"
+)

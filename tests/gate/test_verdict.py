@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import IMPROVED_TEXT
 
 from pplgate.gate.record import FAILING, GateRecord, Status
 from pplgate.gate.rules import AbsoluteRule, RelationalRule, RelativeRule, SpeedRule
@@ -63,12 +64,6 @@ BASE_KEYS = {"nodeid", "file", "model", "profile", "variant", "kind", "device", 
 MEASURED_KEYS = {"ppl", "window_nlls", "n_windows", "n_windows_total", "partial", "origin", "wall_time_s"}
 MEASURED_KEYS |= {"prepare_time_s"}
 COMPARED_KEYS = {"baseline", "delta", "rel_delta", "baseline_window_nlls", "baseline_own_ppl", "hand_edited", "drift"}
-
-
-IMPROVED_TEXT = (
-    "PERPLEXITY IMPROVEMENT outside tolerance (still a failure: re-record it, or let the rule bound only a worse "
-    "number with `direction: worse`): measured"
-)
 
 
 def recorded(nlls=NLLS, ppl=None, provenance=PROV) -> Recorded:

@@ -13,6 +13,7 @@ import pytest
 from support import (
     BROKEN_CONFTEST,
     GATE_ARGS,
+    IMPROVED_TEXT,
     PERTURBED_CONFTEST,
     gate_project,
     save_gate_model,
@@ -24,12 +25,6 @@ from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
 
 pytest_plugins = ["pytester"]
-
-
-IMPROVED_TEXT = (
-    "PERPLEXITY IMPROVEMENT outside tolerance (still a failure: re-record it, or let the rule bound only a worse "
-    "number with `direction: worse`): measured"
-)
 
 
 def parse_baseline(path):

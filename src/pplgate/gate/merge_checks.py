@@ -25,7 +25,7 @@ from pplgate.gate.kld import KldMeasured
 from pplgate.gate.record import Status
 from pplgate.gate.shard import sha256_file
 from pplgate.gate.spec import EntrySpec, parse_baseline
-from pplgate.gate.store import TESTS, EntryUpdate, plain, read_raw
+from pplgate.gate.store import TESTS, EntryUpdate, node_at, plain, read_raw
 from pplgate.gate.verdict import Measured, Target, judge
 
 FIX = "re-run the shards on the current tree, or merge on the commit they ran on"
@@ -34,14 +34,6 @@ FIX = "re-run the shards on the current tree, or merge on the commit they ran on
 def _json(value: Any) -> Any:
     """``value`` as JSON has it (what a report carries), so a file's block and a report's compare equal."""
     return json.loads(json.dumps(value, default=str))
-
-
-def _node(data: Any, keys: Sequence[str]) -> Any:
-    for key in keys:
-        if not isinstance(data, Mapping) or key not in data:
-            return None
-        data = data[key]
-    return data
 
 
 def provenance_problems(manifests: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
@@ -81,7 +73,7 @@ def stale_update(items: Sequence[tuple[Path, str, EntryUpdate, str, str | None, 
         sha, data = files.get(path)
         if read_sha is not None and sha == read_sha:
             continue  # the file is byte for byte what the shard read
-        now = _node(data, (*upd.keys(), "recorded"))
+        now = node_at(data, (*upd.keys(), "recorded"))
         if _json(now) == _json(upd.replaces):
             continue  # another part of the file changed; this entry is as the shard saw it
         if now is not None and _json(now) == _json(upd.recorded()):

@@ -169,11 +169,11 @@ def splice_update(path: Path, text: str, upd: EntryUpdate) -> tuple[str, float |
     """
     final_newline = text.endswith("\n") or not text
     data = parse_text(path, text)
-    if upd.section == TESTS and _node(data, upd.keys()) is None:
+    if upd.section == TESTS and node_at(data, upd.keys()) is None:
         text = insert_test_entry(path, text, upd.variant)
         data = parse_text(path, text)
-    variants = _node(data, upd.keys()[:-1])
-    vnode = _node(data, upd.keys())
+    variants = node_at(data, upd.keys()[:-1])
+    vnode = node_at(data, upd.keys())
     if variants is None or vnode is None:
         return text, None, False
     keypath = upd.keypath()
@@ -212,7 +212,7 @@ def splice_update(path: Path, text: str, upd: EntryUpdate) -> tuple[str, float |
         lines[at:at] = _render("fingerprint", values["fingerprint"], col, indent, newline)
     if "recorded" not in vnode:
         fresh = parse_text(path, "".join(lines))
-        fnode = _node(fresh, upd.keys())
+        fnode = node_at(fresh, upd.keys())
         at = _block_end(lines, fnode.lc.key("fingerprint")[0], col)
         lines[at:at] = _render("recorded", values["recorded"], col, indent, newline)
     new_text = "".join(lines)
@@ -221,7 +221,7 @@ def splice_update(path: Path, text: str, upd: EntryUpdate) -> tuple[str, float |
     return new_text, (float(old_ppl) if old_ppl is not None else None), True
 
 
-def _node(data: Any, keys: Sequence[str]) -> Any:
+def node_at(data: Any, keys: Sequence[str]) -> Any:
     """The node at ``keys`` (None when any step is missing or not a mapping)."""
     for key in keys:
         if not isinstance(data, Mapping) or key not in data:
@@ -272,7 +272,7 @@ def _expected(data: Any, updates: Sequence[EntryUpdate]) -> Any:
             if not isinstance(want.get(TESTS), Mapping):
                 want[TESTS] = {}
             want[TESTS].setdefault(upd.variant, {})
-        entry = _node(want, upd.keys())
+        entry = node_at(want, upd.keys())
         if not isinstance(entry, dict):
             continue
         entry["fingerprint"] = plain(upd.fingerprint)
