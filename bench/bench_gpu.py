@@ -25,10 +25,13 @@ import torch
 
 from pplgate.measure import Measurer
 from pplgate.models.source import resolve_source
-from pplgate.protocol.autoawq_loop import installed_evaluate_perplexity
 from pplgate.protocol.dataset import load_wikitext2_test
 from pplgate.protocol.engine import evaluate_perplexity
 from pplgate.protocol.tokens import tokenize_canonical
+
+# AutoAWQ's own loop is test support code (tests/support_autoawq_loop.py), not part of the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support_autoawq_loop import installed_evaluate_perplexity  # noqa: E402
 
 LLAMA2_7B = dict(
     vocab_size=32000,

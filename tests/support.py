@@ -44,7 +44,7 @@ def need_module(name: str, install: str, *, allow_module_level: bool = False):
     """Import ``name``; skipped with the install command when missing (a failure under :func:`require_shared`)."""
     try:
         if name.split(".")[0] == "awq" and importlib.util.find_spec("awq") is not None:
-            from pplgate.models.autoawq_compat import import_autoawq
+            from pplgate.models.compat.autoawq import import_autoawq
 
             import_autoawq()  # first import through pplgate: AutoAWQ's banner is known and dropped
         return importlib.import_module(name)

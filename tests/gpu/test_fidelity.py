@@ -1,6 +1,6 @@
 """GPU fidelity: pplgate's engine vs AutoAWQ's own ``evaluate_perplexity`` on the same loaded model.
 
-Runs the installed AutoAWQ function (see ``pplgate.protocol.autoawq_loop``) and pplgate's measurement
+Runs the installed AutoAWQ function (see ``tests/support_autoawq_loop.py``) and pplgate's measurement
 (the :class:`~pplgate.measure.Measurer`, batched engine) on SmolLM2-135M-Instruct in fp16 and AWQ-quantized
 (w4 g64 GEMM, through the ``awq`` variant, i.e. AutoAWQ's real quantized modules), in one process and on
 the same model object; the PPLs must agree within 1e-3 relative.
@@ -40,7 +40,7 @@ def smollm2():
 
 
 def _compare(measurer, src, rows, record_property, label, kind, params):
-    from pplgate.protocol.autoawq_loop import autoawq_perplexity
+    from support_autoawq_loop import autoawq_perplexity
 
     request = dict(kind=kind, params=params, device="cuda")
     prepared = measurer.prepare(src, **request)  # the model measure() scores next, kept for AutoAWQ's loop

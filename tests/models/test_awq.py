@@ -194,7 +194,7 @@ def test_checkpoint_load_collects_garbage_once_with_the_same_model(tiny, tmp_pat
 
     import awq.models.base as awq_base
 
-    from pplgate.models import autoawq_compat
+    from pplgate.models.compat import autoawq as autoawq_compat
 
     p = make_variant("awq", _params()).prepare(_ctx(tiny, tmp_path))
     ckpt = str(tmp_path / p.info["cache_key"] / "model")
@@ -221,7 +221,7 @@ def test_checkpoint_load_collects_garbage_once_with_the_same_model(tiny, tmp_pat
 def test_gc_shim_refuses_an_unexpected_autoawq(monkeypatch):
     import awq.models.base as awq_base
 
-    from pplgate.models.autoawq_compat import one_gc_per_load
+    from pplgate.models.compat.autoawq import one_gc_per_load
 
     monkeypatch.setattr(awq_base, "gc", object())
     with pytest.raises(VariantError, match="autoawq==0.2.9"), one_gc_per_load():

@@ -2,7 +2,7 @@
 
 ``AwqQuantizer._compute_best_scale`` snapshots the inspected block with ``v.cpu()`` (an alias, not a
 copy, for CPU tensors) and then scales the weights in place, so without pplgate's shim
-(``pplgate.models.autoawq_compat.best_scale_snapshot_shim``) every scaled Linear ends up computing ``W * s0`` (s0: the
+(``pplgate.models.compat.autoawq.best_scale_snapshot_shim``) every scaled Linear ends up computing ``W * s0`` (s0: the
 first grid point's scales) instead of ``W``. SmolLM2-135M went from PPL ~30 to ~365,000. A random tiny
 Llama hides it (its per-channel weight magnitudes are nearly uniform, so s0 ~ 1); this one gets
 heterogeneous input-channel magnitudes, as trained models have, so s0 is far from 1.

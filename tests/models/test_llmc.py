@@ -209,7 +209,7 @@ def test_cpu_pin_memory_shim_is_still_needed_and_restored():
     without the shim (a fixed llm-compressor), drop the shim."""
     from llmcompressor.pipelines.cache import IntermediatesCache
 
-    from pplgate.models.llmc_compat import cpu_pin_memory_noop
+    from pplgate.models.compat.llmcompressor import cpu_pin_memory_noop
 
     if torch.accelerator.is_available():
         pytest.skip("the shim is only active without an accelerator")

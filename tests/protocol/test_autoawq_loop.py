@@ -6,8 +6,8 @@ import math
 
 import pytest
 from support import need_module
+from support_autoawq_loop import autoawq_perplexity, transcribed_evaluate_perplexity
 
-from pplgate.protocol.autoawq_loop import autoawq_perplexity, transcribed_evaluate_perplexity
 from pplgate.protocol.dataset import CanonicalText, load_wikitext2_test, sha256_text
 from pplgate.protocol.engine import evaluate_perplexity
 from pplgate.protocol.tokens import tokenize_canonical

@@ -157,7 +157,7 @@ def test_autoawq_banner_is_not_printed_on_import(tmp_path: Path) -> None:
     if importlib.util.find_spec("awq") is None:
         skip_or_fail("autoawq is not installed: pip install --no-deps autoawq==0.2.9")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"), *sys.path]))
-    code = "from pplgate.models.autoawq_compat import gemm_kernel_path; print(gemm_kernel_path())"
+    code = "from pplgate.models.compat.autoawq import gemm_kernel_path; print(gemm_kernel_path())"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "AutoAWQ is officially deprecated" not in proc.stderr, proc.stderr

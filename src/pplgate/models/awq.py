@@ -9,7 +9,7 @@ and measures the plain HF model inside (``awq_model.model``) whose decoder Linea
 :mod:`pplgate.models.quant_cache` and a later run loads it instead of quantizing.
 
 ``awq-checkpoint`` loads a pre-quantized AWQ checkpoint as deployed. Kernel paths, the checkpoint loader
-and the CPU scale-search shim are in :mod:`pplgate.models.autoawq_compat`; ``info['kernel']`` records
+and the CPU scale-search shim are in :mod:`pplgate.models.compat.autoawq`; ``info['kernel']`` records
 which kernel ran.
 """
 
@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import CalibrationError, VariantError
-from pplgate.models.autoawq_compat import (
+from pplgate.models.base_check import base_record, finish_record, hit_problem, rebuild_on_mismatch
+from pplgate.models.calibration import CalibrationSpec, VariantCalibration
+from pplgate.models.compat.autoawq import (
     AWQ_VERSIONS,
     awq_kernel_info,
     awq_model_map,
@@ -30,8 +32,6 @@ from pplgate.models.autoawq_compat import (
     import_autoawq,
     load_awq_checkpoint,
 )
-from pplgate.models.base_check import base_record, finish_record, hit_problem, rebuild_on_mismatch
-from pplgate.models.calibration import CalibrationSpec, VariantCalibration
 from pplgate.models.coverage import Coverage, check_changed, checkpoint_ignore, model_coverage, probe_logits
 from pplgate.models.failures import DOCS, library_boundary
 from pplgate.models.hashing import library_versions, source_fingerprint
@@ -59,7 +59,7 @@ AWQ_SPEC = (
 AWQ_PARAMS = (*(p.name for p in AWQ_SPEC), "calibration")  # calibration: CalibrationSpec.from_param
 VERSIONS_KEYED = ("autoawq", "transformers", "torch", "accelerate")
 # Version of pplgate's own AWQ quantization procedure; part of the cache key so that entries built by an
-# older, broken procedure are never reused. 2: the _compute_best_scale CPU aliasing shim (see autoawq_compat).
+# older, broken procedure are never reused. 2: the _compute_best_scale CPU aliasing shim (see compat.autoawq).
 AWQ_IMPL_VERSION = 2
 
 

@@ -69,7 +69,7 @@ class GptqVariant(LlmcVariant):
         }
 
     def recipe(self) -> list[Any]:
-        from pplgate.models.llmc_compat import import_llmcompressor
+        from pplgate.models.compat.llmcompressor import import_llmcompressor
 
         import_llmcompressor(self.kind)
         from llmcompressor.modifiers.gptq import GPTQModifier

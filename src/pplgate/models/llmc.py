@@ -3,7 +3,7 @@
 A kind says which recipe it runs (:meth:`LlmcVariant.recipe`), which weight group sizes it asks for and
 how it is fingerprinted; this base does the rest. ``prepare`` loads a fresh copy of the source model in
 the compute dtype, cuts the calibration texts into ``seqlen`` blocks (AutoAWQ's rule, fixed order), runs
-``oneshot`` in memory (:mod:`pplgate.models.llmc_compat`) and checks what it quantized
+``oneshot`` in memory (:mod:`pplgate.models.compat.llmcompressor`) and checks what it quantized
 (:mod:`pplgate.models.coverage`: every eligible decoder weight, experts included, unless the recipe ignores it;
 the probe logits moved). A failure inside llm-compressor or transformers is one line naming the architecture and
 the fix (:mod:`pplgate.models.failures`). With the cache on, the model is saved in llm-compressor's native format, a
@@ -28,6 +28,15 @@ import torch
 from pplgate.errors import CalibrationError, VariantError
 from pplgate.models.base_check import base_record, finish_record, hit_problem, rebuild_on_mismatch
 from pplgate.models.calibration import CalibrationSpec, VariantCalibration
+from pplgate.models.compat.llmcompressor import (
+    LLMC_VERSIONS_KEYED,
+    awq_resolved_mappings,
+    calibration_loader,
+    freeze_fake_quant,
+    import_llmcompressor,
+    run_oneshot,
+    undispatch,
+)
 from pplgate.models.coverage import (
     Coverage,
     check_changed,
@@ -45,15 +54,6 @@ from pplgate.models.layers import (
     load_config,
     strip_load_quantization,
     valid_group_sizes,
-)
-from pplgate.models.llmc_compat import (
-    LLMC_VERSIONS_KEYED,
-    awq_resolved_mappings,
-    calibration_loader,
-    freeze_fake_quant,
-    import_llmcompressor,
-    run_oneshot,
-    undispatch,
 )
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import DTYPE_CHOICES, ModelSource, load_tokenizer, torch_dtype
@@ -136,7 +136,7 @@ class LlmcVariant(Variant):
     def quant_dtype(self, ctx: ModelContext, dtype: str) -> str:
         """The dtype the model is in while llm-compressor calibrates (``quant_dtype``; default the compute dtype).
         ``fp64``: the compute-dtype model upcast, with GPTQ's own arithmetic in float64 too (reproducible across
-        CPU types and thread counts: :mod:`pplgate.models.llmc_compat`)."""
+        CPU types and thread counts: :mod:`pplgate.models.compat.llmcompressor`)."""
         q = self.params.get("quant_dtype")
         return dtype if q in (None, "auto") else "fp64" if q == "fp64" else ctx.dtype(q)
 

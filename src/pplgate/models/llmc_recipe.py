@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import VariantError
+from pplgate.models.compat.llmcompressor import recipe_from_file, recipe_from_list, recipe_group_sizes
 from pplgate.models.hashing import sha256_file
 from pplgate.models.llmc import LlmcVariant
-from pplgate.models.llmc_compat import recipe_from_file, recipe_from_list, recipe_group_sizes
 
 # modifiers that calibrate on data (oneshot without a dataset fails or does nothing useful)
 DATA_MODIFIERS = {

@@ -1,6 +1,6 @@
 """AutoAWQ 0.2.9 as pplgate uses it: the banner-free import, the kernel probe, the CPU scale-search
 shim, the CPU checkpoint loader and the one-collection-per-load shim. The ``awq`` kinds
-(:mod:`pplgate.models.awq`) build on these.
+(:mod:`pplgate.models.awq`) build on these. Another AutoAWQ version is refused (:func:`require_autoawq`).
 
 Kernel path (``WQLinear_GEMM.forward``, AutoAWQ 0.2.9): ``awq_ext`` (CUDA extension) if installed,
 else Triton (``awq_gemm_triton`` / ``awq_dequantize_triton`` + fp16 matmul for >= 1024 rows) when
@@ -31,17 +31,26 @@ from typing import Any
 import torch
 
 from pplgate.errors import VariantError
+from pplgate.models.compat import require_version
 from pplgate.models.source import resolve_device, torch_dtype
 
-AWQ_INSTALL = "pip install --no-deps autoawq==0.2.9"
+AUTOAWQ_VERSION = "0.2.9"  # the version every patch here is written for
+AWQ_INSTALL = f"pip install --no-deps autoawq=={AUTOAWQ_VERSION}"
 AWQ_BANNER = "AutoAWQ is officially deprecated"  # in the DeprecationWarning that `import awq` issues
 AWQ_VERSIONS = ("gemm", "gemv", "gemv_fast", "marlin")
 
 
+def require_autoawq() -> None:
+    """VariantError unless the installed AutoAWQ is the version these patches are written for."""
+    require_version("autoawq", AUTOAWQ_VERSION, AWQ_INSTALL)
+
+
 def import_autoawq():
-    """Import AutoAWQ without its end-of-maintenance banner (other warnings pass); VariantError if missing."""
+    """Import AutoAWQ without its end-of-maintenance banner (other warnings pass); VariantError if missing
+    or not the version pplgate's patches are written for."""
     if importlib.util.find_spec("awq") is None:
         raise VariantError(f"the awq variants need AutoAWQ: {AWQ_INSTALL}")
+    require_autoawq()
     import warnings
 
     # AutoAWQ's __init__ turns DeprecationWarnings on for everyone (warnings.simplefilter("default", ...))
@@ -122,6 +131,7 @@ def best_scale_snapshot_shim():
     yields for CUDA tensors, so the GPU behaviour is unchanged; AutoAWQ's ``.cpu()`` is then a no-op).
     It is installed only around pplgate's ``quantize`` call and removed afterwards.
     """
+    require_autoawq()
     from awq.quantize.quantizer import AwqQuantizer
 
     original = AwqQuantizer._compute_best_scale
@@ -167,6 +177,7 @@ def one_gc_per_load():
     """
     import gc
 
+    require_autoawq()
     import awq.models.base as awq_base
 
     if getattr(awq_base, "gc", None) is not gc:

@@ -1,4 +1,5 @@
-"""The narrow shims pplgate needs around llm-compressor 0.14.0.1, each for a measured reason.
+"""The narrow shims pplgate needs around llm-compressor 0.14.0.1, each for a measured reason (another
+llm-compressor version is refused: :func:`require_llmcompressor`).
 
 * **Quiet import**: ``import llmcompressor`` configures loguru with a stdout INFO sink (and logs "No
   accelerator available!" on CPU). We import with ``LLM_COMPRESSOR_LOG_DISABLED=true`` and then
@@ -18,14 +19,14 @@
 * **AWQ that smoothed nothing**: :func:`awq_resolved_mappings` counts what each ``AWQModifier`` resolved (mappings
   that match no module pass silently).
 * **No leaks**: the sequential pipeline registers each traced forward's globals (the model with them)
-  in ``torch.fx._symbolic_trace._wrapped_fns_to_patch`` forever, and the global session keeps the
-  model; both are dropped after the call.
+  in ``torch.fx._symbolic_trace._wrapped_fns_to_patch`` forever (dropped after the call:
+  :func:`pplgate.models.compat.torch.fx_registry_cleanup`), and the global session keeps the model
+  (reset after the call).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,8 +35,11 @@ from typing import Any
 import torch
 
 from pplgate.errors import VariantError
+from pplgate.models.compat import require_version
+from pplgate.models.compat.torch import fx_registry_cleanup
 
-INSTALL = "pip install 'pplgate[llmcompressor]' (llmcompressor==0.14.0.1, compressed-tensors==0.19.0)"
+LLMC_VERSION = "0.14.0.1"  # the version every patch here is written for
+INSTALL = f"pip install 'pplgate[llmcompressor]' (llmcompressor=={LLMC_VERSION}, compressed-tensors==0.19.0)"
 LLMC_VERSIONS_KEYED = ("llmcompressor", "compressed-tensors", "transformers", "torch", "accelerate")
 
 
@@ -53,11 +57,18 @@ def _env(**values: str) -> Iterator[None]:
 _quiet: list[bool] = []  # [True] once the logger is configured without a console sink
 
 
+def require_llmcompressor() -> None:
+    """VariantError unless the installed llm-compressor is the version these patches are written for."""
+    require_version("llmcompressor", LLMC_VERSION, INSTALL)
+
+
 def import_llmcompressor(kind: str) -> Any:
-    """``llmcompressor``, imported without console output; missing: a :class:`VariantError` with the fix.
+    """``llmcompressor``, imported without console output; missing or another version than the patches here
+    are written for: a :class:`VariantError` with the fix.
 
     Imported elsewhere first (a test, the user's code), its stdout sink is removed here all the same.
     """
+    require_llmcompressor()
     try:
         with _env(LLM_COMPRESSOR_LOG_DISABLED="true"):
             import llmcompressor
@@ -98,6 +109,7 @@ def captured_logs(level: str = "WARNING") -> Iterator[list[dict[str, str]]]:
 @contextlib.contextmanager
 def in_memory_model_check() -> Iterator[None]:
     """``Oneshot.validate_model`` on the in-memory config instead of one re-read from disk or the hub."""
+    require_llmcompressor()
     from llmcompressor.entrypoints.oneshot import Oneshot
 
     original = Oneshot.validate_model
@@ -121,6 +133,7 @@ def in_memory_model_check() -> Iterator[None]:
 @contextlib.contextmanager
 def cpu_pin_memory_noop() -> Iterator[None]:
     """``IntermediatesCache.pin_memory`` as a no-op while no accelerator exists (AWQ on a CPU-only torch)."""
+    require_llmcompressor()
     from llmcompressor.pipelines.cache import IntermediatesCache
 
     if torch.accelerator.is_available():
@@ -137,6 +150,7 @@ def cpu_pin_memory_noop() -> Iterator[None]:
 @contextlib.contextmanager
 def gptq_precision(dtype: torch.dtype) -> Iterator[None]:
     """llm-compressor's ``GPTQ_PRECISION`` (Hessian accumulation and solves) set to ``dtype`` for the call."""
+    require_llmcompressor()
     from llmcompressor.modifiers.gptq import gptq_quantize, helpers
 
     if not (helpers.GPTQ_PRECISION is gptq_quantize.GPTQ_PRECISION is torch.float32):
@@ -152,27 +166,11 @@ def gptq_precision(dtype: torch.dtype) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def fx_registry_cleanup() -> Iterator[None]:
-    """Drop the ``torch.fx`` wrap-registry entries the call added (each holds a traced model alive)."""
-    from torch.fx import _symbolic_trace as st
-
-    before = set(st._wrapped_fns_to_patch)
-    fx_log = logging.getLogger("torch.fx._symbolic_trace")
-    level = fx_log.level
-    fx_log.setLevel(logging.ERROR)  # "is_fx_tracing will return true for both ..." once per process
-    try:
-        yield
-    finally:
-        fx_log.setLevel(level)
-        for key in set(st._wrapped_fns_to_patch) - before:
-            del st._wrapped_fns_to_patch[key]
-
-
-@contextlib.contextmanager
 def awq_resolved_mappings() -> Iterator[list[int]]:
     """How many mappings each ``AWQModifier`` resolved on the model, one count per modifier run. A count of 0 is
     an AWQ step that smoothed nothing: mappings matching no module raise nothing and log nothing (Falcon's new
     layout under the default mappings), so the recipe's number would be its QuantizationModifier's alone."""
+    require_llmcompressor()
     from llmcompressor.modifiers.transform.awq.base import AWQModifier
 
     counts: list[int] = []

@@ -1,10 +1,13 @@
-"""AutoAWQ's own ``evaluate_perplexity`` loop, run on local data: the fidelity and speed reference.
+"""AutoAWQ's own ``evaluate_perplexity`` loop, run on local data: the fidelity and speed reference of the
+tests (tests/protocol/test_autoawq_loop.py, tests/gpu/test_fidelity.py) and of bench/bench_gpu.py; the
+package never runs it.
 
 ``awq.evaluation`` imports ``lm_eval`` and ``evaluate`` at import time although
 ``evaluate_perplexity`` uses neither; where they are missing, empty placeholder modules are
 registered only for the duration of that import. The function's ``load_dataset`` global is
 pointed at the rows pplgate loaded (the hub is unreachable offline). The loop itself is
-AutoAWQ's installed code, unchanged. :func:`transcribed_evaluate_perplexity` is an exact
+AutoAWQ's installed code, unchanged, and only the version pplgate's AutoAWQ patches are written for
+(:func:`pplgate.models.compat.autoawq.require_autoawq`). :func:`transcribed_evaluate_perplexity` is an exact
 transcription of it (autoawq 0.2.9) for environments where AutoAWQ is not installed.
 """
 
@@ -19,6 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from pplgate.models.compat.autoawq import require_autoawq
 
 _IMPORT_ONLY_DEPS = ("lm_eval", "lm_eval.tasks", "evaluate")
 
@@ -52,6 +57,7 @@ def _unavailable(what: str) -> Callable[..., Any]:
 
 def installed_evaluate_perplexity(rows: list[str]) -> Callable[[Any, Any], float]:
     """Return AutoAWQ's installed ``evaluate_perplexity(model, tokenizer)`` reading ``rows``."""
+    require_autoawq()
     with _placeholder_modules(_IMPORT_ONLY_DEPS):
         eval_utils = importlib.import_module("awq.evaluation.eval_utils")
 
