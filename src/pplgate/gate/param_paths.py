@@ -1,8 +1,9 @@
 """Paths in a baseline entry's params resolve against the baseline file's folder, like ``model.source``.
 
-``recipe_file`` (llmc-recipe), ``config`` (user) and the calibration ``source``/``path`` (a string
-``calibration`` too) are file paths: ``$VARS`` and ``~`` expand first, and a relative result is made absolute
-against the folder of the YAML file (never the current directory, which changes with where pytest runs).
+``recipe_file`` (llmc-recipe), ``config`` and each of ``code_paths`` (user) and the calibration
+``source``/``path`` (a string ``calibration`` too) are file paths: ``$VARS`` and ``~`` expand first, and a
+relative result is made absolute against the folder of the YAML file (never the current directory, which
+changes with where pytest runs).
 ``checkpoint`` (awq-checkpoint, hf-checkpoint) is a directory or a hub id: it follows ``model.source``'s rule
 (:meth:`pplgate.gate.spec.BaselineSpec.resolve_path`: a local path starts with ``.``, ``$`` or ``~``).
 A value that names an unset variable is left as written, for the kind to report (``$PPLGATE_CALIBRATION``
@@ -20,6 +21,7 @@ from typing import Any
 
 FILE_PARAMS = ("recipe_file", "config")
 SOURCE_PARAMS = ("checkpoint",)
+LIST_PARAMS = ("code_paths",)
 _CALIBRATION_KEYS = ("source", "path")
 _NOT_PATHS = ("pileval", "default", "")
 
@@ -45,6 +47,11 @@ def resolve_param_paths(params: Mapping[str, Any], folder: Path) -> dict[str, An
     for key in SOURCE_PARAMS:
         if key in out:
             out[key] = resolve_file(out[key], folder, source_like=True)
+    for key in LIST_PARAMS:
+        if isinstance(out.get(key), list):
+            out[key] = [resolve_file(v, folder) for v in out[key]]
+        elif key in out:
+            out[key] = resolve_file(out[key], folder)
     cal = out.get("calibration")
     if isinstance(cal, str):
         out["calibration"] = resolve_file(cal, folder)

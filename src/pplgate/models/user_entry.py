@@ -13,9 +13,11 @@ probe logits equal the float model's.
 What decides the number goes into the fingerprint: the entry's name, its params, the calibration
 content hash, the config file's content hash, the dtype. The *code* does not: the gate judges a code
 change by the tolerance (a measured move, not drift). The code's hash (every file of the entry's
-top-level package, data files included; bytecode and ``__pycache__`` left out; code outside that package,
-e.g. a helper package it imports, is *not* covered) keys the quantization cache and is recorded in the provenance, so a
-changed file re-quantizes and an unchanged tree is a cache hit.
+top-level package, data files included; bytecode and ``__pycache__`` left out; plus every file of the
+entry's ``code_paths:``, files or folders resolved against the baseline file's folder, e.g. a helper package
+in another top-level package or a data file outside the package; code reached otherwise, e.g. an installed
+library, is *not* covered) keys the quantization cache and is recorded in the provenance, so a changed file
+re-quantizes, an unchanged tree is a cache hit, and a failure message shows the hash old -> new.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import importlib.util
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,12 @@ from pplgate.models.source import load_tokenizer, torch_dtype
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
 from pplgate.protocol.progress import library_bars_off
 
-USER_PARAMS = ("entry", "params", "calibration", "config", "dtype", "ignore")
+USER_PARAMS = ("entry", "params", "calibration", "config", "dtype", "ignore", "code_paths")
+IMPORT_FIX = (
+    "when the package lives in your repository put its folder on the import path (pytest.ini: `pythonpath = .`, "
+    "or [tool.pytest.ini_options] pythonpath in pyproject.toml; PYTHONPATH=. for pplgate compare), else install "
+    "it (pip install -e path/to/it); or fix the module name"
+)
 IGNORE_FIX = (
     "quantize them, or list their modules in the entry's ignore: (names or re: patterns) to keep them in full "
     "precision on purpose"
@@ -75,19 +82,24 @@ def user_frame(exc: BaseException, entry: str) -> str:
     return f" (at {Path(f.filename).relative_to(roots[0].parent)}:{f.lineno} in {f.name})"
 
 
-def code_sha256(module_name: str) -> tuple[str, int]:
-    """``(sha256, n_files)`` of every file of ``module_name``'s top-level package (or the module's file)."""
+def code_sha256(module_name: str, extra: Sequence[Path] = ()) -> tuple[str, int]:
+    """``(sha256, n_files)`` of every file of ``module_name``'s top-level package (or the module's file) and of
+    the ``extra`` files and folders (an entry's ``code_paths``, already resolved), named by their place in the
+    package or under the extra path's own name (never an absolute path: two checkouts share a hash)."""
     top = module_name.split(".")[0]
     spec = importlib.util.find_spec(top)
     if spec is None or spec.origin is None:
         raise VariantError(f"user: cannot locate the code of {top!r} to hash it")
     roots = list(spec.submodule_search_locations or [])
     files = sorted(p for r in roots for p in _package_files(Path(r))) if roots else [Path(spec.origin)]
+    named = [(str(f.relative_to(roots[0]) if roots else Path(f.name)), f) for f in files]
+    for i, path in enumerate(extra):
+        inside = _package_files(path) if path.is_dir() else [path]
+        named += [(f"code_paths[{i}]/{path.name}/{f.relative_to(path) if path.is_dir() else ''}", f) for f in inside]
     h = hashlib.sha256()
-    for f in files:
-        rel = f.relative_to(roots[0]) if roots else Path(f.name)
-        h.update(str(rel).encode() + b"\0" + sha256_file(f).encode() + b"\n")
-    return h.hexdigest(), len(files)
+    for rel, f in named:
+        h.update(rel.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest(), len(named)
 
 
 def load_entry(entry: str) -> Callable[..., Any]:
@@ -98,10 +110,7 @@ def load_entry(entry: str) -> Callable[..., Any]:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:
-        raise VariantError(
-            f"user: entry {entry!r} does not import ({type(exc).__name__}: {exc}); install the package "
-            "(pip install -e path/to/it) or fix the module name"
-        ) from exc
+        raise VariantError(f"user: entry {entry!r} does not import ({one_line(exc)}); {IMPORT_FIX}") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise VariantError(f"user: entry {entry!r}: module {module_name!r} has no attribute {part!r}")
@@ -138,6 +147,12 @@ class UserEntryVariant(Variant):
         if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
             raise VariantError(f"user: ignore must be a list of module names or 're:' patterns, got {ignore!r}")
         self.ignore: list[str] = ignore
+        code_paths = self.params.get("code_paths", [])
+        if isinstance(code_paths, str):
+            code_paths = [code_paths]
+        if not isinstance(code_paths, list) or not all(isinstance(x, str) and x for x in code_paths):
+            raise VariantError(f"user: code_paths must be a list of file or folder paths, got {code_paths!r}")
+        self.code_paths: list[str] = code_paths
         self.dtype_param = self.dtype_from_params()
         cal = self.params.get("calibration")
         try:
@@ -153,6 +168,31 @@ class UserEntryVariant(Variant):
         if not p.is_file():
             raise VariantError(f"user: config file {p} does not exist")
         return p
+
+    def _code_paths(self) -> list[Path]:
+        """The entry's ``code_paths`` (resolved against the baseline file's folder at parsing; elsewhere against
+        the current directory), each an existing file or folder."""
+        out = []
+        for raw in self.code_paths:
+            p = Path(os.path.abspath(Path(os.path.expandvars(raw)).expanduser()))
+            if not p.exists():
+                raise VariantError(
+                    f"user: code_paths entry {raw!r} does not exist (resolved to {p}); a relative path in a "
+                    "baseline file is relative to that file's folder: fix or remove it"
+                )
+            out.append(p)
+        return out
+
+    def collection_check(self) -> None:
+        """What fails in seconds at collection, before any measurement: the module imports (its typo or a
+        missing ``pythonpath``), the entry's ``config`` and ``code_paths`` exist. Loads no model."""
+        load_entry(self.entry)
+        self._config_path()
+        self._code_paths()
+
+    def code_hash(self) -> tuple[str, int]:
+        """``(sha256, n_files)`` of the entry's package and ``code_paths`` (:func:`code_sha256`)."""
+        return code_sha256(self.entry.partition(":")[0], self._code_paths())
 
     def fingerprint(self) -> dict[str, Any]:
         cal = self.calibration_texts.all()
@@ -173,8 +213,7 @@ class UserEntryVariant(Variant):
         }
 
     def check(self, ctx: ModelContext) -> None:
-        load_entry(self.entry)
-        self._config_path()
+        self.collection_check()
         self.calibration_texts.all()
         ctx.dtype(self.dtype_param)
 
@@ -213,9 +252,21 @@ class UserEntryVariant(Variant):
             raise VariantError(
                 f"user: {self.entry} returned a {type(out).__name__}, not a model of the source's architecture ({arch})"
             )
+        self._refuse_meta(out)
         coverage = self.coverage(out, base)
         check_changed(base_logits, probe_logits(out), self.kind, architecture(out.config))
         return out, coverage, finish_record(record, out)
+
+    def _refuse_meta(self, model: Any) -> None:
+        """A model with tensors on ``meta`` (shapes without values: never materialized) is one clear error."""
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        meta = [name for name, t in tensors if t.is_meta]
+        if meta:
+            raise VariantError(
+                f"user: {self.entry} returned a model with {len(meta)} of {len(tensors)} tensors on the meta device "
+                f"(e.g. {meta[0]}): shapes without values, nothing to measure; return a model whose weights are "
+                "loaded (not built under init_empty_weights / device='meta', nor offloaded without its weights)"
+            )
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
         self.ensure_checked(ctx)
@@ -223,7 +274,7 @@ class UserEntryVariant(Variant):
         dtype = ctx.dtype(self.dtype_param)
         tokenizer = ctx.tokenizer if ctx.tokenizer is not None else load_tokenizer(ctx.source)
         texts, cal_sha = self._texts(tokenizer)
-        code, n_files = code_sha256(self.entry.partition(":")[0])
+        code, n_files = self.code_hash()
         info: dict[str, Any] = {"dtype": dtype, "code_sha256": code, "code_files": n_files}
         cache = QuantCache(ctx.cache_dir, ctx.cache_mode)
         if not cache.enabled:

@@ -69,6 +69,17 @@ def collect_file(file_path: Path, parent: pytest.Collector) -> BaselineFile | No
     return BaselineFile.from_parent(parent, path=file_path)
 
 
+def fail_fast(variant: Any) -> None:
+    """The kind's collection-time checks (``collection_check``: a ``user`` entry's module imports, an
+    llm-compressor ``recipe_file`` reads): a typo fails the collection in seconds, before any measurement.
+    Only the entry's own code is imported (nothing of the other entries, no model)."""
+    check = getattr(variant, "collection_check", None)
+    if check is not None:
+        check()
+    if getattr(variant, "recipe_path", None) is not None:
+        variant.needs_calibration()  # llmc-recipe: reads and parses the recipe file (errors name its path)
+
+
 class BaselineFile(pytest.File):
     """A ``baselines/<model>.yaml`` file; yields one :class:`GateItem` per profile and entry."""
 
@@ -92,7 +103,7 @@ class BaselineFile(pytest.File):
             for entry in profile.variants.values():
                 keypath = f"profiles.{profile.name}.variants.{entry.name}"
                 try:
-                    make_variant(entry.kind, entry.params)
+                    fail_fast(make_variant(entry.kind, entry.params))
                 except VariantError as exc:
                     raise BaselineError(self.path, keypath, str(exc)) from exc
                 name = f"{spec.model.name}[{profile.name}-{entry.name}]"
