@@ -69,8 +69,15 @@ class PplModel:
         return f"{self.source.short_name()}:{self.kind}"
 
 
-class CheckError(PplgateError):
-    """``ppl_regression.check`` was called in a way that cannot work (says what to change)."""
+class CheckError(PplgateError, pytest.fail.Exception):
+    """``ppl_regression.check`` was called in a way that cannot work (says what to change).
+
+    Also a ``pytest.fail`` outcome without a Python traceback: the failing test shows this one sentence, not
+    25 lines through the fixture's frames. ``except Exception`` and ``pytest.raises(CheckError)`` still catch it.
+    """
+
+    def __init__(self, message: str) -> None:
+        pytest.fail.Exception.__init__(self, f"CheckError: {message}", pytrace=False)
 
 
 def baseline_path(gate: GateSession, item: pytest.Item, baseline: str | os.PathLike[str] | None) -> Path:
@@ -97,7 +104,10 @@ def code_rules(path: Path, name: str, tolerance: Tolerance) -> list[Rule]:
             for i, r in enumerate(items)
         ]
     except BaselineError as exc:
-        raise CheckError(f"check(name={name!r}): tolerance={tolerance!r}: {exc.args[0].split(': ', 2)[-1]}") from exc
+        raise CheckError(f"check(name={name!r}): tolerance={tolerance!r}: {exc.args[0].split(': ', 2)[-1]}") from None
+
+
+KEYWORDS = ("name", "tolerance", "max_windows", "seqlen", "batch_size", "baseline")
 
 
 class PplRegression:
@@ -109,13 +119,14 @@ class PplRegression:
     def check(
         self,
         subject: PplModel,
-        *,
-        name: str,
+        *misplaced: Any,
+        name: str | None = None,
         tolerance: Tolerance | None = None,
         max_windows: int | None = None,
         seqlen: int = DEFAULT_SEQLEN,
         batch_size: int = 1,
         baseline: str | os.PathLike[str] | None = None,
+        **unknown: Any,
     ) -> GateRecord:
         """Measure ``subject`` (a ``ppl_model``/``ppl_variant`` result) with the canonical protocol and judge it
         against entry ``tests.<name>`` of the module's baseline file; returns the record of a pass.
@@ -126,7 +137,19 @@ class PplRegression:
         windows (the entry records K). Fails the test like a collected entry: a regression, protocol
         drift, a missing entry (recorded now: re-run), or an inconsistent recorded block.
         """
+        __tracebackhide__ = True
         gate: GateSession = gate_of(self.item.config)  # type: ignore[assignment]
+        usage = ", ".join(KEYWORDS)
+        if misplaced:
+            raise CheckError(
+                f"check() takes the model, then keywords only ({usage}); got {len(misplaced)} more positional "
+                f"argument(s) ({', '.join(repr(a) for a in misplaced)[:120]}): write check(model, name=..., "
+                "tolerance=...)"
+            )
+        if unknown:
+            raise CheckError(f"check(name={name!r}): unknown keyword(s) {sorted(unknown)}; it takes {usage}")
+        if name is None:
+            raise CheckError(f"check(): name= is required: the entry's name in the baseline file's tests: ({usage})")
         if not isinstance(subject, PplModel):
             raise CheckError(
                 f"check(name={name!r}): expected what ppl_model(...) or ppl_variant(...) returns, got "
@@ -144,8 +167,8 @@ class PplRegression:
                 "each check needs its own name (in a parametrized test, put the parameter in it: "
                 f"name=f'{name}-{{kind}}')"
             )
+        entry = self._entry(path, name, tolerance, subject)  # a refused call does not take the name
         gate.checked[key] = self.item.nodeid
-        entry = self._entry(path, name, tolerance, subject)
         gate.refuse_partial_update(TESTS, max_windows)
         m = gate.measurer.measure(
             subject.source,
