@@ -94,3 +94,21 @@ def make_tiny_llama():
 def make_tiny_gpt2():
     """Factory of seeded, randomly initialised fp32 GPT-2 models (n_embd 32, 2 layers)."""
     return tiny_gpt2
+
+
+# -- the model directories several test modules share (one definition each) --------------------------------
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The plugin tests' model directory (:func:`support.save_gate_model`), built once per session."""
+    from support import save_gate_model
+
+    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny Llama (hidden 128, intermediate 256) with the GPT-2 tokenizer, saved as a model directory
+    (:func:`support.save_tiny_llama`), built once per test module."""
+    from support import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("m") / "tiny")

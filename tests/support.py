@@ -55,6 +55,18 @@ def need_module(name: str, install: str, *, allow_module_level: bool = False):
         )
 
 
+def env_cleared(*names: str):
+    """An autouse fixture that removes ``names`` from the environment for each test of the module that binds
+    it: ``_no_env = env_cleared(WIKITEXT_ENV)``."""
+
+    @pytest.fixture(autouse=True)
+    def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+
+    return _no_env
+
+
 def shared_root() -> Path:
     """``$PPLGATE_SHARED`` or ``<repo>/../shared``."""
     env = os.environ.get(SHARED_ENV)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import reference_window_nlls, tiny_gpt2, write_jsonl, wrong_token_lm
+from support import env_cleared, reference_window_nlls, tiny_gpt2, write_jsonl, wrong_token_lm
 
 from pplgate.cli import main
 from pplgate.locate import WIKITEXT_ENV
@@ -22,9 +22,7 @@ from pplgate.protocol.windows import make_windows
 RESULT_FIELDS = {f.name for f in dataclasses.fields(PerplexityResult)}
 
 
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch):
-    monkeypatch.delenv(WIKITEXT_ENV, raising=False)
+_no_env = env_cleared(WIKITEXT_ENV)
 
 
 @pytest.fixture(scope="module")

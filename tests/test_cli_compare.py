@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from support import save_tiny_llama, tiny_llama
+from support import env_cleared, save_tiny_llama, tiny_llama
 
 from pplgate.cli import main, parse_variant_spec
 from pplgate.errors import VariantError
@@ -16,9 +16,7 @@ from pplgate.locate import WIKITEXT_ENV
 COMMON = ["--device", "cpu", "--seqlen", "64", "--max-windows", "2", "--batch-size", "2"]
 
 
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch):
-    monkeypatch.delenv(WIKITEXT_ENV, raising=False)
+_no_env = env_cleared(WIKITEXT_ENV)
 
 
 @pytest.fixture(scope="module")

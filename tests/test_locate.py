@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import need_shared, write_jsonl
+from support import env_cleared, need_shared, write_jsonl
 
 import pplgate
 from pplgate.errors import CalibrationError
@@ -31,11 +31,7 @@ from pplgate.locate import (
 )
 from pplgate.models.calibration import CalibrationSpec, load_calibration
 
-
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch):
-    for var in (SHARED_ENV, WIKITEXT_ENV, CALIBRATION_ENV, REQUIRE_ENV, "CI"):
-        monkeypatch.delenv(var, raising=False)
+_no_env = env_cleared(SHARED_ENV, WIKITEXT_ENV, CALIBRATION_ENV, REQUIRE_ENV, "CI")
 
 
 def make_shared(root: Path) -> Path:

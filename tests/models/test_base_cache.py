@@ -31,21 +31,21 @@ def gguf_source(tmp_path: Path) -> ModelSource:
 
 
 @pytest.fixture
-def tiny_dir(tmp_path: Path) -> Path:
+def tied_dir(tmp_path: Path) -> Path:
     """A tiny tied Llama saved as a model directory: the stand-in for what transformers reads from a GGUF."""
     d = tmp_path / "tiny"
     tiny_llama(tie=True, seed=3).save_pretrained(str(d))
     return d
 
 
-def _loader(calls: list, tiny_dir: Path):
+def _loader(calls: list, tied_dir: Path):
     """A GGUF loader stand-in: ``from_pretrained`` in the asked dtype, as :func:`load_model` does."""
     from transformers import AutoModelForCausalLM
 
     def load(source, dtype="fp32", device="cpu"):
         calls.append(dtype)
         dt = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
-        model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=dt)
+        model = AutoModelForCausalLM.from_pretrained(str(tied_dir), dtype=dt)
         model.config._name_or_path = "the-gguf-dir"
         return model.eval()
 
@@ -58,10 +58,10 @@ def _logits(model) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
-def test_second_load_is_a_hit_with_bit_identical_weights_and_logits(tmp_path, gguf_source, tiny_dir, dtype):
+def test_second_load_is_a_hit_with_bit_identical_weights_and_logits(tmp_path, gguf_source, tied_dir, dtype):
     cache, calls = QuantCache(tmp_path / "cache"), []
-    first, info1 = load_model_cached(gguf_source, dtype, "cpu", cache, load=_loader(calls, tiny_dir))
-    second, info2 = load_model_cached(gguf_source, dtype, "cpu", cache, load=_loader(calls, tiny_dir))
+    first, info1 = load_model_cached(gguf_source, dtype, "cpu", cache, load=_loader(calls, tied_dir))
+    second, info2 = load_model_cached(gguf_source, dtype, "cpu", cache, load=_loader(calls, tied_dir))
     assert (info1["base_cache"], info2["base_cache"], calls) == ("built", "hit", [dtype])
     a, b = first.state_dict(), second.state_dict()
     assert a.keys() == b.keys()
@@ -82,23 +82,23 @@ def test_key_names_the_content_dtype_and_versions(tmp_path, gguf_source):
     assert cache_key(key_parts(gguf_source, "base-model", "fp32")) != k32
 
 
-def test_corrupt_weights_are_reported_and_rebuilt(tmp_path, gguf_source, tiny_dir):
+def test_corrupt_weights_are_reported_and_rebuilt(tmp_path, gguf_source, tied_dir):
     cache, calls = QuantCache(tmp_path / "cache"), []
-    load_model_cached(gguf_source, "fp32", "cpu", cache, load=_loader(calls, tiny_dir))
+    load_model_cached(gguf_source, "fp32", "cpu", cache, load=_loader(calls, tied_dir))
     key = cache_key(key_parts(gguf_source, "base-model", "fp32"))
     weights = cache.entry_path(key) / WEIGHTS
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.warns(CacheWarning, match="sha256 mismatch"):
-        model, info = load_model_cached(gguf_source, "fp32", "cpu", cache, load=_loader(calls, tiny_dir))
+        model, info = load_model_cached(gguf_source, "fp32", "cpu", cache, load=_loader(calls, tied_dir))
     assert info["base_cache"] == "built" and calls == ["fp32", "fp32"]
     assert cache.verify(key)[0] is not None
 
 
-def test_off_mode_and_non_gguf_sources_load_directly(tmp_path, gguf_source, tiny_dir):
+def test_off_mode_and_non_gguf_sources_load_directly(tmp_path, gguf_source, tied_dir):
     calls: list = []
-    load = _loader(calls, tiny_dir)
+    load = _loader(calls, tied_dir)
     _, info = load_model_cached(gguf_source, "fp32", "cpu", QuantCache(tmp_path / "c", "off"), load=load)
     assert info["base_cache"] == "off" and not (tmp_path / "c").exists()
     plain = ModelSource(str(tmp_path))  # a model directory: already loads at disk speed
@@ -107,15 +107,15 @@ def test_off_mode_and_non_gguf_sources_load_directly(tmp_path, gguf_source, tiny
     assert info["base_cache"] == "off" and not (tmp_path / "c").exists()
 
 
-def test_refresh_rebuilds(tmp_path, gguf_source, tiny_dir):
+def test_refresh_rebuilds(tmp_path, gguf_source, tied_dir):
     calls: list = []
-    load = _loader(calls, tiny_dir)
+    load = _loader(calls, tied_dir)
     load_model_cached(gguf_source, "fp32", "cpu", QuantCache(tmp_path / "c"), load=load)
     _, info = load_model_cached(gguf_source, "fp32", "cpu", QuantCache(tmp_path / "c", "refresh"), load=load)
     assert info["base_cache"] == "built" and len(calls) == 2
 
 
-def test_a_model_that_does_not_read_back_identically_is_not_cached(tmp_path, gguf_source, tiny_dir):
+def test_a_model_that_does_not_read_back_identically_is_not_cached(tmp_path, gguf_source, tied_dir):
     """A model cast after loading keeps fp16 rotary frequencies that from_pretrained would compute in fp32."""
     calls: list = []
 

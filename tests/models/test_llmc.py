@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import calibration_file, need_module, random_ids, save_tiny_llama
+from support import calibration_file, need_module, random_ids
 
 from pplgate.errors import VariantError
 from pplgate.models.registry import known_kinds, make_variant
@@ -27,11 +27,6 @@ AWQ_RECIPE = [{"AWQModifier": {"n_grid": 4}}, *RTN_RECIPE]
 
 def cal(n: int = 8, seqlen: int = 64) -> dict:
     return {"source": str(calibration_file()), "n_samples": n, "seqlen": seqlen}
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("m") / "tiny")  # hidden 128, intermediate 256
 
 
 def ctx(tiny_dir: Path, cache: Path | None = None, mode: str = "use") -> ModelContext:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import calibration_file, save_tiny_llama
+from support import calibration_file
 
 from pplgate.errors import VariantError
 from pplgate.models.registry import known_kinds, make_variant
@@ -70,11 +70,6 @@ def team_pkg(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "teamq" or m.startswith("teamq.")]:
         monkeypatch.delitem(sys.modules, name)
     return pkg
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def _ctx(tiny_dir: Path, cache_dir: Path, mode: str = "use") -> ModelContext:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import write_jsonl
+from support import env_cleared, write_jsonl
 
 from pplgate.errors import DatasetError, DatasetNotFound
 from pplgate.locate import SHARED_ENV, WIKITEXT_ENV
@@ -20,11 +20,7 @@ from pplgate.protocol.dataset import CANONICAL_SHA256, HUB_FILE_URL, load_canoni
 HF_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
 
 
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch):
-    monkeypatch.delenv(WIKITEXT_ENV, raising=False)
-    for var in HF_VARS:
-        monkeypatch.delenv(var, raising=False)
+_no_env = env_cleared(WIKITEXT_ENV, *HF_VARS)
 
 
 @pytest.fixture

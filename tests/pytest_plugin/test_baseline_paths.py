@@ -4,10 +4,8 @@ reported at its absolute path."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from support import GATE_ARGS, gate_project, save_gate_model, tiny_baseline
+from support import GATE_ARGS, gate_project, tiny_baseline
 
 pytest_plugins = ["pytester"]
 
@@ -29,11 +27,6 @@ w8:
   tolerance:
     - {type: absolute, max_delta: 0.01}
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def test_recipe_file_next_to_the_baseline_is_used_from_the_project_root(pytester, monkeypatch, tiny_model):

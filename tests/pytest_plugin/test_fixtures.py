@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model
+from support import GATE_ARGS, PERTURBED_CONFTEST, gate_project
 
 from pplgate.gate.spec import parse_baseline as _parse_baseline
 from pplgate.pytest_plugin.items import known_kinds as _known_kinds
@@ -37,11 +37,6 @@ def test_ppl(ppl_model, ppl_variant, ppl_regression, kind, params):
 
 def parse_baseline(path: Path):
     return _parse_baseline(path, known_kinds=[*_known_kinds(), "test-perturbed"])
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from support import (
     GATE_ARGS,
     PERTURBED_CONFTEST,
     gate_project,
-    save_gate_model,
     tiny_baseline,
     wikitext_path,
 )
@@ -83,11 +82,6 @@ def baseline(model_dir: Path, variants: str = VARIANTS) -> str:
 
 def parse_baseline(path):
     return _parse_baseline(path, known_kinds=[*_known_kinds(), "test-perturbed"])
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from support import (
     IMPROVED_TEXT,
     PERTURBED_CONFTEST,
     gate_project,
-    save_gate_model,
     tiny_baseline,
     wikitext_path,
 )
@@ -51,11 +50,6 @@ PERTURBED = """
     tolerance:
       - {type: relational, ref: fp32, max_rel: 0.000001, direction: both}   # strict: must fail
 """
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture
@@ -116,7 +110,9 @@ def test_pass_with_reports_and_junit(gate, recorded_text):
     assert 'name="pplgate_status" value="pass"' in xml
 
 
-def test_absolute_regression_message(gate, recorded_text):
+def test_a_regression_fails_the_item_with_its_rerun_command_and_a_png(gate, recorded_text):
+    """The message's wording is the verdict's (tests/gate/test_verdict.py); here: it reaches the terminal, with
+    the command that re-records this item and the per-window PNG."""
     f = gate.path / "baselines" / "tiny.yaml"
     f.write_text(recorded_text)
 
@@ -130,33 +126,9 @@ def test_absolute_regression_message(gate, recorded_text):
     res = run(gate, "--pplgate-report", "rep")
     res.assert_outcomes(failed=1)
     out = res.stdout.str()
-    assert "PERPLEXITY REGRESSION: measured" in out and "vs recorded" in out and "delta +" in out
-    assert "[FAIL] absolute: |ppl - recorded| <= 0.001: got +" in out
-    assert "paired per-window dNLL over 4 windows: mean +0.065000 nats, 95% CI [" in out
-    assert "(systematic shift); 4/4 windows worse" in out
+    assert "PERPLEXITY REGRESSION: measured" in out and "(systematic shift); 4/4 windows worse" in out
     assert 'pytest --update-baselines "baselines/tiny.yaml::tiny[cpu-fp32]"' in out
-    assert "PROTOCOL DRIFT" not in out
     assert list((gate.path / "rep").glob("*.png"))
-
-
-def test_relative_rule_and_several_rules(gate, recorded_text):
-    f = gate.path / "baselines" / "tiny.yaml"
-    f.write_text(recorded_text)
-
-    def rules(variants):
-        variants["fp32"]["recorded"]["ppl"] *= 1.02  # measured is 2% better than recorded
-        tol = variants["fp32"]["tolerance"]
-        tol[0]["max_delta"] = 1.0e9
-        tol.append({"type": "relative", "max_rel": 0.01})
-        tol.append({"type": "relative", "max_rel": 0.01, "direction": "worse"})
-
-    edit(f, rules)
-    res = run(gate)
-    res.assert_outcomes(failed=1)
-    out = res.stdout.str()
-    assert "[PASS] absolute: |ppl - recorded| <= 1e+09" in out
-    assert "[FAIL] relative: |(ppl - recorded) / recorded| <= 1%: got -1.96" in out
-    assert "[PASS] relative: (ppl - recorded) / recorded <= 1% (only worse counts): got -1.96" in out
 
 
 def test_relational_rule_ref_measured_although_deselected(gate, tiny_model):
@@ -243,15 +215,15 @@ def test_protocol_drift(gate, recorded_text, field, value):
     assert parse_baseline(f).profiles["cpu"].variants["fp32"].fingerprint[field] == real
 
 
-def test_drift_in_a_variant_param_names_the_nested_key(gate, recorded_text):
+def test_the_measured_fingerprint_holds_the_variant_params(gate, recorded_text):
+    """A recorded variant param that differs from the measured one fails the item (how the drift message names
+    the nested key is the verdict's: tests/gate/test_verdict.py)."""
     f = gate.path / "baselines" / "tiny.yaml"
     f.write_text(recorded_text)
     edit(f, lambda v: v["fp32"]["fingerprint"]["variant"].__setitem__("dtype", "fp16"))
     res = run(gate)
     res.assert_outcomes(failed=1)
-    out = res.stdout.str()
-    assert "recorded one in variant.dtype:" in out and "variant.dtype: 'fp16' -> 'fp32'" in out
-    assert "{'kind'" not in out  # the changed key, not two whole dicts
+    assert "variant.dtype: 'fp16' -> 'fp32'" in res.stdout.str()
 
 
 # --------------------------------------------------------------------------- update flow
@@ -519,7 +491,9 @@ def test_blocked_update_says_not_written_with_error_and_skip_reasons(gate, tiny_
     assert "- `baselines/tiny.yaml::tiny[cpu-skipper]`: synthetic skip reason" in md
 
 
-def test_improvement_outside_tolerance_is_not_a_regression(gate, recorded_text, monkeypatch):
+def test_an_improvement_outside_tolerance_fails_and_reaches_every_report(gate, recorded_text, monkeypatch):
+    """The verdict's wording is tested in tests/gate/test_verdict.py; here: the session fails, the terminal, the
+    JSON and the Markdown summary say IMPROVED with the rerun command, and a missing matplotlib is said once."""
     import math
     import sys
 
@@ -537,9 +511,7 @@ def test_improvement_outside_tolerance_is_not_a_regression(gate, recorded_text, 
     res = run(gate, "--pplgate-report", "rep")
     res.assert_outcomes(failed=1)
     out = res.stdout.str()
-    assert IMPROVED_TEXT in out and "delta -" in out
-    assert "REGRESSION" not in out and "edited by hand" not in out
-    assert "(systematic shift); 0/4 windows worse, 4 better" in out
+    assert IMPROVED_TEXT in out and "REGRESSION" not in out
     rerun = 'pytest --update-baselines "baselines/tiny.yaml::tiny[cpu-fp32]"'
     assert rerun in out
     assert any("cpu-fp32" in ln and "IMPROVED" in ln for ln in res.stdout.lines)
