@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pplgate.errors import PplgateError, VariantError
 from pplgate.gate.kld import KldMeasured, reference_identity
 from pplgate.gate.kld_rules import COMPARISON_METRICS
 from pplgate.gate.spec import EntrySpec
@@ -97,17 +98,46 @@ def _compare(gate: _Gate, item: GateItem, ref: EntrySpec, group: list[EntrySpec]
 
     try:
         results: list[Any] = compare(group)
-    except Exception:
-        if len(group) == 1:
-            raise
-        results = []
-        for entry in group:
-            try:
-                results += compare([entry])
-            except Exception as exc:  # raised again by the entry's own item (run)
-                results.append(exc)
+    except Exception as exc:
+        failed = _reference_failure(gate, item, ref)
+        if failed is not None:  # the reference itself cannot be built: every entry of the pass says so
+            results = [_named(ref, entry, failed) for entry in group]
+        elif len(group) == 1:
+            results = [exc]  # raised again by the entry's own item (run), not by the reference's
+        else:
+            results = []
+            for entry in group:
+                try:
+                    results += compare([entry])
+                except Exception as one:  # raised again by the entry's own item (run)
+                    results.append(one)
     for entry, comparison in zip(group, results, strict=True):
         gate.comparisons[_key(item, entry.name)] = comparison
+
+
+def _reference_failure(gate: _Gate, item: GateItem, ref: EntrySpec) -> Exception | None:
+    """After a failed pass: the reference prepared alone (the session keeps it for its own entry's measure);
+    its exception when that fails too, else None (the failure was a variant's)."""
+    try:
+        gate.measurer.prepare(
+            item.source,
+            kind=ref.kind,
+            params=ref.params,
+            device=item.device,
+            tokenizer=item.tokenizer_ref,
+            device_map=item.profile.device_map,
+        )
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _named(ref: EntrySpec, entry: EntrySpec, exc: Exception) -> VariantError:
+    """``reference 'rtn' of entry 'gptq' failed: ...``: one line, the reference's exception attached."""
+    text = str(exc) if isinstance(exc, PplgateError) else f"{type(exc).__name__}: {exc}"
+    err = VariantError(f"reference {ref.name!r} of entry {entry.name!r} failed: {' '.join(text.split())[:600]}")
+    err.__cause__ = exc
+    return err
 
 
 def run(gate: _Gate, item: GateItem, entry: EntrySpec) -> ReferenceRun | None:
