@@ -37,10 +37,10 @@ from pplgate.models.failures import DOCS, library_boundary
 from pplgate.models.hashing import library_versions, source_fingerprint
 from pplgate.models.layers import (
     architecture,
+    group_size_fix,
     group_size_problems,
     load_config,
     strip_load_quantization,
-    valid_group_sizes,
 )
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import ModelSource, load_tokenizer
@@ -193,7 +193,7 @@ class AwqVariant(Variant):
             raise VariantError(
                 f"awq: q_group_size {self.group_size} does not fit {ctx.source.describe()}: "
                 + "; ".join(problems)
-                + f". Sizes that fit: {valid_group_sizes(config) or 'none of 128/64/32'}"
+                + f"; {group_size_fix(config)}"
             )
         self.calibration_texts.all()
 

@@ -35,6 +35,7 @@ class GptqVariant(LlmcVariant):
     summary = "GPTQ through llm-compressor's GPTQModifier (weight-only int groups), stored as compressed-tensors"
     params_spec = GPTQ_SPEC
     params_allowed = (*(p.name for p in GPTQ_SPEC), "dampening_frac", "calibration", "quant_dtype")
+    whole_row = "-1 (per channel)"
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)

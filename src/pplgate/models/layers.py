@@ -4,6 +4,7 @@ layers whose Linears get quantized, which group sizes fit them, and a load-time 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,8 +69,28 @@ def group_size_problems(config, group_size: int) -> list[str]:
     ]
 
 
-def valid_group_sizes(config, candidates=(128, 64, 32)) -> list[int]:
-    return [g for g in candidates if not group_size_problems(config, g)]
+def valid_group_sizes(config, smallest: int = 16) -> list[int]:
+    """The power-of-two group sizes (largest first, down to ``smallest``) that divide every decoder Linear's
+    in_features: the sizes quantization kernels take (a divisor such as 192 of 576 is valid arithmetic, but
+    no kernel packs it)."""
+    widths = list(linear_in_features(config).values())
+    if not widths:
+        return []
+    low = math.gcd(*widths) & -math.gcd(*widths)  # the largest power of two dividing every width
+    out, g = [], low
+    while g >= smallest:
+        out.append(g)
+        g //= 2
+    return out
+
+
+def group_size_fix(config, whole: str | None = "-1 (whole row)") -> str:
+    """``valid group sizes for in_features 576, 1536: 64, 32, 16, or -1 (whole row)``: what an impossible group
+    size's error offers instead (``whole``: the kind's no-groups setting, None when it has none)."""
+    widths = sorted(set(linear_in_features(config).values()))
+    sizes = [str(g) for g in valid_group_sizes(config)] + ([whole] if whole else [])
+    listed = ", ".join(sizes[:-1]) + (", or " if len(sizes) > 1 else "") + sizes[-1] if sizes else "none"
+    return f"valid group sizes for in_features {', '.join(map(str, widths))}: {listed}"
 
 
 _LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "transformer.blocks")

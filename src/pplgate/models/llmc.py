@@ -50,10 +50,10 @@ from pplgate.models.hashing import library_versions
 from pplgate.models.layers import (
     ROUTER_NAMES,
     architecture,
+    group_size_fix,
     group_size_problems,
     load_config,
     strip_load_quantization,
-    valid_group_sizes,
 )
 from pplgate.models.quant_cache import QuantCache, cache_key, cache_key_parts
 from pplgate.models.source import DTYPE_CHOICES, ModelSource, load_tokenizer, torch_dtype
@@ -92,6 +92,8 @@ class LlmcVariant(Variant):
     """Base of the kinds that quantize with llm-compressor's ``oneshot``."""
 
     calibration_required: bool = True
+    # the no-groups setting an impossible group size's error offers (llm-compressor's per-row strategy)
+    whole_row: str | None = "strategy: channel (one scale per output row)"
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
@@ -171,8 +173,8 @@ class LlmcVariant(Variant):
                 raise VariantError(
                     f"{self.kind}: group size {g} does not fit {ctx.source.describe()}: "
                     + "; ".join(problems)
-                    + f". Sizes that fit: {valid_group_sizes(config) or 'none of 128/64/32'} (llm-compressor would "
-                    "fail or leave such layers unquantized; pplgate never skips a layer silently)"
+                    + f"; {group_size_fix(config, self.whole_row)} (llm-compressor would fail or leave such layers "
+                    "unquantized; pplgate never skips a layer silently)"
                 )
         self.calibration_texts.all()
         self.recipe()  # a recipe that does not build fails here, before any work

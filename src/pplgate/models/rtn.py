@@ -28,7 +28,13 @@ import torch
 
 from pplgate.errors import VariantError
 from pplgate.models.coverage import Coverage, check_changed, probe_logits
-from pplgate.models.layers import architecture, decoder_layers, decoder_weights, group_size_problems
+from pplgate.models.layers import (
+    architecture,
+    decoder_layers,
+    decoder_weights,
+    group_size_fix,
+    group_size_problems,
+)
 from pplgate.models.variant import DTYPE_PARAM, ModelContext, Param, PreparedModel, Variant
 
 RTN_SPEC = (Param("w_bit", int, 4), Param("q_group_size", int, 128), Param("zero_point", bool, True), DTYPE_PARAM)
@@ -152,7 +158,9 @@ class RtnVariant(Variant):
         problems = group_size_problems(config, self.group_size)
         if problems:
             raise VariantError(
-                f"rtn q_group_size {self.group_size} does not fit {ctx.source.describe()}: " + "; ".join(problems)
+                f"rtn q_group_size {self.group_size} does not fit {ctx.source.describe()}: "
+                + "; ".join(problems)
+                + f"; {group_size_fix(config)}"
             )
 
     def prepare(self, ctx: ModelContext) -> PreparedModel:
