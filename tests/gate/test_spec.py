@@ -105,6 +105,8 @@ def test_schema_errors_name_file_and_keypath(tmp_path, old, new, keypath, msg):
         ("max_delta: 0.5}", "max_rel: -1}", "tolerance[0].max_rel", "expected a non-negative number, got -1", 18),
         ("max_rel: 0.01,", "max_rel: 1e308,", "tolerance[1].max_rel", "1e+308 is no tolerance (a relative bound", 19),
         ("max_rel: 0.01,", "max_rel: 11,", "tolerance[1].max_rel", "11 is no tolerance (a relative bound above 10", 19),
+        ("max_rel: 0.01,", "max_rel: .inf,", "tolerance[1].max_rel", "expected a non-negative number, got inf", 19),
+        ("max_rel: 0.01,", "max_rel: -.inf,", "tolerance[1].max_rel", "expected a non-negative number, got -inf", 19),
         ("max_delta: 0.01}", "max_delta: .nan}", "tolerance[0].max_delta", "non-negative number, got nan", 14),
         ("max_delta: 0.01}", "max_delta: true}", "tolerance[0].max_delta", "non-negative number, got True", 14),
         ("max_rel: 0.01,", "max_delta: 0.01,", "fp16.tolerance[1]", "a relative rule takes max_rel (and no", 19),
