@@ -164,7 +164,7 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="reference-topk-", dir=args.work_dir))
     saved = []
     for lp_dtype in args.logprob_dtypes.split(","):
-        for k in args.ks:
+        for k in args.float16_ks if lp_dtype == "float16" and args.float16_ks else args.ks:
             path = work / f"ref-k{k}-{lp_dtype}.safetensors"
             info = save_reference(ref, tokens, dataset, path, top_k=k, logprob_dtype=lp_dtype, **kw)
             saved.append((k, lp_dtype, path, info))
@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-windows", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=list(KS))
+    ap.add_argument("--float16-ks", type=lambda s: [int(x) for x in s.split(",")], help="K for float16 (default --ks)")
     ap.add_argument("--logprob-dtypes", default="float32,float16", help="comma-separated: float32, float16")
     ap.add_argument("--out-dir", default=os.environ.get("PPLGATE_BENCH_OUT"), help="default: $PPLGATE_BENCH_OUT")
     ap.add_argument("--work-dir", help="where the reference files are written (default: the system temp dir)")

@@ -1,5 +1,5 @@
-"""Command line: ``pplgate eval``, ``compare``, ``tokens``, ``cache``, ``variants``, ``report merge``, ``init`` and
-``data``."""
+"""Command line: ``pplgate eval``, ``compare``, ``tokens``, ``cache``, ``variants``, ``report merge``, ``init``,
+``reference`` and ``data``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pplgate import data_cmd, init_cmd
+from pplgate import data_cmd, init_cmd, reference_cmd
 from pplgate.errors import CacheError, ModelLoadError, OutputError, PplgateError, ProtocolError, VariantError
 from pplgate.measure import Measurer
 from pplgate.models.registry import make_variant
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     init_cmd.add_parser(sub)
     data_cmd.add_parser(sub)
+    reference_cmd.add_parser(sub, _add_data_args)
     return parser
 
 
@@ -106,6 +107,7 @@ def _add_compare_parser(sub) -> None:
     co.add_argument("--reference", help="the reference: hub id, local directory or .gguf file (default: --model)")
     co.add_argument("--reference-gguf-file", help="GGUF file name inside --reference")
     co.add_argument("--reference-revision", help="hub revision of --reference")
+    co.add_argument("--reference-file", metavar="FILE", help="a stored top-K reference (pplgate reference save)")
     co.add_argument(
         "--reference-variant", metavar="SPEC", help="variant of the reference (default: --dtype's float kind)"
     )
@@ -178,6 +180,8 @@ def parse_variant_spec(spec: str, option: str = "--variant") -> tuple[str, dict]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.reference_file:
+        return reference_cmd.cmd_compare_file(args, _helpers())
     _check_eval_args(args)
     dtype = resolve_dtype(args.dtype, args.device)
     kind, params = parse_variant_spec(args.variant) if args.variant else (dtype, {})
@@ -258,6 +262,10 @@ def check_output_file(path: str, option: str) -> None:
             raise PermissionError(f"{p} is read-only")
     except OSError as exc:
         raise OutputError(f"{option} {path}: cannot write there ({exc}); choose a writable place") from None
+
+
+def _helpers() -> reference_cmd.Helpers:
+    return reference_cmd.Helpers(parse_variant_spec, _check_eval_args, _measurer, check_output_file)
 
 
 def _measurer(args: argparse.Namespace, *, progress: bool = False) -> Measurer:
@@ -373,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": cmd_report,
             "init": init_cmd.cmd_init,
             "data": data_cmd.cmd_data,
+            "reference": lambda a: reference_cmd.cmd_reference(a, _helpers()),
         }
         return commands[args.command](args)
     except PplgateError as exc:
