@@ -198,6 +198,8 @@ def resolve_source(model: str | None, gguf_file: str | None = None, revision: st
     looks_local = model.startswith((".", "/", "~")) or p.exists()
     if looks_local and not p.exists():
         raise ModelLoadError(f"model path {p} does not exist")
+    if looks_local:
+        unreadable_problem(p)
     if p.is_file():
         if gguf_file is not None or p.suffix != ".gguf":
             raise ModelLoadError(f"model path {p} is a file; give a model directory or a .gguf file")
@@ -205,6 +207,37 @@ def resolve_source(model: str | None, gguf_file: str | None = None, revision: st
     if gguf_file is not None and looks_local and not (p / gguf_file).is_file():
         raise ModelLoadError(f"GGUF file {gguf_file!r} not found in {p}")
     return ModelSource(str(p) if looks_local else model, gguf_file, revision)
+
+
+def unreadable_problem(path: Path) -> None:
+    """A local model path (or anything under it) this process cannot read: one :class:`ModelLoadError` naming
+    the path and the fix, instead of a ``PermissionError`` deep inside transformers or the hashing."""
+
+    def refuse(where: str, exc: OSError) -> None:
+        raise ModelLoadError(
+            f"model path {where} is not readable ({exc.strerror or exc}); give this user read access "
+            f"(chmod -R u+rX {path}) or point model.source at a readable copy"
+        ) from exc
+
+    try:
+        if path.is_file():
+            with open(path, "rb"):
+                return
+        stack = [path]
+        while stack:
+            folder = stack.pop()
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file():
+                        try:
+                            with open(entry.path, "rb"):
+                                pass
+                        except OSError as exc:
+                            refuse(entry.path, exc)
+    except PermissionError as exc:
+        refuse(str(exc.filename or path), exc)
 
 
 def _kwargs(src: ModelSource) -> dict:
