@@ -18,6 +18,11 @@ from pplgate.locate import DATA_DIR_ENV
 # The user data folder (`pplgate data fetch`) is a step of every lookup: the suite never sees the developer's
 # own (tests that use the folder set their own). A path that does not exist; fetched files never land there.
 os.environ[DATA_DIR_ENV] = os.path.join(tempfile.gettempdir(), f"pplgate-tests-{os.getpid()}-no-data-folder")
+# xdist workers share the cores: each gets cores // workers torch threads (two workers of 2 threads each on 2
+# cores made the CPU tier 3.6x slower); an OMP_NUM_THREADS of the caller wins. Set before torch is imported.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _share))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,14 +33,64 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "shared: needs the ../shared reference data")
 
 
+# -- tiers: plain `pytest` runs the fast tier; PPLGATE_TIER=full (set by .ci/run) runs everything ----------
+TIER_ENV = "PPLGATE_TIER"
+# what only the full tier runs, besides the `slow` tests (the real SmolLM2 model, the examples): the CPU gate
+# tier (real quantizers on SmolLM2), the package path, and the plugin tests that run many pytest sessions or
+# start xdist workers (tens of seconds each on 2 cores)
+FULL_TIER_PATHS = (
+    "baselines/",
+    "tests/test_init.py::test_init_end_to_end",
+    "tests/pytest_plugin/test_gate_kld.py",
+    "tests/pytest_plugin/test_shard.py",
+    "tests/pytest_plugin/test_free_models.py",
+    "tests/protocol/test_autoawq_loop.py",
+)
+FULL_TIER_WORDS = ("xdist", "workers")
+
+
+def _full_only(item: pytest.Item) -> bool:
+    name = item.nodeid.split("::", 1)[-1]
+    return (
+        item.get_closest_marker("slow") is not None
+        or item.nodeid.startswith(FULL_TIER_PATHS)
+        or any(word in name for word in FULL_TIER_WORDS)
+    )
+
+
+def _tier(config: pytest.Config) -> str:
+    """``fast`` for a plain ``pytest`` (the testpaths, no ``-m``); ``full`` under PPLGATE_TIER=full or when
+    paths or a marker expression are named (``pytest baselines``, ``pytest -m gpu``: what was asked for runs)."""
+    tier = os.environ.get(TIER_ENV, "fast")
+    if tier not in ("fast", "full"):
+        raise pytest.UsageError(f"{TIER_ENV}={tier!r}: use fast (the default) or full")
+    named = config.args_source != pytest.Config.ArgsSource.TESTPATHS or bool(config.option.markexpr)
+    return "full" if named else tier
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest tests first (the CPU gate tier, then the ``slow`` real-model tests and the examples), each
-    group in its collected order: under xdist they start at once instead of ending the run on one worker."""
+    """The fast tier deselects what only the full tier runs. The longest tests first (the CPU gate tier, then
+    the ``slow`` tests), each group in its collected order: under xdist they start at once instead of ending the
+    run on one worker."""
+    if _tier(config) == "fast":
+        dropped = [item for item in items if _full_only(item)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if not _full_only(item)]
 
     def rank(item: pytest.Item) -> int:
         return 0 if item.nodeid.startswith("baselines/") else 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=rank)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _tier(config) == "full":
+        return "pplgate tier: full (every collected test: the CPU gate tier, the examples, the package path)"
+    return (
+        f"pplgate tier: fast (unit and plugin tests on tiny models); everything: {TIER_ENV}=full pytest, "
+        "or bash .ci/run"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,10 @@ plugin loaded by its entry point and nothing written beside the baselines."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -155,7 +157,52 @@ def test_init_into_a_missing_directory_is_an_error(tmp_path: Path, capsys) -> No
     assert "no such directory; create it first" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- end to end: a real pytest run
+# ------------------------------------------------- end to end: the built wheel in a fresh venv, real pytest runs
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "src")
+OWN_DISTRIBUTIONS = ("pplgate", "__editable__", "my_quantizer", "_pplgate")
+
+
+@pytest.fixture(scope="module")
+def wheel_python(tmp_path_factory) -> Path:
+    """The python of a fresh venv that holds pplgate as a wheel built from this checkout's sources.
+
+    Its third-party packages are this environment's, linked by one ``.pth`` line to a folder of links that
+    leaves out pplgate's own (editable) install: what this proves is the wheel (its files, templates, entry
+    points, the declared dependencies resolving with ``--no-index``), not their download, which
+    ci/package_check.sh does in a fully isolated venv.
+    """
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("package")
+    src = work / "src"
+    for name in PACKAGE_SOURCES:
+        if (root / name).is_dir():
+            shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif (root / name).is_file():
+            src.mkdir(exist_ok=True)
+            shutil.copy2(root / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(src)])
+    wheel = next((work / "dist").glob("pplgate-*.whl"))
+    _run([sys.executable, "-m", "venv", "--without-pip", str(work / "venv")])
+    python = work / "venv" / "bin" / "python"
+    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
+    deps = work / "deps"
+    deps.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(OWN_DISTRIBUTIONS) and entry.suffix != ".pth":
+            (deps / entry.name).symlink_to(entry)
+    (site / "this-environments-packages.pth").write_text(f"{deps}\n")
+    _run([*pip, "--python", str(python), "install", "--no-index", f"{wheel}[gguf,llmcompressor,report]"])
+    where = _run([str(python), "-c", "import pplgate; print(pplgate.__file__)"])
+    assert where.startswith(str(site)), f"pplgate imported from {where}, not the wheel"
+    return python
+
+
+def _run(cmd: list[str]) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
 
 QUANTIZER = '''
 import torch
@@ -181,18 +228,19 @@ def _uncomment_user_entry(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _pytest(repo: Path, *args: str) -> subprocess.CompletedProcess:
+def _pytest(python: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PPLGATE_WIKITEXT": str(wikitext_path()), "PPLGATE_CACHE_DIR": str(repo.parent / "cache")}
-    env.pop("GITHUB_STEP_SUMMARY", None)
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args]
+    for name in ("GITHUB_STEP_SUMMARY", "PYTHONPATH", "PYTEST_ADDOPTS", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    cmd = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", *args]
     return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_init_end_to_end_records_passes_and_fails_on_a_changed_quantizer(tmp_path: Path) -> None:
+def test_init_end_to_end_records_passes_and_fails_on_a_changed_quantizer(tmp_path: Path, wheel_python: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     model = save_gate_model(tmp_path / "model")
-    assert init(str(repo), "--model", str(model)) == 0
+    _run([str(wheel_python.parent / "pplgate"), "init", str(repo), "--model", str(model)])  # the wheel's CLI
     baseline = repo / "baselines" / "model.yaml"
     # the user's edits for this tiny model (256 positions, hidden 32), and their quantizer switched on
     text = baseline.read_text().replace("seqlen: 2048", "seqlen: 128").replace("q_group_size: 64", "q_group_size: 32")
@@ -200,15 +248,15 @@ def test_init_end_to_end_records_passes_and_fails_on_a_changed_quantizer(tmp_pat
     text = "".join(line for line in _uncomment_user_entry(text).splitlines(True) if "ref: rtn-w4g64" not in line)
     baseline.write_text(text)
     (repo / "my_quantizer.py").write_text(QUANTIZER.replace("{rounding}", "round"))
-    rec = _pytest(repo, "--update-baselines")
+    rec = _pytest(wheel_python, repo, "--update-baselines")
     assert rec.returncode == 0, rec.stdout + rec.stderr
     assert "3 passed, 2 skipped" in rec.stdout  # the GPU profile skips without CUDA
     assert sorted(p.name for p in (repo / "baselines").iterdir()) == ["model.yaml"]  # no lock file beside it
     assert "recorded:" in baseline.read_text() and "entry: my_quantizer:quantize" in baseline.read_text()
-    again = _pytest(repo)
+    again = _pytest(wheel_python, repo)
     assert again.returncode == 0 and "3 passed, 2 skipped" in again.stdout, again.stdout + again.stderr
     (repo / "my_quantizer.py").write_text(QUANTIZER.replace("{rounding}", "floor"))  # the team's bug
-    broken = _pytest(repo)
+    broken = _pytest(wheel_python, repo)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "FAILED baselines/model.yaml::model[cpu-mine-w4g64]" in broken.stdout
     assert "[FAIL] absolute: |ppl - recorded| <= 0.001" in broken.stdout and "2 passed" in broken.stdout
