@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import save_tiny_llama
 
 from pplgate.errors import VariantError
 from pplgate.gate.param_paths import resolve_param_paths
@@ -44,12 +43,9 @@ def team_pkg(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "src"))
     for name in [m for m in sys.modules if m == "teamq" or m.startswith("teamq.")]:
         monkeypatch.delitem(sys.modules, name)
-    return pkg
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("m") / "tiny")
+    yield pkg
+    for name in [m for m in sys.modules if m == "teamq" or m.startswith("teamq.")]:
+        del sys.modules[name]  # imported by the test: not left for the next module's teamq
 
 
 def _ctx(model_dir: Path, cache_dir: Path, mode: str = "use") -> ModelContext:
@@ -79,17 +75,17 @@ def test_bad_entries_fail_at_collection_time_checks(team_pkg, params, match):
         make_variant("user", params).collection_check()
 
 
-def test_a_model_on_the_meta_device_is_one_line_naming_the_entry(team_pkg, tiny_llama_dir, tmp_path):
+def test_a_model_on_the_meta_device_is_one_line_naming_the_entry(team_pkg, tiny_dir, tmp_path):
     """Shapes without values: refused before coverage, probes or the cache touch it (no raw traceback)."""
     with pytest.raises(
         VariantError,
         match=r"^user: teamq.quant:on_meta returned a model with \d+ of \d+ tensors on "
         r"the meta device \(e.g. model.embed_tokens.weight\)[^\n]*$",
     ):
-        make_variant("user", {"entry": "teamq.quant:on_meta"}).prepare(_ctx(tiny_llama_dir, tmp_path / "c", "off"))
+        make_variant("user", {"entry": "teamq.quant:on_meta"}).prepare(_ctx(tiny_dir, tmp_path / "c", "off"))
 
 
-def test_code_paths_cover_a_helper_package_and_a_data_file_outside_the_package(team_pkg, tiny_llama_dir, tmp_path):
+def test_code_paths_cover_a_helper_package_and_a_data_file_outside_the_package(team_pkg, tiny_dir, tmp_path):
     """A helper in another top-level package (or a data file beside it) is hashed when code_paths lists it: a change
     re-quantizes instead of reusing the stale cached model; unlisted, the hash does not see it (documented)."""
     helpers = tmp_path / "src" / "teamhelpers"
@@ -99,12 +95,12 @@ def test_code_paths_cover_a_helper_package_and_a_data_file_outside_the_package(t
     data.write_text('{"all": 0.5}')
     params = {"entry": "teamq.quant:halve", "code_paths": [str(helpers), str(data)]}
     cache = tmp_path / "cache"
-    first = make_variant("user", params).prepare(_ctx(tiny_llama_dir, cache))
+    first = make_variant("user", params).prepare(_ctx(tiny_dir, cache))
     assert first.origin == "quantized" and first.info["code_files"] == 2 + 2  # teamq's 2 files + helper + data
-    assert make_variant("user", params).prepare(_ctx(tiny_llama_dir, cache)).origin == "cache"
+    assert make_variant("user", params).prepare(_ctx(tiny_dir, cache)).origin == "cache"
     plain = code_sha256("teamq.quant")
     (helpers / "__init__.py").write_text("FACTOR = 0.25\n")
-    changed = make_variant("user", params).prepare(_ctx(tiny_llama_dir, cache))
+    changed = make_variant("user", params).prepare(_ctx(tiny_dir, cache))
     assert changed.origin == "quantized" and changed.info["code_sha256"] != first.info["code_sha256"]
     data.write_text('{"all": 0.25}')
     assert make_variant("user", params).code_hash()[0] != changed.info["code_sha256"]

@@ -4,10 +4,8 @@ traceback through the fixture), in real pytest sessions (pytester) on the plugin
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import pytest
-from support import GATE_ARGS, gate_project, save_gate_model
+from support import GATE_ARGS, gate_project
 
 pytest_plugins = ["pytester"]
 
@@ -55,11 +53,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_gate_model(tmp_path_factory) -> Path:
-    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
 def _sections(out: str) -> dict[str, list[str]]:
     """Each failure's report lines (between its ``___ name ___`` header and the next header)."""
     found: dict[str, list[str]] = {}
@@ -75,9 +68,9 @@ def _sections(out: str) -> dict[str, list[str]]:
     return found
 
 
-def test_check_misuse_is_one_line_per_failing_test(pytester, monkeypatch, tiny_gate_model):
+def test_check_misuse_is_one_line_per_failing_test(pytester, monkeypatch, tiny_model):
     gate_project(pytester, monkeypatch, "")
-    pytester.makepyfile(test_misuse=MISUSE.format(model=str(tiny_gate_model)))
+    pytester.makepyfile(test_misuse=MISUSE.format(model=str(tiny_model)))
     res = pytester.runpytest(*GATE_ARGS, "--tb=auto")
     out = res.stdout.str()
     res.assert_outcomes(failed=len(EXPECTED), passed=1)

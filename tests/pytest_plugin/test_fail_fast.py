@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import FP32_ENTRY, GATE_ARGS, gate_project, save_gate_model, tiny_baseline
+from support import FP32_ENTRY, GATE_ARGS, gate_project, tiny_baseline
 
 pytest_plugins = ["pytester"]
 
@@ -21,15 +21,10 @@ mine:
 """
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
 def _project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tiny_model: Path, entry: str) -> Path:
     gate_project(pytester, monkeypatch, "")
     (pytester.path / "baselines").mkdir()
-    pkg = pytester.path / "src" / "teamq"  # not importable from the root (the root conftest.py puts the root there)
+    pkg = pytester.path / "src" / "ffq"  # not importable from the root (the root conftest.py puts the root there)
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "quant.py").write_text(QUANTIZER)
@@ -41,14 +36,14 @@ def _project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tiny_mo
 def test_a_user_module_that_does_not_import_fails_the_collection_with_the_fix(pytester, monkeypatch, tiny_model):
     """Without ``pythonpath = src`` the team's package in the repository does not import: the collection says so
     (no entry of the file runs, no model is measured); with it, the same file collects."""
-    _project(pytester, monkeypatch, tiny_model, USER_ENTRY % "teamq.quant:quantize")
+    _project(pytester, monkeypatch, tiny_model, USER_ENTRY % "ffq.quant:quantize")
     t0 = time.perf_counter()
     res = pytester.runpytest(*GATE_ARGS, "baselines")
     seconds = time.perf_counter() - t0
     out = res.stdout.str()
     assert res.ret != pytest.ExitCode.OK, out  # a collection error: nothing ran
     res.assert_outcomes(errors=1)
-    assert "profiles.cpu.variants.mine" in out and "entry 'teamq.quant:quantize' does not import" in out
+    assert "profiles.cpu.variants.mine" in out and "entry 'ffq.quant:quantize' does not import" in out
     assert "pytest.ini: `pythonpath = .`" in out and "pip install -e" in out
     assert "measured ppl" not in out and "cpu-fp32" not in out  # the fp32 entry of the file was not measured first
     assert seconds < 20, seconds  # seconds: no model loaded, no text tokenized
@@ -62,13 +57,13 @@ def test_a_user_module_that_does_not_import_fails_the_collection_with_the_fix(py
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        (USER_ENTRY % "teamq.quant:quantise", "module 'teamq.quant' has no attribute 'quantise'"),
+        (USER_ENTRY % "ffq.quant:quantise", "module 'ffq.quant' has no attribute 'quantise'"),
         (
-            USER_ENTRY.replace('"}', '", code_paths: [../helpers]}') % "teamq.quant:quantize",
+            USER_ENTRY.replace('"}', '", code_paths: [../helpers]}') % "ffq.quant:quantize",
             "code_paths entry '{root}/helpers' does not exist (resolved to {root}/helpers)",
         ),
         (
-            USER_ENTRY.replace('"}', '", config: quant.yaml}') % "teamq.quant:quantize",
+            USER_ENTRY.replace('"}', '", config: quant.yaml}') % "ffq.quant:quantize",
             "user: config file {root}/baselines/quant.yaml does not exist",
         ),
         (

@@ -5,10 +5,8 @@ sessions, pytester, on the plugin tests' tiny Llama; the test-only kinds of test
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import pytest
-from support import BROKEN_CONFTEST, GATE_ARGS, PERTURBED_CONFTEST, gate_project, save_gate_model, tiny_baseline
+from support import BROKEN_CONFTEST, GATE_ARGS, PERTURBED_CONFTEST, gate_project, tiny_baseline
 
 pytest_plugins = ["pytester"]
 
@@ -32,11 +30,6 @@ noisier:
 """
 
 
-@pytest.fixture(scope="module")
-def tiny_gate_model(tmp_path_factory) -> Path:
-    return save_gate_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
 def _failure_lines(out: str, name: str) -> list[str]:
     """The report lines of the failure whose header names ``name``."""
     lines = out.splitlines()
@@ -50,10 +43,10 @@ def _failure_lines(out: str, name: str) -> list[str]:
     return body
 
 
-def test_a_failing_reference_is_named_by_the_entries_that_need_it(pytester, monkeypatch, tiny_gate_model):
+def test_a_failing_reference_is_named_by_the_entries_that_need_it(pytester, monkeypatch, tiny_model):
     gate_project(pytester, monkeypatch, PERTURBED_CONFTEST + BROKEN_CONFTEST)
     (pytester.path / "baselines").mkdir()
-    (pytester.path / "baselines" / "tiny.yaml").write_text(tiny_baseline(tiny_gate_model, VARIANTS, max_windows=1))
+    (pytester.path / "baselines" / "tiny.yaml").write_text(tiny_baseline(tiny_model, VARIANTS, max_windows=1))
     res = pytester.runpytest(*GATE_ARGS, "--update-baselines", "--pplgate-cache", "off")
     out = res.stdout.str()
     res.assert_outcomes(passed=1, failed=3)  # fp32 (no reference) is measured and recorded as before
