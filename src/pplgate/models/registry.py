@@ -43,6 +43,8 @@ BUILTIN_KINDS: dict[str, str] = {
     "llmc-recipe": "pplgate.models.llmc_recipe:LlmcRecipeVariant",
     "hf-checkpoint": "pplgate.models.hf_checkpoint:HfCheckpointVariant",
     "user": "pplgate.models.user_entry:UserEntryVariant",
+    "transformers": "pplgate.models.hf_quantizer:HfQuantizerVariant",
+    "hqq": "pplgate.models.hqq:HqqVariant",
 }
 
 _REGISTERED: dict[str, type[Variant]] = {}
