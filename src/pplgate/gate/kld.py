@@ -208,7 +208,7 @@ def describe_paired(p: Mapping[str, Any]) -> str:
     s = PairedStats.from_dict(p)
     ci = "95% CI n/a (1 window)" if s.ci_low is None else f"95% CI [{s.ci_low:+.6f}, {s.ci_high:+.6f}]"
     return (
-        f"paired per-window dKLD over {s.n} window{"s" * (s.n != 1)}: mean {s.mean:+.6f} nats, {ci} ({s.verdict}); "
+        f"paired per-window dKLD over {s.n} window{'s' * (s.n != 1)}: mean {s.mean:+.6f} nats, {ci} ({s.verdict}); "
         f"{s.n_worse}/{s.n} windows worse, {s.n_better} better, max |dKLD| {s.max_abs:.6f}"
     )
 

@@ -112,7 +112,8 @@ class PairedStats:
             ci = f"95% CI [{self.ci_low:+.6f}, {self.ci_high:+.6f}]"
         verdict = self.verdict
         return (
-            f"paired per-window dNLL over {self.n} window{"s" * (self.n != 1)}: mean {self.mean:+.6f} nats, {ci} ({verdict}); "
+            f"paired per-window dNLL over {self.n} window{'s' * (self.n != 1)}: "
+            f"mean {self.mean:+.6f} nats, {ci} ({verdict}); "
             f"{self.n_worse}/{self.n} windows worse, {self.n_better} better, max |dNLL| {self.max_abs:.6f}"
         )
 
