@@ -21,6 +21,8 @@ from support import REPO, calibration_file, gpt2_tokenizer, need_module, wikitex
 
 need_module("llmcompressor", "pip install 'pplgate[llmcompressor]'", allow_module_level=True)
 need_module("awq", "pip install --no-deps autoawq==0.2.9", allow_module_level=True)
+for _module, _extra in (("bitsandbytes", "bnb"), ("torchao", "torchao"), ("hqq", "hqq")):
+    need_module(_module, f"pip install 'pplgate[{_extra}]'", allow_module_level=True)
 
 from pplgate.errors import PplgateError  # noqa: E402
 from pplgate.measure import Measurer  # noqa: E402
@@ -92,6 +94,13 @@ MAPPINGS = {
 }
 
 
+NF4 = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+TORCHAO_INT4 = {
+    "quant_method": "torchao", "quant_type": "IntxWeightOnlyConfig", "weight_dtype": "int4",
+    "granularity": {"per_group": 32},
+}  # fmt: skip
+
+
 def cal() -> dict:
     return {"source": str(calibration_file()), "n_samples": 4, "seqlen": 64}
 
@@ -110,6 +119,9 @@ KINDS = {  # column -> (kind, params(arch)); hf-checkpoint and awq-checkpoint lo
     "llmc-recipe AWQ + mappings": ("llmc-recipe", lambda a: {"recipe": awq_recipe(a), "calibration": cal()}),
     "awq": ("awq", lambda a: {"q_group_size": 32, "calibration": cal()}),
     "awq-checkpoint": ("awq-checkpoint", None),
+    "transformers bnb nf4": ("transformers", lambda a: {"quantization_config": NF4}),
+    "transformers torchao int4": ("transformers", lambda a: {"quantization_config": TORCHAO_INT4}),
+    "hqq": ("hqq", lambda a: {"group_size": 32}),
 }
 # refusals: (what the one-line message must match besides the architecture, the table's label, the legend's words)
 WHY = {
@@ -149,6 +161,28 @@ WHY = {
         "transformers 5.17 fuses the experts of the saved checkpoint on load and drops their zero points "
         "(asymmetric schemes only: gptq's default symmetric one loads); `--pplgate-cache off` measures in memory",
     ),
+    "experts": (
+        r"^(transformers|hqq): \d+ eligible decoder weights of this .* model were left unquantized \(.*experts\.",
+        "experts left float",
+        "bitsandbytes, torchao and HQQ quantize Linears: transformers 5's fused 3-D expert tensors stay in full "
+        "precision, and a partly quantized model gets no number",
+    ),
+    "nothing": (
+        r"^transformers: nothing was quantized in this .* model: no decoder weight holds quantized values",
+        "nothing quantized",
+        "bitsandbytes through transformers 5.17 converts none of Falcon's Linears: the number would be the float "
+        "model's",
+    ),
+    "ao-op": (
+        r"^transformers: torchao [\d.]+ cannot run it \(this .* model\): NotImplementedError: .*aten\.permute",
+        "torchao: no op",
+        "torchao's int4 weight tensor implements no `permute`, which Falcon's Linear calls (`weight.T`)",
+    ),
+    "hqq-layout": (
+        r"^hqq: HQQ \S+'s AutoHQQHFModel finds the decoder blocks at model\.layers only, which this .* model \(",
+        "HQQ layout",
+        "HQQ's AutoHQQHFModel finds the blocks at `model.layers` only (GPT-NeoX and Falcon keep them elsewhere)",
+    ),
     "llmc": (
         r"llmcompressor [\d.]+ failed \(this .* model\): .*lists the kinds that do",
         "llm-compressor fails",
@@ -167,6 +201,10 @@ REFUSED = {
     **{(a, "llmc-recipe AWQ"): "reload-asym" for a in ("qwen2_moe", "qwen3_moe")},
     **{(a, "llmc-recipe AWQ + mappings"): "reload-keys" for a in ("falcon (old layout)", "falcon (new layout)")},
     ("deepseek_v3", "llmc-recipe AWQ + mappings"): "reload-asym",
+    **{(a, c): "experts" for a in MOE_ARCHS for c in ("transformers bnb nf4", "transformers torchao int4", "hqq")},
+    **{(a, "transformers bnb nf4"): "nothing" for a in ("falcon (old layout)", "falcon (new layout)")},
+    **{(a, "transformers torchao int4"): "ao-op" for a in ("falcon (old layout)", "falcon (new layout)")},
+    **{(a, "hqq"): "hqq-layout" for a in ("gpt_neox", "falcon (old layout)", "falcon (new layout)")},
     ("llama4_text", "gptq"): "llmc",
     ("llama4_text", "llmc-recipe AWQ"): "llmc",
 }

@@ -136,6 +136,13 @@ def test_torchao_int4_on_cuda_needs_its_kernel_and_dtype():
     )
 
 
+@pytest.mark.skipif(importlib.util.find_spec("kernels") is not None, reason="the kernels package is installed")
+def test_fp8_through_transformers_needs_the_kernels_package():
+    problem = device_problem("fp8", hfq({"quant_method": "fp8"}).config(), "cuda", "bf16")
+    assert problem.startswith("transformers' FP8 Linear loads its Triton kernel from the hub through the kernels")
+    assert problem.endswith("quant_method: torchao, quant_type: Float8DynamicActivationFloat8WeightConfig")
+
+
 def test_bitsandbytes_without_its_native_library_on_cuda(monkeypatch):
     import bitsandbytes.cextension as ce
 

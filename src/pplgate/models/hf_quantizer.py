@@ -167,6 +167,12 @@ def device_problem(method: str, config: Any, device: str, dtype: str) -> str | N
                 f"bitsandbytes {library_versions('bitsandbytes')['bitsandbytes']} has no CUDA backend for this torch "
                 f"(CUDA {torch.version.cuda}): {why}; install a bitsandbytes build with kernels for it"
             )
+    if method == "fp8" and importlib.util.find_spec("kernels") is None:
+        return (
+            "transformers' FP8 Linear loads its Triton kernel from the hub through the kernels package, which is not "
+            "installed: pip install kernels (with hub access), or measure FP8 with quant_method: torchao, quant_type: "
+            "Float8DynamicActivationFloat8WeightConfig"
+        )
     if method == "torchao" and type(config.quant_type).__name__ == "Int4WeightOnlyConfig":
         fmt = config.quant_type.int4_packing_format
         fmt = str(getattr(fmt, "value", fmt))

@@ -102,6 +102,12 @@ class HqqVariant(Variant):
         model = ctx.load(dtype, fresh=True)
         strip_load_quantization(model)
         arch = architecture(model.config)
+        if not isinstance(getattr(getattr(model, "model", None), "layers", None), torch.nn.ModuleList):
+            raise VariantError(
+                f"hqq: HQQ {library_versions('hqq')['hqq']}'s AutoHQQHFModel finds the decoder blocks at model.layers "
+                f"only, which this {arch} model ({type(model).__name__}) does not have: measure it with the kinds "
+                "rtn, gptq or transformers"
+            )
         base, base_logits = weight_digests(model), probe_logits(model)
         t1 = time.perf_counter()
         fix = "HQQ cannot quantize this architecture's layout: measure it with the kinds rtn, gptq or transformers"
