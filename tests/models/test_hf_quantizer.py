@@ -60,6 +60,7 @@ def ctx(path, device: str = "cpu") -> ModelContext:
             {"quant_method": "hqq"},
             r"unknown quant_method 'hqq'.*HqqConfig route raises NotImplementedError: use kind hqq",
         ),
+        ({"quant_method": ["bitsandbytes"]}, r"unknown quant_method \['bitsandbytes'\]; this kind loads bitsa"),
         ({"quant_method": "bnb"}, r"unknown quant_method 'bnb'.*\(write quant_method: bitsandbytes\)"),
         ({**NF4, "bits": 4}, r"BitsAndBytesConfig \(bitsandbytes\) takes no field bits; its fields: load_in_8bit, "),
         (

@@ -214,7 +214,7 @@ class HfQuantizerVariant(Variant):
                 f"got {qc!r}"
             )
         method = qc.get("quant_method")
-        if method not in METHODS:
+        if not isinstance(method, str) or method not in METHODS:
             hint = OTHER_ROUTES.get(str(method).lower(), "")
             raise VariantError(
                 f"{where}: unknown quant_method {method!r}; this kind loads {', '.join(METHODS)}"
