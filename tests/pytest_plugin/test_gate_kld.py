@@ -92,7 +92,7 @@ def gate(pytester: pytest.Pytester, monkeypatch):
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*GATE_ARGS, *args)
+    return pytester.runpytest(*GATE_ARGS, *args)
 
 
 @pytest.fixture(scope="module")
