@@ -192,7 +192,8 @@ def wheel_python(tmp_path_factory) -> Path:
         if not entry.name.startswith(OWN_DISTRIBUTIONS) and entry.suffix != ".pth":
             (deps / entry.name).symlink_to(entry)
     (site / "this-environments-packages.pth").write_text(f"{deps}\n")
-    _run([*pip, "--python", str(python), "install", "--no-index", f"{wheel}[gguf,llmcompressor,report,bnb,torchao,hqq]"])
+    extras = "gguf,llmcompressor,report,bnb,torchao,hqq"
+    _run([*pip, "--python", str(python), "install", "--no-index", f"{wheel}[{extras}]"])
     where = _run([str(python), "-c", "import pplgate; print(pplgate.__file__)"])
     assert where.startswith(str(site)), f"pplgate imported from {where}, not the wheel"
     return python
