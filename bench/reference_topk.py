@@ -90,7 +90,8 @@ def real_pair(args: argparse.Namespace) -> tuple[Any, Any, TokenizedText, Canoni
     kind, params = parse_variant_spec(args.variant)
     ref = measurer.prepare(src, kind=ref_kind, params={}, device=args.device).model
     model = measurer.prepare(src, kind=kind, params=params, device=args.device).model
-    desc = {"model": src.describe(), "reference_variant": ref_kind, "variant": args.variant}
+    # the name as given, not src.describe() (a local path of this machine has no place in a record)
+    desc = {"model": args.model, "reference_variant": ref_kind, "variant": args.variant}
     return ref, model, tokens, measurer.text(), desc
 
 

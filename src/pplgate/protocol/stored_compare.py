@@ -41,7 +41,7 @@ from pplgate.protocol.reference_file import ReferenceWriter, StoredReference, wi
 from pplgate.protocol.tokens import TokenizedText
 from pplgate.protocol.windows import running_perplexity, tail_tokens
 
-DEFAULT_TOP_K = 64
+DEFAULT_TOP_K = 256  # measured: bench/reference_topk.py, docs/KLD.md (the error table)
 
 
 def _dtype(model) -> str:
