@@ -92,8 +92,7 @@ class LlmcVariant(Variant):
     """Base of the kinds that quantize with llm-compressor's ``oneshot``."""
 
     calibration_required: bool = True
-    # the no-groups setting an impossible group size's error offers (llm-compressor's per-row strategy)
-    whole_row: str | None = "strategy: channel (one scale per output row)"
+    whole_row: str | None = "strategy: channel (one scale per output row)"  # a group-size error offers it
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(params)
