@@ -277,3 +277,39 @@ def test_long_test_ids_give_bounded_distinct_file_names():
     )
     assert len(reports._slug(a)) == 120 and reports._slug(a) != reports._slug(b)
     assert reports._slug(NODE) == "baselines_m.yaml_m_cpu-fp32"
+
+
+def test_window_ticks_are_integers(tmp_path, monkeypatch):
+    """Three windows: matplotlib's default locator puts ticks at 0.5 steps; a window number is an integer."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    figures = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), real_close(fig)))
+    assert reports.plot_window_deltas(_rec(), tmp_path / "p.png") == tmp_path / "p.png"
+    ticks = list(figures[0].axes[0].get_xticks())
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+@pytest.mark.parametrize(
+    ("url", "link"),
+    [
+        (None, "per-window ΔNLL plot: [{png}]({png})"),
+        ("https://example.org/run/7/", "per-window ΔNLL plot: ![{png}](https://example.org/run/7/{png})"),
+        (
+            "https://github.com/o/r/blob/pplgate-report-images/7/{{name}}?raw=true",
+            "per-window ΔNLL plot: ![{png}](https://github.com/o/r/blob/pplgate-report-images/7/{png}?raw=true)",
+        ),
+    ],
+)
+def test_report_images_render_from_the_url_the_workflow_gives(tmp_path, monkeypatch, url, link):
+    """``$PPLGATE_REPORT_URL`` (where the workflow serves the report's files) makes the PNG an inline image of the
+    Markdown (a pull-request comment, the step summary); without it, a link relative to the report folder."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    if url is None:
+        monkeypatch.delenv("PPLGATE_REPORT_URL", raising=False)
+    else:
+        monkeypatch.setenv("PPLGATE_REPORT_URL", url.replace("{{name}}", "{name}"))
+    reports.write_reports(tmp_path / "out", [_rec()])
+    md = (tmp_path / "out" / "pplgate-summary.md").read_text()
+    assert f"- {link.format(png='baselines_m.yaml_m_cpu-fp32.png')}" in md.splitlines()

@@ -4,6 +4,7 @@ entry in one file, and misuse. A tiny seeded Llama with the real GPT-2 tokenizer
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -174,7 +175,9 @@ def test_fixture_entry_and_collected_entry_share_a_file(proj, tiny_model):
     assert both.startswith(after_yaml) and "\ntests:\n  tiny-fp32:\n" in both
     spec = parse_baseline(f)
     assert spec.profiles["cpu"].variants["fp32"].recorded.ppl == pytest.approx(spec.tests["tiny-fp32"].recorded.ppl)
-    run(proj).assert_outcomes(passed=3)  # collected + two checks
+    run(proj, "--pplgate-report", "rep").assert_outcomes(passed=3)  # collected + two checks
+    records = json.loads((proj.path / "rep" / "pplgate-results.json").read_text())["records"]
+    assert len(records) == 3 and {r["model"] for r in records} == {tiny_model.name}  # one name: the source's
     # re-recording the fixture entries leaves the collected entry's bytes alone, and the other way round
     run(proj, "--update-baselines", "test_quant.py").assert_outcomes(passed=2)
     text = f.read_text()

@@ -103,7 +103,7 @@ def test_pass_with_reports_and_junit(gate, recorded_text):
     assert any("tiny" in ln and "cpu-fp32" in ln and "PASS" in ln and "loaded" in ln for ln in res.stdout.lines)
     data = json.loads((gate.path / "rep" / "pplgate-results.json").read_text())
     assert data["records"][0]["status"] == "pass" and data["records"][0]["delta"] == pytest.approx(0, abs=1e-5)
-    assert "| tiny | cpu-fp32 |" in (gate.path / "rep" / "pplgate-summary.md").read_text()
+    assert "| tiny-llama | cpu-fp32 |" in (gate.path / "rep" / "pplgate-summary.md").read_text()  # the source's name
     xml = (gate.path / "junit.xml").read_text()
     for prop in ("pplgate_ppl", "pplgate_baseline", "pplgate_delta", "pplgate_tolerance", "pplgate_status"):
         assert f'name="{prop}"' in xml
@@ -473,7 +473,7 @@ def test_blocked_update_says_not_written_with_error_and_skip_reasons(gate, tiny_
     assert f.read_text() == before
     out = res.stdout.str()
     assert "NOT writing baseline updates: 2 test(s) failed or errored for a non-gate reason" in out
-    table = {ln.split()[1]: ln for ln in res.stdout.lines if ln.startswith("tiny ")}
+    table = {ln.split()[1]: ln for ln in res.stdout.lines if ln.startswith("tiny-llama ")}  # the source's name
     assert "NOT WRITTEN" in table["cpu-fp32"] and "CREATED" not in out
     assert "ERROR" in table["cpu-broken"] and "SKIP" in table["cpu-skipper"]
     data = json.loads((gate.path / "rep" / "pplgate-results.json").read_text())
@@ -599,7 +599,8 @@ def test_a_write_failure_at_session_end_is_reported_per_file_with_the_numbers(ga
     the reasons, no traceback; the other file is written, the reports' failure is said too."""
     (gate.path / "baselines" / "tiny.yaml").write_text(baseline(tiny_model))
     other = gate.path / "baselines" / "other.yaml"
-    other.write_text(baseline(tiny_model, name="other"))
+    (gate.path / "other-llama").symlink_to(tiny_model)  # the same model under another name: its own table row
+    other.write_text(baseline(gate.path / "other-llama", name="other"))
     gate.makepyfile(test_break=BREAK.replace("{how}", how))
     res = run(gate, "--update-baselines", "--pplgate-report", "rep", "test_break.py", "baselines")
     res.assert_outcomes(passed=3)
@@ -607,12 +608,12 @@ def test_a_write_failure_at_session_end_is_reported_per_file_with_the_numbers(ga
     out = res.stdout.str()
     assert "Traceback" not in out and "INTERNALERROR" not in out
     assert "pplgate perplexity gate" in out  # the summary table survives
-    table = {ln.split()[0]: ln for ln in res.stdout.lines if ln.startswith(("tiny ", "other "))}
-    assert "NOT WRITTEN" in table["tiny"] and "CREATED" in table["other"]
+    table = {ln.split()[0]: ln for ln in res.stdout.lines if ln.startswith(("tiny-llama ", "other-llama "))}
+    assert "NOT WRITTEN" in table["tiny-llama"] and "CREATED" in table["other-llama"]
     why = "Is a directory" if how == "directory" else "malformed YAML"
     assert "pplgate: baseline updates NOT written: writing baselines/tiny.yaml failed: BaselineError: " in out
     assert why in out
-    ppl = float(table["tiny"].split()[2])
+    ppl = float(table["tiny-llama"].split()[2])
     line = next(ln for ln in res.stdout.lines if ln.startswith("pplgate: measured, not written: baselines/tiny.yaml"))
     assert line.startswith("pplgate: measured, not written: baselines/tiny.yaml :: cpu/fp32: ppl ")
     assert abs(float(line.split("ppl ")[1].split()[0]) - ppl) < 1e-3 and "window NLLs [" in line

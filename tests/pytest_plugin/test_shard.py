@@ -294,7 +294,8 @@ def test_shard_under_xdist_writes_the_manifest_and_keeps_each_model_on_one_worke
     m = manifest(root / "rep")
     assert m["shard"] == "2/2" and m["exitstatus"] == 0 and {e["nodeid"] for e in m["entries"]} == ALL_ENTRIES
     records = json.loads((root / "rep" / "pplgate-results.json").read_text())["records"]
-    assert {r["model"] for r in records} == {"gamma", "delta"}
+    assert {Path(r["file"]).stem for r in records} == {"gamma", "delta"}
+    assert {r["model"] for r in records} == {"tiny-llama"}  # the model column: the source's name (one rule)
     # loadgroup: a model's entries on one worker (pplgate's scheduler, also where xdist's
     # "@group" node id suffix is lost: pytest 9.2, pytest-dev/pytest-xdist#1386)
     ran = re.findall(r"\[(gw\d+)\].*?PASSED (\S*baselines/\S+?)(?:@\S+)?\s*$", res.stdout.str(), re.M)

@@ -37,7 +37,7 @@ from pplgate.gate.validator import NAME_RE, Validator
 from pplgate.gate.verdict import Target, is_partial
 from pplgate.protocol import DEFAULT_SEQLEN
 from pplgate.pytest_plugin.items import gate_of, known_kinds
-from pplgate.pytest_plugin.records import CHECK_FAILED_KEY, CHECKS_KEY
+from pplgate.pytest_plugin.records import CHECK_FAILED_KEY, CHECKS_KEY, report_model_name
 
 if TYPE_CHECKING:
     from pplgate.pytest_plugin.session import GateSession
@@ -185,7 +185,7 @@ class PplRegression:
             nodeid=self.item.nodeid,
             name=f"{name} ({self.item.nodeid})",
             file=str(path),
-            model=subject.source.short_name(),
+            model=report_model_name(subject.source),
             source=subject.source.describe(),
             profile=TESTS,
             device=subject.device,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,13 +29,23 @@ def with_recorded_device_type(entry: EntrySpec, profile_device: str) -> EntrySpe
     return dataclasses.replace(entry, fingerprint={**fp, "device_type": profile_device.split(":")[0]})
 
 
+REPORT_NAME_WIDTH = 64
+
+
+def report_model_name(source: Any) -> str:
+    """The model column of every report, one rule for collected and fixture entries: the source's name (a GGUF's
+    stem without its quant type, a folder's or hub id's last part). A baseline file's ``model.name`` is the test
+    id's prefix (``smollm2[cpu-fp32]``), not the model's name in the tables."""
+    return source.short_name(REPORT_NAME_WIDTH)
+
+
 def target_of(item: GateItem) -> Target:
     """What the verdict needs to know about the test item."""
     return Target(
         nodeid=item.nodeid,
         name=item.name,
         file=str(item.spec.path),
-        model=item.model_name,
+        model=report_model_name(item.source),
         source=item.source.describe(),
         profile=item.profile.name,
         device=item.device,

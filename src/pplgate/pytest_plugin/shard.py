@@ -20,6 +20,7 @@ import pytest
 from pplgate.gate import reports
 from pplgate.gate.shard import MANIFEST_NAME, GateEntry, ShardSpec, assign, manifest, module_of, sha256_file
 from pplgate.pytest_plugin.items import GateItem
+from pplgate.pytest_plugin.records import report_model_name
 
 OPTION = "--pplgate-shard"
 WORKEROUTPUT_KEY = "pplgate_shard"
@@ -105,7 +106,7 @@ def split(
     entries = [
         GateEntry(
             nodeid=it.nodeid,
-            model=it.spec.model.name,
+            model=report_model_name(it.source),
             file=reports.relpath(str(it.spec.path), rootdir),
             profile=it.profile.name,
             variant=it.variant.name,

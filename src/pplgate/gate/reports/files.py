@@ -17,6 +17,7 @@ from pplgate.gate.reports.plots import (
     _pyplot,
     _slug,
     classify_deltas,
+    image_link,
     plot_window_deltas,
     window_deltas,
 )
@@ -79,7 +80,7 @@ def write_reports(
             png = plot_window_deltas(rec, d / f"{_slug(nodeid)}.png")
             if png is not None:
                 out.paths.append(png)
-                plots[nodeid] = f"per-window ΔNLL plot: [{png.name}]({png.name})"
+                plots[nodeid] = image_link("per-window ΔNLL plot", png.name)
         report_kld.add_plots(d, records, PLOTTED, plots, out.paths, _pyplot, _slug)
     rel_records = _relative_paths(records, rootdir)
     rel_rows = _relative_paths(update_rows, rootdir)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pplgate.gate.kld import describe_paired, rounding_step, summary_line
 from pplgate.gate.record import FAILING
+from pplgate.gate.reports.plots import image_link, integer_windows
 
 COLUMNS = ["kld", "top1"]
 
@@ -92,6 +93,7 @@ def plot_window_klds(rec: Mapping[str, Any], path: Path, plt: Any) -> Path | Non
     if block.get("baseline_window_top1") and len(block["baseline_window_top1"]) == len(top1):
         ax2.plot(x, block["baseline_window_top1"], "o", color="black", markersize=3, label="recorded")
     ax2.set_ylabel("top-1 agreement")
+    integer_windows(ax2)
     ax2.set_xlabel("window")
     ax2.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{rec.get('nodeid', '')} [{rec.get('status', '')}]\n{summary_line(block)}", fontsize=8)
@@ -126,5 +128,5 @@ def add_plots(
         png = plot_window_klds(rec, report_dir / f"{slug(nodeid)}-kld.png", plt)
         if png is not None:
             paths.append(png)
-            link = f"per-window KLD plot: [{png.name}]({png.name})"
+            link = image_link("per-window KLD plot", png.name)
             plots[nodeid] = f"{plots[nodeid]}; {link}" if nodeid in plots else link
