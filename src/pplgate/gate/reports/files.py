@@ -12,12 +12,12 @@ from typing import Any
 
 from pplgate.gate.record import FAILING
 from pplgate.gate.reports import kld as report_kld
+from pplgate.gate.reports.images import image_link
 from pplgate.gate.reports.markdown import markdown
 from pplgate.gate.reports.plots import (
     _pyplot,
     _slug,
     classify_deltas,
-    image_link,
     plot_window_deltas,
     window_deltas,
 )

@@ -15,7 +15,7 @@ from typing import Any
 
 from pplgate.gate.kld import describe_paired, rounding_step, summary_line
 from pplgate.gate.record import FAILING
-from pplgate.gate.reports.plots import image_link, integer_windows
+from pplgate.gate.reports.images import image_link, integer_windows
 
 COLUMNS = ["kld", "top1"]
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pplgate.gate.reports.images import integer_windows
 from pplgate.gate.reports.tables import ROUNDING_STEP, STATUS_MARK, Record, as_dict
 
 MATPLOTLIB_MISSING = (
@@ -36,28 +36,6 @@ def _slug(text: str, limit: int = 120) -> str:
         return slug
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return f"{slug[: limit - 13]}-{digest}"
-
-
-REPORT_URL_ENV = "PPLGATE_REPORT_URL"
-
-
-def integer_windows(ax: Any) -> None:
-    """Window numbers on the x axis: integer ticks only (matplotlib's default puts 0.5 steps on a few bars)."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def image_link(what: str, name: str) -> str:
-    """The Markdown for a report PNG: an inline image ``![what](URL)`` when ``$PPLGATE_REPORT_URL`` says where
-    the workflow serves the report's files (``{name}`` in it is replaced by the file name, else ``/name`` is
-    appended), so it renders in a pull-request comment and the step summary; else a link relative to the
-    report folder (it opens from the downloaded artifact)."""
-    base = os.environ.get(REPORT_URL_ENV, "").strip()
-    if not base:
-        return f"{what}: [{name}]({name})"
-    url = base.replace("{name}", name) if "{name}" in base else f"{base.rstrip('/')}/{name}"
-    return f"{what}: ![{name}]({url})"
 
 
 def _pyplot() -> tuple[Any, str | None]:
