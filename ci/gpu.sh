@@ -26,7 +26,8 @@ sys.exit(0 if ok else 1)
 PY
 
 echo "== dependencies"
-# the same list as pyproject.toml's dependencies and extras (gguf, awq, llmcompressor, report, pytest of test).
+# the same list as pyproject.toml's dependencies and extras (gguf, awq, llmcompressor, report, bnb, torchao,
+# hqq, pytest of test).
 # Line 1: what the gate needs; line 2: what only Llama-2 (SentencePiece) tokenizers need, installed
 # when possible (the offline wheel directory may lack them; the committed GPU entries do not use them).
 deps=$($PY - <<'PY'
@@ -41,7 +42,8 @@ def have(mod):
 need = {"datasets": "datasets", "awq": "autoawq==0.2.9", "gguf": "gguf", "accelerate": "accelerate",
         "yaml": "pyyaml", "ruamel.yaml": "ruamel.yaml", "filelock": "filelock", "tqdm": "tqdm",
         "matplotlib": "matplotlib", "pytest": "pytest", "llmcompressor": "llmcompressor==0.14.0.1",
-        "compressed_tensors": "compressed-tensors==0.19.0"}
+        "compressed_tensors": "compressed-tensors==0.19.0", "bitsandbytes": "bitsandbytes==0.50.2",
+        "torchao": "torchao==0.18.0", "hqq": "hqq==0.2.8.post1", "einops": "einops", "termcolor": "termcolor"}
 want = {"sentencepiece": "sentencepiece", "google.protobuf": "protobuf"}
 print(" ".join(pkg for mod, pkg in need.items() if not have(mod)))
 print(" ".join(pkg for mod, pkg in want.items() if not have(mod)))
@@ -60,7 +62,9 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     others=$(printf '%s\n' $missing | grep -v '^autoawq' | tr '\n' ' ')
     # shellcheck disable=SC2086
-    [ -n "${others// }" ] && { $PY -m pip install -q $others || exit 2; }
+    # DISABLE_CUDA=1: hqq ships as an sdist; its optional CUDA kernels would need nvcc (HQQ runs its PyTorch backend)
+    # shellcheck disable=SC2086
+    [ -n "${others// }" ] && { DISABLE_CUDA=1 $PY -m pip install -q $others || exit 2; }
     case " $missing " in *" autoawq"*) $PY -m pip install -q --no-deps autoawq==0.2.9 || exit 2 ;; esac
   fi
 fi
@@ -83,7 +87,9 @@ echo "== gate"
 # PPLGATE_GPU_MARKERS="gpu or fidelity" (they check pplgate itself, not the model under review).
 MARKERS=${PPLGATE_GPU_MARKERS:-gpu}
 # shellcheck disable=SC2086
-$PY -m pytest -m "$MARKERS" -p no:cacheprovider --pplgate-report "$REPORT_DIR" --junitxml "$REPORT_DIR/junit.xml" \
+# -o addopts: one process on the GPU (this checkout's pytest options start xdist workers for the CPU tests);
+# pass -n N --dist loadgroup after the report dir to spread models over N workers
+$PY -m pytest -o addopts=-ra -m "$MARKERS" -p no:cacheprovider --pplgate-report "$REPORT_DIR" --junitxml "$REPORT_DIR/junit.xml" \
   -o junit_family=xunit1 ${PPLGATE_GPU_PATHS:-baselines tests/gpu} "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
