@@ -164,15 +164,21 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     )
     work = Path(tempfile.mkdtemp(prefix="reference-topk-", dir=args.work_dir))
     saved = []
-    for lp_dtype in args.logprob_dtypes.split(","):
-        for k in args.float16_ks if lp_dtype == "float16" and args.float16_ks else args.ks:
-            path = work / f"ref-k{k}-{lp_dtype}.safetensors"
-            info = save_reference(ref, tokens, dataset, path, top_k=k, logprob_dtype=lp_dtype, **kw)
-            saved.append((k, lp_dtype, path, info))
-            print(
-                f"saved K={k} {lp_dtype}: {info['bytes_per_window'] / 2**20:.2f} MiB/window {info['wall_time_s']:.2f}s",
-                flush=True,
-            )
+    plan = [
+        (k, lp_dtype, s)
+        for lp_dtype in args.logprob_dtypes.split(",")
+        for k in (args.float16_ks if lp_dtype == "float16" and args.float16_ks else args.ks)
+        for s in args.tail_samples
+    ]
+    for k, lp_dtype, s in plan:
+        path = work / f"ref-k{k}-{lp_dtype}-s{s}.safetensors"
+        info = save_reference(ref, tokens, dataset, path, top_k=k, logprob_dtype=lp_dtype, tail_samples=s, **kw)
+        saved.append((k, lp_dtype, s, path, info))
+        print(
+            f"saved K={k} {lp_dtype} S={s}: {info['bytes_per_window'] / 2**20:.2f} MiB/window "
+            f"{info['wall_time_s']:.2f}s",
+            flush=True,
+        )
     del ref
     gc.collect()
     if torch.cuda.is_available():
@@ -181,7 +187,7 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     print(f"the model's own PPL pass {ppl.wall_time_s:.2f}s", flush=True)
     weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     rows = []
-    for k, lp_dtype, path, info in saved:
+    for k, lp_dtype, s, path, info in saved:
         t0 = time.perf_counter()
         stored = StoredReference(path)
         open_s = time.perf_counter() - t0
@@ -190,6 +196,7 @@ def run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         row = {
             "top_k": k,
             "logprob_dtype": lp_dtype,
+            "tail_samples": s,
             "mean_kld": r.mean_kld,
             "mean_kld_rel_error": rel(r.mean_kld, exact.mean_kld),
             "max_kld_rel_error": rel(r.max_kld, exact.max_kld),
@@ -263,15 +270,15 @@ def markdown(res: dict[str, Any]) -> str:
         f"mean Δp {ex['mean_delta_p']:+.6g}, PPL ref {ex['ppl_reference']:.4f} / model {ex['ppl_model']:.4f}; "
         f"in-memory compare {ex['compare_s']:.2f} s, the model's own PPL pass {res['model_ppl_pass_s']:.2f} s.",
         "",
-        "| K | logprobs | mean KLD err | worst abs pct err | p99.9 err | p50 err | p1 err | max err | "
+        "| K | logprobs | tail samples | mean KLD err | worst abs pct err | p99.9 err | p50 err | p1 err | max err | "
         "top-1 exact | Δp exact | PPLs exact | MiB/window | write s | open+hash s | compare s | "
         "compare / in-memory | compare / own PPL |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         pe = r["percentile_rel_error"]
         lines.append(
-            f"| {r['top_k']} | {r['logprob_dtype']} | {_pct(r['mean_kld_rel_error'])} | "
+            f"| {r['top_k']} | {r['logprob_dtype']} | {r.get('tail_samples', 0)} | {_pct(r['mean_kld_rel_error'])} | "
             f"{100 * r['max_abs_percentile_rel_error']:.3f}% | {_pct(pe['99.9'])} | {_pct(pe['50'])} | "
             f"{_pct(pe['1'])} | "
             f"{_pct(r['max_kld_rel_error'])} | {r['top1_exact']} | {r['delta_p_exact']} | "
@@ -308,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=list(KS))
     ap.add_argument("--float16-ks", type=lambda s: [int(x) for x in s.split(",")], help="K for float16 (default --ks)")
+    ap.add_argument(
+        "--tail-samples",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[0],
+        help="comma-separated S: sampled tail ids per position (0: one tail bucket; default 0)",
+    )
     ap.add_argument("--logprob-dtypes", default="float32,float16", help="comma-separated: float32, float16")
     ap.add_argument("--out-dir", default=os.environ.get("PPLGATE_BENCH_OUT"), help="default: $PPLGATE_BENCH_OUT")
     ap.add_argument("--work-dir", help="where the reference files are written (default: the system temp dir)")

@@ -65,7 +65,7 @@ def test_compare_against_the_file_gives_compare_s_fields_and_exact_numbers(
     rc, out, err = _run(argv, capsys)
     assert rc == 0, err
     assert len(loads) == 1 and str(b) in loads[0].describe()  # only the compared model is prepared, never the reference
-    assert "top-16 + tail" in out and "mean_kld=" in out
+    assert "top-16 + one tail bucket, a lower bound" in out and "mean_kld=" in out
     exact, got = json.loads(exact_json.read_text()), json.loads(file_json.read_text())
     assert set(got) == set(exact)  # the same JSON fields
     for key in ("top1_agreement", "mean_delta_p", "rms_delta_p", "ppl_reference", "ppl_model", "ln_ppl_ratio",
@@ -123,3 +123,27 @@ def test_save_refuses_bad_k_and_unwritable_places_before_any_work(model_dirs, tm
     assert "--top-k must be >= 1" in line
     line = _error(*_run([*base, "--out", str(tmp_path / "missing" / "r.st")], capsys))
     assert "--out" in line and "mkdir -p" in line
+
+
+def test_a_sampled_tail_recovers_what_one_bucket_misses(saved, model_dirs, wikitext_dir, tmp_path, capsys) -> None:
+    a, b = model_dirs
+    sampled = tmp_path / "sampled.safetensors"
+    data = ["--dataset", str(wikitext_dir), *COMMON, "--max-windows", "3"]
+    argv = ["reference", "save", "--model", str(a), *data, "--top-k", "16", "--tail-samples", "16"]
+    assert main([*argv, "--out", str(sampled)]) == 0
+    results = {}
+    for name, ref in (("bucket", saved), ("sampled", sampled)):
+        out_json = tmp_path / f"{name}.json"
+        rc, out, err = _run(
+            ["compare", "--reference-file", str(ref), "--model", str(b), *data, "--json", str(out_json)], capsys
+        )
+        assert rc == 0, err
+        results[name] = json.loads(out_json.read_text())
+    rc, _, err = _run(
+        ["compare", "--reference", str(a), "--model", str(b), *data, "--json", str(tmp_path / "x.json")], capsys
+    )
+    assert rc == 0, err
+    exact = json.loads((tmp_path / "x.json").read_text())["mean_kld"]
+    assert results["bucket"]["mean_kld"] < 0.1 * exact  # near-uniform over 50k ids: the top 16 hold little
+    assert results["sampled"]["mean_kld"] == pytest.approx(exact, rel=0.2)
+    assert "sampled tail (S=16), an unbiased estimate" in results["sampled"]["extra"]["reference_file"]["kld"]

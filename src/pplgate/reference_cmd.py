@@ -19,7 +19,7 @@ from pplgate.errors import OutputError, ProtocolError
 from pplgate.models.registry import make_variant
 from pplgate.models.source import DEFAULT_MODEL, DEVICE_NAMES, DTYPE_CHOICES, resolve_dtype, resolve_source
 from pplgate.protocol.reference_file import LOGPROB_DTYPES, StoredReference
-from pplgate.protocol.stored_compare import DEFAULT_TOP_K, compare_to_reference, save_reference
+from pplgate.protocol.stored_compare import DEFAULT_TAIL_SAMPLES, DEFAULT_TOP_K, compare_to_reference, save_reference
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,14 @@ def add_parser(sub: argparse._SubParsersAction, data_args: Callable[[argparse.Ar
         default="float32",
         choices=list(LOGPROB_DTYPES),
         help="dtype of the stored top-K log-probs (default float32; float16: 1/3 smaller files)",
+    )
+    sv.add_argument(
+        "--tail-samples",
+        type=int,
+        default=DEFAULT_TAIL_SAMPLES,
+        metavar="S",
+        help=f"ids sampled per position from the reference's tail (default {DEFAULT_TAIL_SAMPLES}): an unbiased "
+        "KLD; 0: one tail bucket, a lower bound (docs/KLD.md)",
     )
     sv.add_argument("--out", required=True, metavar="FILE", help="the reference file to write (.safetensors)")
     sv.add_argument("--no-progress", action="store_true", help="no progress on stderr")
@@ -101,6 +109,7 @@ def cmd_reference(args: argparse.Namespace, helpers: Helpers) -> int:
         batch_size=args.batch_size,
         max_windows=args.max_windows,
         logprob_dtype=args.logprob_dtype,
+        tail_samples=args.tail_samples,
         identity=identity,
         progress=not args.no_progress,
         label=f"{src.short_name()} {kind} top-{args.top_k}",
@@ -160,10 +169,8 @@ def cmd_compare_file(args: argparse.Namespace, helpers: Helpers) -> int:
         prepare_info={k: v for k, v in prepared.info.items() if isinstance(v, (str, int, float, bool))},
     )
     print(result.summary())
-    print(
-        f"reference: {args.reference_file} (top-{stored.top_k} + tail, {stored.meta.get('logprob_dtype')}; the KLD "
-        "is an estimate <= the exact one, top-1, Δp and both PPLs are exact)"
-    )
+    kind_of = result.extra["reference_file"]["kld"]
+    print(f"reference: {args.reference_file} (KLD: {kind_of}; top-1, Δp and both PPLs exact)")
     if args.json_out:
         try:
             result.to_json(args.json_out)

@@ -257,3 +257,35 @@ def test_the_metadata_describes_the_protocol_and_the_reference(pair, tmp_path) -
     assert meta["dtype_reference"] == "float32" and meta["reference"] == "tiny"
     assert meta["content_sha256"] == info["content_sha256"] and len(info["content_sha256"]) == 64
     assert meta["ids_dtype"] == "uint8" and meta["logprob_dtype"] == "float32"
+
+
+def test_a_sampled_tail_is_an_unbiased_estimate_where_one_bucket_is_far_below(pair, exact, tmp_path) -> None:
+    _save(pair, tmp_path / "bucket.st", 4)
+    _save(pair, tmp_path / "sampled.st", 4, tail_samples=64)
+    bucket, sampled = _compare(pair, tmp_path / "bucket.st"), _compare(pair, tmp_path / "sampled.st")
+    assert bucket.mean_kld < 0.5 * exact.mean_kld  # top-4 of 101 ids: the bucket misses most of the divergence
+    assert sampled.mean_kld == pytest.approx(exact.mean_kld, rel=0.08)  # 141 positions of sampling noise
+    for name in EXACT_FIELDS:  # the samples change nothing exact
+        assert getattr(sampled, name) == getattr(exact, name), name
+    assert (
+        sampled.extra["reference_file"]["tail_samples"] == 64 and "unbiased" in sampled.extra["reference_file"]["kld"]
+    )
+    stored = StoredReference(tmp_path / "sampled.st")
+    first = next(stored.windows(0, 1))
+    assert first["tail_ids"].shape == (SEQLEN - 1, 64) and first["tail_logprobs"].dtype == torch.float32
+    top = first["ids"]
+    assert not any(set(t.tolist()) & set(s.tolist()) for t, s in zip(top, first["tail_ids"], strict=True))  # tail only
+    again = tmp_path / "again.st"
+    _save(pair, again, 4, tail_samples=64)  # seeded: the same file
+    assert StoredReference(again).meta["content_sha256"] == stored.meta["content_sha256"]
+
+
+def test_samples_at_k_equal_to_the_vocabulary_weigh_nothing(pair, exact, tmp_path) -> None:
+    _save(pair, tmp_path / "full.st", VOCAB, tail_samples=4)
+    got = _compare(pair, tmp_path / "full.st")
+    assert got.mean_kld == pytest.approx(exact.mean_kld, rel=1e-5)
+
+
+def test_a_negative_sample_count_is_an_error(pair, tmp_path) -> None:
+    with pytest.raises(ProtocolError, match="--tail-samples -1"):
+        _save(pair, tmp_path / "neg.st", 4, tail_samples=-1)

@@ -9,6 +9,9 @@
   comparison pass, ties included);
 - ``w{i}.logprobs`` ``[L-1, K]`` fp16 or fp32: ``log p`` of those ids;
 - ``w{i}.tail`` ``[L-1]`` fp32: the tail mass ``1 - Σ_K p``, summed over the other ids (not by subtraction);
+- with ``tail_samples`` S > 0, ``w{i}.tail_ids`` ``[L-1, S]`` and ``w{i}.tail_logprobs`` ``[L-1, S]``: S ids drawn
+  (with replacement) from the reference's distribution restricted to the ids outside the top K, and their log p
+  (what an unbiased estimate of the tail's divergence needs: :mod:`.stored_compare`);
 - ``window_nlls`` ``[n]`` fp64: the reference's per-window mean NLLs as the comparison pass sums them
   (``ppl_reference`` is the in-memory pass's, bit for bit on CPU).
 
@@ -50,6 +53,7 @@ _ST_DTYPES = {
     torch.float64: "F64",
 }
 _FIELDS = ("nll", "ids", "logprobs", "tail")
+_SAMPLE_FIELDS = ("tail_ids", "tail_logprobs")
 LOGPROB_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 # the fingerprint a comparison must match, with the words an error uses
 FINGERPRINT = {
@@ -84,13 +88,18 @@ def _bytes(t: torch.Tensor) -> bytes:
 
 class ReferenceWriter:
     """Writes a stored reference window by window: ``add(nll, ids, logprobs, tail)`` per window, then
-    ``close(window_nlls)``. ``meta`` must hold the fingerprint keys, ``top_k`` and ``vocab_size``."""
+    ``close(window_nlls)``. ``meta`` must hold the fingerprint keys, ``top_k`` and ``vocab_size`` (and
+    ``tail_samples`` S when the windows carry S sampled tail ids: ``add(..., tail_ids=, tail_logprobs=)``)."""
 
     def __init__(self, path: str | Path, meta: Mapping[str, Any], *, logprob_dtype: str = "float32") -> None:
         if logprob_dtype not in LOGPROB_DTYPES:
             raise ProtocolError(f"logprob dtype {logprob_dtype!r}: choose one of {', '.join(LOGPROB_DTYPES)}")
         self.path = Path(path)
         self.n, self.rows, self.k = int(meta["n_windows"]), int(meta["seqlen"]) - 1, int(meta["top_k"])
+        self.s = int(meta.get("tail_samples", 0))
+        if self.s < 0:
+            raise ProtocolError(f"--tail-samples {self.s}: the number of sampled tail ids is >= 0")
+        self.fields = _FIELDS + (_SAMPLE_FIELDS if self.s else ())
         vocab = int(meta["vocab_size"])
         if not 1 <= self.k <= vocab:
             raise ProtocolError(f"--top-k {self.k}: K must be between 1 and the vocabulary size ({vocab})")
@@ -99,16 +108,19 @@ class ReferenceWriter:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             **{k: str(v) for k, v in meta.items()},
+            "tail_samples": str(self.s),
             "ids_dtype": str(self.id_dtype).removeprefix("torch."),
             "logprob_dtype": logprob_dtype,
             _HASH_KEY: _BLANK,
         }
         shapes = {"nll": [self.rows], "ids": [self.rows, self.k], "logprobs": [self.rows, self.k], "tail": [self.rows]}
+        shapes.update(tail_ids=[self.rows, self.s], tail_logprobs=[self.rows, self.s])
         dtypes = {"nll": torch.float32, "ids": self.id_dtype, "logprobs": self.lp_dtype, "tail": torch.float32}
+        dtypes.update(tail_ids=self.id_dtype, tail_logprobs=self.lp_dtype)
         entries: dict[str, Any] = {}
         offset = 0
         for i in range(self.n):
-            for f in _FIELDS:
+            for f in self.fields:
                 size = _numel(shapes[f]) * dtypes[f].itemsize
                 entries[f"w{i:06d}.{f}"] = {"dtype": _ST_DTYPES[dtypes[f]], "shape": shapes[f]}
                 entries[f"w{i:06d}.{f}"]["data_offsets"] = [offset, offset + size]
@@ -121,12 +133,12 @@ class ReferenceWriter:
         self._fh.write(_header_bytes(self.meta, entries))
         self._written = 0
 
-    def add(self, nll: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor, tail: torch.Tensor) -> None:
-        """One window's rows (in window order)."""
+    def add(self, nll: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor, tail: torch.Tensor, **samples) -> None:
+        """One window's rows (in window order); ``tail_ids``, ``tail_logprobs`` when the file has tail samples."""
         if self._written >= self.n:
             raise ProtocolError(f"the reference file was declared with {self.n} windows; got more")
-        values = {"nll": nll, "ids": ids, "logprobs": logprobs, "tail": tail}
-        for f in _FIELDS:
+        values = {"nll": nll, "ids": ids, "logprobs": logprobs, "tail": tail, **samples}
+        for f in self.fields:
             t = values[f]
             if list(t.shape) != self.shapes[f]:
                 raise ProtocolError(f"window {self._written}: {f} has shape {list(t.shape)}, not {self.shapes[f]}")
@@ -210,7 +222,7 @@ class StoredReference:
             int(meta["top_k"]),
             int(meta["vocab_size"]),
         )
-        self.seqlen = int(meta["seqlen"])
+        self.seqlen, self.tail_samples = int(meta["seqlen"]), int(meta.get("tail_samples", "0"))
         with safe_open(self.path, framework="pt") as f:
             self.window_nlls: list[float] = f.get_tensor("window_nlls").tolist()
 
@@ -261,10 +273,16 @@ class StoredReference:
 
     def windows(self, start: int, stop: int, device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
         """Windows ``start..stop-1``, one dict per window: ``nll``, ``ids`` (int64), ``logprobs``, ``tail``
-        (fp32), on ``device``. Only that window's bytes are read."""
+        (fp32; and ``tail_ids``, ``tail_logprobs`` when the file has tail samples), on ``device``. Only that
+        window's bytes are read."""
         with safe_open(self.path, framework="pt") as f:
             for i in range(start, stop):
-                out = {k: f.get_tensor(f"w{i:06d}.{k}") for k in _FIELDS}
-                out["ids"] = out["ids"].to(torch.int64)
-                out["logprobs"] = out["logprobs"].float()
+                fields = _FIELDS + (_SAMPLE_FIELDS if self.tail_samples else ())
+                out = {k: f.get_tensor(f"w{i:06d}.{k}") for k in fields}
+                for k in ("ids", "tail_ids"):
+                    if k in out:
+                        out[k] = out[k].to(torch.int64)
+                for k in ("logprobs", "tail_logprobs"):
+                    if k in out:
+                        out[k] = out[k].float()
                 yield {k: v.to(device) for k, v in out.items()}

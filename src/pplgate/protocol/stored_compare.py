@@ -12,6 +12,12 @@ the K ids (a log-sum-exp over them, not 1 - Σ). Merging the tail ids into one b
 divergence (the log-sum inequality), so the estimate is <= the exact KLD up to the rounding of the
 stored log-probs; its error for each K is measured (bench/reference_topk.py, docs/KLD.md).
 
+**Sampled tail** (a file written with ``tail_samples`` S > 0): the file also holds, per position, S ids drawn
+with replacement from the reference's distribution restricted to the tail (``p / P_tail`` outside the K ids)
+and their log p; the tail term is then ``P_tail · mean_s(log p(v_s) - log q(v_s))``, an unbiased estimate of
+``Σ_tail p (log p - log q)`` (no longer a lower bound; the per-position value is clamped at 0 like the exact
+one). Its noise per position is ~``P_tail · sd / sqrt(S)`` and averages out over the windows' positions.
+
 **Memory** of the comparison: the model's weights and one PPL pass (one body's activations, its kept hidden
 states, one chunk of ``c`` rows: logits and fp32 log q), plus one batch of windows of the file
 (``b·(L-1)·(K·(i+l) + 8)`` bytes; ``i``, ``l`` the id and log-prob sizes) and ``8·c·K`` for the gathered
@@ -42,6 +48,7 @@ from pplgate.protocol.tokens import TokenizedText
 from pplgate.protocol.windows import running_perplexity, tail_tokens
 
 DEFAULT_TOP_K = 256  # measured: bench/reference_topk.py, docs/KLD.md (the error table)
+DEFAULT_TAIL_SAMPLES = 0
 
 
 def _dtype(model) -> str:
@@ -73,12 +80,16 @@ def save_reference(
     max_windows: int | None = None,
     chunk_tokens: int | None = None,
     logprob_dtype: str = "float32",
+    tail_samples: int = 0,
+    seed: int = 0,
     identity: Mapping[str, Any] | None = None,
     progress: bool = True,
     label: str = "reference",
 ) -> dict[str, Any]:
-    """Score ``model`` (the reference) on the canonical windows and write its top-``top_k`` file to ``path``.
-    ``identity`` (model, variant, ...) goes into the metadata. Returns what was written and the time it took."""
+    """Score ``model`` (the reference) on the canonical windows and write its top-``top_k`` file to ``path``
+    (with ``tail_samples`` S > 0 also S sampled tail ids per position, drawn from a generator seeded with
+    ``seed``). ``identity`` (model, variant, ...) goes into the metadata. Returns what was written and the time
+    it took."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     windows, n_total = scoring_windows([model], tokens, seqlen, max_windows)
@@ -93,6 +104,8 @@ def save_reference(
         "n_tokens": tokens.n_tokens,
         "vocab_size": vocab,
         "top_k": top_k,
+        "tail_samples": tail_samples,
+        "tail_seed": seed,
         "dtype_reference": _dtype(model),
         "batch_size": batch_size,
         "device": str(device),
@@ -102,6 +115,7 @@ def save_reference(
     chunk = chunk_tokens or compare_chunk_tokens(vocab)
     per_window = split_head(model) is None
     clock = ForwardClock(1, device)
+    gen = torch.Generator(device=device).manual_seed(seed) if tail_samples else None
     bar = Progress(n, label) if progress else None
     nlls: list[float] = []
     _sync(device)
@@ -112,18 +126,18 @@ def save_reference(
             b = batch.shape[0]
             try:
                 fwd = _Forward(model, batch, clock, 0)
-                out = _top_k_batch(fwd, batch, chunk, per_window, top_k)
+                out = _top_k_batch(fwd, batch, chunk, per_window, top_k, tail_samples, gen)
             except (MemoryError, RuntimeError) as exc:
                 if "out of memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
                     raise
                 raise _oom(exc, f"scoring windows {start}..{start + b - 1}", device) from exc
-            ref_sum, nll, ids, lps, tail = out
+            ref_sum, nll, ids, lps, tail, samples = out
             values = (ref_sum / rows).tolist()
             if not all(v == v and abs(v) != float("inf") for v in values):
                 raise ProtocolError(f"the reference has non-finite logits in windows {start}..{start + b - 1}")
             for w in range(b):
                 sl = slice(w * rows, (w + 1) * rows)
-                writer.add(nll[sl], ids[sl], lps[sl], tail[sl])
+                writer.add(nll[sl], ids[sl], lps[sl], tail[sl], **{k: v[sl] for k, v in samples.items()})
             clock.settle(b * length)
             nlls.extend(values)
             if bar is not None:
@@ -162,9 +176,12 @@ def fingerprint(tokens: TokenizedText, dataset: CanonicalText, windows: torch.Te
     }
 
 
-def _top_k_batch(fwd: _Forward, batch: torch.Tensor, chunk: int, per_window: bool, k: int) -> tuple:
+def _top_k_batch(
+    fwd: _Forward, batch: torch.Tensor, chunk: int, per_window: bool, k: int, s: int, gen: torch.Generator | None
+) -> tuple:
     """One batch of the reference: per-window NLL sums (fp64, the in-memory pass's order) and per row the
-    fp32 NLL, the top-k ids (argmax first), their log p and the tail mass."""
+    fp32 NLL, the top-k ids (argmax first), their log p, the tail mass and (``s`` > 0) ``s`` sampled tail ids
+    with their log p."""
     b, length = batch.shape
     dev = batch.device
     labels = batch[:, 1:].reshape(-1)
@@ -175,6 +192,8 @@ def _top_k_batch(fwd: _Forward, batch: torch.Tensor, chunk: int, per_window: boo
     ids = torch.empty(n_rows, k, dtype=torch.int64, device=dev)
     lps = torch.empty(n_rows, k, dtype=torch.float32, device=dev)
     tail = torch.empty(n_rows, dtype=torch.float32, device=dev)
+    s_ids = torch.empty(n_rows, s, dtype=torch.int64, device=dev)
+    s_lps = torch.empty(n_rows, s, dtype=torch.float32, device=dev)
     for lo, hi in _chunks(b, length, chunk, per_window):
         logits = fwd.rows(lo, hi).to(dev)
         top = logits.argmax(dim=-1, keepdim=True)  # the in-memory pass's top-1, ties included
@@ -191,9 +210,18 @@ def _top_k_batch(fwd: _Forward, batch: torch.Tensor, chunk: int, per_window: boo
         else:
             ids[lo:hi], lps[lo:hi] = top, top_lp
         logp.scatter_(1, ids[lo:hi], -torch.inf)
-        tail[lo:hi] = torch.logsumexp(logp, dim=-1).exp()  # the other ids' mass, summed (not 1 - Σ_K p)
+        log_tail = torch.logsumexp(logp, dim=-1)
+        tail[lo:hi] = log_tail.exp()  # the other ids' mass, summed (not 1 - Σ_K p)
+        if s:
+            empty = ~torch.isfinite(log_tail)  # K = vocabulary (or an underflow): no tail to sample, weight 0
+            probs = (logp - torch.where(empty, 0.0, log_tail)[:, None]).exp_()
+            probs[empty, 0] = 1.0
+            drawn = torch.multinomial(probs, s, replacement=True, generator=gen)
+            del probs
+            s_ids[lo:hi], s_lps[lo:hi] = drawn, logp.gather(1, drawn)
         del logp
-    return ref_sum, nll.cpu(), ids.cpu(), lps.cpu(), tail.cpu()
+    samples = {"tail_ids": s_ids.cpu(), "tail_logprobs": s_lps.cpu()} if s else {}
+    return ref_sum, nll.cpu(), ids.cpu(), lps.cpu(), tail.cpu(), samples
 
 
 @torch.inference_mode()
@@ -300,7 +328,10 @@ def compare_to_reference(
             "content_sha256": stored.meta.get("content_sha256"),
             "top_k": stored.top_k,
             "logprob_dtype": stored.meta.get("logprob_dtype"),
-            "kld": f"top-{stored.top_k} + tail estimate (<= exact KLD up to rounding)",
+            "tail_samples": stored.tail_samples,
+            "kld": f"top-{stored.top_k} + sampled tail (S={stored.tail_samples}), an unbiased estimate"
+            if stored.tail_samples
+            else f"top-{stored.top_k} + one tail bucket, a lower bound (<= the exact KLD up to rounding)",
         }
     }
     return dataclasses.replace(res, extra=extra)
@@ -328,10 +359,16 @@ def _compare_stored_batch(
         torch.sub(logq_y.exp(), (-ref["nll"][lo:hi]).exp(), out=out[2, lo:hi])
         logq_k = logq.gather(1, ids)
         kl = (lp.exp() * (lp - logq_k)).sum(dim=-1)
-        logq.scatter_(1, ids, -torch.inf)
-        logq_tail = torch.logsumexp(logq, dim=-1)
-        del logq
-        tail_term = torch.where(p_tail > 0, p_tail * (p_tail.log() - logq_tail), torch.zeros_like(p_tail))
+        if "tail_ids" in ref:  # the sampled tail: P_tail · mean_s(log p - log q), unbiased
+            s_lp = ref["tail_logprobs"][lo:hi]
+            diff = (s_lp - logq.gather(1, ref["tail_ids"][lo:hi])).mean(dim=-1)
+            del logq
+            tail_term = torch.where(p_tail > 0, p_tail * diff, torch.zeros_like(p_tail))
+        else:  # one bucket: P_tail · log(P_tail / Q_tail), a lower bound
+            logq.scatter_(1, ids, -torch.inf)
+            logq_tail = torch.logsumexp(logq, dim=-1)
+            del logq
+            tail_term = torch.where(p_tail > 0, p_tail * (p_tail.log() - logq_tail), torch.zeros_like(p_tail))
         torch.clamp(kl + tail_term, min=0.0, out=out[0, lo:hi])
     kld, top1, dp = (v.view(b, length - 1).double() for v in out)
     sums = torch.stack((kld.sum(1), (kld * kld).sum(1), top1.sum(1), dp.sum(1), (dp * dp).sum(1), nll_sum))
