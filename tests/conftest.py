@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -167,3 +168,20 @@ def tiny_dir(tmp_path_factory) -> Path:
     from support import save_tiny_llama
 
     return save_tiny_llama(tmp_path_factory.mktemp("m") / "tiny")
+
+
+# -- in-process pytester sessions and pyarrow ---------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _datasets_imported_outside_pytester(request: pytest.FixtureRequest) -> None:
+    """Import ``datasets`` in this process before any in-process pytester session can: a session that imports
+    it first drops it from ``sys.modules`` when it ends (pytester's module snapshot), and the next import
+    registers pyarrow's extension types again ("ArrowKeyError: ... already defined")."""
+    if "pytester" in request.fixturenames:
+        _import_datasets()
+
+
+def _import_datasets() -> None:
+    import importlib.util
+
+    if "datasets" not in sys.modules and importlib.util.find_spec("datasets") is not None:
+        import datasets  # noqa: F401
