@@ -37,7 +37,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 def saved(model_dirs, wikitext_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference-file") / "a.safetensors"
     argv = ["reference", "save", "--model", str(model_dirs[0]), "--dataset", str(wikitext_dir), *COMMON]
-    assert main([*argv, "--max-windows", "3", "--top-k", "16", "--out", str(out)]) == 0
+    assert main([*argv, "--max-windows", "3", "--top-k", "16", "--tail-samples", "0", "--out", str(out)]) == 0
     return out
 
 
@@ -82,6 +82,7 @@ def test_show_checks_the_file_and_prints_its_fingerprint(saved, capsys) -> None:
     rc, out, err = _run(["reference", "show", str(saved)], capsys)
     assert rc == 0, err
     assert "intact (content sha256" in out and "top_k: 16" in out and "n_windows: 3" in out and "seqlen: 64" in out
+    assert "tail_samples: 0" in out
 
 
 def test_another_seqlen_or_window_count_is_an_error_never_a_number(saved, model_dirs, wikitext_dir, capsys) -> None:

@@ -51,6 +51,8 @@ def pair():
 
 
 def _save(pair, path, k, **kw):
+    """One tail bucket unless ``tail_samples`` is given."""
+    kw.setdefault("tail_samples", 0)
     ref, _, tokens, ds = pair
     return save_reference(ref, tokens, ds, path, top_k=k, seqlen=SEQLEN, batch_size=2, progress=False, **kw)
 
@@ -106,7 +108,7 @@ def test_top1_is_the_argmax_of_the_logits_when_they_tie(tmp_path) -> None:
     ref = LogitFnLM(lambda ids: torch.zeros(*ids.shape, VOCAB), max_pos=SEQLEN, vocab_size=VOCAB)
     tokens, ds = synthetic_tokens(random_ids(2 * SEQLEN, VOCAB)), synthetic_dataset()
     model = tiny_llama(vocab=VOCAB, seed=4, max_pos=SEQLEN)
-    save_reference(ref, tokens, ds, tmp_path / "u.st", top_k=4, seqlen=SEQLEN, progress=False)
+    save_reference(ref, tokens, ds, tmp_path / "u.st", top_k=4, seqlen=SEQLEN, progress=False, tail_samples=0)
     stored = StoredReference(tmp_path / "u.st")
     first = next(stored.windows(0, 1))
     assert (first["ids"][:, 0] == 0).all()
