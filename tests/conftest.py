@@ -37,11 +37,21 @@ def pytest_configure(config: pytest.Config) -> None:
 # -- tiers: plain `pytest` runs the fast tier; PPLGATE_TIER=full (set by .ci/run) runs everything ----------
 TIER_ENV = "PPLGATE_TIER"
 # what only the full tier runs, besides the `slow` tests (the real SmolLM2 model, the examples): the CPU gate
-# tier (real quantizers on SmolLM2), the package path, and the plugin tests that run many pytest sessions or
-# start xdist workers (tens of seconds each on 2 cores)
+# tier (real quantizers on SmolLM2), the package path, the quantizer tier (the tests that run AutoAWQ,
+# llm-compressor, bitsandbytes, torchao or HQQ, the architecture conformance matrix among them) and the
+# plugin tests that run many pytest sessions or start xdist workers (tens of seconds each on 2 cores)
 FULL_TIER_PATHS = (
     "baselines/",
     "tests/test_init.py::test_init_end_to_end",
+    "tests/models/test_architectures.py",
+    "tests/models/test_awq.py",
+    "tests/models/test_awq_scale_search.py",
+    "tests/models/test_llmc.py",
+    "tests/models/test_hf_quantizer.py",
+    "tests/models/test_cache_base_check.py",
+    "tests/models/test_group_sizes.py",
+    "tests/models/test_compat.py",
+    "tests/protocol/test_progress.py",
     "tests/pytest_plugin/test_gate_kld.py",
     "tests/pytest_plugin/test_shard.py",
     "tests/pytest_plugin/test_free_models.py",
