@@ -61,8 +61,33 @@ def check_report_dir(path: str, *, option: str = "--pplgate-report") -> None:
         raise pytest.UsageError(f"{option} {path}: cannot be created, {parent} is not writable")
 
 
+def check_config_found(config: pytest.Config) -> None:
+    """Refuse ``--pplgate-x VALUE`` (two words) when it made pytest miss the project's configuration.
+
+    pytest finds its rootdir and ini file before plugins are loaded, so it reads the VALUE of a plugin option as a
+    test path: a value outside the project (an absolute cache dir, say) moves the search there, the project's
+    pytest.ini (testpaths, markers, pythonpath) is silently ignored and everything under the current directory is
+    collected. ``--pplgate-x=VALUE`` is one word and never read as a path.
+    """
+    if config.inipath is not None:
+        return
+    here = config.invocation_params.dir
+    marks = {"pytest.ini": "", ".pytest.ini": "", "pyproject.toml": "[tool.pytest", "tox.ini": "[pytest]",
+             "setup.cfg": "[tool:pytest]"}  # fmt: skip
+    if not any((here / n).is_file() and m in (here / n).read_text(errors="replace") for n, m in marks.items()):
+        return
+    args = list(config.invocation_params.args)
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag.startswith(("--pplgate-", "--baselines-dir")) and "=" not in flag and not value.startswith("-"):
+            raise pytest.UsageError(
+                f"'{flag} {value}': pytest read {value} as a test path while looking for its configuration, and "
+                f"so ignored the one in {here}; write it as one word, {flag}={value}"
+            )
+
+
 def validate(config: pytest.Config) -> None:
     """Reject impossible option values before any test runs."""
+    check_config_found(config)
     k = config.getoption("--pplgate-max-windows")
     if k is not None and k < 1:
         raise pytest.UsageError(f"--pplgate-max-windows must be >= 1 (the number of windows to score), got {k}")
