@@ -84,9 +84,40 @@ def evaluate_comparisons(
     wall = time.perf_counter() - t0
     peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) if cuda else None
     ppl_ref = _ppl(ref_nlls, f"the reference ({reference_label})")
-    common = dict(
+    common = common_fields(
+        tokens, dataset, n, n_total, seqlen, batch_size, device, wall, peak, _dtype(reference),
+        clock.seconds[0], clock.steady_tokens_per_s(0),
+    )  # fmt: skip
+    return [
+        _result(st, ref_nlls, ppl_ref, _ppl(st.nlls, f"the model ({label})"), _dtype(m), common, len(models), clock, i)
+        for i, (st, m, label) in enumerate(zip(stats, models, labels, strict=True), start=1)
+    ]
+
+
+def evaluate_comparison(reference, model, tokens: TokenizedText, dataset: CanonicalText, **kw) -> ComparisonResult:
+    """:func:`evaluate_comparisons` for one model (``label=`` names it)."""
+    label = kw.pop("label", "model")
+    return evaluate_comparisons(reference, [model], tokens, dataset, labels=[label], **kw)[0]
+
+
+def common_fields(
+    tokens: TokenizedText,
+    dataset: CanonicalText,
+    n: int,
+    n_total: int,
+    seqlen: int,
+    batch_size: int,
+    device,
+    wall: float,
+    peak: int | None,
+    dtype_reference: str,
+    ref_seconds: float,
+    ref_tokens_per_s: float,
+) -> dict:
+    """The :class:`ComparisonResult` fields every model of one comparison pass shares (in memory or stored)."""
+    return dict(
         n_positions=n * (seqlen - 1),
-        dtype_reference=_dtype(reference),
+        dtype_reference=dtype_reference,
         n_tokens=tokens.n_tokens,
         n_windows=n,
         n_windows_total=n_total,
@@ -104,19 +135,9 @@ def evaluate_comparisons(
         wall_time_s=wall,
         tokens_per_s=n * seqlen / wall if wall > 0 else float("inf"),
         peak_memory_bytes=peak,
-        forward_time_s_reference=clock.seconds[0],
-        forward_tokens_per_s_reference=clock.steady_tokens_per_s(0),
-    )
-    return [
-        _result(st, ref_nlls, ppl_ref, _ppl(st.nlls, f"the model ({label})"), _dtype(m), common, len(models), clock, i)
-        for i, (st, m, label) in enumerate(zip(stats, models, labels, strict=True), start=1)
-    ]
-
-
-def evaluate_comparison(reference, model, tokens: TokenizedText, dataset: CanonicalText, **kw) -> ComparisonResult:
-    """:func:`evaluate_comparisons` for one model (``label=`` names it)."""
-    label = kw.pop("label", "model")
-    return evaluate_comparisons(reference, [model], tokens, dataset, labels=[label], **kw)[0]
+        forward_time_s_reference=ref_seconds,
+        forward_tokens_per_s_reference=ref_tokens_per_s,
+    )  # fmt: skip
 
 
 def _ppl(nlls: list[float], who: str) -> float:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from pplgate.errors import ProtocolError
-from pplgate.protocol.compare import _KldProgress, _ppl, _result
+from pplgate.protocol.compare import _KldProgress, _ppl, _result, common_fields
 from pplgate.protocol.compare_result import ComparisonResult
 from pplgate.protocol.dataset import CanonicalText
 from pplgate.protocol.divergence import ForwardClock, WindowStats, _chunks, _Forward, compare_chunk_tokens, logit_dim
@@ -45,7 +45,7 @@ from pplgate.protocol.kld_stats import KldSketch, mean
 from pplgate.protocol.progress import Progress
 from pplgate.protocol.reference_file import ReferenceWriter, StoredReference, windows_sha256
 from pplgate.protocol.tokens import TokenizedText
-from pplgate.protocol.windows import running_perplexity, tail_tokens
+from pplgate.protocol.windows import running_perplexity
 
 # measured (bench/reference_topk.py, docs/KLD.md): top-64 + 32 sampled tail ids put SmolLM2's mean KLD within 0.1%
 # of the exact one; one tail bucket (tail_samples=0) is 19% low at K=64, 10% at K=256, 4% at K=1024
@@ -300,29 +300,10 @@ def compare_to_reference(
     wall = time.perf_counter() - t0
     peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) if cuda else None
     ref_nlls = list(stored.window_nlls)
-    common = dict(
-        n_positions=n * rows,
-        dtype_reference=stored.meta.get("dtype_reference", "?"),
-        n_tokens=tokens.n_tokens,
-        n_windows=n,
-        n_windows_total=n_total,
-        tail_tokens=tail_tokens(tokens.n_tokens, length),
-        seqlen=length,
-        batch_size=batch_size,
-        bos_added=tokens.bos_added,
-        tokenizer_name=tokens.tokenizer_name,
-        tokenizer_sha256=tokens.tokenizer_sha256,
-        device=str(device),
-        dataset_sha256=dataset.sha256,
-        dataset_source=dataset.source,
-        canonical=dataset.canonical,
-        partial=n < n_total,
-        wall_time_s=wall,
-        tokens_per_s=n * length / wall if wall > 0 else float("inf"),
-        peak_memory_bytes=peak,
-        forward_time_s_reference=0.0,
-        forward_tokens_per_s_reference=0.0,
-    )
+    common = common_fields(
+        tokens, dataset, n, n_total, length, batch_size, device, wall, peak,
+        stored.meta.get("dtype_reference", "?"), 0.0, 0.0,
+    )  # fmt: skip
     ppl_ref = _ppl(ref_nlls, "the stored reference")
     res = _result(st, ref_nlls, ppl_ref, _ppl(st.nlls, f"the model ({label})"), _dtype(model), common, 1, clock, 1)
     extra = {
