@@ -223,11 +223,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if result.extra["prepare_info"].get("coverage"):
         print(f"coverage: {result.extra['prepare_info']['coverage']}")
     if args.json_out:
-        try:
-            result.to_json(args.json_out)
-        except OSError as exc:
-            raise OutputError(f"--json {args.json_out}: cannot write the result ({exc}); it is printed above") from exc
-        print(f"wrote {args.json_out}")
+        write_json(result, args.json_out)
     return 0
 
 
@@ -265,7 +261,7 @@ def check_output_file(path: str, option: str) -> None:
 
 
 def _helpers() -> reference_cmd.Helpers:
-    return reference_cmd.Helpers(parse_variant_spec, _check_eval_args, _measurer, check_output_file)
+    return reference_cmd.Helpers(parse_variant_spec, _check_eval_args, _measurer, check_output_file, write_json)
 
 
 def _measurer(args: argparse.Namespace, *, progress: bool = False) -> Measurer:
@@ -300,12 +296,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result.extra["dataset_found_by"] = measurer.text().found_by
     print(result.summary())
     if args.json_out:
-        try:
-            result.to_json(args.json_out)
-        except OSError as exc:  # checked before the run; the place changed since
-            raise OutputError(f"--json {args.json_out}: cannot write the result ({exc}); it is printed above") from exc
-        print(f"wrote {args.json_out}")
+        write_json(result, args.json_out)
     return 0
+
+
+def write_json(result, path: str) -> None:
+    """``--json PATH``: the result's JSON; a failure (the place was checked before the run and changed since)
+    names the path, the result being printed already."""
+    try:
+        result.to_json(path)
+    except OSError as exc:
+        raise OutputError(f"--json {path}: cannot write the result ({exc}); it is printed above") from exc
+    print(f"wrote {path}")
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pplgate.errors import OutputError, ProtocolError
+from pplgate.errors import ProtocolError
 from pplgate.models.registry import make_variant
 from pplgate.models.source import DEFAULT_MODEL, DEVICE_NAMES, DTYPE_CHOICES, resolve_dtype, resolve_source
 from pplgate.protocol.reference_file import LOGPROB_DTYPES, StoredReference
@@ -30,6 +30,7 @@ class Helpers:
     check_args: Callable[[argparse.Namespace], None]  # _check_eval_args (seqlen, batch size, windows, device, --json)
     measurer: Callable[..., Any]  # _measurer(args, progress=...)
     check_output: Callable[[str, str], None]  # check_output_file
+    write_json: Callable[[Any, str], None]  # write_json (--json)
 
 
 def add_parser(sub: argparse._SubParsersAction, data_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -172,9 +173,5 @@ def cmd_compare_file(args: argparse.Namespace, helpers: Helpers) -> int:
     kind_of = result.extra["reference_file"]["kld"]
     print(f"reference: {args.reference_file} (KLD: {kind_of}; top-1, Δp and both PPLs exact)")
     if args.json_out:
-        try:
-            result.to_json(args.json_out)
-        except OSError as exc:
-            raise OutputError(f"--json {args.json_out}: cannot write the result ({exc}); it is printed above") from exc
-        print(f"wrote {args.json_out}")
+        helpers.write_json(result, args.json_out)
     return 0
