@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -388,3 +389,19 @@ IMPROVED_TEXT = (
     "PERPLEXITY IMPROVEMENT outside tolerance (still a failure: re-record it, or let the rule bound only a worse "
     "number with `direction: worse`): measured"
 )
+
+
+def team_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, quant_source: str):
+    """A real, importable package ``name`` (``__init__.py`` and ``quant.py``) on sys.path, as an installed team
+    package would be; yields its folder and drops the modules the test imported from it (a later in-process
+    pytester session must not find a stale one)."""
+    pkg = tmp_path / "src" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "quant.py").write_text(quant_source)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        monkeypatch.delitem(sys.modules, mod)
+    yield pkg
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[mod]

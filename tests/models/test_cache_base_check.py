@@ -7,13 +7,12 @@ Real tiny models saved to disk and the user kind's real cache round trip. A hub 
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from support import save_tiny_llama
+from support import save_tiny_llama, team_package
 
 from pplgate.errors import CacheWarning
 from pplgate.models import quant_cache
@@ -38,14 +37,7 @@ PARAMS = {"entry": "teamb.quant:halve"}
 
 @pytest.fixture
 def team_pkg(tmp_path, monkeypatch):
-    pkg = tmp_path / "src" / "teamb"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "quant.py").write_text(QUANTIZER)
-    monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    for name in [m for m in sys.modules if m == "teamb" or m.startswith("teamb.")]:
-        monkeypatch.delitem(sys.modules, name)
-    return pkg
+    yield from team_package(tmp_path, monkeypatch, "teamb", QUANTIZER)
 
 
 @pytest.fixture(scope="module")

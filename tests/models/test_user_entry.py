@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from support import calibration_file
+from support import calibration_file, team_package
 
 from pplgate.errors import VariantError
 from pplgate.models.registry import known_kinds, make_variant
@@ -61,15 +60,7 @@ NOT_CALLABLE = 3
 
 @pytest.fixture
 def team_pkg(tmp_path, monkeypatch):
-    """A real, importable package ``teamq`` on sys.path (as an installed team package would be)."""
-    pkg = tmp_path / "src" / "teamq"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "quant.py").write_text(QUANTIZER)
-    monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    for name in [m for m in sys.modules if m == "teamq" or m.startswith("teamq.")]:
-        monkeypatch.delitem(sys.modules, name)
-    return pkg
+    yield from team_package(tmp_path, monkeypatch, "teamq", QUANTIZER)
 
 
 def _ctx(tiny_dir: Path, cache_dir: Path, mode: str = "use") -> ModelContext:

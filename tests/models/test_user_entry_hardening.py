@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from support import team_package
 
 from pplgate.errors import VariantError
 from pplgate.gate.param_paths import resolve_param_paths
@@ -35,17 +35,7 @@ def on_meta(model, tokenizer, calibration_texts):
 
 @pytest.fixture
 def team_pkg(tmp_path, monkeypatch):
-    """A real, importable package ``teamq`` on sys.path (as an installed team package would be)."""
-    pkg = tmp_path / "src" / "teamq"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "quant.py").write_text(QUANTIZER)
-    monkeypatch.syspath_prepend(str(tmp_path / "src"))
-    for name in [m for m in sys.modules if m == "teamq" or m.startswith("teamq.")]:
-        monkeypatch.delitem(sys.modules, name)
-    yield pkg
-    for name in [m for m in sys.modules if m == "teamq" or m.startswith("teamq.")]:
-        del sys.modules[name]  # imported by the test: not left for the next module's teamq
+    yield from team_package(tmp_path, monkeypatch, "teamq", QUANTIZER)
 
 
 def _ctx(model_dir: Path, cache_dir: Path, mode: str = "use") -> ModelContext:
