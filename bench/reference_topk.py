@@ -47,18 +47,9 @@ from pplgate.protocol.kld_stats import PERCENTS, percent_key
 from pplgate.protocol.reference_file import StoredReference
 from pplgate.protocol.stored_compare import compare_to_reference, save_reference
 from pplgate.protocol.tokens import TokenizedText
+from pplgate.provenance import cpu_model
 
 KS = (8, 16, 32, 64, 128, 256)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def versions() -> dict[str, str]:

@@ -405,3 +405,12 @@ def team_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, qua
     yield pkg
     for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
         del sys.modules[mod]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``pplgate ARGV`` in this process: its exit code, stdout and stderr."""
+    from pplgate.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err

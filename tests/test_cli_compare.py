@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from support import env_cleared, save_tiny_llama, tiny_llama
+from support import env_cleared, run_cli, save_tiny_llama, tiny_llama
 
-from pplgate.cli import main, parse_variant_spec
+from pplgate.cli import parse_variant_spec
 from pplgate.errors import VariantError
 from pplgate.locate import WIKITEXT_ENV
 
@@ -26,10 +26,7 @@ def model_dirs(tmp_path_factory, gpt2_tokenizer_dir) -> tuple[Path, Path]:
     return save_tiny_llama(root / "a", seed=0), save_tiny_llama(root / "b", seed=1)
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+_run = run_cli
 
 
 def test_compare_two_local_directories_writes_the_json(tmp_path, capsys, model_dirs, wikitext_dir) -> None:

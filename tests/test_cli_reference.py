@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support import save_tiny_llama
+from support import env_cleared, run_cli, save_tiny_llama
 
 from pplgate.cli import main
 from pplgate.locate import WIKITEXT_ENV
@@ -16,9 +16,7 @@ from pplgate.locate import WIKITEXT_ENV
 COMMON = ["--device", "cpu", "--seqlen", "64", "--batch-size", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch):
-    monkeypatch.delenv(WIKITEXT_ENV, raising=False)
+_no_env = env_cleared(WIKITEXT_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +25,7 @@ def model_dirs(tmp_path_factory, gpt2_tokenizer_dir) -> tuple[Path, Path]:
     return save_tiny_llama(root / "a", seed=0), save_tiny_llama(root / "b", seed=1)
 
 
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+_run = run_cli
 
 
 @pytest.fixture(scope="module")
