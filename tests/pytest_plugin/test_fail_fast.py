@@ -3,7 +3,6 @@ COLLECTION, so a typo fails in seconds with the fix, before any model loads (rea
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -11,12 +10,6 @@ import pytest
 from support import FP32_ENTRY, GATE_ARGS, gate_project, tiny_baseline
 
 pytest_plugins = ["pytester"]
-
-# llm-compressor imports `datasets` on first use: imported here, it is in the in-process pytester runs' module
-# snapshot; imported first inside one, the snapshot drops it and a later import in this process fails (pyarrow
-# refuses its extension types registered twice)
-with contextlib.suppress(ImportError):
-    import datasets  # noqa: F401
 
 QUANTIZER = "def quantize(model, tokenizer, calibration_texts):\n    return model\n"
 USER_ENTRY = """
