@@ -1,5 +1,5 @@
 """Command line: ``pplgate eval``, ``compare``, ``tokens``, ``cache``, ``variants``, ``report merge``, ``init``,
-``reference`` and ``data``."""
+``reference``, ``data`` and ``calibrate``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pplgate import data_cmd, init_cmd, reference_cmd
+from pplgate import calibrate_cmd, data_cmd, init_cmd, reference_cmd
 from pplgate.errors import CacheError, ModelLoadError, OutputError, PplgateError, ProtocolError, VariantError
 from pplgate.measure import Measurer
 from pplgate.models.registry import make_variant
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     init_cmd.add_parser(sub)
     data_cmd.add_parser(sub)
     reference_cmd.add_parser(sub, _add_data_args)
+    calibrate_cmd.add_parser(sub)
     return parser
 
 
@@ -384,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             "init": init_cmd.cmd_init,
             "data": data_cmd.cmd_data,
             "reference": lambda a: reference_cmd.cmd_reference(a, _helpers()),
+            "calibrate": lambda a: calibrate_cmd.cmd_calibrate(a, check_output_file),
         }
         return commands[args.command](args)
     except PplgateError as exc:
