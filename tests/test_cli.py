@@ -221,9 +221,9 @@ def test_cache_clear_dry_run_and_refusal(tmp_path, capsys):
 
 
 def test_eval_overflowing_perplexity_is_an_error_naming_the_window(tmp_path, capsys, monkeypatch, gpt2_tokenizer_dir):
-    import pplgate.measure as measure_mod
+    import pplgate.inputs as inputs_mod
 
-    monkeypatch.setattr(measure_mod, "load_model", lambda *a, **k: wrong_token_lm(50257, 1000.0))
+    monkeypatch.setattr(inputs_mod, "load_model", lambda *a, **k: wrong_token_lm(50257, 1000.0))
     data = write_jsonl(tmp_path / "t.jsonl", ["Hello world, this is a small test text. " * 40])
     argv = ["eval", "--model", str(gpt2_tokenizer_dir), "--dataset", str(data), "--allow-noncanonical"]
     argv += ["--device", "cpu", "--seqlen", "16", "--max-windows", "3", "--no-progress"]

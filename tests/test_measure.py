@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from support import save_tiny_llama, write_jsonl, wrong_token_lm
 
+import pplgate.inputs as inputs_mod
 import pplgate.measure as measure_mod
 from pplgate.errors import DatasetError, DatasetNotFound, PerplexityOverflowError, VariantError
 from pplgate.measure import Measurement, Measurer, plain, scalar_info
@@ -56,7 +57,7 @@ def counts(monkeypatch) -> dict[str, int]:
 
     n = {"load_tokenizer": 0, "tokenize_canonical": 0, "load_model": 0}
     for name in n:
-        module = token_cache if name == "tokenize_canonical" else measure_mod
+        module = token_cache if name == "tokenize_canonical" else inputs_mod
         real = getattr(module, name)
 
         def counted(*a, _real=real, _name=name, **k):
@@ -145,7 +146,7 @@ def test_a_variant_that_changes_weights_first_never_de_quantizes_twice(
     cache, fp32 reads it back; the de-quantizing loader runs once, and RTN changed a private model."""
     import pplgate.models.base_cache as base_cache
 
-    for module in (measure_mod, base_cache):  # the tiny directory stands in for a GGUF
+    for module in (inputs_mod, base_cache):  # the tiny directory stands in for a GGUF
         monkeypatch.setattr(module, "cacheable", lambda src: True)
     m = Measurer(dataset=str(text_file), allow_noncanonical=True, cache_dir=str(tmp_path / "cache"))
     rtn = m.measure(source, kind="rtn", params={"q_group_size": 32}, device="cpu", **SHORT)
@@ -174,13 +175,13 @@ def test_a_second_session_reads_the_tokens_from_the_cache(source, text_file, tmp
 def test_the_config_is_read_once_per_session(measurer, source, monkeypatch) -> None:
     """Every variant's check asks for the source's config: one read per session, not one per check."""
     calls = []
-    real = measure_mod.load_config_cached
+    real = inputs_mod.load_config_cached
 
     def counted(src, cache):
         calls.append(src)
         return real(src, cache)
 
-    monkeypatch.setattr(measure_mod, "load_config_cached", counted)
+    monkeypatch.setattr(inputs_mod, "load_config_cached", counted)
     for group in (32, 16):
         measurer.measure(source, kind="rtn", params={"q_group_size": group}, device="cpu", **SHORT)
     assert calls == [source]
@@ -328,7 +329,7 @@ def test_a_fresh_model_is_a_private_copy_of_the_loaded_one(measurer, source) -> 
 
 def test_an_overflowing_mean_nll_is_an_error_naming_the_worst_window(measurer, source, monkeypatch) -> None:
     """The gate measures through the Measurer: no raw OverflowError, the worst window named."""
-    monkeypatch.setattr(measure_mod, "load_model", lambda *a, **k: wrong_token_lm(50257, 800.0))
+    monkeypatch.setattr(inputs_mod, "load_model", lambda *a, **k: wrong_token_lm(50257, 800.0))
     with pytest.raises(PerplexityOverflowError, match=r"over 2 window\(s\) is 800 nats.*Worst window: 0") as info:
         measurer.measure(source, kind="fp32", params={}, device="cpu", **SHORT)
     assert info.value.n_windows == 2

@@ -1,76 +1,60 @@
 """The one place where a measurement is wired: text -> source -> tokenizer -> tokens -> model/variant -> engine.
 
-:class:`Measurer` holds a session's caches — the canonical text (loaded once; an error is kept and
-raised again), tokenizers and their tokens per (source, tokenizer), configs per source, loaded float
-models per (source,
-dtype, device, device_map), and finished measurements per request — and turns one request (a source, a
-variant kind with params, a device and the profile numbers) into a :class:`Measurement`: the
-:class:`~pplgate.protocol.result.PerplexityResult` plus the protocol fingerprint a baseline records.
-
-The pytest plugin, ``pplgate eval``, the benchmark and the CI scripts all measure through it.
+:class:`Measurer` turns a request (a source, a variant kind with params, a device, the profile numbers) into a
+:class:`Measurement` (the result, the protocol fingerprint, the provenance), once per request per session, over
+the session's :class:`~pplgate.inputs.Inputs`. A profile is the unit of the gate: :meth:`Measurer.measure_profile`
+measures every entry a session needs in one call (each reference's comparison pass once) and returns ``{entry:
+Measurement}``, the comparison inside. The plugin, the CLI, the benchmarks and CI scripts all measure through it.
 """
 
 from __future__ import annotations
 
-import copy
-import gc
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from pplgate.errors import DatasetNotFound, PplgateError
+from pplgate.errors import PplgateError, ProtocolError, VariantError
 from pplgate.gate.store import plain
-from pplgate.models.base_cache import cacheable, load_config_cached, load_model_cached, load_tokenizer_cached
-from pplgate.models.quant_cache import QuantCache
+from pplgate.inputs import Inputs, release_memory
+from pplgate.measurement import (
+    PHASES,
+    Comparison,
+    Measurement,
+    ProfileRequest,
+    fingerprint,
+    params_key,
+    provenance,
+    scalar_info,
+    tokenizer_name,
+)
 from pplgate.models.registry import make_variant
-from pplgate.models.source import ModelSource, load_model, load_tokenizer
-from pplgate.models.token_cache import tokenize_cached
+from pplgate.models.source import ModelSource
 from pplgate.models.variant import ModelContext, PreparedModel, Variant
-from pplgate.protocol.dataset import CanonicalText, load_canonical_text
+from pplgate.protocol.compare import evaluate_comparisons
+from pplgate.protocol.dataset import CanonicalText
 from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
 from pplgate.protocol.tokens import TokenizedText
 from pplgate.provenance import device_layout
 
 if TYPE_CHECKING:
-    from pplgate.comparing import Comparison
+    from pplgate.gate.spec import EntrySpec
 
-from pplgate.measurement import (  # noqa: E402 - re-exported: pplgate.measure.Measurement etc.
-    PHASES,
-    Measurement,
-    _params_key,
-    fingerprint,
-    provenance,
-    scalar_info,
-    tokenizer_name,
-)
-
-__all__ = ["PHASES", "Measurement", "Measurer", "fingerprint", "plain", "scalar_info", "tokenizer_name"]
-
-
-def weights_digest(model: Any) -> tuple[float, float]:
-    """A cheap fingerprint of a model's weights (float64 sum and sum of squares of every parameter): any in-place
-    change of a weight moves it (a permutation of equal values would not; no test does that by accident)."""
-    import torch
-
-    with torch.no_grad():
-        total = squares = 0.0
-        for p in model.parameters():  # accumulated in float64 without a float64 copy of the weights
-            total += float(torch.sum(p.detach(), dtype=torch.float64))
-            squares += float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) ** 2
-    return total, squares
+__all__ = [
+    "PHASES", "Comparison", "Measurement", "Measurer", "ProfileRequest", "fingerprint", "plain", "scalar_info",
+    "tokenizer_name",
+]  # fmt: skip
 
 
 class Measurer:
-    """Session caches (text, tokens, loaded models, measurements) and ``measure(...) -> Measurement``.
+    """``measure(...) -> Measurement`` (and :meth:`measure_profile`, :meth:`compare_many`) over session caches.
 
     ``dataset`` is the WikiText-2 test split's path (None: :mod:`pplgate.locate`'s lookup order), named
     ``dataset_option`` in error messages (``--dataset`` for the CLI, ``--pplgate-dataset`` under pytest).
-    ``noncanonical_option`` is the caller's option that measures non-canonical text anyway (None: the
-    caller has none, and a hash mismatch says what to do instead). ``missing_dataset_note``, when
-    given, is appended to a :class:`~pplgate.errors.DatasetNotFound` message (the pytest plugin says
-    there what happens under CI). ``cache_dir``/``cache_mode`` are the quantization cache's;
-    ``progress`` shows the engine's progress on stderr.
-    """
+    ``noncanonical_option``: the caller's option that measures non-canonical text anyway (None: it has none).
+    ``missing_dataset_note`` is appended to a :class:`~pplgate.errors.DatasetNotFound` message (the pytest
+    plugin says there what happens under CI). ``cache_dir``/``cache_mode``: the quantization cache's;
+    ``progress`` shows the engine's progress on stderr."""
 
     def __init__(
         self,
@@ -84,136 +68,70 @@ class Measurer:
         progress: bool = False,
         missing_dataset_note: str | None = None,
     ) -> None:
-        self.dataset, self.dataset_option = dataset, dataset_option
-        self.allow_noncanonical, self.noncanonical_option = allow_noncanonical, noncanonical_option
-        self.cache_dir, self.cache_mode = cache_dir, cache_mode
-        self.progress = progress
-        self.missing_dataset_note = missing_dataset_note
-        self._text: CanonicalText | None = None
-        self._text_error: PplgateError | None = None
-        self._tokens: dict[tuple[ModelSource, str | None], tuple[Any, TokenizedText, str]] = {}
-        self._models: dict[tuple[ModelSource, str, str, str | None], Any] = {}
-        self._digests: dict[tuple[ModelSource, str, str, str | None], tuple[float, float]] = {}
+        self.dataset, self.cache_dir, self.cache_mode, self.progress = dataset, cache_dir, cache_mode, progress
+        self.inputs = Inputs(
+            dataset=dataset,
+            dataset_option=dataset_option,
+            allow_noncanonical=allow_noncanonical,
+            noncanonical_option=noncanonical_option,
+            cache_dir=cache_dir,
+            cache_mode=cache_mode,
+            missing_dataset_note=missing_dataset_note,
+        )
         self._prepared: dict[tuple, tuple[Variant, PreparedModel, dict[str, Any]]] = {}
         self._measurements: dict[tuple, Measurement] = {}
-        self._token_info: dict[tuple[ModelSource, str | None], dict[str, Any]] = {}
-        self._configs: dict[ModelSource, Any] = {}
-        self._clock: dict[str, Any] = {"load_s": 0.0, "tokenize_s": 0.0}  # what the running request spent
 
-    # ---- inputs, loaded once per session
+    # ---- inputs, loaded once per session (pplgate.inputs)
     def text(self) -> CanonicalText:
         """The canonical text, looked up once (an error is kept and raised again on every call)."""
-        if self._text is None and self._text_error is None:
-            try:
-                self._text = load_canonical_text(
-                    self.dataset,
-                    allow_noncanonical=self.allow_noncanonical,
-                    option=self.dataset_option,
-                    noncanonical_option=self.noncanonical_option,
-                )
-            except DatasetNotFound as exc:
-                note = self.missing_dataset_note
-                self._text_error = DatasetNotFound(f"{exc}\n{note}") if note else exc
-            except PplgateError as exc:
-                self._text_error = exc
-        if self._text_error is not None:
-            raise self._text_error
-        assert self._text is not None
-        return self._text
+        return self.inputs.text()
 
     def tokens(self, source: ModelSource, tokenizer: str | None) -> tuple[Any, TokenizedText, str]:
         """``(tokenizer, tokens, tokenizer_name)`` of ``source`` (or the ``tokenizer`` it names), once each."""
-        key = (source, tokenizer)
-        if key not in self._tokens:
-            t0 = time.perf_counter()
-            if tokenizer is None and cacheable(source):
-                tok, info = load_tokenizer_cached(source, self._base_cache(), load=load_tokenizer)
-            else:
-                tok, info = load_tokenizer(source, tokenizer), {}
-            tokens, token_info = tokenize_cached(tok, self.text(), self._base_cache())
-            self._tokens[key] = (tok, tokens, tokenizer_name(tok, source, tokenizer))
-            self._token_info[key] = {**info, **token_info, "tokenize_time_s": time.perf_counter() - t0}
-            self._clock["tokenize_s"] += time.perf_counter() - t0
-        return self._tokens[key]
-
-    def config(self, source: ModelSource) -> Any:
-        """``source``'s ``PretrainedConfig`` without weights, read once per session (a GGUF's through the cache)."""
-        if source not in self._configs:
-            self._configs[source] = load_config_cached(source, self._base_cache())[0]
-        return self._configs[source]
-
-    def _base_cache(self) -> QuantCache:
-        """The cache of de-quantized GGUF models and tokenizers (:mod:`pplgate.models.base_cache`)."""
-        return QuantCache(self.cache_dir, self.cache_mode)
-
-    def _load(self, source: ModelSource, dtype: str, device: str, device_map: str | None) -> Any:
-        if device_map is not None or not cacheable(source):  # a split (accelerate's hooks), or no GGUF to cache
-            return load_model(source, dtype=dtype, device=device, device_map=device_map)
-        model, info = load_model_cached(source, dtype, device, self._base_cache(), load=load_model)
-        self._clock["base_cache"] = info["base_cache"]
-        return model
+        return self.inputs.tokens(source, tokenizer)[0]
 
     def model(
         self, source: ModelSource, dtype: str, device: str, *, fresh: bool = False, device_map: str | None = None
     ) -> Any:
-        """The float model of ``source`` in ``dtype`` on ``device``, loaded once; ``fresh``: a private copy.
-
-        A private copy is a deep copy of the session's model when it is loaded (the same weights), else a
-        load the session does not keep (no second model in memory); a ``device_map`` split is loaded again
-        (accelerate's hooks). A local GGUF is read through the base-model cache
-        (:mod:`pplgate.models.base_cache`), so no load de-quantizes it twice.
-        """
-        key = (source, dtype, device, device_map)
-        t0 = time.perf_counter()
-        try:
-            if fresh:  # from the session's copy, else a load the session does not keep (memory as before)
-                if key in self._models and device_map is None:
-                    return copy.deepcopy(self._models[key])
-                return self._load(source, dtype, device, device_map)
-            if key not in self._models:
-                self._models[key] = self._load(source, dtype, device, device_map)
-                self._digests[key] = weights_digest(self._models[key])
-            return self._models[key]
-        finally:
-            self._clock["load_s"] += time.perf_counter() - t0
+        """The float model of ``source`` (:meth:`pplgate.inputs.Inputs.model`); ``fresh``: a private copy."""
+        return self.inputs.model(source, dtype, device, fresh=fresh, device_map=device_map)[0]
 
     def changed_models(self) -> list[str]:
         """The session's float models whose weights changed since they were loaded (a test that modified one
         in place): dropped, with what was prepared from them, so that the next use loads them again."""
-        out = []
-        for key, model in list(self._models.items()):
-            if key in self._digests and weights_digest(model) != self._digests[key]:
-                del self._models[key], self._digests[key]
-                for k in [k for k, v in self._prepared.items() if v[1].model is model]:
-                    del self._prepared[k]
-                out.append(f"{key[0].describe()} ({key[1]} on {key[2]})")
-        return out
+        changed = self.inputs.changed_models()
+        for _, model in changed:
+            for k in [k for k, v in self._prepared.items() if v[1].model is model]:
+                del self._prepared[k]
+        return [what for what, _ in changed]
 
     # ---- the chain
-    def _context(self, source: ModelSource, tok: Any, device: str, device_map: str | None) -> ModelContext:
-        return ModelContext(
-            source=source,
-            device=device,
-            tokenizer=tok,
-            loader=lambda dtype, fresh=False: self.model(source, dtype, device, fresh=fresh, device_map=device_map),
-            cache_dir=self.cache_dir,
-            cache_mode=self.cache_mode,
-            device_map=device_map,
-            config_loader=lambda: self.config(source),
-            holder=lambda dtype: self._models.get((source, dtype, device, device_map)),
-        )
-
     def _prepare(
         self, source: ModelSource, variant: Variant, device: str, device_map: str | None, tok: Any
     ) -> tuple[Variant, PreparedModel, dict[str, Any]]:
-        """The variant, its prepared model and what loading the float model took (``load_s``, ``base_cache``)."""
-        ctx = self._context(source, tok, device, device_map)
+        """The variant, its prepared model and what loading float models took (``load_s``, ``base_cache``)."""
+        loaded: dict[str, Any] = {"load_s": 0.0}
+
+        def loader(dtype: str, fresh: bool = False) -> Any:
+            t0 = time.perf_counter()
+            model, info = self.inputs.model(source, dtype, device, fresh=fresh, device_map=device_map)
+            loaded["load_s"] += time.perf_counter() - t0
+            loaded.update(info)
+            return model
+
+        ctx = ModelContext(
+            source=source,
+            device=device,
+            tokenizer=tok,
+            loader=loader,
+            cache_dir=self.cache_dir,
+            cache_mode=self.cache_mode,
+            device_map=device_map,
+            config_loader=lambda: self.inputs.config(source),
+            holder=lambda dtype: self.inputs.held(source, dtype, device, device_map),
+        )
         variant.ensure_checked(ctx)  # before any model is loaded; prepare() does not check again
-        self._clock.update(load_s=0.0)
-        self._clock.pop("base_cache", None)
-        prepared = variant.prepare(ctx)
-        loaded = {k: self._clock[k] for k in ("load_s", "base_cache") if k in self._clock}
-        return variant, prepared, loaded
+        return variant, variant.prepare(ctx), loaded
 
     def prepare(
         self,
@@ -229,9 +147,24 @@ class Measurer:
         loop, a benchmark). The next :meth:`measure` of the same request scores this very model."""
         variant = make_variant(kind, params)  # bad params fail before any loading
         tok = self.tokens(source, tokenizer)[0]
-        key = (source, tokenizer, kind, _params_key(params), device, device_map)
+        key = (source, tokenizer, kind, params_key(params), device, device_map)
         self._prepared[key] = self._prepare(source, variant, device, device_map, tok)
         return self._prepared[key][1]
+
+    def _measurement(
+        self, source: ModelSource, tokenizer: str | None, result: Any, prepared: tuple, tokens: tuple, layout: Any
+    ) -> Measurement:
+        """A scored model's :class:`Measurement` (``prepared``: ``_prepare``'s; ``tokens``: (name, seconds))."""
+        (variant, prep, loaded), (tok_name, tokenize_s) = prepared, tokens
+        phases, extra = provenance(result, prep, loaded, tokenize_s, self.inputs.token_info(source, tokenizer), layout)
+        return Measurement(
+            result=result,
+            fingerprint=fingerprint(result, tok_name, variant, prep.info),
+            origin=prep.origin,
+            prepare_time_s=prep.prepare_time_s,
+            extra=extra,
+            phases=phases,
+        )
 
     def measure(
         self,
@@ -248,20 +181,18 @@ class Measurer:
         label: str | None = None,
     ) -> Measurement:
         """Measure variant ``kind(params)`` of ``source``; the same request is measured once per Measurer."""
-        key = (source, tokenizer, kind, _params_key(params), device, seqlen, batch_size, max_windows, device_map)
+        key = (source, tokenizer, kind, params_key(params), device, seqlen, batch_size, max_windows, device_map)
         if key in self._measurements:
             return self._measurements[key]
         variant = make_variant(kind, params)  # bad params fail before the text, tokenizer or model load
         text = self.text()
-        self._clock["tokenize_s"] = 0.0
-        tok, tokens, tok_name = self.tokens(source, tokenizer)
-        tokenize_s = self._clock["tokenize_s"]
-        handed = self._prepared.pop((source, tokenizer, kind, _params_key(params), device, device_map), None)
-        variant, prepared, loaded = handed or self._prepare(source, variant, device, device_map, tok)
-        model = prepared.model
+        (tok, tokens, tok_name), tokenize_s = self.inputs.tokens(source, tokenizer)
+        handed = self._prepared.pop((source, tokenizer, kind, params_key(params), device, device_map), None)
+        prepared = handed or self._prepare(source, variant, device, device_map, tok)
+        prep = prepared[1]
         try:
             result = evaluate_perplexity(
-                model,
+                prep.model,
                 tokens,
                 text,
                 seqlen=seqlen,
@@ -270,26 +201,15 @@ class Measurer:
                 progress=self.progress,
                 label=label or f"{source.short_name()} {kind}",
             )
-            on_gpu = str(device).startswith("cuda") or device_map
-            layout = device_layout(model) if on_gpu else None
-            phases, extra = provenance(
-                result, prepared, loaded, tokenize_s, self._token_info[(source, tokenizer)], layout
-            )
+            layout = device_layout(prep.model) if str(device).startswith("cuda") or device_map else None
+            m = self._measurement(source, tokenizer, result, prepared, (tok_name, tokenize_s), layout)
         finally:
-            model = None  # the session model cache keeps shared float models alive, nothing else
-            if handed is None:
-                prepared.model = None
-        m = Measurement(
-            result=result,
-            fingerprint=fingerprint(result, tok_name, variant, prepared.info),
-            origin=prepared.origin,
-            prepare_time_s=prepared.prepare_time_s,
-            extra=extra,
-            phases=phases,
-        )
+            if handed is None:  # the session model cache keeps shared float models alive, nothing else
+                prep.model = None
         self._measurements[key] = m
         return m
 
+    # ---- comparisons: a reference and several variants scored on the same windows at once
     def compare(
         self, reference: ModelSource, source: ModelSource, *, kind: str, params: Mapping[str, Any], **kw: Any
     ) -> Comparison:
@@ -297,28 +217,180 @@ class Measurer:
         return self.compare_many(reference, [(source, kind, params)], **kw)[0]
 
     def compare_many(
-        self, reference: ModelSource, models: Sequence[tuple[ModelSource, str, Mapping[str, Any]]], **kw: Any
+        self,
+        reference: ModelSource,
+        models: Sequence[tuple[ModelSource, str, Mapping[str, Any]]],
+        *,
+        reference_kind: str,
+        reference_params: Mapping[str, Any] | None = None,
+        device: str,
+        tokenizer: str | None = None,
+        seqlen: int = DEFAULT_SEQLEN,
+        batch_size: int = 1,
+        max_windows: int | None = None,
     ) -> list[Comparison]:
-        """Each ``(source, kind, params)`` against ``reference``, one pass: :func:`pplgate.comparing.compare_many`."""
-        from pplgate.comparing import compare_many
+        """Each ``(source, kind, params)`` of ``models`` against ``reference``'s ``reference_kind`` on the same
+        windows, in one pass (the reference's forward once for all). Each model's PPL from that pass is kept as
+        the session's measurement of its request. Different tokenizers are an error (one vocabulary)."""
+        requests = [(reference, reference_kind, dict(reference_params or {})), *models]
+        variants = [make_variant(k, p) for _, k, p in requests]  # bad params fail before anything loads
+        text = self.text()
+        toks = [self.inputs.tokens(src, tokenizer) for src, _, _ in requests]  # the first of a source tokenizes
+        (_, ref_tokens, ref_name), _ = toks[0]
+        for (_, tokens, name), _ in toks[1:]:
+            if tokens.tokenizer_sha256 != ref_tokens.tokenizer_sha256 or not tokens.ids.equal(ref_tokens.ids):
+                raise ProtocolError(
+                    f"the reference's tokenizer {ref_name} (sha256 {ref_tokens.tokenizer_sha256[:12]}) and the "
+                    f"model's {name} (sha256 {tokens.tokenizer_sha256[:12]}) differ: the KL divergence compares "
+                    "next-token distributions over one vocabulary on the same tokens. Compare models that share a "
+                    "tokenizer, or pass --tokenizer T to use one for both (only when their vocabularies are the same)"
+                )
+        prepared = [
+            self._prepare(src, v, device, None, tok[0][0])
+            for (src, _, _), v, tok in zip(requests, variants, toks, strict=True)
+        ]
+        on_gpu = str(device).startswith("cuda")
+        layouts = [device_layout(prep.model) if on_gpu else None for _, prep, _ in prepared]
+        try:
+            results = evaluate_comparisons(
+                prepared[0][1].model,
+                [prep.model for _, prep, _ in prepared[1:]],
+                ref_tokens,
+                text,
+                seqlen=seqlen,
+                batch_size=batch_size,
+                max_windows=max_windows,
+                progress=self.progress,
+                labels=[f"{src.short_name()} {k}" for src, k, _ in requests[1:]],
+                reference_label=f"{reference.short_name()} {reference_kind}",
+            )
+        finally:
+            for _, prep, _ in prepared:
+                prep.model = None  # type: ignore[assignment]
+        own = [results[0].perplexity_results()[0], *(res.perplexity_results()[1] for res in results)]
+        measured = []
+        for (src, kind, params), prep, res, ((_, _, name), tok_s), layout in zip(
+            requests, prepared, own, toks, layouts, strict=True
+        ):
+            m = self._measurement(src, tokenizer, res, prep, (name, tok_s), layout)
+            key = (src, tokenizer, kind, params_key(params), device, seqlen, batch_size, max_windows, None)
+            measured.append(self._measurements.setdefault(key, m))  # unless measured already
+        return [
+            Comparison(result=r, reference=measured[0], model=m) for r, m in zip(results, measured[1:], strict=True)
+        ]
 
-        return compare_many(self, reference, models, **kw)
+    # ---- a profile: every entry a session needs, each comparison pass once
+    def measure_profile(self, profile: ProfileRequest, names: Iterable[str]) -> dict[str, Measurement | BaseException]:
+        """Every entry of ``profile`` named in ``names`` (and the references they name) measured once:
+        ``{entry: Measurement}`` with the comparison inside for an entry with a ``reference``, or the exception
+        that entry's own measurement raised (one entry's failure is its own; the others are still measured).
+
+        The entries naming one reference are compared with it in one pass (at most ``compare_group`` variants
+        per pass, each pass running the reference's forward), which gives each model's PPL too. Memory: the
+        reference and the variants of a pass are loaded together."""
+        by_name = {e.name: e for e in profile.entries}
+        wanted = set(names)
+        wanted |= {by_name[n].reference for n in wanted if n in by_name and by_name[n].reference}
+        compared: dict[str, Comparison | BaseException] = {}
+        for ref in dict.fromkeys(e.reference for e in profile.entries if e.reference and e.name in wanted):
+            group = [e for e in profile.entries if e.reference == ref and e.name in wanted]
+            size = profile.compare_group or len(group)
+            for start in range(0, len(group), size):
+                compared.update(self._compare_entries(profile, by_name[ref], group[start : start + size]))
+        out: dict[str, Measurement | BaseException] = {}
+        for e in profile.entries:
+            if e.name not in wanted:
+                continue
+            c = compared.get(e.name)
+            if isinstance(c, BaseException):
+                out[e.name] = c
+                continue
+            try:
+                m = self.measure(
+                    profile.source,
+                    kind=e.kind,
+                    params=e.params,
+                    device=profile.device,
+                    tokenizer=profile.tokenizer,
+                    seqlen=profile.seqlen,
+                    batch_size=profile.batch_size,
+                    max_windows=profile.max_windows,
+                    device_map=profile.device_map,
+                    label=f"{profile.source.short_name()} {e.name}",
+                )
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # this entry's own failure (a skip a team's code asks for too)
+                out[e.name] = exc
+                continue
+            out[e.name] = m if c is None else replace(m, comparison=c)
+        return out
+
+    def _compare_entries(
+        self, profile: ProfileRequest, ref: EntrySpec, group: list[EntrySpec]
+    ) -> dict[str, Comparison | BaseException]:
+        """One pass for ``group`` against ``ref``. When it fails, each entry is compared alone, so that one
+        entry's error (a quantizer that cannot build its model, a team's code that raises) is that entry's."""
+
+        def compare(entries: list[EntrySpec]) -> list[Comparison]:
+            return self.compare_many(
+                profile.source,
+                [(profile.source, e.kind, e.params) for e in entries],
+                reference_kind=ref.kind,
+                reference_params=ref.params,
+                device=profile.device,
+                tokenizer=profile.tokenizer,
+                seqlen=profile.seqlen,
+                batch_size=profile.batch_size,
+                max_windows=profile.max_windows,
+            )
+
+        try:
+            return dict(zip((e.name for e in group), compare(group), strict=True))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            try:  # the reference alone (kept for its own entry's measure): was it the reference or a variant?
+                self.prepare(
+                    profile.source,
+                    kind=ref.kind,
+                    params=ref.params,
+                    device=profile.device,
+                    tokenizer=profile.tokenizer,
+                    device_map=profile.device_map,
+                )
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as failed:  # the reference cannot be built: every entry of the pass says so
+                return {e.name: _named(ref, e, failed) for e in group}
+            if len(group) == 1:
+                return {group[0].name: exc}
+        out: dict[str, Comparison | BaseException] = {}
+        for e in group:
+            try:
+                out[e.name] = compare([e])[0]
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as one:
+                out[e.name] = one
+        return out
 
     # ---- memory
     def free(self, keep: set[tuple[ModelSource, str]]) -> None:
         """Drop loaded (and handed-over prepared) models whose ``(source, device)`` is not in ``keep``."""
-        drop = [k for k in self._models if (k[0], k[2]) not in keep]
-        for k in drop:
-            del self._models[k]
         dropped = [k for k in self._prepared if (k[0], k[4]) not in keep]
         for k in dropped:
             del self._prepared[k]
-        if drop or dropped:
-            gc.collect()
-            try:
-                import torch
+        if self.inputs.free(keep) or dropped:
+            release_memory()
 
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except Exception:  # pragma: no cover
-                pass
+
+def _named(ref: EntrySpec, entry: EntrySpec, exc: BaseException) -> BaseException:
+    """``reference 'rtn' of entry 'gptq' failed: ...``: one line, the reference's exception attached (a skip
+    the reference's code asked for stays a skip)."""
+    if not isinstance(exc, Exception):
+        return exc
+    text = str(exc) if isinstance(exc, PplgateError) else f"{type(exc).__name__}: {exc}"
+    err = VariantError(f"reference {ref.name!r} of entry {entry.name!r} failed: {' '.join(text.split())[:600]}")
+    err.__cause__ = exc
+    return err

@@ -1,20 +1,24 @@
-"""What one measurement is: :class:`Measurement`, its protocol fingerprint and provenance helpers.
-
-Shared by :mod:`pplgate.measure` (the Measurer) and :mod:`pplgate.comparing` (its comparison pass).
+"""What one measurement is: :class:`Measurement` (with its :class:`Comparison` against a reference), its
+protocol fingerprint and provenance helpers. The data of :mod:`pplgate.measure` (the Measurer).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pplgate.gate.store import plain
 from pplgate.models.source import ModelSource
 from pplgate.models.variant import PreparedModel, Variant
+from pplgate.protocol.compare_result import ComparisonResult
+from pplgate.protocol.engine import DEFAULT_SEQLEN
 from pplgate.protocol.result import PerplexityResult
+
+if TYPE_CHECKING:
+    from pplgate.gate.spec import EntrySpec
 
 # keys of PreparedModel.info that are paths or machine-specific, kept out of the provenance
 _INFO_NOT_RECORDED = ("load_path", "cache_entry", "calibration_source")
@@ -35,6 +39,33 @@ class Measurement:
     # own work: quantizing, a cache read), tokenize (tokenizer load + tokenizing; 0 when done earlier this
     # session), evaluate (the engine); see PHASES
     phases: dict[str, float] = field(default_factory=dict)
+    # the comparison with the entry's reference, when it is measured as an entry of a profile that names one
+    comparison: Comparison | None = None
+
+
+@dataclass
+class Comparison:
+    """One reference-vs-model pass: the comparison and both models' own measurements, from that pass."""
+
+    result: ComparisonResult
+    reference: Measurement
+    model: Measurement
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """A profile as the Measurer needs it: the model, where and how it is scored, and its entries (any objects
+    with ``name``, ``kind``, ``params`` and ``reference``: :class:`~pplgate.gate.spec.EntrySpec`)."""
+
+    source: ModelSource
+    device: str
+    entries: Sequence[EntrySpec]
+    tokenizer: str | None = None
+    seqlen: int = DEFAULT_SEQLEN
+    batch_size: int = 1
+    max_windows: int | None = None
+    device_map: str | None = None
+    compare_group: int | None = None  # at most this many variants per comparison pass (None: one pass)
 
 
 PHASES = ("load_s", "prepare_s", "tokenize_s", "evaluate_s")
@@ -49,7 +80,7 @@ def scalar_info(info: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _params_key(params: Mapping[str, Any]) -> str:
+def params_key(params: Mapping[str, Any]) -> str:
     return json.dumps(plain(params), sort_keys=True, default=str)
 
 

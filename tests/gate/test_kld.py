@@ -161,7 +161,7 @@ def test_update_writes_the_vectors_and_judging_reads_them_back(tmp_path):
     fp = {"seqlen": 128, "reference": {"entry": "fp32", "variant": {"kind": "fp32"}, "dtype": "float32"}}
     m = _measured([0.1, 0.3], [0.9, 0.8], fp)
     target = Target("n", "m[cpu-rtn]", str(path), "m", "some/hub-id", "cpu", "cpu", 128)
-    rec = judge(target, entry, m, session_ppls={}, update=True, provenance={"date": "x"})
+    rec = judge(target, entry, m, update=True, provenance={"date": "x"})
     assert rec.status == "created" and rec.update.kld == recorded_block(m.kld)
     text, _ = apply_updates(path, DOC, [rec.update])
     assert "# comment kept" in text and "reference: fp32   # compared with fp32" in text
@@ -170,11 +170,11 @@ def test_update_writes_the_vectors_and_judging_reads_them_back(tmp_path):
     assert "top1_agreement: 0.85" in block and "window_top1: [0.9, 0.8]" in block and "reference: {entry: fp32" in block
     entry = parse(tmp_path, text).profiles["cpu"].variants["rtn"]
     assert recorded_problems(entry) == []
-    worse = judge(target, entry, _measured([0.2, 0.3], [0.9, 0.8], fp), session_ppls={})
+    worse = judge(target, entry, _measured([0.2, 0.3], [0.9, 0.8], fp))
     assert worse.status == "fail" and "KL DIVERGENCE / TOP-1 REGRESSION" in worse.message
     assert "paired per-window dKLD over 2 windows: mean +0.050000 nats" in worse.message
     assert worse.kld["baseline_mean_kld"] == 0.2 and worse.to_dict()["kld"]["paired"]["n_worse"] == 1
-    same = judge(target, entry, _measured([0.1, 0.3], [0.9, 0.8], fp), session_ppls={})
+    same = judge(target, entry, _measured([0.1, 0.3], [0.9, 0.8], fp))
     assert same.status == "pass"
 
 

@@ -99,9 +99,10 @@ def measured(nlls=NLLS, fingerprint=None, n_windows_total=32) -> Measured:
     )
 
 
-def run(e=None, m=None, *, session=None, **flags) -> GateRecord:
+def run(e=None, m=None, *, session=None, session_speeds=None, **flags) -> GateRecord:
     prov = flags.pop("provenance", PROV)
-    rec = judge(TARGET, e or entry(), m or measured(), session_ppls=session or {}, provenance=prov, **flags)
+    others = {"ppl": session or {}, "tokens_per_s": session_speeds or {}}
+    rec = judge(TARGET, e or entry(), m or measured(), others=others, provenance=prov, **flags)
     again = GateRecord.from_dict(json.loads(json.dumps(rec.to_dict())))  # what the controller reads back
     assert again == rec and again.to_dict() == rec.to_dict() and again.message is None
     return rec
@@ -474,7 +475,7 @@ def test_update_re_records_a_regressed_entry():
 
 
 def test_update_without_provenance_writes_an_empty_block():
-    rec = judge(TARGET, entry(rec=None, fingerprint=None), measured(), session_ppls={}, update=True)
+    rec = judge(TARGET, entry(rec=None, fingerprint=None), measured(), update=True)
     assert rec.update.provenance == {} and rec.status is Status.CREATED
 
 
@@ -657,7 +658,7 @@ def test_inconsistent_entry_with_drift_is_drift_with_the_note():
 
 def test_a_length_mismatch_the_fingerprint_does_not_name_is_still_no_pass():
     fp = {k: v for k, v in FP.items() if k != "n_windows"}
-    rec = judge(TARGET, entry(rec=recorded(NLLS[:3]), fingerprint=fp), measured(), session_ppls={})
+    rec = judge(TARGET, entry(rec=recorded(NLLS[:3]), fingerprint=fp), measured())
     assert rec.status is Status.DRIFT  # n_windows: ABSENT -> 4
     e = entry(rec=recorded(NLLS[:3]), fingerprint={**FP, "n_windows": "4"})
     assert run(e).status is Status.DRIFT
@@ -683,16 +684,16 @@ def test_stored_blocks_are_never_flagged():
 def test_a_huge_measured_nll_is_a_readable_failure_not_an_overflow():
     huge = [800.0, 820.0, 790.0, 810.0]
     m = replace(measured(), ppl=math.inf, window_nlls=huge)
-    rec = judge(TARGET, entry(), m, session_ppls={})
+    rec = judge(TARGET, entry(), m)
     assert rec.status is Status.FAIL and rec.delta == math.inf
     assert "PERPLEXITY REGRESSION: measured inf (mean NLL 805 nats: exp overflows) vs recorded" in rec.message
     assert "[FAIL] absolute: |ppl - recorded| <= 0.001: got +inf" in rec.message
-    refused = judge(TARGET, entry(), m, session_ppls={}, update=True)
+    refused = judge(TARGET, entry(), m, update=True)
     assert refused.status is Status.FAIL and refused.update is None
     assert "not updating: the measured perplexity is inf (mean NLL 805 nats: exp overflows); a baseline records " in (
         refused.message
     )
-    created = judge(TARGET, entry(rec=None, fingerprint=None), m, session_ppls={}, update=True)
+    created = judge(TARGET, entry(rec=None, fingerprint=None), m, update=True)
     assert created.status is Status.FAIL and created.update is None
     for r in (rec, refused, created):
         GateRecord.from_dict(json.loads(json.dumps(r.to_dict())))  # travels and reports
@@ -701,14 +702,14 @@ def test_a_huge_measured_nll_is_a_readable_failure_not_an_overflow():
 def test_huge_recorded_nlls_do_not_overflow_the_partial_reference_or_the_hand_edit_check():
     huge = [800.0, 820.0, 790.0, 810.0, 805.0, 815.0]
     e = entry(rec=recorded(huge, ppl=1e300), fingerprint={**FP, "n_windows": 6})
-    rec = judge(TARGET, e, measured(), session_ppls={}, partial=True)  # reference exp(mean of 4 NLLs) overflows
+    rec = judge(TARGET, e, measured(), partial=True)  # reference exp(mean of 4 NLLs) overflows
     assert rec.baseline == math.inf and rec.baseline_own_ppl == math.inf and rec.hand_edited is True
     assert rec.status is Status.IMPROVED  # far better than an infinite reference; and the note says why
     assert "exp(mean) = inf (mean NLL 806.667 nats: exp overflows)); was the baseline file edited by hand?" in (
         rec.message
     )
     six = replace(measured(), n_windows=6, window_nlls=huge[:4] + [1, 1], fingerprint={**FP, "n_windows": 6})
-    full = judge(TARGET, e, six, session_ppls={})
+    full = judge(TARGET, e, six)
     assert full.status is Status.IMPROVED and "exp overflows" in full.message
 
 

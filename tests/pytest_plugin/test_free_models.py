@@ -19,7 +19,7 @@ from pplgate.pytest_plugin.items import gate_of
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):  # after pplgate's teardown (trylast, registered earlier)
-    loaded = sorted(pathlib.Path(k[0].path_or_id).name for k in gate_of(item.config).measurer._models)
+    loaded = sorted(pathlib.Path(k[0].path_or_id).name for k in gate_of(item.config).measurer.inputs._models)
     with open(os.environ["PPLGATE_TEST_OUT"], "a") as fh:
         fh.write(json.dumps([item.name, loaded]) + "\\n")
 """

@@ -29,10 +29,10 @@ WIKITEXT = wikitext_path()
 CONFTEST = (
     textwrap.dedent(
         """
-    import pplgate.comparing, pplgate.measure
+    import pplgate.measure
 
     CALLS = {"compare": [], "ppl": 0}
-    _compare, _ppl = pplgate.comparing.evaluate_comparisons, pplgate.measure.evaluate_perplexity
+    _compare, _ppl = pplgate.measure.evaluate_comparisons, pplgate.measure.evaluate_perplexity
 
     def counting_compare(reference, models, *a, **kw):
         CALLS["compare"].append(len(models))
@@ -42,7 +42,7 @@ CONFTEST = (
         CALLS["ppl"] += 1
         return _ppl(*a, **kw)
 
-    pplgate.comparing.evaluate_comparisons = counting_compare  # Measurer.compare_many's pass
+    pplgate.measure.evaluate_comparisons = counting_compare  # Measurer.compare_many's pass
     pplgate.measure.evaluate_perplexity = counting_ppl
 
     def pytest_terminal_summary(terminalreporter):

@@ -169,9 +169,7 @@ def _verdict(rec: dict[str, Any], entry: EntrySpec, session: dict[str, dict[str,
         target,
         entry,
         m,
-        session_ppls=session["ppl"],
-        session_values={"kld": session["kld"], "top1": session["top1"]},
-        session_speeds=session["tokens_per_s"],
+        others=session,
         partial=bool(rec.get("partial")),
     )
     if new.status is Status.PASS:

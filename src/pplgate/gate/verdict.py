@@ -36,19 +36,9 @@ from pplgate.gate.stats import describe_ppl, paired_stats, ppl_of
 from pplgate.gate.store import EntryUpdate
 
 __all__ = [
-    "FAILING",
-    "GateRecord",
-    "Measured",
-    "Status",
-    "Target",
-    "is_partial",
-    "judge",
-    "measured_record",
-    "new_record",
-    "partial_update_refusal",
-    "recorded_problems",
-    "rerun_command",
-]
+    "FAILING", "GateRecord", "Measured", "Status", "Target", "is_partial", "judge",
+    "measured_record", "new_record", "partial_update_refusal", "recorded_problems", "rerun_command", "values_of",
+]  # fmt: skip
 
 # ppl and window NLLs are stored to 6 decimals, so exp(mean of the stored NLLs) reproduces the stored ppl
 # to within 5e-7 relative + 5e-7 absolute; these bounds leave a margin of 2-4x over that rounding
@@ -88,6 +78,17 @@ class Measured:
 
 
 # --------------------------------------------------------------------------- judging
+
+
+def values_of(others: Mapping[str, Measured]) -> dict[str, dict[str, float]]:
+    """Per metric, the values of measured entries, as :func:`judge`'s ``others`` takes them."""
+    klds = {name: m.kld for name, m in others.items() if m.kld is not None}
+    return {
+        "ppl": {name: m.ppl for name, m in others.items()},
+        "tokens_per_s": {name: m.tokens_per_s for name, m in others.items() if m.tokens_per_s is not None},
+        "kld": {name: k.mean_kld for name, k in klds.items()},
+        "top1": {name: k.top1_agreement for name, k in klds.items()},
+    }
 
 
 def new_record(target: Target, entry: EntrySpec, status: Status) -> GateRecord:
@@ -169,19 +170,17 @@ def judge(
     entry: EntrySpec,
     measured: Measured,
     *,
-    session_ppls: Mapping[str, float],
-    session_values: Mapping[str, Mapping[str, float]] | None = None,
+    others: Mapping[str, Mapping[str, float]] | None = None,
     update: bool = False,
     force: bool = False,
     partial: bool = False,
     provenance: Mapping[str, Any] | None = None,
-    session_speeds: Mapping[str, float] | None = None,
 ) -> GateRecord:
     """The verdict on ``entry`` given its measurement (see the module docstring for the flow).
 
-    ``session_ppls``: the ppl of each entry that ``entry``'s relational and speed rules name, measured in
-    this session; ``session_speeds``: their tokens/s (speed rules); ``session_values``: the same for the
-    ``kld``/``top1`` rules' refs (``{"kld": {ref: mean KLD}, "top1": {...}}``). ``update``/``force``:
+    ``others``: per metric, the values of the entries ``entry``'s rules name, measured in this session
+    (``{"ppl": {ref: ppl}, "tokens_per_s": {...}, "kld": {ref: mean KLD}, "top1": {...}}``: :func:`values_of`).
+    ``update``/``force``:
     ``--update-baselines``/``--force-update``. ``partial``: only the first ``measured.n_windows`` windows
     were scored (compared with the first recorded ones).
     ``provenance``: the ``recorded.provenance`` block written with an update.
@@ -189,7 +188,7 @@ def judge(
     A failing record has its ``message`` (the full text pytest prints); a queued one its ``update``.
     """
     rec = measured_record(target, entry, measured, partial)
-    session = {"ppl": session_ppls, "tokens_per_s": session_speeds or {}, **(session_values or {})}
+    session = others or {}
     header = text.header(target, entry, measured, partial)
     recorded = entry.recorded
     results: list[RuleResult] = []

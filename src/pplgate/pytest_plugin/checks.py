@@ -34,10 +34,10 @@ from pplgate.gate.rules import Rule, parse_rule
 from pplgate.gate.spec import EntrySpec, parse_baseline
 from pplgate.gate.store import TESTS
 from pplgate.gate.validator import NAME_RE, Validator
-from pplgate.gate.verdict import Target, is_partial
+from pplgate.gate.verdict import Measured, Target, is_partial
 from pplgate.protocol import DEFAULT_SEQLEN
 from pplgate.pytest_plugin.items import gate_of, known_kinds
-from pplgate.pytest_plugin.records import CHECK_FAILED_KEY, CHECKS_KEY, report_model_name
+from pplgate.pytest_plugin.records import CHECK_FAILED_KEY, CHECKS_KEY, measured_of, report_model_name
 
 if TYPE_CHECKING:
     from pplgate.pytest_plugin.session import GateSession
@@ -195,10 +195,8 @@ class PplRegression:
         # a first run records the entry and fails, as pytest-regressions does (never from a partial run)
         first = entry.recorded is None and not gate.update and not is_partial(gate.max_windows_override, max_windows)
 
-        def refs() -> dict[str, float]:  # relational rules: entries of this file checked earlier in the session
-            return self._session_ppls(gate, path, entry)
-
-        rec = gate.verdict(target, entry, m, max_windows, refs, update=first or None)
+        others = self._others(gate, path, entry)  # relational rules: entries of this file checked earlier
+        rec = gate.verdict(target, entry, m, others, max_windows, update=first or None)
         if first and rec.status == Status.CREATED:
             rec.status = Status.MISSING
             where = reports.relpath(str(path), self.item.config.rootpath)
@@ -207,7 +205,7 @@ class PplRegression:
                 f"{name!r} in {where}.\n  Recorded it now (written at the end of this session); re-run the "
                 "test to compare against it, and commit the file."
             )
-        gate.checked_ppls[key] = m.result.ppl
+        gate.checked_measured[key] = m
         self.item.stash.setdefault(CHECKS_KEY, []).append(rec)
         self.item.user_properties.extend(reports.junit_properties(rec))
         if rec.message is not None:
@@ -241,14 +239,14 @@ class PplRegression:
         base = entry or EntrySpec(name=name, kind="?", params={}, rules=[], fingerprint=None, recorded=None)
         return dataclasses.replace(base, kind=subject.kind, params=dict(subject.params), rules=rules)
 
-    def _session_ppls(self, gate: GateSession, path: Path, entry: EntrySpec) -> dict[str, float]:
+    def _others(self, gate: GateSession, path: Path, entry: EntrySpec) -> dict[str, Measured]:
         out = {}
         for ref in entry.refs:
-            if (str(path), ref) not in gate.checked_ppls:
+            if (str(path), ref) not in gate.checked_measured:
                 raise CheckError(
                     f"check(name={entry.name!r}): a relational rule compares with {ref!r}, which was not checked "
                     f"in this session before it (on this xdist worker); check {ref!r} first, in this test or an "
                     "earlier one of the same xdist_group"
                 )
-            out[ref] = gate.checked_ppls[(str(path), ref)]
+            out[ref] = measured_of(gate.checked_measured[(str(path), ref)], None)
         return out

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from pplgate.gate import reports
+from pplgate.gate.kld import KldMeasured, reference_identity
 from pplgate.gate.record import GateRecord, Status
 from pplgate.gate.spec import EntrySpec
 from pplgate.gate.store import NLL_DECIMALS, PPL_DECIMALS
-from pplgate.gate.verdict import Target, new_record
+from pplgate.gate.verdict import Measured, Target, new_record
 from pplgate.pytest_plugin.items import GateFailure, GateItem
 
 CHECKS_KEY = pytest.StashKey[list[GateRecord]]()  # a test function's ppl_regression.check records
@@ -56,6 +57,30 @@ def target_of(item: GateItem) -> Target:
 def base_record(item: GateItem, status: Status) -> GateRecord:
     """The result record of a gate test before anything is measured."""
     return new_record(target_of(item), item.variant, status)
+
+
+def measured_of(m: Any, reference: str | None) -> Measured:
+    """What the verdict needs of a :class:`~pplgate.measure.Measurement` of an entry naming ``reference``."""
+    r, c = m.result, m.comparison
+    fp, kld = m.fingerprint, None
+    if reference is not None and c is not None:
+        ref = c.reference
+        fp = {**fp, "reference": reference_identity(reference, ref.fingerprint["variant"], ref.result.dtype)}
+        res = c.result
+        kld = KldMeasured(reference, res.mean_kld, res.top1_agreement, list(res.window_klds), list(res.window_top1))
+    return Measured(
+        ppl=r.ppl,
+        window_nlls=list(r.window_nlls),
+        n_windows=r.n_windows,
+        n_windows_total=r.n_windows_total,
+        fingerprint=fp,
+        origin=m.origin,
+        wall_time_s=r.wall_time_s,
+        prepare_time_s=m.prepare_time_s,
+        tokens_per_s=r.tokens_per_s,
+        phases=m.phases,
+        kld=kld,
+    )
 
 
 def not_written_lines(records: list[GateRecord], rootdir: Path) -> list[str]:

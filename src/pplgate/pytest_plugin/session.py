@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,17 +15,15 @@ from pplgate.gate import reports
 from pplgate.gate.record import GateRecord, Status
 from pplgate.gate.spec import EntrySpec, ProfileSpec
 from pplgate.gate.store import EntryUpdate, write_updates
-from pplgate.gate.verdict import (
-    Measured,
-    Target,
-    is_partial,
-    judge,
-    measured_record,
-    partial_update_refusal,
-)
-from pplgate.pytest_plugin import references
+from pplgate.gate.verdict import Target, is_partial, judge, partial_update_refusal, values_of
 from pplgate.pytest_plugin.items import GATE_KEY, GateFailure, GateItem
-from pplgate.pytest_plugin.records import base_record, not_written_lines, target_of, with_recorded_device_type
+from pplgate.pytest_plugin.records import (
+    base_record,
+    measured_of,
+    not_written_lines,
+    target_of,
+    with_recorded_device_type,
+)
 
 if TYPE_CHECKING:
     from pplgate.measure import Measurement, Measurer
@@ -60,11 +58,12 @@ class GateSession:
     all_skipped_under_ci: str = ""  # why every entry skipped, when that fails the session
     # ppl_regression.check on this worker: (file, entry) -> the test that checked it, and its ppl
     checked: dict[tuple[str, str], str] = field(default_factory=dict)
-    checked_ppls: dict[tuple[str, str], float] = field(default_factory=dict)
+    checked_measured: dict[tuple[str, str], Any] = field(default_factory=dict)  # ... and its Measurement
     checked_by: dict[tuple[str, str], str] = field(default_factory=dict)  # the controller's view of the checks
     check_conflicts: list[str] = field(default_factory=list)  # one entry checked by two tests
     conflicting: set[tuple[str, str]] = field(default_factory=set)  # (file, entry) of those: never written
-    comparisons: dict[tuple[str, str, str], Any] = field(default_factory=dict)  # (file, profile, entry) -> pass
+    # (file, profile) -> {entry: its Measurement, or the exception measuring it raised}
+    measured: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     # ---- configuration
     @property
@@ -126,20 +125,31 @@ class GateSession:
         override = self.config.getoption("--pplgate-max-windows")
         return profile.max_windows if override is None else override
 
-    def measure(self, item: GateItem, variant: EntrySpec) -> Measurement:
-        """Measure ``variant`` of ``item``'s profile once per session (relational refs reuse it)."""
-        return self.measurer.measure(
-            item.source,
-            kind=variant.kind,
-            params=variant.params,
-            device=item.device,
-            tokenizer=item.tokenizer_ref,
-            seqlen=item.profile.seqlen,
-            batch_size=item.profile.batch_size,
-            max_windows=self.max_windows(item.profile),
-            device_map=item.profile.device_map,
-            label=f"{item.source.short_name()} {variant.name}",
-        )
+    def profile(self, item: GateItem) -> dict[str, Any]:
+        """``{entry: Measurement or exception}`` of ``item``'s profile: every entry this session needs there (its
+        items, and the entries their rules name) measured in one call when the profile's first item runs."""
+        from pplgate.measure import ProfileRequest
+
+        have = self.measured.setdefault((str(item.spec.path), item.profile.name), {})
+        names: set[str] = set()
+        for other in getattr(item.session, "items", None) or [item]:
+            if getattr(other, "spec", None) is item.spec and getattr(other, "profile", None) is item.profile:
+                names |= {other.variant.name, *other.variant.refs}
+        if names - have.keys():
+            p = item.profile
+            request = ProfileRequest(
+                source=item.source,
+                device=item.device,
+                entries=list(p.variants.values()),
+                tokenizer=item.tokenizer_ref,
+                seqlen=p.seqlen,
+                batch_size=p.batch_size,
+                max_windows=self.max_windows(p),
+                device_map=p.device_map,
+                compare_group=self.config.getoption("--pplgate-compare-group"),
+            )
+            have.update(self.measurer.measure_profile(request, names - have.keys()))
+        return have
 
     def free_after(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         """Free the models no later gate item needs (GPU memory): after a gate item, and after the last test
@@ -168,27 +178,17 @@ class GateSession:
             raise PplgateError(refusal)
 
     def run_item(self, item: GateItem) -> None:
-        """Measure the entry (and the entries its relational rules name), judge, raise a failing verdict."""
+        """Judge the entry from its profile's measurements (its own and those its rules name); raise a failure."""
         profile = item.profile
         entry = with_recorded_device_type(item.variant, profile.device)
         self.refuse_partial_update(profile.name, profile.max_windows)
         item.record = base_record(item, Status.ERROR)
-        comparison = references.run(self, item, entry)  # a reference's shared pass first: its PPLs serve measure()
-        m = self.measure(item, entry)
-
-        def session_ppls() -> dict[str, float]:  # relational rules compare with entries measured in this session
-            return {ref: self.measure(item, profile.variants[ref]).result.ppl for ref in entry.refs}
-
-        def session_speeds() -> dict[str, float]:  # speed rules compare tokens/s with them
-            return {ref: self.measure(item, profile.variants[ref]).result.tokens_per_s for ref in entry.refs}
-
-        def measured(rec: GateRecord) -> None:  # what an error report shows
-            item.record = rec
-
-        target = target_of(item)
-        item.record = self.verdict(
-            target, entry, m, profile.max_windows, session_ppls, measured, session_speeds=session_speeds, ref=comparison
-        )
+        measured = self.profile(item)
+        for name in (entry.name, *entry.refs):
+            if isinstance(measured.get(name), BaseException):
+                raise measured[name]  # this entry's own failure, or that of an entry its rules compare with
+        others = {ref: measured_of(measured[ref], profile.variants[ref].reference) for ref in entry.refs}
+        item.record = self.verdict(target_of(item), entry, measured[entry.name], others, profile.max_windows)
         if item.record.message is not None:
             raise GateFailure(item.record.message, item.record.status)
 
@@ -197,17 +197,14 @@ class GateSession:
         target: Target,
         entry: EntrySpec,
         m: Measurement,
+        others: Mapping[str, Any],
         profile_max_windows: int | None,
-        session_ppls: Callable[[], Mapping[str, float]],
-        on_measured: Callable[[GateRecord], None] = lambda rec: None,
         *,
         update: bool | None = None,
-        session_speeds: Callable[[], Mapping[str, float]] = dict,
-        ref: references.ReferenceRun | None = None,
     ) -> GateRecord:
         """:func:`~pplgate.gate.verdict.judge` on a measurement, with this session's options and provenance
-        (one path for collected entries and ``ppl_regression.check``); ``ref``: the entry's comparison with
-        its reference (:func:`pplgate.pytest_plugin.references.run`), if it names one."""
+        (one path for collected entries and ``ppl_regression.check``); ``others``: the ``Measured`` of the entries
+        its rules name."""
         from pplgate import provenance
 
         r = m.result
@@ -220,32 +217,15 @@ class GateSession:
             args=list(self.config.invocation_params.args),
             extra={"batch_size": r.batch_size, "tokens_per_s": round(r.tokens_per_s, 1), **m.extra},
         )
-        measured = Measured(
-            ppl=r.ppl,
-            window_nlls=list(r.window_nlls),
-            n_windows=r.n_windows,
-            n_windows_total=r.n_windows_total,
-            fingerprint=ref.fingerprint(m.fingerprint) if ref else m.fingerprint,
-            origin=m.origin,
-            wall_time_s=r.wall_time_s,
-            prepare_time_s=m.prepare_time_s,
-            tokens_per_s=r.tokens_per_s,
-            phases=m.phases,
-            kld=ref.kld if ref else None,
-        )
-        partial = is_partial(self.config.getoption("--pplgate-max-windows"), profile_max_windows)
-        on_measured(measured_record(target, entry, measured, partial))
         return judge(
             target,
             entry,
-            measured,
-            session_ppls=session_ppls(),
-            session_values=ref.session_values if ref else None,
+            measured_of(m, entry.reference),
+            others=values_of(others),
             update=self.update if update is None else update,
             force=self.force,
-            partial=partial,
+            partial=is_partial(self.config.getoption("--pplgate-max-windows"), profile_max_windows),
             provenance=prov,
-            session_speeds=session_speeds(),
         )
 
     # ---- reports from the items (on the controller, from every xdist worker)
