@@ -78,8 +78,11 @@ def _needed(prof: ProfileSpec, selected: list[EntrySpec]) -> list[EntrySpec]:
     return [e for e in prof.variants.values() if e.name in names]
 
 
-def measure_once(spec: BaselineSpec, prof: ProfileSpec, needed: list[EntrySpec], dataset: str | None) -> dict:
-    """One run: a fresh Measurer, caches off; each needed entry's ppl, tokens/s and (with a reference) KLD/top-1."""
+def measure_once(
+    spec: BaselineSpec, prof: ProfileSpec, needed: list[EntrySpec], dataset: str | None
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """One run: a fresh Measurer, caches off. Per needed entry its ppl, tokens/s, preparation seconds and (with a
+    reference) KLD/top-1; and its origin (``quantized``: built in this run, ``loaded``: a float model)."""
     from pplgate.measure import Measurer
     from pplgate.models.source import resolve_source
 
@@ -95,6 +98,7 @@ def measure_once(spec: BaselineSpec, prof: ProfileSpec, needed: list[EntrySpec],
     )
     measurer = Measurer(dataset=dataset, cache_mode="off")
     values: dict[str, dict[str, float]] = {}
+    origins: dict[str, str] = {}
     for ref in dict.fromkeys(e.reference for e in needed if e.reference):
         group = [e for e in needed if e.reference == ref]
         base = prof.variants[ref]
@@ -116,10 +120,13 @@ def measure_once(spec: BaselineSpec, prof: ProfileSpec, needed: list[EntrySpec],
             label=f"{source.short_name()} {e.name}",
             **run_args,
         )
-        values.setdefault(e.name, {}).update(ppl=m.result.ppl, tokens_per_s=m.result.tokens_per_s)
+        values.setdefault(e.name, {}).update(
+            ppl=m.result.ppl, tokens_per_s=m.result.tokens_per_s, prepare_time_s=m.prepare_time_s
+        )
+        origins[e.name] = m.origin
     del measurer
     gc.collect()
-    return values
+    return values, origins
 
 
 def _machine(device: str) -> str:
@@ -160,8 +167,11 @@ def cmd_calibrate(args: argparse.Namespace, check_output_file: Callable[[str, st
     runs: Runs = []
     for i in range(args.runs):
         t0 = time.perf_counter()
-        runs.append(measure_once(spec, prof, needed, args.dataset))
-        shown = ", ".join(f"{n} {v['ppl']:.6f}" for n, v in runs[-1].items())
+        values, origins = measure_once(spec, prof, needed, args.dataset)
+        runs.append(values)
+        shown = ", ".join(
+            f"{n} {v['ppl']:.6f} ({origins[n]}, prepared in {v['prepare_time_s']:.0f} s)" for n, v in values.items()
+        )
         print(f"run {i + 1}/{args.runs} ({time.perf_counter() - t0:.0f} s): {shown}", flush=True)
         if args.json_out:  # the runs so far: kept when a later run fails
             Path(args.json_out).write_text(json.dumps({"file": str(path), "profile": prof.name, "runs": runs}) + "\n")
