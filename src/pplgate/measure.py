@@ -2,19 +2,18 @@
 
 :class:`Measurer` turns a request (a source, a variant kind with params, a device, the profile numbers) into a
 :class:`Measurement` (the result, the protocol fingerprint, the provenance), once per request per session, over
-the session's :class:`~pplgate.inputs.Inputs`. A profile is the unit of the gate: :meth:`Measurer.measure_profile`
-measures every entry a session needs in one call (each reference's comparison pass once) and returns ``{entry:
-Measurement}``, the comparison inside. The plugin, the CLI, the benchmarks and CI scripts all measure through it.
+the session's :class:`~pplgate.inputs.Inputs`; :func:`pplgate.profile.measure_profile` measures a profile (the
+gate's unit) through it. The plugin, the CLI, the benchmarks and CI scripts all measure through it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pplgate.errors import PplgateError, ProtocolError, VariantError
+from pplgate.errors import ProtocolError
 from pplgate.gate.store import plain
 from pplgate.inputs import Inputs, release_memory
 from pplgate.measurement import (
@@ -34,11 +33,13 @@ from pplgate.models.variant import ModelContext, PreparedModel, Variant
 from pplgate.protocol.compare import evaluate_comparisons
 from pplgate.protocol.dataset import CanonicalText
 from pplgate.protocol.engine import DEFAULT_SEQLEN, evaluate_perplexity
+from pplgate.protocol.reference_file import StoredReference
+from pplgate.protocol.stored_compare import compare_to_reference
 from pplgate.protocol.tokens import TokenizedText
 from pplgate.provenance import device_layout
 
 if TYPE_CHECKING:
-    from pplgate.gate.spec import EntrySpec
+    pass
 
 __all__ = [
     "PHASES", "Comparison", "Measurement", "Measurer", "ProfileRequest", "fingerprint", "plain", "scalar_info",
@@ -47,7 +48,7 @@ __all__ = [
 
 
 class Measurer:
-    """``measure(...) -> Measurement`` (and :meth:`measure_profile`, :meth:`compare_many`) over session caches.
+    """``measure(...) -> Measurement`` (and :meth:`compare_many`, :meth:`compare_file`) over session caches.
 
     ``dataset`` is the WikiText-2 test split's path (None: :mod:`pplgate.locate`'s lookup order), named
     ``dataset_option`` in error messages (``--dataset`` for the CLI, ``--pplgate-dataset`` under pytest).
@@ -279,101 +280,50 @@ class Measurer:
             Comparison(result=r, reference=measured[0], model=m) for r, m in zip(results, measured[1:], strict=True)
         ]
 
-    # ---- a profile: every entry a session needs, each comparison pass once
-    def measure_profile(self, profile: ProfileRequest, names: Iterable[str]) -> dict[str, Measurement | BaseException]:
-        """Every entry of ``profile`` named in ``names`` (and the references they name) measured once:
-        ``{entry: Measurement}`` with the comparison inside for an entry with a ``reference``, or the exception
-        that entry's own measurement raised (one entry's failure is its own; the others are still measured).
-
-        The entries naming one reference are compared with it in one pass (at most ``compare_group`` variants
-        per pass, each pass running the reference's forward), which gives each model's PPL too. Memory: the
-        reference and the variants of a pass are loaded together."""
-        by_name = {e.name: e for e in profile.entries}
-        wanted = set(names)
-        wanted |= {by_name[n].reference for n in wanted if n in by_name and by_name[n].reference}
-        compared: dict[str, Comparison | BaseException] = {}
-        for ref in dict.fromkeys(e.reference for e in profile.entries if e.reference and e.name in wanted):
-            group = [e for e in profile.entries if e.reference == ref and e.name in wanted]
-            size = profile.compare_group or len(group)
-            for start in range(0, len(group), size):
-                compared.update(self._compare_entries(profile, by_name[ref], group[start : start + size]))
-        out: dict[str, Measurement | BaseException] = {}
-        for e in profile.entries:
-            if e.name not in wanted:
-                continue
-            c = compared.get(e.name)
-            if isinstance(c, BaseException):
-                out[e.name] = c
-                continue
-            try:
-                m = self.measure(
-                    profile.source,
-                    kind=e.kind,
-                    params=e.params,
-                    device=profile.device,
-                    tokenizer=profile.tokenizer,
-                    seqlen=profile.seqlen,
-                    batch_size=profile.batch_size,
-                    max_windows=profile.max_windows,
-                    device_map=profile.device_map,
-                    label=f"{profile.source.short_name()} {e.name}",
-                )
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # this entry's own failure (a skip a team's code asks for too)
-                out[e.name] = exc
-                continue
-            out[e.name] = m if c is None else replace(m, comparison=c)
-        return out
-
-    def _compare_entries(
-        self, profile: ProfileRequest, ref: EntrySpec, group: list[EntrySpec]
-    ) -> dict[str, Comparison | BaseException]:
-        """One pass for ``group`` against ``ref``. When it fails, each entry is compared alone, so that one
-        entry's error (a quantizer that cannot build its model, a team's code that raises) is that entry's."""
-
-        def compare(entries: list[EntrySpec]) -> list[Comparison]:
-            return self.compare_many(
-                profile.source,
-                [(profile.source, e.kind, e.params) for e in entries],
-                reference_kind=ref.kind,
-                reference_params=ref.params,
-                device=profile.device,
-                tokenizer=profile.tokenizer,
-                seqlen=profile.seqlen,
-                batch_size=profile.batch_size,
-                max_windows=profile.max_windows,
+    def compare_file(
+        self,
+        path: str,
+        source: ModelSource,
+        *,
+        kind: str,
+        params: Mapping[str, Any],
+        device: str,
+        tokenizer: str | None = None,
+        seqlen: int = DEFAULT_SEQLEN,
+        batch_size: int = 1,
+        max_windows: int | None = None,
+        label: str | None = None,
+    ) -> Comparison:
+        """``source``'s variant ``kind(params)`` against the stored reference at ``path`` (``pplgate reference
+        save``): one pass of the model, the reference never loaded. The file's protocol (dataset, tokenizer, seqlen,
+        windows) must be this run's; ``max_windows`` None: the file must hold every window."""
+        stored = StoredReference(path)  # format, size and content hash: before any model loads
+        variant = make_variant(kind, params)
+        text = self.text()
+        (tok, tokens, tok_name), tokenize_s = self.inputs.tokens(source, tokenizer)
+        actual = {"dataset_sha256": text.sha256, "tokenizer_sha256": tokens.tokenizer_sha256, "seqlen": seqlen}
+        stored.check_fingerprint({**actual, "bos_added": tokens.bos_added}, where="this run")
+        n_total = len(tokens.ids) // seqlen
+        if stored.n_windows != (max_windows or n_total):
+            raise ProtocolError(
+                f"reference file {path} holds {stored.n_windows} windows, this run scores {max_windows or n_total}: "
+                f"save it with --max-windows {max_windows or n_total} (`pplgate reference save`)"
             )
-
+        prepared = self._prepare(source, variant, device, None, tok)
         try:
-            return dict(zip((e.name for e in group), compare(group), strict=True))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            try:  # the reference alone (kept for its own entry's measure): was it the reference or a variant?
-                self.prepare(
-                    profile.source,
-                    kind=ref.kind,
-                    params=ref.params,
-                    device=profile.device,
-                    tokenizer=profile.tokenizer,
-                    device_map=profile.device_map,
-                )
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as failed:  # the reference cannot be built: every entry of the pass says so
-                return {e.name: _named(ref, e, failed) for e in group}
-            if len(group) == 1:
-                return {group[0].name: exc}
-        out: dict[str, Comparison | BaseException] = {}
-        for e in group:
-            try:
-                out[e.name] = compare([e])[0]
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as one:
-                out[e.name] = one
-        return out
+            label = label or f"{source.short_name()} {kind}"
+            result = compare_to_reference(
+                stored, prepared[1].model, tokens, text, batch_size=batch_size, progress=self.progress, label=label
+            )
+            layout = device_layout(prepared[1].model) if str(device).startswith("cuda") else None
+        finally:
+            prepared[1].model = None  # type: ignore[assignment]
+        own = result.perplexity_results()[1]
+        m = self._measurement(source, tokenizer, own, prepared, (tok_name, tokenize_s), layout)
+        m.extra["reference_file"] = result.extra["reference_file"]  # the KLD's kind: a bound or an estimate
+        keys = ("content_sha256", "reference_variant", "dtype_reference", "top_k", "tail_samples")
+        identity = {"file": Path(path).name, **{k: stored.meta.get(k) for k in keys if k in stored.meta}}
+        return Comparison(result=result, reference=None, model=m, stored=identity)
 
     # ---- memory
     def free(self, keep: set[tuple[ModelSource, str]]) -> None:
@@ -383,14 +333,3 @@ class Measurer:
             del self._prepared[k]
         if self.inputs.free(keep) or dropped:
             release_memory()
-
-
-def _named(ref: EntrySpec, entry: EntrySpec, exc: BaseException) -> BaseException:
-    """``reference 'rtn' of entry 'gptq' failed: ...``: one line, the reference's exception attached (a skip
-    the reference's code asked for stays a skip)."""
-    if not isinstance(exc, Exception):
-        return exc
-    text = str(exc) if isinstance(exc, PplgateError) else f"{type(exc).__name__}: {exc}"
-    err = VariantError(f"reference {ref.name!r} of entry {entry.name!r} failed: {' '.join(text.split())[:600]}")
-    err.__cause__ = exc
-    return err

@@ -48,8 +48,9 @@ class Comparison:
     """One reference-vs-model pass: the comparison and both models' own measurements, from that pass."""
 
     result: ComparisonResult
-    reference: Measurement
+    reference: Measurement | None  # None: a stored reference (``stored`` names it)
     model: Measurement
+    stored: dict[str, Any] | None = None  # a stored reference file's identity (name, content hash, K, dtype)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ was edited by hand.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,13 @@ def recorded_block(m: KldMeasured) -> dict[str, Any]:
         "window_klds": [round_kld(x) for x in m.window_klds],
         "window_top1": [round(x, TOP1_DECIMALS) for x in m.window_top1],
     }
+
+
+def reference_name(entry: Any) -> str | None:
+    """What an entry is compared with, in words: the reference entry's name, or ``file <name>`` (a stored one)."""
+    if entry.reference_file:
+        return f"file {os.path.basename(entry.reference_file)}"
+    return entry.reference
 
 
 def reference_identity(name: str, variant: Mapping[str, Any], dtype: str) -> dict[str, Any]:
@@ -125,17 +133,19 @@ def check_reference(v: Validator, entries: Mapping[str, Any], es: Any, kp: str, 
         if rule.metric not in COMPARISON_METRICS:  # ppl and speed rules need no reference
             continue
         line = es.rule_lines[i] if i < len(es.rule_lines) else None
-        if ref is None:
+        if ref is None and es.reference_file is None:
             v.err(
                 f"{ekp}.tolerance[{i}]",
-                f"a {rule.type} rule compares with the entry's reference: add `reference: <entry>` to the entry",
+                f"a {rule.type} rule compares with the entry's reference: add `reference: <entry>` (or `reference: "
+                "{file: PATH}`, a stored reference) to the entry",
                 line=line,
             )
         other = entries.get(rule.ref) if rule.ref else None
-        if other is not None and other.reference != ref:
+        if other is not None and (other.reference, other.reference_file) != (ref, es.reference_file):
+            theirs, mine = other.reference or other.reference_file, ref or es.reference_file
             v.err(
                 f"{ekp}.tolerance[{i}].ref",
-                f"{rule.ref!r} is compared with reference {other.reference!r}, this entry with {ref!r}: a {rule.type} "
+                f"{rule.ref!r} is compared with reference {theirs!r}, this entry with {mine!r}: a {rule.type} "
                 "rule compares entries scored against the same reference",
                 line=line,
             )

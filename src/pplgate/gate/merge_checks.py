@@ -115,7 +115,7 @@ def _numbers(rec: Mapping[str, Any]) -> tuple[float, list[float]] | None:
 
 def _kld(rec: Mapping[str, Any], entry: EntrySpec) -> KldMeasured | None:
     block = rec.get("kld")
-    if entry.reference is None or not isinstance(block, Mapping):
+    if (entry.reference or entry.reference_file) is None or not isinstance(block, Mapping):
         return None
     return KldMeasured(
         reference=str(block["reference"]),

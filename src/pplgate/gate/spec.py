@@ -53,7 +53,7 @@ from typing import Any
 from pplgate.errors import BaselineError
 from pplgate.gate.kld import RECORDED_KLD_KEYS, RecordedKld, parse_recorded_kld
 from pplgate.gate.kld_rules import COMPARISON_METRICS
-from pplgate.gate.param_paths import resolve_param_paths
+from pplgate.gate.param_paths import resolve_file, resolve_param_paths
 from pplgate.gate.rules import Rule, parse_rule
 from pplgate.gate.spec_refs import check_refs
 from pplgate.gate.store import line_of, plain, read_raw
@@ -126,6 +126,7 @@ class EntrySpec:
     line: int | None = None
     rule_lines: list[int | None] = field(default_factory=list)  # the line of each tolerance rule
     reference: str | None = None  # the entry of the profile this one is compared with (KLD, top-1)
+    reference_file: str | None = None  # or a stored reference (``reference: {file: PATH}``), the path resolved
 
     @property
     def refs(self) -> list[str]:
@@ -322,8 +323,26 @@ def _parse_entry(
         recorded=_parse_recorded(v, enode.get("recorded"), f"{ekp}.recorded", enode, "reference" in enode),
         line=line,
         rule_lines=[line_of(tol, i) for i in range(len(tol))],
-        reference=v.string(enode, "reference", ekp, optional=True),
+        reference=None if isinstance(enode.get("reference"), Mapping) else v.string(enode, "reference", ekp, True),
+        reference_file=_reference_file(v, enode, ekp),
     )
+
+
+def _reference_file(v: Validator, enode: Any, ekp: str) -> str | None:
+    """``reference: {file: PATH}``: a stored reference (``pplgate reference save``), ``$VARS`` and ``~`` expanded,
+    a relative path resolved against the baseline file's folder."""
+    node = enode.get("reference")
+    if not isinstance(node, Mapping):
+        return None
+    if set(node) != {"file"} or not isinstance(node.get("file"), str) or not node["file"]:
+        v.err(
+            f"{ekp}.reference",
+            "a stored reference is `reference: {file: PATH}` (a file `pplgate reference save` wrote); an entry of the "
+            "profile is `reference: <entry>`",
+            enode,
+            "reference",
+        )
+    return str(resolve_file(node["file"], v.path.parent))
 
 
 def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any, reference: bool) -> Recorded | None:

@@ -43,7 +43,7 @@ def check_refs(v: Validator, profile: ProfileSpec, profiles: Mapping[str, Profil
                 if ref == es.name:
                     v.err(rkp, "a variant cannot be relative to itself", line=line)
         check_reference(v, entries, es, kp, profiles)
-        if es.reference is not None and profile.device_map is not None:
+        if (es.reference or es.reference_file) is not None and profile.device_map is not None:
             v.err(
                 f"{kp}.variants.{es.name}.reference",
                 f"a comparison with a reference runs both models on one device; profile {profile.name} spreads "
@@ -82,6 +82,8 @@ def _check_speed_rules(v: Validator, entries: Mapping[str, EntrySpec], kp: str) 
         if es.reference:
             passes.setdefault(es.name, set()).add(es.reference)
             passes.setdefault(es.reference, set()).add(es.reference)
+        elif es.reference_file:  # its own pass against the file
+            passes.setdefault(es.name, set()).add(f"file {es.reference_file}")
     for es in entries.values():
         for i, rule in enumerate(es.rules):
             if rule.metric != "tokens_per_s":

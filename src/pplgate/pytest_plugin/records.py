@@ -64,8 +64,11 @@ def measured_of(m: Any, reference: str | None) -> Measured:
     r, c = m.result, m.comparison
     fp, kld = m.fingerprint, None
     if reference is not None and c is not None:
-        ref = c.reference
-        fp = {**fp, "reference": reference_identity(reference, ref.fingerprint["variant"], ref.result.dtype)}
+        ref = c.reference  # None for a stored reference: the file's identity (its content hash included)
+        identity = (
+            c.stored if ref is None else reference_identity(reference, ref.fingerprint["variant"], ref.result.dtype)
+        )
+        fp = {**fp, "reference": identity}
         res = c.result
         kld = KldMeasured(reference, res.mean_kld, res.top1_agreement, list(res.window_klds), list(res.window_top1))
     return Measured(

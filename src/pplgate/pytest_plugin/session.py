@@ -12,6 +12,7 @@ import pytest
 
 from pplgate.errors import PplgateError
 from pplgate.gate import reports
+from pplgate.gate.kld import reference_name
 from pplgate.gate.record import GateRecord, Status
 from pplgate.gate.spec import EntrySpec, ProfileSpec
 from pplgate.gate.store import EntryUpdate, write_updates
@@ -127,8 +128,10 @@ class GateSession:
 
     def profile(self, item: GateItem) -> dict[str, Any]:
         """``{entry: Measurement or exception}`` of ``item``'s profile: every entry this session needs there (its
-        items, and the entries their rules name) measured in one call when the profile's first item runs."""
-        from pplgate.measure import ProfileRequest
+        items, and the entries their rules name), measured in one call (:func:`pplgate.profile.measure_profile`)
+        when the profile's first item runs."""
+        from pplgate.measurement import ProfileRequest
+        from pplgate.profile import measure_profile
 
         have = self.measured.setdefault((str(item.spec.path), item.profile.name), {})
         names: set[str] = set()
@@ -148,7 +151,7 @@ class GateSession:
                 device_map=p.device_map,
                 compare_group=self.config.getoption("--pplgate-compare-group"),
             )
-            have.update(self.measurer.measure_profile(request, names - have.keys()))
+            have.update(measure_profile(self.measurer, request, names - have.keys()))
         return have
 
     def free_after(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -187,7 +190,7 @@ class GateSession:
         for name in (entry.name, *entry.refs):
             if isinstance(measured.get(name), BaseException):
                 raise measured[name]  # this entry's own failure, or that of an entry its rules compare with
-        others = {ref: measured_of(measured[ref], profile.variants[ref].reference) for ref in entry.refs}
+        others = {ref: measured_of(measured[ref], reference_name(profile.variants[ref])) for ref in entry.refs}
         item.record = self.verdict(target_of(item), entry, measured[entry.name], others, profile.max_windows)
         if item.record.message is not None:
             raise GateFailure(item.record.message, item.record.status)
@@ -220,7 +223,7 @@ class GateSession:
         return judge(
             target,
             entry,
-            measured_of(m, entry.reference),
+            measured_of(m, reference_name(entry)),
             others=values_of(others),
             update=self.update if update is None else update,
             force=self.force,
