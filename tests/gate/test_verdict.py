@@ -144,7 +144,7 @@ def test_missing_entry_with_update_is_created():
         "provenance": PROV,
     }
     assert rec.rules is None  # no rule compares with this session
-    assert set(rec.to_dict()) == BASE_KEYS | MEASURED_KEYS | {"update"}
+    assert set(rec.to_dict()) == BASE_KEYS | MEASURED_KEYS | {"update", "detectable"}
 
 
 def test_created_entry_with_a_passing_relational_rule_records_that_rule():
@@ -305,7 +305,7 @@ def test_pass():
         {"text": "[PASS] absolute: |ppl - recorded| <= 0.001: got +0.000000", "passed": True, "type": "absolute"}
     ]
     assert rec.paired.n == 4 and rec.paired.n_worse == 0 and rec.paired.n_better == 0
-    assert set(rec.to_dict()) == BASE_KEYS | MEASURED_KEYS | COMPARED_KEYS | {"rules", "paired"}
+    assert set(rec.to_dict()) == BASE_KEYS | MEASURED_KEYS | COMPARED_KEYS | {"rules", "paired", "detectable"}
     assert rec.to_dict()["paired"] == rec.paired.to_dict() and rec.to_dict()["status"] == "pass"
     assert rec.tolerance == "±0.001" and rec.kind == "fp32" and rec.variant == "fp32" and rec.device == "cpu"
 
@@ -332,6 +332,7 @@ def test_absolute_regression_message():
     assert set(rec.to_dict()) == BASE_KEYS | MEASURED_KEYS | COMPARED_KEYS | {
         "rules",
         "paired",
+        "detectable",
         "rerun",
         "inconsistent",
     }
@@ -463,7 +464,7 @@ def test_update_of_a_passing_entry():
     assert rec.update == EntryUpdate("cpu", "fp32", FP, PPL, NLLS, PROV)
     assert rec.rules[0]["passed"] is True and rec.paired is not None
     d = rec.to_dict()
-    assert set(d) == BASE_KEYS | MEASURED_KEYS | COMPARED_KEYS | {"rules", "paired", "update"}
+    assert set(d) == BASE_KEYS | MEASURED_KEYS | COMPARED_KEYS | {"rules", "paired", "detectable", "update"}
     assert d["status"] == "updated" and d["update"]["variant"] == "fp32"
 
 
@@ -610,6 +611,7 @@ def test_a_hand_edited_ppl_within_the_rules_is_never_a_pass():
         f"  measured ppl {rec.ppl:.6f}; the rules against the recorded ppl:\n"
         f"    {rec.rules[0]['text']}\n"
         f"  {rec.paired.describe()}\n"
+        f"  {rec.detectable.describe()}\n"
         f"  was the baseline file edited by hand? Re-record the entry with:\n    {RERUN}"
     )
     assert "(systematic shift); 4/4 windows worse" in rec.message  # the NLLs still tell the truth
@@ -629,6 +631,7 @@ def test_window_nlls_of_the_wrong_length_fail_without_a_paired_comparison():
     assert failing.status is Status.FAIL and failing.paired is None
     assert (
         "\n  no per-window comparison: the recorded window NLLs do not pair with this run's windows\n"
+        f"  {failing.detectable.describe()}\n"
         "  note: the recorded window_nlls hold 3 values, but fingerprint.n_windows is 4; was the baseline file edited "
         "by hand?\n" in failing.message
     )

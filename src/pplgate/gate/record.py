@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from pplgate.gate.detect import DetectableShift
 from pplgate.gate.drift import Change
 from pplgate.gate.stats import PairedStats
 from pplgate.gate.store import EntryUpdate
@@ -100,6 +101,7 @@ class GateRecord:
     drift: list[Change] | None = None
     rules: list[dict[str, Any]] | None = None  # RuleResult.to_dict() of each rule checked
     paired: PairedStats | None = None
+    detectable: DetectableShift | None = None  # the smallest PPL/KLD shift its windows resolve (gate.detect)
     kld: dict[str, Any] | None = None  # with a reference: pplgate.gate.kld.record_block (plain data)
     rerun: str | None = None  # the command that re-records the entry
     update: EntryUpdate | None = None  # queued (created/updated/not_written)
@@ -133,7 +135,7 @@ class GateRecord:
                 value = value.value
             elif f.name == "drift":
                 value = [[k, old, new] for k, old, new in value]
-            elif isinstance(value, (PairedStats, EntryUpdate)):
+            elif isinstance(value, (PairedStats, EntryUpdate, DetectableShift)):
                 value = value.to_dict()
             out[f.name] = value
         return out
@@ -152,6 +154,8 @@ class GateRecord:
             kw["drift"] = [tuple(c) for c in kw["drift"]]
         if kw.get("paired") is not None:
             kw["paired"] = PairedStats.from_dict(kw["paired"])
+        if kw.get("detectable") is not None:
+            kw["detectable"] = DetectableShift.from_dict(kw["detectable"])
         if kw.get("update") is not None:
             kw["update"] = EntryUpdate.from_dict(kw["update"])
         return cls(**kw)

@@ -21,6 +21,14 @@ _T975 = (
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
 _Z975 = 1.959963984540054
+# One-sided 80% quantiles t_{0.80, df} for df = 1..30 (standard tables, 3 decimals): the power term of
+# :func:`detectable_shift`.
+_T80 = (
+    1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879,
+    0.876, 0.873, 0.870, 0.868, 0.866, 0.865, 0.863, 0.862, 0.861, 0.860,
+    0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854,
+)  # fmt: skip
+_Z80 = 0.8416212335729143
 # exp() of a mean NLL above this overflows a float: the perplexity is then reported as inf
 MAX_EXP_ARG = math.log(sys.float_info.max)
 
@@ -55,22 +63,47 @@ def describe_ppl(ppl: float, window_nlls: Sequence[float] | None = None) -> str:
     return f"{ppl:.6f} (mean NLL {mean(window_nlls):.6g} nats: exp overflows)"
 
 
-def t_quantile_975(df: int) -> float:
-    """``t_{0.975}`` of Student's t with ``df`` degrees of freedom.
-
-    Exact table for df <= 30; above, the Cornish-Fisher expansion around the normal quantile
-    (error < 1e-4 for df > 30).
-    """
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
+def _cornish_fisher(z: float, df: int) -> float:
+    """Student's t quantile from the normal quantile ``z`` (Cornish-Fisher; error < 1e-4 for df > 30)."""
     g1 = (z**3 + z) / 4
     g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
     g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
     g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
     return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def _t_quantile(table: tuple[float, ...], z: float, df: int) -> float:
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    return table[df - 1] if df <= len(table) else _cornish_fisher(z, df)
+
+
+def t_quantile_975(df: int) -> float:
+    """``t_{0.975}`` of Student's t with ``df`` degrees of freedom: the exact table for df <= 30, above it
+    the Cornish-Fisher expansion around the normal quantile."""
+    return _t_quantile(_T975, _Z975, df)
+
+
+def t_quantile_80(df: int) -> float:
+    """``t_{0.80}`` of Student's t with ``df`` degrees of freedom (as :func:`t_quantile_975`)."""
+    return _t_quantile(_T80, _Z80, df)
+
+
+def detectable_shift(sd: float, n: int) -> float | None:
+    """The smallest shift of a mean of ``n`` paired differences with standard deviation ``sd`` that a two-sided
+    95% t test detects with 80% power: ``(t_{0.975,n-1} + t_{0.80,n-1}) * sd / sqrt(n)``. None for one
+    window (no t interval)."""
+    if n < 2:
+        return None
+    return (t_quantile_975(n - 1) + t_quantile_80(n - 1)) * sd / math.sqrt(n)
+
+
+def sample_sd(values: Sequence[float]) -> float:
+    """The sample standard deviation (n - 1); 0 for fewer than two values."""
+    if len(values) < 2:
+        return 0.0
+    avg = mean(values)
+    return math.sqrt(fsum([(x - avg) * (x - avg) for x in values]) / (len(values) - 1))
 
 
 # Below this many windows a non-significant paired interval is too wide to call "noise" (t_0.975 is 12.7 at

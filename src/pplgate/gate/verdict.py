@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pplgate.gate import detect
 from pplgate.gate import kld as kld_gate
 from pplgate.gate import verdict_text as text
 from pplgate.gate.drift import compare_fingerprints, describe_drift, drift_lines
@@ -80,7 +81,7 @@ class Measured:
 # --------------------------------------------------------------------------- judging
 
 
-def values_of(others: Mapping[str, Measured]) -> dict[str, dict[str, float]]:
+def values_of(others: Mapping[str, Measured]) -> dict[str, dict[str, Any]]:
     """Per metric, the values of measured entries, as :func:`judge`'s ``others`` takes them."""
     klds = {name: m.kld for name, m in others.items() if m.kld is not None}
     return {
@@ -88,6 +89,7 @@ def values_of(others: Mapping[str, Measured]) -> dict[str, dict[str, float]]:
         "tokens_per_s": {name: m.tokens_per_s for name, m in others.items() if m.tokens_per_s is not None},
         "kld": {name: k.mean_kld for name, k in klds.items()},
         "top1": {name: k.top1_agreement for name, k in klds.items()},
+        "window_nlls": {name: list(m.window_nlls) for name, m in others.items()},  # for gate.detect
     }
 
 
@@ -224,6 +226,7 @@ def judge(
             f"{header}\n  measured ppl {measured.ppl:.6f}, but no baseline is recorded for this entry.\n"
             f"  Create it with:\n    {rec.rerun}",
         )
+    rec.detectable = detect.of_run(entry, measured, rec.paired, session)
     if update:
         return _queue(rec, target, entry, measured, session, provenance or {}, header)
     if not all(x.passed for x in results):

@@ -74,9 +74,13 @@ def note(problems: list[str] | None) -> str:
 
 
 def paired_text(rec: GateRecord) -> str:
-    if rec.paired is not None:
-        return rec.paired.describe()
-    return "no per-window comparison: the recorded window NLLs do not pair with this run's windows"
+    """The paired per-window ΔNLL sentence, and the entry's detectable shift beside its tolerance."""
+    paired = (
+        rec.paired.describe()
+        if rec.paired is not None
+        else "no per-window comparison: the recorded window NLLs do not pair with this run's windows"
+    )
+    return paired + (f"\n  {rec.detectable.describe()}" if rec.detectable is not None else "")
 
 
 def session_failure(results: Sequence[RuleResult]) -> str:

@@ -10,9 +10,10 @@ from typing import Any, Protocol
 import pytest
 
 from pplgate.errors import BaselineError, PplgateError
-from pplgate.gate import reports
+from pplgate.gate import detect, reports
 from pplgate.gate.record import GateRecord, Status
 from pplgate.gate.spec import BaselineSpec, EntrySpec, ProfileSpec, parse_baseline
+from pplgate.gate.store import read_text
 
 
 class Gate(Protocol):
@@ -98,6 +99,8 @@ class BaselineFile(pytest.File):
         tokenizer = spec.resolve_path(spec.model.tokenizer)
         if tokenizer and tokenizer.startswith("/") and not Path(tokenizer).exists():
             raise BaselineError(self.path, "model.tokenizer", f"tokenizer path {tokenizer} does not exist")
+        for warning in detect.collection_warnings(spec, read_text(self.path)):  # a tolerance too loose or tight
+            self.warn(pytest.PytestWarning(warning))
         names: dict[str, str] = {}
         for profile in spec.profiles.values():
             for entry in profile.variants.values():

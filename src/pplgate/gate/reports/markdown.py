@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pplgate.gate.detect import DetectableShift
 from pplgate.gate.record import FAILING, Status
 from pplgate.gate.reports import kld as report_kld
 from pplgate.gate.reports.tables import HEADER, MD_MARK, STATUS_WORDS, Record, _row, as_dict, update_table, verdict
@@ -44,6 +45,8 @@ def _section(rec: dict[str, Any], plot: str | None) -> list[str]:
         lines.append(f"- protocol drift `{k}`: `{old}` → `{new}`")
     if rec.get("paired"):
         lines.append(f"- {_paired_text(rec['paired'])}")
+    if rec.get("detectable"):
+        lines.append(f"- {DetectableShift.from_dict(rec['detectable']).describe()}")
     lines += report_kld.section_lines(rec)
     for problem in rec.get("inconsistent") or []:
         lines.append(f"- ⚠️ {problem}: was the baseline file edited by hand?")
@@ -79,7 +82,7 @@ def markdown(
     lines.append("|" + "---|" * len(header))
     for rec, row in zip(records, rows, strict=True):
         row[4] += _pct(rec) if rec.get("delta") is not None else ""
-        row[6] = f"{MD_MARK.get(rec.get('status', ''), '')} {row[6]}"
+        row[7] = f"{MD_MARK.get(rec.get('status', ''), '')} {row[7]}"
         lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
     for rec in records:
         if rec.get("status") in FAILING or rec.get("nodeid") in plots:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pplgate.gate.detect import DetectableShift
 from pplgate.gate.record import FAILING, GateRecord, Status
 from pplgate.gate.reports import kld as report_kld
 from pplgate.gate.store import NLL_DECIMALS
@@ -98,6 +99,12 @@ def phases_cell(rec: Mapping[str, Any]) -> str:
     return "+".join(f"{float(phases.get(k) or 0):.1f}" for k in PHASE_ORDER)
 
 
+def detects_cell(rec: Mapping[str, Any]) -> str:
+    """``>=0.012``: the smallest PPL shift the record's windows resolve; ``n/a`` with one window, ``-`` unknown."""
+    d = rec.get("detectable")
+    return DetectableShift.from_dict(d).cell() if isinstance(d, Mapping) else "-"
+
+
 def _row(rec: dict[str, Any]) -> list[str]:
     phases = rec.get("phases")
     if isinstance(phases, Mapping) and phases:
@@ -111,6 +118,7 @@ def _row(rec: dict[str, Any]) -> list[str]:
         _f(rec.get("baseline")),
         _f(rec.get("delta"), "{:+.4f}"),
         rec.get("tolerance", ""),
+        detects_cell(rec),
         STATUS_MARK.get(rec.get("status", ""), str(rec.get("status"))),
         f"{time_s:.1f}s" if rec.get("wall_time_s") is not None else "-",
         phases_cell(rec),
@@ -127,6 +135,7 @@ HEADER = [
     "baseline",
     "delta",
     "tolerance",
+    "detects",  # the smallest PPL shift the entry's windows resolve (pplgate.gate.detect)
     "status",
     "time",
     "load+prep+tok+eval",
