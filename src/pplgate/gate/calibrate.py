@@ -102,7 +102,7 @@ class Proposal:
         """How the proposal follows from the spread, in words (the second half of that comment)."""
         bound = f"{self.key} {format_number(self.proposed)}"
         if not is_width(self.rule):
-            return f"bound kept ({self.verdict})" if not self.changed else f"worst run + {MULTIPLE_TEXT} -> {bound}"
+            return f"bound kept: {self.verdict}" if not self.changed else f"worst run + {MULTIPLE_TEXT} -> {bound}"
         if self.deterministic and self.proposed <= round_up(self.floor):
             return f"the storage rounding -> {bound}"
         if self.offset is not None and self.offset > self.spread.margin():
@@ -132,8 +132,8 @@ class Proposal:
         }
 
 
-def _num(x: float) -> str:
-    return f"{x:.10g}"
+def _num(x: float, digits: int = 8) -> str:
+    return f"{x:.{digits}g}"
 
 
 def floor_of(metric: str, values: Sequence[float] = ()) -> float:
@@ -302,8 +302,8 @@ def table(entry: str, proposals: Sequence[Proposal]) -> str:
                 f"{p.index}:{p.rule.type}",
                 p.quantity,
                 str(s.n),
-                _num(s.low),
-                _num(s.high),
+                _num(s.low, 10),
+                _num(s.high, 10),
                 f"{s.sd:.2g}",
                 f"{p.key} {format_number(p.current)}",
                 format_number(p.proposed),
