@@ -68,8 +68,17 @@ def _select(spec: BaselineSpec, profile: str | None, names: list[str] | None) ->
             f"profiles.{profile}.variants",
             f"no entry {unknown} in profile {profile}; -k takes one of: {', '.join(prof.variants)}",
         )
-    chosen = list(dict.fromkeys(names)) if names else list(prof.variants)
-    return prof, [prof.variants[n] for n in chosen]
+    stored = [n for n in names or [] if prof.variants[n].reference_file]
+    if stored:
+        raise BaselineError(
+            spec.path,
+            f"profiles.{profile}.variants.{stored[0]}",
+            "compared with a stored reference file: calibrate measures in-memory comparisons only; leave it out "
+            "of -k (its KLD width is the file's estimate error, see docs/KLD.md)",
+        )
+    if names:
+        return prof, [prof.variants[n] for n in dict.fromkeys(names)]
+    return prof, [e for e in prof.variants.values() if not e.reference_file]
 
 
 def _needed(prof: ProfileSpec, selected: list[EntrySpec]) -> list[EntrySpec]:
