@@ -147,7 +147,8 @@ def recorded_problems(entry: EntrySpec) -> list[str]:
     if isinstance(n, int) and not isinstance(n, bool) and n != len(rec.window_nlls):
         out.append(f"the recorded window_nlls hold {len(rec.window_nlls)} values, but fingerprint.n_windows is {n}")
     recorded_with_reference = (entry.fingerprint or {}).get("reference") is not None
-    return out + kld_gate.recorded_kld_problems(kld_gate.reference_name(entry) if recorded_with_reference else None, rec)
+    reference = kld_gate.reference_name(entry) if recorded_with_reference else None
+    return out + kld_gate.recorded_kld_problems(reference, rec)
 
 
 def is_partial(max_windows_override: int | None, profile_max_windows: int | None) -> bool:
