@@ -87,3 +87,29 @@ def test_pass_records_carry_phases_caches_and_the_pass_time(measurer, source) ->
         assert m.extra["pass_wall_time_s"] == round(c.result.wall_time_s, 2)
         assert m.result.wall_time_s < c.result.wall_time_s  # its own forwards, not the whole pass
     assert c.reference.phases["tokenize_s"] > 0 and c.model.phases["tokenize_s"] == 0
+
+
+def test_a_comparison_records_the_per_module_profile_and_its_cost(measurer, source) -> None:
+    """Each compared model carries its per-module output error vs the reference on the first 128 tokens (the
+    reference none), and ``layers_s`` in its provenance; RTN with smaller groups errs less in every module."""
+    rtn64, rtn32 = {"w_bit": 4, "q_group_size": 64}, {"w_bit": 4, "q_group_size": 32}
+    many = measurer.compare_many(
+        source, [(source, "rtn", rtn64), (source, "rtn", rtn32)], reference_kind="fp32", device="cpu", **SHORT
+    )
+    assert many[0].reference.layers is None and "layers_s" not in many[0].reference.extra
+    coarse, fine = many[0].model.layers, many[1].model.layers
+    assert set(coarse) == set(fine) and "layers.1.mlp.down_proj" in coarse and "layers.0.self_attn.q_proj" in coarse
+    assert all(0 < fine[k] < coarse[k] < 1 for k in coarse)
+    assert 0 < many[0].model.extra["layers_s"] < 5 and "layers_unavailable" not in many[0].model.extra
+
+
+def test_a_layout_without_decoder_layers_records_why_and_still_measures() -> None:
+    """A model the profile finds nothing in: no profile, the reason in the provenance, never an error."""
+    import torch
+    from support import uniform_lm
+
+    ids = torch.arange(200)
+    layers, info = measure_mod._layers(uniform_lm(300), uniform_lm(300), ids)
+    assert layers is None and "without named decoder layers" in info["layers_unavailable"] and info["layers_s"] >= 0
+    layers, info = measure_mod._layers(uniform_lm(300), None, ids)  # a profile that raises
+    assert layers is None and info == {"layers_unavailable": info["layers_unavailable"]}

@@ -8,12 +8,14 @@ gate's unit) through it. The plugin, the CLI, the benchmarks and CI scripts all 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pplgate.errors import ProtocolError
+from pplgate.gate.layers import LAYER_TOKENS
 from pplgate.gate.store import plain
 from pplgate.inputs import Inputs, release_memory
 from pplgate.measurement import (
@@ -265,6 +267,7 @@ class Measurer:
                 labels=[f"{src.short_name()} {k}" for src, k, _ in requests[1:]],
                 reference_label=f"{reference.short_name()} {reference_kind}",
             )
+            profiles = [_layers(prepared[0][1].model, prep.model, ref_tokens.ids) for _, prep, _ in prepared[1:]]
         finally:
             for _, prep, _ in prepared:
                 prep.model = None  # type: ignore[assignment]
@@ -274,6 +277,9 @@ class Measurer:
             requests, prepared, own, toks, layouts, strict=True
         ):
             m = self._measurement(src, tokenizer, res, prep, (name, tok_s), layout)
+            if len(measured):  # a compared model (the first is the reference)
+                m.layers, layer_info = profiles[len(measured) - 1]
+                m.extra.update(layer_info)
             key = (src, tokenizer, kind, params_key(params), device, seqlen, batch_size, max_windows, None)
             measured.append(self._measurements.setdefault(key, m))  # unless measured already
         return [
@@ -333,3 +339,26 @@ class Measurer:
             del self._prepared[k]
         if self.inputs.free(keep) or dropped:
             release_memory()
+
+
+def _layers(reference: Any, model: Any, ids: Any) -> tuple[dict[str, float] | None, dict[str, Any]]:
+    """``model``'s per-module output error vs ``reference`` (:func:`pplgate.protocol.layers.layer_profile`,
+    summarized) on the first :data:`LAYER_TOKENS` tokens, and its provenance: ``layers_s`` (its wall time)
+    and, where there is no profile, ``layers_unavailable`` (why). Never fails the measurement."""
+    from pplgate.protocol.layers import layer_profile, summarize
+
+    try:
+        device = next(reference.parameters()).device
+        prof = layer_profile(reference, model, ids[:LAYER_TOKENS].reshape(1, -1).to(device))
+    except Exception as exc:  # a layout the profile cannot run on: recorded, never raised
+        return None, {"layers_unavailable": f"{type(exc).__name__}: {exc}"[:300]}
+    info: dict[str, Any] = {"layers_s": round(prof.time_s, 3)}
+    if all(math.isnan(x) for x in prof.errors.values()):
+        why = next(iter(prof.unmeasured.items()), None)
+        info["layers_unavailable"] = (
+            f"no module measured ({len(prof.unmeasured)} unmeasured, e.g. {why[0]}: {why[1]})"
+            if why
+            else "no decoder-layer module found (a layout without named decoder layers: layers.N / h.N / blocks.N)"
+        )
+        return None, info
+    return summarize(prof.errors), info

@@ -41,6 +41,8 @@ class Measurement:
     phases: dict[str, float] = field(default_factory=dict)
     # the comparison with the entry's reference, when it is measured as an entry of a profile that names one
     comparison: Comparison | None = None
+    # per-module output error vs the reference (pplgate.protocol.layers.summarize), from a comparison pass
+    layers: dict[str, float] | None = None
 
 
 @dataclass

@@ -162,6 +162,8 @@ def test_an_update_for_a_file_outside_the_baselines_is_refused_before_any_write(
         ({"section": "../../x"}, "section '../../x' is not"),
         ({"ppl": "10"}, "ppl/window_nlls are not numbers"),
         ({"extra": 1}, "unknown field(s) ['extra']"),
+        ({"layers": {"mlp.down_proj": [0.1, -1]}}, "layers.mlp.down_proj[1] is -1, not a number >= 0"),
+        ({"layers": [0.1]}, "layers is not an object"),
     ],
 )
 def test_an_update_with_a_bad_field_is_refused(tmp_path, change, why):

@@ -339,7 +339,7 @@ HOSTILE = [
         "recorded-extra-key",
         _rec("{ppl: 2.0, window_nlls: [0.7], note: hi}"),
         "recorded.note",
-        "unknown key 'note' (allowed: ppl, provenance, window_nlls)",
+        "unknown key 'note' (allowed: layers, ppl, provenance, window_nlls)",
         13,
     ),
     (

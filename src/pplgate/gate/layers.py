@@ -1,6 +1,8 @@
 """Which modules' quantization error moved against the record: :func:`moved` compares two per-module
 profiles (module name -> relative output error, as ``pplgate.protocol.layers`` measures them) and says,
-in a few lines, where the model changed ("layers 12-14 mlp.down_proj: output error 0.031 -> 0.094")."""
+in a few lines, where the model changed ("layers 12-14 mlp.down_proj: output error 0.031 -> 0.094").
+A record keeps its profile as ``recorded: layers:`` (:func:`compact`, read back by :func:`parse_layers`); a
+failure or a drift of the entry shows :func:`where_lines` under :data:`WHERE`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 UP, DOWN, SAME = "up", "down", "same"
@@ -147,3 +150,113 @@ def moved(
 
 def _finite(x: float) -> float:
     return x if math.isfinite(x) else 1e300
+
+
+# --------------------------------------------------------------------------- the record's ``layers:`` block
+
+LAYER_TOKENS = 128  # the fixed batch a profile is measured on: the first tokens of the canonical stream
+WHERE = f"where it moved (per-module output error vs the reference, {LAYER_TOKENS} tokens):"
+NO_PROFILE = "no recorded per-module profile: re-record (--update-baselines) to localise a change"
+NOT_MEASURED = "no per-module profile measured in this run (see the record's provenance layers_unavailable)"
+
+
+def compact(errors: Mapping[str, float]) -> dict[str, float | list[float | None] | None]:
+    """The ``recorded: layers:`` form of a profile: per module type the list of its errors over the decoder
+    layers (``null`` where a layer lacks it or it was not measured), a name outside the layers as its own key."""
+    per_type: dict[str, dict[int, float]] = {}
+    out: dict[str, float | list[float | None] | None] = {}
+    for name, x in errors.items():
+        m = _LAYER.match(name)
+        if m:
+            per_type.setdefault(m.group(2), {})[int(m.group(1))] = float(x)
+    n = 1 + max((i for by in per_type.values() for i in by), default=-1)
+    for module, by in per_type.items():
+        out[module] = [None if math.isnan(by.get(i, math.nan)) else by[i] for i in range(n)]
+    out.update({k: None if math.isnan(x) else float(x) for k, x in errors.items() if not _LAYER.match(k)})
+    return out
+
+
+def expand(layers: Mapping[str, Any]) -> dict[str, float]:
+    """:func:`compact`'s inverse: module name -> error (``null`` values left out)."""
+    out: dict[str, float] = {}
+    for key, value in layers.items():
+        if isinstance(value, list):
+            out.update({f"layers.{i}.{key}": float(x) for i, x in enumerate(value) if x is not None})
+        elif value is not None:
+            out[key] = float(value)
+    return out
+
+
+def parse_layers(v: Any, node: Mapping, keypath: str, rerecord: str) -> dict[str, float] | None:
+    """A ``recorded:`` block's optional ``layers:`` (``v``: a :class:`~pplgate.gate.validator.Validator`),
+    expanded to module name -> error."""
+    from pplgate.gate.validator import _type_name, real, shown
+
+    if "layers" not in node:
+        return None
+    kp = f"{keypath}.layers"
+    layers = node["layers"]
+    if not isinstance(layers, Mapping):
+        v.err(kp, f"expected a mapping of module names, got {_type_name(layers)}; {rerecord}", node, "layers")
+
+    def check(x: Any, where: str, parent: Any, key: Any) -> None:
+        f = real(x)
+        if x is not None and (f is None or math.isnan(f) or f < 0):
+            v.err(where, f"expected a relative output error >= 0 (or null), got {shown(x)}; {rerecord}", parent, key)
+
+    for key, value in layers.items():
+        if not isinstance(key, str):
+            v.err(f"{kp}.{key}", f"expected a module name, got {shown(key)}; {rerecord}", layers, key)
+        if isinstance(value, list):
+            for i, x in enumerate(value):
+                check(x, f"{kp}.{key}[{i}]", value, i)
+        else:
+            check(value, f"{kp}.{key}", layers, key)
+    return expand(layers)
+
+
+def from_json(layers: Any) -> dict[str, Any]:
+    """A :func:`compact` profile read back from a JSON report (where ``inf`` is the string ``"inf"``);
+    ValueError naming the first value that is not a number >= 0, ``null`` or ``"inf"``."""
+    if not isinstance(layers, dict):
+        raise ValueError("layers is not an object")
+
+    def number(x: Any, where: str) -> float | None:
+        if x == "inf":
+            return math.inf
+        if x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0):
+            return x
+        raise ValueError(f"layers.{where} is {x!r}, not a number >= 0")
+
+    return {
+        k: [number(x, f"{k}[{i}]") for i, x in enumerate(v)] if isinstance(v, list) else number(v, k)
+        for k, v in layers.items()
+    }
+
+
+def where_lines(entry: Any, measured: Mapping[str, Any] | None, top: int = 3) -> list[str] | None:
+    """The lines under :data:`WHERE` for ``entry`` (an :class:`~pplgate.gate.spec.EntrySpec`; None where
+    it names no reference entry or records nothing) and this run's :func:`compact` profile (None: none)."""
+    recorded = entry.recorded
+    if recorded is None or entry.reference is None:
+        return None
+    if recorded.layers is None:
+        return [NO_PROFILE]
+    if measured is None:
+        return [NOT_MEASURED]
+    return moved(recorded.layers, expand(measured), top) or ["no module's output error moved (by more than 10%)"]
+
+
+def recorded_layers(entry: Any) -> dict[str, Any] | None:
+    """``entry``'s recorded profile in :func:`compact` form, where :func:`where_lines` compares with it."""
+    rec = entry.recorded
+    return compact(rec.layers) if rec is not None and rec.layers and entry.reference is not None else None
+
+
+def where_text(lines: list[str] | None) -> str:
+    """The failure message's block (empty without lines)."""
+    if not lines:
+        return ""
+    if lines == [NO_PROFILE]:
+        return f"\n  {NO_PROFILE}"
+    return f"\n  {WHERE}" + "".join(f"\n    {x}" for x in lines)

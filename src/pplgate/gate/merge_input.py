@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.errors import PplgateError
+from pplgate.gate.layers import from_json
 from pplgate.gate.record import Status
 from pplgate.gate.store import TESTS, EntryUpdate
 from pplgate.gate.validator import MAX_NAME_LEN, NAME_RE
@@ -91,6 +92,7 @@ def _update_of(rec: dict[str, Any]) -> EntryUpdate:
     where = f"the record of {rec['nodeid']!r}"
     u = rec["update"]
     fields = {"profile", "variant", "fingerprint", "ppl", "window_nlls", "provenance", "section", "kld", "replaces"}
+    fields.add("layers")  # the per-module profile (pplgate.gate.layers.compact)
     problems = [f"unknown field(s) {sorted(set(u) - fields)}"] if set(u) - fields else []
     if u.get("section", "profiles") not in ("profiles", TESTS):
         problems.append(f"section {u.get('section')!r} is not 'profiles' or '{TESTS}'")
@@ -103,6 +105,10 @@ def _update_of(rec: dict[str, Any]) -> EntryUpdate:
     for key in ("kld", "replaces"):
         if u.get(key) is not None and not isinstance(u[key], dict):
             problems.append(f"{key} is not an object")
+    try:
+        u = {**u, "layers": from_json(u["layers"])} if u.get("layers") is not None else u
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         raise MergeError(f"{where}: its update is refused: {'; '.join(problems)}; nothing was written")
     return EntryUpdate.from_dict(u)

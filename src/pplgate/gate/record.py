@@ -59,6 +59,7 @@ FAILING = (
     Status.ERROR,
     Status.NOT_WRITTEN,
 )
+MOVED = (Status.FAIL, Status.IMPROVED, Status.DRIFT)  # the statuses whose message says where the model moved
 
 
 @dataclass(kw_only=True)
@@ -103,6 +104,9 @@ class GateRecord:
     paired: PairedStats | None = None
     detectable: DetectableShift | None = None  # the smallest PPL/KLD shift its windows resolve (gate.detect)
     kld: dict[str, Any] | None = None  # with a reference: pplgate.gate.kld.record_block (plain data)
+    layers: dict[str, Any] | None = None  # this run's per-module profile, as recorded (gate.layers.compact)
+    moved: list[str] | None = None  # where it moved vs the record (gate.layers.where_lines); kept when MOVED
+    baseline_layers: dict[str, Any] | None = None  # the recorded profile (compact); kept when MOVED (the plot)
     rerun: str | None = None  # the command that re-records the entry
     update: EntryUpdate | None = None  # queued (created/updated/not_written)
     skip_reason: str | None = None
@@ -130,6 +134,8 @@ class GateRecord:
                 continue
             value = getattr(self, f.name)
             if value is None and not (measured and f.name == "partial"):
+                continue
+            if f.name in ("moved", "baseline_layers") and self.status not in MOVED:
                 continue
             if isinstance(value, Status):
                 value = value.value

@@ -20,7 +20,7 @@ Schema (``schema_version: 1``; see docs/GATE.md for a full example)::
             tolerance:               # >= 1 rule; all must pass (pplgate.gate.rules)
               - {type: absolute, max_delta: 0.001}
             fingerprint: {...}       # written by --update-baselines
-            recorded: {ppl, window_nlls, provenance}   # written by --update-baselines
+            recorded: {ppl, window_nlls, layers, provenance}   # written by --update-baselines
                                      # (+ mean_kld, top1_agreement, window_klds, window_top1 with a reference)
     tests:                           # entries that test functions check (the ppl_regression fixture)
       <name>:
@@ -53,6 +53,7 @@ from typing import Any
 from pplgate.errors import BaselineError
 from pplgate.gate.kld import RECORDED_KLD_KEYS, RecordedKld, parse_recorded_kld
 from pplgate.gate.kld_rules import COMPARISON_METRICS
+from pplgate.gate.layers import parse_layers
 from pplgate.gate.param_paths import resolve_file, resolve_param_paths
 from pplgate.gate.rules import Rule, parse_rule
 from pplgate.gate.spec_refs import check_refs
@@ -89,7 +90,7 @@ _MODEL_KEYS = {"name", "source", "gguf_file", "revision", "tokenizer"}
 _PROFILE_KEYS = {"marker", "device", "device_map", "seqlen", "batch_size", "max_windows", "variants"}
 _ENTRY_KEYS = {"kind", "params", "reference", "tolerance", "fingerprint", "recorded"}
 _TEST_KEYS = {"tolerance", "fingerprint", "recorded"}
-_RECORDED_KEYS = {"ppl", "window_nlls", "provenance"}  # + RECORDED_KLD_KEYS for an entry with a reference
+_RECORDED_KEYS = {"ppl", "window_nlls", "provenance", "layers"}  # + RECORDED_KLD_KEYS with a reference
 
 
 # --------------------------------------------------------------------------- specs
@@ -110,6 +111,7 @@ class Recorded:
     window_nlls: list[float]
     provenance: dict[str, Any] = field(default_factory=dict)
     kld: RecordedKld | None = None  # with a reference: the recorded KLD / top-1 (pplgate.gate.kld)
+    layers: dict[str, float] | None = None  # module name -> output error vs the reference (gate.layers)
     raw: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the block as in the file
 
 
@@ -381,6 +383,7 @@ def _parse_recorded(v: Validator, node: Any, keypath: str, parent: Any, referenc
         window_nlls=values,
         provenance=plain(prov) if prov is not None else {},
         kld=parse_recorded_kld(v, node, keypath, RERECORD),
+        layers=parse_layers(v, node, keypath, RERECORD),
         raw=plain(node),
     )
 

@@ -58,8 +58,8 @@ class EntryUpdate:
     provenance: dict[str, Any]
     section: str = "profiles"
     kld: dict[str, Any] | None = None  # with a reference: the recorded KLD keys (pplgate.gate.kld.recorded_block)
-    # the entry's ``recorded:`` block as the session read it (None: a new entry); the merge refuses an
-    # update whose file holds another block by then (re-recorded after the shard ran)
+    layers: dict[str, Any] | None = None  # with a reference entry: the per-module profile (gate.layers.compact)
+    # the ``recorded:`` block the session read (None: a new entry); the merge refuses a file holding another by then
     replaces: dict[str, Any] | None = None
 
     def keys(self) -> tuple[str, ...]:
@@ -75,10 +75,9 @@ class EntryUpdate:
         d = asdict(self)
         if d["section"] == "profiles":
             del d["section"]  # the default: records of collected entries keep their shape
-        if d["kld"] is None:
-            del d["kld"]  # an entry without a reference
-        if d["replaces"] is None:
-            del d["replaces"]  # a new entry (a created record): it replaces nothing
+        for key in ("kld", "layers", "replaces"):  # no reference, no profile, a new entry: left out
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -91,6 +90,7 @@ class EntryUpdate:
             "ppl": round(self.ppl, PPL_DECIMALS),
             "window_nlls": [round(x, NLL_DECIMALS) for x in self.window_nlls],
             **(self.kld or {}),
+            **({"layers": self.layers} if self.layers else {}),
             "provenance": self.provenance,
         }
 
@@ -144,7 +144,7 @@ def _render(key: str, value: Mapping[str, Any], col: int, indent: int, newline: 
     def block(obj: Mapping[str, Any]) -> Any:
         cm = CommentedMap()
         for k, v in obj.items():
-            cm[k] = block(v) if k == "provenance" and isinstance(v, Mapping) else flow(v)
+            cm[k] = block(v) if k in ("provenance", "layers") and isinstance(v, Mapping) else flow(v)
         return cm
 
     doc = CommentedMap([(key, block(value))])

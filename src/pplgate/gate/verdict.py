@@ -27,10 +27,11 @@ from typing import Any
 
 from pplgate.gate import detect
 from pplgate.gate import kld as kld_gate
+from pplgate.gate import layers as where
 from pplgate.gate import verdict_text as text
 from pplgate.gate.drift import compare_fingerprints, describe_drift, drift_lines
 from pplgate.gate.kld_rules import COMPARISON_METRICS
-from pplgate.gate.record import FAILING, GateRecord, Status
+from pplgate.gate.record import FAILING, MOVED, GateRecord, Status
 from pplgate.gate.rules import Rule, RuleResult
 from pplgate.gate.spec import EntrySpec, Recorded
 from pplgate.gate.stats import describe_ppl, paired_stats, ppl_of
@@ -76,6 +77,7 @@ class Measured:
     tokens_per_s: float | None = None
     phases: Mapping[str, float] | None = None  # seconds per phase (load_s, prepare_s, tokenize_s, evaluate_s)
     kld: kld_gate.KldMeasured | None = None  # the comparison with the entry's reference, if it names one
+    layers: Mapping[str, float] | None = None  # per-module output error vs that reference (gate.layers)
 
 
 # --------------------------------------------------------------------------- judging
@@ -117,6 +119,8 @@ def measured_record(target: Target, entry: EntrySpec, m: Measured, partial: bool
     rec.origin, rec.wall_time_s, rec.prepare_time_s = m.origin, m.wall_time_s, m.prepare_time_s
     rec.tokens_per_s = m.tokens_per_s
     rec.phases = {k: round(float(v), 3) for k, v in m.phases.items()} if m.phases else None
+    rec.layers = where.compact(m.layers) if m.layers else None
+    rec.moved, rec.baseline_layers = where.where_lines(entry, rec.layers), where.recorded_layers(entry)
     if m.kld is not None:
         recorded = entry.recorded.kld if entry.recorded is not None else None
         rec.kld = kld_gate.record_block(m.kld, recorded, m.n_windows, partial)
@@ -250,7 +254,7 @@ def _check(rule: Rule, m: Measured, rec: GateRecord, session: Mapping[str, Mappi
 
 
 def _fail(rec: GateRecord, status: Status, message: str) -> GateRecord:
-    rec.status, rec.message = status, message
+    rec.status, rec.message = status, message + (where.where_text(rec.moved) if status in MOVED else "")
     return rec
 
 
@@ -330,6 +334,7 @@ def _queue(
         provenance=dict(provenance),
         section=target.section,
         kld=kld_gate.recorded_block(m.kld) if m.kld is not None else None,
+        layers=rec.layers,
         replaces=entry.recorded.raw if entry.recorded is not None else None,
     )
     return rec

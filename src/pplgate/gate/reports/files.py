@@ -12,6 +12,7 @@ from typing import Any
 
 from pplgate.gate.record import FAILING
 from pplgate.gate.reports import kld as report_kld
+from pplgate.gate.reports import layers as report_layers
 from pplgate.gate.reports.images import image_link
 from pplgate.gate.reports.markdown import markdown
 from pplgate.gate.reports.plots import (
@@ -82,6 +83,7 @@ def write_reports(
                 out.paths.append(png)
                 plots[nodeid] = image_link("per-window ΔNLL plot", png.name)
         report_kld.add_plots(d, records, PLOTTED, plots, out.paths, _pyplot, _slug)
+        report_layers.add_plots(d, records, plots, out.paths, _pyplot, _slug)
     rel_records = _relative_paths(records, rootdir)
     rel_rows = _relative_paths(update_rows, rootdir)
     md = markdown(rel_records, rel_rows, blocked, plots=plots, notes=out.notes)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pplgate.gate.detect import DetectableShift
+from pplgate.gate.layers import NO_PROFILE, WHERE
 from pplgate.gate.record import FAILING, Status
 from pplgate.gate.reports import kld as report_kld
 from pplgate.gate.reports.tables import HEADER, MD_MARK, STATUS_WORDS, Record, _row, as_dict, update_table, verdict
@@ -25,6 +26,15 @@ def _paired_text(p: Mapping[str, Any]) -> str:
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
+
+
+def _moved_lines(moved: Sequence[str] | None) -> list[str]:
+    """Where the model moved against the record (:func:`pplgate.gate.layers.where_lines`), as list items."""
+    if not moved:
+        return []
+    if list(moved) == [NO_PROFILE]:
+        return [f"- {NO_PROFILE}"]
+    return [f"- {WHERE}"] + [f"  - `{x}`" for x in moved]
 
 
 def _section(rec: dict[str, Any], plot: str | None) -> list[str]:
@@ -48,6 +58,7 @@ def _section(rec: dict[str, Any], plot: str | None) -> list[str]:
     if rec.get("detectable"):
         lines.append(f"- {DetectableShift.from_dict(rec['detectable']).describe()}")
     lines += report_kld.section_lines(rec)
+    lines += _moved_lines(rec.get("moved"))
     for problem in rec.get("inconsistent") or []:
         lines.append(f"- ⚠️ {problem}: was the baseline file edited by hand?")
     if rec.get("error"):
