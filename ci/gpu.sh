@@ -81,22 +81,6 @@ if [ -n "$optional" ]; then
 fi
 $PY -c "import pplgate" 2>/dev/null || $PY -m pip install -q --no-deps -e . || exit 2
 
-echo "== stored references"
-# The GPU tier's stored reference (entry gpu-rtn-w4g64-stored): restored by the CI cache into $PPLGATE_REFERENCES
-# (key: its content sha256, recorded in the entry's fingerprint), else written here once (one fp16 pass, seconds on
-# a GPU). A file written on another GPU or software stack has another content hash: that entry then reports protocol
-# drift naming reference.content_sha256, never a silent comparison with another reference.
-export PPLGATE_REFERENCES=${PPLGATE_REFERENCES:-$PWD/.pplgate-references}
-ref="$PPLGATE_REFERENCES/smollm2-135m-instruct-fp16-k64.safetensors"
-if [ -f "$ref" ]; then
-  echo "using $ref"
-else
-  echo "writing $ref (not restored from a cache): pplgate reference save"
-  mkdir -p "$PPLGATE_REFERENCES"
-  $PY -m pplgate.cli reference save --model smollm2-135m-instruct --variant fp16 --device cuda --batch-size 8 \
-    --top-k 64 --out "$ref" --no-progress || exit 2
-fi
-
 echo "== gate"
 # baselines/ (the gate) and tests/gpu/ (fidelity against AutoAWQ's own loop); PPLGATE_GPU_PATHS overrides.
 # Markers: `gpu` (the gate) pre-merge; the scheduled job adds the fidelity checks with
