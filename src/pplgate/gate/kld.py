@@ -176,15 +176,6 @@ def recorded_kld_problems(reference: str | None, recorded: Any) -> list[str]:
 # --------------------------------------------------------------------------- judging
 
 
-def rule_inputs(
-    metric: str, m: KldMeasured | None, base: Mapping[str, Any] | None
-) -> tuple[float | None, float | None]:
-    """``(measured, recorded)`` values of a ``kld``/``top1`` rule (None where absent)."""
-    key = "mean_kld" if metric == "kld" else "top1_agreement"
-    value = None if m is None else getattr(m, key)
-    return value, (base or {}).get(f"baseline_{key}")
-
-
 def record_block(m: KldMeasured, recorded: RecordedKld | None, n_windows: int, partial: bool) -> dict[str, Any]:
     """The record's ``kld`` dict: this run's values, the recorded ones (its first windows in a partial run),
     and the paired per-window ΔKLD."""

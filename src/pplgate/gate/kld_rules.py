@@ -47,6 +47,12 @@ class _ComparisonRule(Rule):
     def _base_name(self) -> str:
         return "recorded" if self.ref is None else f"{self.type}[{self.ref}]"
 
+    def inputs(self, measured: Any, record: Any) -> tuple[float | None, float | None]:
+        """The entry's mean KLD / top-1 agreement against its reference, and the recorded one."""
+        key = "mean_kld" if self.metric == "kld" else "top1_agreement"
+        value = None if measured.kld is None else getattr(measured.kld, key)
+        return value, (record.kld or {}).get(f"baseline_{key}")
+
     def _subject(self) -> str:
         """The bounded expression, written so that a positive value is worse."""
         now, base = self.label, self._base_name()

@@ -65,6 +65,16 @@ class Rule(ABC):
         """Judge the measured ``ppl`` (the value of the rule's ``metric``) against the ``recorded`` one and/or
         the values measured this session."""
 
+    def inputs(self, measured: Any, record: Any) -> tuple[float | None, float | None]:
+        """``(value, recorded)`` of the rule's metric, read from the verdict's measurement and record (``ppl``
+        here; a rule on another metric reads its own)."""
+        return measured.ppl, record.baseline
+
+    def judge(self, measured: Any, record: Any, values: Mapping[str, Mapping[str, float]]) -> RuleResult:
+        """:meth:`check` on the rule's own metric: this entry's value, the recorded one, and ``values[metric]``
+        (the entries the rule names, measured this session)."""
+        return self.check(*self.inputs(measured, record), values.get(self.metric, {}))  # type: ignore[arg-type]
+
     @classmethod
     @abstractmethod
     def parse(cls, v: Validator, node: Mapping[str, Any], keypath: str) -> Rule:

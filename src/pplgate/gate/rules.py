@@ -18,11 +18,11 @@
 perplexity always passes). Defaults: ``both`` for absolute/relative (a deterministic number
 that moves in either direction means something changed), ``worse`` for relational.
 
-A new rule type is a subclass of :class:`~pplgate.gate.rule_base.Rule` (``type``, ``keys``, ``describe``,
-``short``, ``check``, ``parse``) added to :data:`RULE_TYPES`; the schema validation in :mod:`pplgate.gate.spec`
-looks rule types up there and nowhere else; each type's ``parse`` reports errors through the
-:class:`~pplgate.gate.validator.Validator` it is given. A rule's ``metric`` (``ppl``, ``tokens_per_s``,
-``kld``, ``top1``) picks the values the verdict passes to ``check``.
+A new rule type is one subclass of :class:`~pplgate.gate.rule_base.Rule` (``type``, ``keys``, ``describe``,
+``short``, ``check``, ``parse``; ``inputs`` when it reads another metric than the ppl) and one registration in
+:data:`RULE_TYPES`; the schema validation in :mod:`pplgate.gate.spec` looks rule types up there and nowhere else,
+and the verdict calls ``rule.judge(...)`` without knowing the type. Each type's ``parse`` reports errors through
+the :class:`~pplgate.gate.validator.Validator` it is given.
 """
 
 from __future__ import annotations
@@ -206,6 +206,9 @@ class SpeedRule(Rule):
 
     def short(self) -> str:
         return f"{self.ref} tok/s x{self.min_ratio:g}"
+
+    def inputs(self, measured: Any, record: Any) -> tuple[float | None, float | None]:
+        return measured.tokens_per_s, None  # None (not measured): FAIL
 
     def check(self, ppl: float, recorded: float | None, session_ppls: Mapping[str, float]) -> RuleResult:
         """``ppl`` and ``session_ppls`` are tokens/s here (``metric``): this entry's and the session's."""

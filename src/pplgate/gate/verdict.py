@@ -32,7 +32,7 @@ from pplgate.gate import verdict_text as text
 from pplgate.gate.drift import compare_fingerprints, describe_drift, drift_lines
 from pplgate.gate.kld_rules import COMPARISON_METRICS
 from pplgate.gate.record import FAILING, MOVED, GateRecord, Status
-from pplgate.gate.rules import Rule, RuleResult
+from pplgate.gate.rules import RuleResult
 from pplgate.gate.spec import EntrySpec, Recorded
 from pplgate.gate.stats import describe_ppl, paired_stats, ppl_of
 from pplgate.gate.store import EntryUpdate
@@ -212,7 +212,7 @@ def judge(
         if rec.drift and not (update and force):
             return _drift_failure(rec, header, recorded, measured, update, problems)
         if not rec.drift:
-            results = [_check(rule, measured, rec, session) for rule in entry.rules]
+            results = [rule.judge(measured, rec, session) for rule in entry.rules]
             rec.rules = [x.to_dict() for x in results]
             base_nlls = rec.baseline_window_nlls or []
             if len(base_nlls) == len(measured.window_nlls):  # else a problem (or drift) says why
@@ -240,17 +240,6 @@ def judge(
         return _inconsistent_failure(rec, target, measured, results, header)
     rec.status = Status.PASS
     return rec
-
-
-def _check(rule: Rule, m: Measured, rec: GateRecord, session: Mapping[str, Mapping[str, float]]) -> RuleResult:
-    """One rule on its metric: the ppl, the evaluation's tokens/s (speed rules), or the mean KLD / top-1
-    agreement against the entry's reference (``session``: the values of the other entries, per metric)."""
-    values = session.get(rule.metric, {})
-    if rule.metric == "tokens_per_s":
-        return rule.check(m.tokens_per_s, None, values)  # type: ignore[arg-type]  # None: FAIL
-    if rule.metric in COMPARISON_METRICS:
-        return rule.check(*kld_gate.rule_inputs(rule.metric, m.kld, rec.kld), values)  # type: ignore[arg-type]
-    return rule.check(m.ppl, rec.baseline, values)
 
 
 def _fail(rec: GateRecord, status: Status, message: str) -> GateRecord:
@@ -306,7 +295,7 @@ def _queue(
 ) -> GateRecord:
     """Queue the re-recording, unless a rule against this session's entries fails (re-recording
     cannot fix that: those rules do not depend on the old record)."""
-    session_results = [_check(rule, m, rec, session) for rule in entry.rules if not rule.needs_recorded]
+    session_results = [rule.judge(m, rec, session) for rule in entry.rules if not rule.needs_recorded]
     if session_results and rec.rules is None:
         rec.rules = [x.to_dict() for x in session_results]
     if not all(x.passed for x in session_results):
