@@ -90,17 +90,17 @@ def test_pass_records_carry_phases_caches_and_the_pass_time(measurer, source) ->
 
 
 def test_a_comparison_records_the_per_module_profile_and_its_cost(measurer, source) -> None:
-    """Each compared model carries its per-module output error vs the reference on the first 128 tokens (the
-    reference none), and ``layers_s`` in its provenance; RTN with smaller groups errs less in every module."""
+    """Each comparison carries the model's per-module output error vs the reference on the first 128 tokens,
+    and ``layers_s`` (the reference's own measurement none); RTN with smaller groups errs less in every module."""
     rtn64, rtn32 = {"w_bit": 4, "q_group_size": 64}, {"w_bit": 4, "q_group_size": 32}
     many = measurer.compare_many(
         source, [(source, "rtn", rtn64), (source, "rtn", rtn32)], reference_kind="fp32", device="cpu", **SHORT
     )
-    assert many[0].reference.layers is None and "layers_s" not in many[0].reference.extra
-    coarse, fine = many[0].model.layers, many[1].model.layers
+    assert "layers_s" not in many[0].reference.extra
+    coarse, fine = many[0].layers, many[1].layers
     assert set(coarse) == set(fine) and "layers.1.mlp.down_proj" in coarse and "layers.0.self_attn.q_proj" in coarse
     assert all(0 < fine[k] < coarse[k] < 1 for k in coarse)
-    assert 0 < many[0].model.extra["layers_s"] < 5 and "layers_unavailable" not in many[0].model.extra
+    assert 0 < many[0].layers_info["layers_s"] < 5 and "layers_unavailable" not in many[0].layers_info
 
 
 def test_a_layout_without_decoder_layers_records_why_and_still_measures() -> None:

@@ -277,13 +277,11 @@ class Measurer:
             requests, prepared, own, toks, layouts, strict=True
         ):
             m = self._measurement(src, tokenizer, res, prep, (name, tok_s), layout)
-            if len(measured):  # a compared model (the first is the reference)
-                m.layers, layer_info = profiles[len(measured) - 1]
-                m.extra.update(layer_info)
             key = (src, tokenizer, kind, params_key(params), device, seqlen, batch_size, max_windows, None)
             measured.append(self._measurements.setdefault(key, m))  # unless measured already
         return [
-            Comparison(result=r, reference=measured[0], model=m) for r, m in zip(results, measured[1:], strict=True)
+            Comparison(result=r, reference=measured[0], model=m, layers=p[0], layers_info=p[1])
+            for r, m, p in zip(results, measured[1:], profiles, strict=True)
         ]
 
     def compare_file(

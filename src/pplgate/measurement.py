@@ -41,8 +41,6 @@ class Measurement:
     phases: dict[str, float] = field(default_factory=dict)
     # the comparison with the entry's reference, when it is measured as an entry of a profile that names one
     comparison: Comparison | None = None
-    # per-module output error vs the reference (pplgate.protocol.layers.summarize), from a comparison pass
-    layers: dict[str, float] | None = None
 
 
 @dataclass
@@ -53,6 +51,10 @@ class Comparison:
     reference: Measurement | None  # None: a stored reference (``stored`` names it)
     model: Measurement
     stored: dict[str, Any] | None = None  # a stored reference file's identity (name, content hash, K, dtype)
+    # the model's per-module output error vs this reference (pplgate.protocol.layers.summarize), and its provenance
+    # (``layers_s``; ``layers_unavailable``: why there is none)
+    layers: dict[str, float] | None = None
+    layers_info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,10 @@ def measure_profile(measurer: Measurer, profile: ProfileRequest, names: Iterable
             c = compared.get(e.name) or (_compare_file(measurer, profile, e) if e.reference_file else None)
             if isinstance(c, BaseException):
                 raise c
-            out[e.name] = c.model if c is not None and c.stored else _measure(measurer, profile, e)
-            if c is not None:
-                out[e.name] = replace(out[e.name], comparison=c)
+            m = c.model if c is not None and c.stored else _measure(measurer, profile, e)
+            # the comparison, and the provenance of the per-module profile against its reference, on this entry's
+            # own copy (the Measurer's measurement of the request is shared)
+            out[e.name] = m if c is None else replace(m, comparison=c, extra={**m.extra, **c.layers_info})
         except _PASSED_ON:
             raise
         except BaseException as exc:  # this entry's own failure (a skip a team's code asks for too)
@@ -60,19 +61,22 @@ def measure_profile(measurer: Measurer, profile: ProfileRequest, names: Iterable
     return out
 
 
+def _scored(profile: ProfileRequest, e: EntrySpec) -> dict[str, Any]:
+    """The keyword arguments every Measurer call of entry ``e`` takes from its profile."""
+    return {
+        "kind": e.kind,
+        "params": e.params,
+        "device": profile.device,
+        "tokenizer": profile.tokenizer,
+        "seqlen": profile.seqlen,
+        "batch_size": profile.batch_size,
+        "max_windows": profile.max_windows,
+        "label": f"{profile.source.short_name()} {e.name}",
+    }
+
+
 def _measure(measurer: Measurer, profile: ProfileRequest, e: EntrySpec) -> Measurement:
-    return measurer.measure(
-        profile.source,
-        kind=e.kind,
-        params=e.params,
-        device=profile.device,
-        tokenizer=profile.tokenizer,
-        seqlen=profile.seqlen,
-        batch_size=profile.batch_size,
-        max_windows=profile.max_windows,
-        device_map=profile.device_map,
-        label=f"{profile.source.short_name()} {e.name}",
-    )
+    return measurer.measure(profile.source, device_map=profile.device_map, **_scored(profile, e))
 
 
 def _compare_file(measurer: Measurer, profile: ProfileRequest, e: EntrySpec) -> Comparison:
@@ -86,18 +90,7 @@ def _compare_file(measurer: Measurer, profile: ProfileRequest, e: EntrySpec) -> 
             f"reference save --model MODEL --variant fp16 --out {path}` (the profile's model, the reference's variant "
             "and dtype, --seqlen and --max-windows of the profile), or restore it from your CI cache / artifact"
         )
-    return measurer.compare_file(
-        path,
-        profile.source,
-        kind=e.kind,
-        params=e.params,
-        device=profile.device,
-        tokenizer=profile.tokenizer,
-        seqlen=profile.seqlen,
-        batch_size=profile.batch_size,
-        max_windows=profile.max_windows,
-        label=f"{profile.source.short_name()} {e.name}",
-    )
+    return measurer.compare_file(path, profile.source, **_scored(profile, e))
 
 
 def _compare_entries(measurer: Measurer, profile: ProfileRequest, ref: EntrySpec, group: list[EntrySpec]) -> dict:

@@ -83,7 +83,7 @@ def measured_of(m: Any, reference: str | None) -> Measured:
         tokens_per_s=r.tokens_per_s,
         phases=m.phases,
         kld=kld,
-        layers=m.layers,
+        layers=c.layers if c is not None else None,
     )
 
 
