@@ -5,6 +5,8 @@ Imports nothing of the other report modules (plots and kld both use it)."""
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 REPORT_URL_ENV = "PPLGATE_REPORT_URL"
@@ -27,3 +29,20 @@ def image_link(what: str, name: str) -> str:
         return f"{what}: [{name}]({name})"
     url = base.replace("{name}", name) if "{name}" in base else f"{base.rstrip('/')}/{name}"
     return f"{what}: ![{name}]({url})"
+
+
+def save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` and close it."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def attach(plots: MutableMapping[str, str], paths: list[Path], nodeid: str, png: Path | None, what: str) -> None:
+    """Keep ``png`` (None: nothing drawn) among the report's files and add its link to ``plots[nodeid]``."""
+    if png is None:
+        return
+    paths.append(png)
+    link = image_link(what, png.name)
+    plots[nodeid] = f"{plots[nodeid]}; {link}" if nodeid in plots else link

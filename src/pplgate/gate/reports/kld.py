@@ -15,7 +15,7 @@ from typing import Any
 
 from pplgate.gate.kld import describe_paired, rounding_step, summary_line
 from pplgate.gate.record import FAILING
-from pplgate.gate.reports.images import image_link, integer_windows
+from pplgate.gate.reports.images import attach, integer_windows, save
 
 COLUMNS = ["kld", "top1"]
 
@@ -97,10 +97,7 @@ def plot_window_klds(rec: Mapping[str, Any], path: Path, plt: Any) -> Path | Non
     ax2.set_xlabel("window")
     ax2.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{rec.get('nodeid', '')} [{rec.get('status', '')}]\n{summary_line(block)}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 
 
 def add_plots(
@@ -126,7 +123,4 @@ def add_plots(
             continue  # reports' own NLL plot loop has noted why
         nodeid = rec.get("nodeid", "variant")
         png = plot_window_klds(rec, report_dir / f"{slug(nodeid)}-kld.png", plt)
-        if png is not None:
-            paths.append(png)
-            link = image_link("per-window KLD plot", png.name)
-            plots[nodeid] = f"{plots[nodeid]}; {link}" if nodeid in plots else link
+        attach(plots, paths, nodeid, png, "per-window KLD plot")

@@ -10,7 +10,7 @@ from typing import Any
 
 from pplgate.gate.layers import LAYER_TOKENS
 from pplgate.gate.record import MOVED
-from pplgate.gate.reports.images import image_link, integer_windows
+from pplgate.gate.reports.images import attach, integer_windows, save
 
 
 def _series(layers: Mapping[str, Any]) -> dict[str, list[float]]:
@@ -48,10 +48,7 @@ def plot_layers(rec: Mapping[str, Any], path: Path, plt: Any) -> Path | None:
         "recorded dashed, measured solid",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 
 
 def add_plots(
@@ -72,7 +69,4 @@ def add_plots(
             continue  # the NLL plot loop has noted why
         nodeid = rec.get("nodeid", "variant")
         png = plot_layers(rec, report_dir / f"{slug(nodeid)}-layers.png", plt)
-        if png is not None:
-            paths.append(png)
-            link = image_link("per-layer output error plot", png.name)
-            plots[nodeid] = f"{plots[nodeid]}; {link}" if nodeid in plots else link
+        attach(plots, paths, nodeid, png, "per-layer output error plot")

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pplgate.gate.reports.images import integer_windows
+from pplgate.gate.reports.images import integer_windows, save
 from pplgate.gate.reports.tables import ROUNDING_STEP, STATUS_MARK, Record, as_dict
 
 MATPLOTLIB_MISSING = (
@@ -87,7 +87,4 @@ def plot_window_deltas(rec: Record, path: Path, step: float = ROUNDING_STEP) -> 
         f"{kinds.count(0)} within ±{step:g} (rounding)",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
