@@ -17,7 +17,6 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pplgate.errors import BaselineError, PplgateError
 from pplgate.gate import calibrate
@@ -92,46 +91,34 @@ def measure_once(
 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """One run: a fresh Measurer, caches off. Per needed entry its ppl, tokens/s, preparation seconds and (with a
     reference) KLD/top-1; and its origin (``quantized``: built in this run, ``loaded``: a float model)."""
-    from pplgate.measure import Measurer
+    from pplgate.measure import Measurer, ProfileRequest
     from pplgate.models.source import resolve_source
+    from pplgate.profile import measure_profile
 
     assert spec.model is not None
     source = resolve_source(spec.resolve_path(spec.model.source), spec.model.gguf_file, spec.model.revision)
-    tokenizer = spec.resolve_path(spec.model.tokenizer)
-    run_args: dict[str, Any] = dict(
+    request = ProfileRequest(
+        source=source,
         device=prof.device,
-        tokenizer=tokenizer,
+        entries=list(prof.variants.values()),
+        tokenizer=spec.resolve_path(spec.model.tokenizer),
         seqlen=prof.seqlen,
         batch_size=prof.batch_size,
         max_windows=prof.max_windows,
-    )
+        device_map=prof.device_map,
+    )  # as the runner measures the profile: each reference's entries in one pass
     measurer = Measurer(dataset=dataset, cache_mode="off")
+    measured = measure_profile(measurer, request, [e.name for e in needed])
     values: dict[str, dict[str, float]] = {}
     origins: dict[str, str] = {}
-    for ref in dict.fromkeys(e.reference for e in needed if e.reference):
-        group = [e for e in needed if e.reference == ref]
-        base = prof.variants[ref]
-        passes = measurer.compare_many(
-            source,
-            [(source, e.kind, e.params) for e in group],
-            reference_kind=base.kind,
-            reference_params=base.params,
-            **run_args,
-        )
-        for e, c in zip(group, passes, strict=True):
-            values[e.name] = {"kld": c.result.mean_kld, "top1": c.result.top1_agreement}
     for e in needed:
-        m = measurer.measure(
-            source,
-            kind=e.kind,
-            params=e.params,
-            device_map=prof.device_map,
-            label=f"{source.short_name()} {e.name}",
-            **run_args,
-        )
-        values.setdefault(e.name, {}).update(
-            ppl=m.result.ppl, tokens_per_s=m.result.tokens_per_s, prepare_time_s=m.prepare_time_s
-        )
+        m = measured[e.name]
+        if isinstance(m, BaseException):
+            raise m
+        r = m.result
+        values[e.name] = {"ppl": r.ppl, "tokens_per_s": r.tokens_per_s, "prepare_time_s": m.prepare_time_s}
+        if m.comparison is not None:
+            values[e.name].update(kld=m.comparison.result.mean_kld, top1=m.comparison.result.top1_agreement)
         origins[e.name] = m.origin
     del measurer
     gc.collect()
