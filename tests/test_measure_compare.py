@@ -113,3 +113,13 @@ def test_a_layout_without_decoder_layers_records_why_and_still_measures() -> Non
     assert layers is None and "without named decoder layers" in info["layers_unavailable"] and info["layers_s"] >= 0
     layers, info = measure_mod._layers(uniform_lm(300), None, ids)  # a profile that raises
     assert layers is None and info == {"layers_unavailable": info["layers_unavailable"]}
+
+
+def test_the_profile_is_the_comparison_s_even_when_the_model_was_measured_before(measurer, source) -> None:
+    """A request measured alone first (the session keeps that measurement) and then compared still gets the
+    per-module profile against this pass's reference: it rides on the comparison, not the shared measurement."""
+    rtn = {"w_bit": 4, "q_group_size": 64}
+    alone = measurer.measure(source, kind="rtn", params=rtn, device="cpu", **SHORT)
+    c = measurer.compare(source, source, kind="rtn", params=rtn, reference_kind="fp32", device="cpu", **SHORT)
+    assert c.model is alone  # the session's measurement of the request, kept
+    assert c.layers and "layers.0.self_attn.q_proj" in c.layers and "layers_s" in c.layers_info
